@@ -1,0 +1,1 @@
+"""bookrec.api.routes"""

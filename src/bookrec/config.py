@@ -1,0 +1,122 @@
+"""The one configuration object of bookrec.
+
+Values come, highest priority first, from: keyword arguments, ``BOOKREC_*`` environment
+variables (plus the spec's ``REDIS_URL``, ``ENVIRONMENT`` and ``OPTIMIZER_N_CALLS``), a TOML file
+(``BOOKREC_CONFIG``, default ``./bookrec.toml`` when it exists), then the defaults below.
+Every part of the system reads its knobs from here; no magic numbers elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Environment = Literal["development", "staging", "production"]
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get("BOOKREC_CONFIG", "bookrec.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BOOKREC_",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- where things live -------------------------------------------------------------
+    home: Path = Field(Path("var"), description="Working directory for data, artifacts and the embedded store")
+    data_dir: Path = Field(Path("var/data"), description="Normalised data directory (bookrec data import/synth --out)")
+    artifact_path: Path = Field(Path("var/model.npz"), description="Where `bookrec train` writes the model")
+    store_url: str = Field(
+        "sqlite:///var/bookrec.sqlite3",
+        validation_alias=AliasChoices("BOOKREC_STORE_URL", "REDIS_URL", "store_url"),
+        description="redis://[:password@]host:port/db, rediss://..., or sqlite:///path",
+    )
+    store_prefix: str = Field("bookrec", description="Key prefix in a Redis-protocol store")
+    environment: Environment = Field(
+        "development",
+        validation_alias=AliasChoices("BOOKREC_ENVIRONMENT", "ENVIRONMENT", "environment"),
+        description="Batch preset: development | staging | production",
+    )
+    log_level: str = "INFO"
+
+    # --- data preparation ------------------------------------------------------------
+    seed: int = 42
+    synth_preset: Literal["tiny", "small", "full"] = "small"
+    min_user_ratings: int = Field(5, ge=1, description="k-core: explicit ratings per user kept for training")
+    min_book_ratings: int = Field(10, ge=1, description="k-core: explicit ratings per book kept for training")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+
+    # --- model (None = take the preset's value) --------------------------------------
+    n_factors: int | None = Field(None, ge=1, le=200)
+    n_samples: int | None = Field(None, ge=1)
+    burn_in: int | None = Field(None, ge=0)
+    thin: int | None = Field(None, ge=1)
+    n_chains: int | None = Field(None, ge=1, le=16)
+    max_kept_samples: int | None = Field(None, ge=1)
+    warm_start: bool | None = None
+    rating_min: float = 1.0
+    rating_max: float = 10.0
+
+    # --- batch -----------------------------------------------------------------------
+    top_n: int | None = Field(None, ge=1, le=200, description="Recommendations stored per user (None = preset)")
+    interval_level: float = Field(0.9, gt=0.0, lt=1.0, description="Credible level of stored intervals")
+    relevant_rating: float = Field(8.0, description="Held-out ratings at or above this count as relevant")
+    tuned_config_path: Path = Field(
+        Path("var/tuned-params.json"), description="Best parameters written by `bookrec optimize`, read by `bookrec batch`"
+    )
+
+    # --- optimizer ---------------------------------------------------------------------
+    optimizer_n_calls: int = Field(
+        20, ge=1, validation_alias=AliasChoices("BOOKREC_OPTIMIZER_N_CALLS", "OPTIMIZER_N_CALLS", "optimizer_n_calls")
+    )
+    optimizer_timeout: float | None = None
+    optuna_storage: str = "sqlite:///var/optuna.db"
+    optuna_study: str = "bookrec"
+
+    # --- API ---------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_workers: int = Field(1, ge=1)
+    cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:3000", "http://127.0.0.1:3000"])
+    max_top_k: int = Field(100, ge=1)
+    max_cold_start_ratings: int = Field(200, ge=1)
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+    store_timeout_seconds: float = Field(2.0, gt=0)
+    retry_after_seconds: int = Field(5, ge=1)
+    version_refresh_seconds: float = Field(1.0, ge=0, description="How long the API trusts its cached current-version pointer")
+    serve_static: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = _toml_path()
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own ``Settings(...)`` instead)."""
+    return Settings()
