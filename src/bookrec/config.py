@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         description="redis://[:password@]host:port/db, rediss://..., or sqlite:///path",
     )
     store_prefix: str = Field("bookrec", description="Key prefix in a Redis-protocol store")
+    store_publish_lease_seconds: float = Field(
+        15.0, gt=0, description="Store: a publisher's lease, renewed while it runs; a killed publisher blocks the next this long"
+    )
     environment: Environment = Field(
         "development",
         validation_alias=AliasChoices("BOOKREC_ENVIRONMENT", "ENVIRONMENT", "environment"),
@@ -78,6 +81,13 @@ class Settings(BaseSettings):
     tuned_config_path: Path = Field(
         Path("var/tuned-params.json"), description="Best parameters written by `bookrec optimize`, read by `bookrec batch`"
     )
+    candidate_min_interactions: int = Field(
+        5, ge=1, description="Tier 3 (similar reading) recommends works with at least this many interactions"
+    )
+    popularity_min_segment_ratings: int = Field(
+        200, ge=1, description="Tier 4: a country / age-band segment gets its own list from this many explicit ratings"
+    )
+    batch_chunk_users: int = Field(2048, ge=64, description="Readers scored per chunk in the batch (memory vs speed)")
 
     # --- optimizer ---------------------------------------------------------------------
     optimizer_n_calls: int = Field(

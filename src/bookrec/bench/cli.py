@@ -2,6 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(help="bench commands", no_args_is_help=True)
+
+
+@app.command("store")
+def store(
+    store_url: str = typer.Option(None, "--store", help="Benchmark this store URL (default: a temporary redis-server and a temporary SQLite file)"),
+    backend: list[str] = typer.Option(["redis", "sqlite"], "--backend", help="Backends to run when --store is not given"),
+    users: int = typer.Option(278_858, help="Users to publish (the full BookCrossing count by default)"),
+    top_n: int = typer.Option(20, help="Recommendation items per user"),
+    books: int = typer.Option(271_379, help="Book payloads to publish"),
+    reads: int = typer.Option(5_000, help="Single reads to time (the async run does 5x this)"),
+    concurrency: int = typer.Option(32, help="Concurrent async readers"),
+) -> None:
+    """Publish a full-size version and time reads (store backends; a benchmark, not a test)."""
+    from bookrec.store.bench import bench_store
+
+    bench_store(store_url, backend, users, top_n, books, reads, concurrency)
+
+
+@app.command("optimize")
+def optimize(
+    preset: str = typer.Option("small", "--preset", help="Synthetic data preset: tiny, small or full"),
+    trials: int = typer.Option(20, "--trials", min=1, help="Trials in the study"),
+    seed: int = typer.Option(42, "--seed", help="Data, split and model seed"),
+    sampler_seed: int = typer.Option(0, "--sampler-seed", help="Optuna sampler seed"),
+    storage: str = typer.Option(None, "--storage", help="Optuna storage URL (default: a temporary SQLite file)"),
+    objective: str = typer.Option("nll", "--objective", help="nll or crps"),
+    pruner: str = typer.Option("median", "--pruner", help="median, hyperband or none"),
+    data: Path = typer.Option(None, "--data", help="Use this normalised data directory instead of synthetic data"),
+) -> None:
+    """Default vs tuned configuration: validation and test RMSE, NLL, 90% coverage, wall time."""
+    from bookrec.bench.optimize import bench_optimize
+
+    bench_optimize(preset, trials, seed, sampler_seed, storage, objective, pruner, data)

@@ -1,1 +1,20 @@
-"""bookrec.model"""
+"""bookrec.model: Bayesian matrix factorisation by Gibbs sampling, its metrics and baselines.
+
+``BPMF`` is imported lazily so that ``bookrec --help`` does not pay for numba.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BPMF", "ArtifactError"]
+
+
+def __getattr__(name: str):
+    if name == "BPMF":
+        from bookrec.model.bpmf import BPMF
+
+        return BPMF
+    if name == "ArtifactError":
+        from bookrec.model.artifact import ArtifactError
+
+        return ArtifactError
+    raise AttributeError(name)

@@ -1,0 +1,266 @@
+"""Pydantic models of every request and response of the API (the JSON shapes of ARCHITECTURE.md section 4).
+
+Response models document the OpenAPI schema; the hot paths return pre-serialised orjson bytes
+that match them (tests and the schemathesis run check that they do). Models of payloads written
+by the batch allow extra fields so a newer batch adding a field never breaks the API.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RankBy = Literal["mean", "lower", "sample"]
+
+
+class _Open(BaseModel):
+    """A payload written by the batch: the documented fields, plus whatever a newer batch adds."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="A human-readable message; never exception text")
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrorResponse(BaseModel):
+    detail: str = Field(description="All problems with the request, in one sentence")
+    errors: list[ValidationErrorItem] = Field(default_factory=list)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer (all share the `{detail}` shape)."""
+    text = {
+        400: "The request is well-formed but cannot be answered (the message says why)",
+        404: "Not found (the message says what to try instead)",
+        413: "Request body too large",
+        422: "Invalid parameters or body",
+        503: "The store is unreachable or no model version is published yet; retry after `Retry-After` seconds",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"description": text[code], "model": ValidationErrorResponse if code == 422 else ErrorResponse}
+        if code == 503:
+            entry["headers"] = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+        out[code] = entry
+    return out
+
+
+# --- root and health -------------------------------------------------------------------------
+
+
+class RootResponse(BaseModel):
+    name: str
+    version: str
+    description: str
+    links: dict[str, str]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    store: Literal["ok"]
+    model_version: str
+
+
+class HealthUnavailable(BaseModel):
+    status: Literal["unavailable"]
+    reason: str
+    store: Literal["ok", "unavailable"]
+    model_version: str | None = None
+
+
+# --- recommendations -------------------------------------------------------------------------
+
+
+class RecommendationItem(_Open):
+    rank: int = Field(ge=1)
+    work_key: str | None = None
+    isbn: str | None = None
+    title: str
+    author: str | None = None
+    year: int | None = None
+    image_url: str | None = None
+    predicted_rating: float = Field(description="Posterior predictive mean on the 1-10 scale")
+    uncertainty: float = Field(description="Half-width of the credible interval")
+    confidence_interval: list[float] = Field(
+        min_length=2, max_length=2, description="Bayesian credible interval [lower, upper] at the published level"
+    )
+    basis: str | None = None
+
+
+class RecommendationsResponse(BaseModel):
+    user_id: int
+    basis: str = Field(description="personal | folded_in | similar_reading | popular")
+    recommendations: list[RecommendationItem]
+    total_available: int = Field(description="How many recommendations are stored for this user")
+    model_version: str
+    rank_by: RankBy = "mean"
+    note: str | None = None
+
+
+class RatingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    isbn: str | None = Field(None, max_length=40, description="ISBN-10 or ISBN-13, dashes and spaces allowed")
+    title: str | None = Field(None, max_length=300, description="A title (typos tolerated) when the ISBN is unknown")
+    rating: float = Field(ge=1, le=10, description="The reader's rating on the 1-10 scale")
+
+    @model_validator(mode="after")
+    def _isbn_or_title(self) -> "RatingIn":
+        if not (self.isbn and self.isbn.strip()) and not (self.title and self.title.strip()):
+            raise ValueError("each rating needs an isbn or a title")
+        return self
+
+
+class ColdStartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ratings: list[RatingIn] = Field(description="The new reader's ratings (at least one must be recognised)")
+    top_k: int = Field(10, ge=1, description="How many recommendations to return")
+    rank_by: RankBy = "mean"
+
+
+class RecognizedRating(BaseModel):
+    input: str = Field(description="The isbn or title as sent")
+    isbn: str
+    title: str
+    author: str | None = None
+    work_key: str
+    rating: float
+
+
+class UnrecognizedRating(BaseModel):
+    input: str
+    reason: str
+    isbn: str | None = None
+    title: str | None = None
+
+
+class ColdStartResponse(BaseModel):
+    recommendations: list[RecommendationItem]
+    recognized: list[RecognizedRating]
+    unrecognized: list[UnrecognizedRating]
+    n_recognized: int
+    basis: Literal["folded_in"] = "folded_in"
+    rank_by: RankBy = "mean"
+    model_version: str
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+class UsersPage(BaseModel):
+    users: list[int]
+    next_cursor: int | None = Field(None, description="Pass as `cursor` for the next page; null on the last page")
+    total: int
+
+
+class RandomUsers(BaseModel):
+    users: list[int]
+    total: int
+
+
+# --- books -----------------------------------------------------------------------------------
+
+
+class BookSummary(_Open):
+    isbn: str
+    work_key: str | None = None
+    title: str
+    author: str | None = None
+    year: int | None = None
+    publisher: str | None = None
+    image_url: str | None = None
+    n_ratings: int | None = None
+    in_model: bool | None = None
+
+
+class SearchResult(BookSummary):
+    score: float = Field(description="Match quality, 0-100")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=200)
+    limit: int = Field(10, ge=1)
+
+
+class SearchResponse(BaseModel):
+    query: str
+    results: list[SearchResult]
+
+
+class BooksPage(BaseModel):
+    books: list[BookSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Book(_Open):
+    isbn: str
+    work_key: str | None = None
+    title: str
+    author: str | None = None
+    year: int | None = None
+    publisher: str | None = None
+    image_url: str | None = None
+    editions: list[str] | None = None
+    n_ratings: int | None = None
+    n_explicit: int | None = None
+    mean_rating: float | None = None
+    rating_counts: dict[str, int] | None = None
+    in_model: bool | None = None
+
+
+class SimilarBook(BaseModel):
+    isbn: str
+    work_key: str
+    title: str
+    author: str | None = None
+    year: int | None = None
+    image_url: str | None = None
+    similarity: float = Field(description="Posterior mean of the cosine similarity of the two books' factors")
+    similarity_sd: float = Field(description="Posterior standard deviation of that similarity")
+
+
+class SimilarResponse(BaseModel):
+    isbn: str
+    work_key: str
+    similar: list[SimilarBook]
+    model_version: str
+
+
+# --- stats and model info --------------------------------------------------------------------
+
+
+class StatsResponse(BaseModel):
+    users_with_recommendations: int
+    books: int
+    model_version: str
+    store: dict[str, Any]
+    coverage_by_tier: dict[str, int] | None = None
+
+
+class ModelInfo(_Open):
+    """The published `meta` blob as written by the batch (public by design)."""
+
+    version: str | None = None
+    created_at: str | None = None
+    training_time_seconds: float | None = None
+    n_samples: int | None = None
+    burn_in: int | None = None
+    convergence: dict[str, Any] | None = None
+    test_metrics: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = None
+    dataset: dict[str, Any] | None = None

@@ -1,0 +1,193 @@
+"""Typo-tolerant search over the whole catalogue by title and author.
+
+Scoring every one of 271k books with a fuzzy scorer per keystroke is too slow, so a query runs
+in two stages:
+
+1. Prefilter with an inverted word index. Each query word is matched against the catalogue's
+   vocabulary (tens of thousands of distinct words, not hundreds of thousands of books):
+   exactly, by prefix (the last word of a type-ahead query is usually unfinished) and fuzzily
+   with rapidfuzz (one or two typos). The books containing the matched words get a coverage
+   score: the idf-weighted share of query words they match (rare words count more than "the").
+2. Rank the best few hundred candidates with rapidfuzz's WRatio on "title author", plus a small
+   popularity bonus so the well-known edition wins a tie, and keep one result per work
+   (editions share a work key).
+
+Built once per published version (a second or two for the full catalogue) and then read-only,
+so concurrent requests share it without locks.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass
+
+import numpy as np
+from rapidfuzz import fuzz, process
+from rapidfuzz.utils import default_process
+
+# How many books survive the prefilter into the (more expensive) WRatio ranking.
+CANDIDATES = 300
+# Words a prefix may expand to (the most frequent ones): "t" alone must not pull in 10k words.
+MAX_PREFIX_WORDS = 200
+# Fuzzy vocabulary matches per query word, and the lowest rapidfuzz ratio accepted. Ratio is
+# 100 * (1 - indel distance / total length): one typo in a 5-letter word ("hary"/"harry")
+# scores 89, a transposition in 7 letters ("tolkein"/"tolkien") 86; 80 admits about one edit
+# per five letters, which is where unrelated words start to match.
+MAX_FUZZY_WORDS = 30
+FUZZY_CUTOFF = 80.0
+MIN_FUZZY_LEN = 4
+# Quality of a word match, relative to an exact match.
+PREFIX_QUALITY = 0.9
+FUZZY_QUALITY = 0.8
+MAX_QUERY_WORDS = 12
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    row: int
+    score: float  # 0-100, what the API reports
+    coverage: float  # 0-1, idf-weighted share of query words the book matched
+
+
+class SearchIndex:
+    """Inverted word index + fuzzy vocabulary over parallel lists of titles and authors."""
+
+    def __init__(
+        self,
+        titles: list[str],
+        authors: list[str | None],
+        popularity: list[int] | None = None,
+        groups: list[str | None] | None = None,
+    ) -> None:
+        n = len(titles)
+        self.n_docs = n
+        self.groups = groups
+        self.title_text = [default_process(t or "") for t in titles]
+        self.author_text = [default_process(a or "") for a in authors]
+        self.text = [f"{t} {a}".strip() for t, a in zip(self.title_text, self.author_text)]
+        pop = np.asarray(popularity if popularity is not None else np.zeros(n), dtype=np.float64)
+        # Up to +5 points for the most-read books: breaks ties, never beats a better match.
+        self.pop_bonus = np.minimum(5.0, 1.5 * np.log10(1.0 + np.maximum(pop, 0.0)))
+
+        vocab: dict[str, int] = {}
+        doc_ids: list[int] = []
+        word_ids: list[int] = []
+        for doc, text in enumerate(self.text):
+            for word in set(text.split()):
+                wid = vocab.get(word)
+                if wid is None:
+                    wid = vocab[word] = len(vocab)
+                doc_ids.append(doc)
+                word_ids.append(wid)
+        words = np.asarray(word_ids, dtype=np.int64)
+        order = np.argsort(words, kind="stable")
+        self.postings = np.asarray(doc_ids, dtype=np.int32)[order]
+        counts = np.bincount(words, minlength=len(vocab)) if len(vocab) else np.zeros(0, np.int64)
+        self.indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.df = counts
+        self.words = list(vocab)  # index = word id
+        self.vocab = vocab
+        self.sorted_words = sorted(vocab)
+        self.sorted_ids = np.asarray([vocab[w] for w in self.sorted_words], dtype=np.int64)
+        # Exact processed title -> rows, for resolving a typed title (cold start) before fuzzing.
+        self.rows_of_title: dict[str, list[int]] = {}
+        for row, title in enumerate(self.title_text):
+            if title:
+                self.rows_of_title.setdefault(title, []).append(row)
+
+    # --- stage 1: words -> candidate books --------------------------------------------------
+    def _idf(self, word_id: int) -> float:
+        return math.log((self.n_docs + 1) / (self.df[word_id] + 1)) + 1.0
+
+    def _word_matches(self, token: str, allow_prefix: bool) -> dict[int, float]:
+        """Vocabulary word id -> match quality (1 exact, 0.9 prefix, <=0.8 fuzzy) for one query word."""
+        matches: dict[int, float] = {}
+        exact = self.vocab.get(token)
+        if exact is not None:
+            matches[exact] = 1.0
+        if allow_prefix:
+            lo = bisect_left(self.sorted_words, token)
+            hi = bisect_left(self.sorted_words, token + "\U0010ffff", lo)
+            ids = self.sorted_ids[lo:hi]
+            if len(ids) > MAX_PREFIX_WORDS:
+                ids = ids[np.argpartition(-self.df[ids], MAX_PREFIX_WORDS)[:MAX_PREFIX_WORDS]]
+            for wid in ids.tolist():
+                matches.setdefault(wid, PREFIX_QUALITY)
+        # A word that several books contain is taken as spelled on purpose: fuzzing it too would
+        # only add noise (and cost a scan of the vocabulary).
+        if len(token) >= MIN_FUZZY_LEN and (exact is None or self.df[exact] < 3):
+            for _, score, wid in process.extract(
+                token, self.words, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF, limit=MAX_FUZZY_WORDS
+            ):
+                quality = FUZZY_QUALITY * score / 100.0
+                if quality > matches.get(wid, 0.0):
+                    matches[wid] = quality
+        return matches
+
+    def _coverage(self, tokens: list[str]) -> np.ndarray:
+        total = np.zeros(self.n_docs, dtype=np.float32)
+        weight_sum = 0.0
+        for position, token in enumerate(tokens):
+            last = position == len(tokens) - 1
+            matches = self._word_matches(token, allow_prefix=len(token) >= (2 if last else 3))
+            if not matches:
+                weight_sum += math.log(self.n_docs + 1) + 1.0  # an unknown word is as rare as it gets
+                continue
+            best = max(matches, key=lambda w: (matches[w], -self.df[w]))
+            weight = self._idf(best)
+            weight_sum += weight
+            token_score = np.zeros(self.n_docs, dtype=np.float32)
+            for wid, quality in matches.items():
+                docs = self.postings[self.indptr[wid] : self.indptr[wid + 1]]
+                token_score[docs] = np.maximum(token_score[docs], quality)
+            total += weight * token_score
+        if weight_sum > 0:
+            total /= weight_sum
+        return total
+
+    # --- stage 2: rank candidates -----------------------------------------------------------
+    def search(self, query: str, limit: int = 10, exact_rows: list[int] | None = None) -> list[SearchHit]:
+        """The best `limit` books (one per work when groups were given), best first.
+
+        `exact_rows` (e.g. an ISBN typed into the box) are put first with score 100.
+        """
+        processed = default_process(query)
+        tokens = list(dict.fromkeys(processed.split()))[:MAX_QUERY_WORDS]
+        hits: list[SearchHit] = [SearchHit(r, 100.0, 1.0) for r in (exact_rows or [])]
+        if tokens and self.n_docs:
+            coverage = self._coverage(tokens)
+            candidates = np.flatnonzero(coverage > 0)
+            if len(candidates) > CANDIDATES:
+                key = coverage[candidates] + 1e-3 * self.pop_bonus[candidates]
+                candidates = candidates[np.argpartition(-key, CANDIDATES)[:CANDIDATES]]
+            scored = []
+            for row in candidates.tolist():
+                ratio = fuzz.WRatio(processed, self.text[row], processor=None)
+                score = 60.0 * float(coverage[row]) + 0.4 * ratio
+                scored.append((score + self.pop_bonus[row], score, row, float(coverage[row])))
+            scored.sort(reverse=True)
+            for _, score, row, cov in scored:
+                hits.append(SearchHit(row, round(score, 2), cov))
+        out: list[SearchHit] = []
+        seen_rows: set[int] = set()
+        seen_groups: set[str] = set()
+        for hit in hits:
+            if hit.row in seen_rows:
+                continue
+            group = self.groups[hit.row] if self.groups is not None else None
+            if group is not None and group in seen_groups:
+                continue
+            seen_rows.add(hit.row)
+            if group is not None:
+                seen_groups.add(group)
+            out.append(hit)
+            if len(out) >= limit:
+                break
+        return out
+
+    def title_ratio(self, query: str, row: int) -> float:
+        return fuzz.WRatio(default_process(query), self.title_text[row], processor=None)
+
+    def exact_title_rows(self, title: str) -> list[int]:
+        return self.rows_of_title.get(default_process(title), [])

@@ -1,0 +1,165 @@
+"""What the API holds in memory for one published version: the serving model, the catalogue and
+its search index. Built once per version from the store's blobs (never per request), in a worker
+thread so the event loop keeps serving while a new version loads.
+
+Also the model computations the API does in-process: cold-start fold-in (via
+`bookrec.model.foldin`) and similar books from the posterior book factors.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from bookrec.api.catalog import Catalog
+from bookrec.api.search import SearchIndex
+
+log = logging.getLogger(__name__)
+
+_FLOAT_KEYS = ("item_factors", "item_bias", "mu", "alpha", "mu_user", "lambda_user", "tau_user_bias", "rating_range")
+
+
+class BundleUnavailable(Exception):
+    """The published version lacks something a request needs (the message says what)."""
+
+
+def load_serving_arrays(blob: bytes, max_samples: int | None = None) -> dict[str, np.ndarray]:
+    """The `serving_model` npz (never unpickled), float arrays as float64 so fold-in does not convert
+    the whole model on every request, thinned to at most `max_samples` kept posterior samples."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    n_samples = arrays["item_factors"].shape[0]
+    keep = slice(None)
+    if max_samples is not None and n_samples > max_samples:
+        # Evenly spaced samples: the chains are thinned further, their mixture is still the posterior.
+        keep = np.unique(np.linspace(0, n_samples - 1, max_samples).round().astype(np.int64))
+    for name in _FLOAT_KEYS:
+        if name in arrays and name != "rating_range":
+            arrays[name] = np.ascontiguousarray(arrays[name][keep], dtype=np.float64)
+        elif name in arrays:
+            arrays[name] = np.asarray(arrays[name], dtype=np.float64)
+    return arrays
+
+
+@dataclass
+class ServingBundle:
+    version: str
+    catalog: Catalog | None = None
+    search: SearchIndex | None = None
+    model: dict[str, np.ndarray] | None = None
+    item_of_work: dict[str, int] = field(default_factory=dict)
+    unit_factors: np.ndarray | None = None  # (S, I, k) item factors scaled to unit length, for similarity
+    interval_level: float = 0.9
+    load_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        version: str,
+        catalog_blob: bytes | None,
+        model_blob: bytes | None,
+        meta: dict[str, Any] | None,
+        max_samples: int | None = None,
+    ) -> "ServingBundle":
+        started = time.perf_counter()
+        bundle = cls(version=version)
+        if meta and isinstance(meta.get("interval_level"), (int, float)):
+            bundle.interval_level = float(meta["interval_level"])
+        if catalog_blob is None:
+            bundle.problems.append("the published version has no catalogue")
+        else:
+            bundle.catalog = Catalog.from_blob(catalog_blob)
+            c = bundle.catalog
+            bundle.search = SearchIndex(c.title, c.author, c.n_ratings, groups=c.work_key)
+        if model_blob is None:
+            bundle.problems.append("the published version has no serving model")
+        else:
+            model = load_serving_arrays(model_blob, max_samples)
+            bundle.model = model
+            keys = [str(k) for k in model.get("item_keys", np.zeros(0, dtype=str)).tolist()]
+            bundle.item_of_work = {key: i for i, key in enumerate(keys)}
+            v = model["item_factors"]
+            bundle.unit_factors = (v / np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)).astype(np.float32)
+        bundle.load_seconds = time.perf_counter() - started
+        log.info("loaded serving bundle for version %s in %.2f s", version, bundle.load_seconds)
+        return bundle
+
+    # --- lookups -----------------------------------------------------------------------------
+    def need_catalog(self) -> tuple[Catalog, SearchIndex]:
+        if self.catalog is None or self.search is None:
+            raise BundleUnavailable("the published model version has no book catalogue")
+        return self.catalog, self.search
+
+    def need_model(self) -> dict[str, np.ndarray]:
+        if self.model is None:
+            raise BundleUnavailable("the published model version has no serving model")
+        return self.model
+
+    def work_isbn(self, item: int) -> str | None:
+        isbns = self.model.get("item_isbns") if self.model is not None else None
+        return str(isbns[item]) if isbns is not None else None
+
+    def work_key(self, item: int) -> str:
+        assert self.model is not None
+        return str(self.model["item_keys"][item])
+
+    def describe_item(self, item: int) -> dict[str, Any]:
+        """Title, author... of a model item (a work), from its representative edition in the catalogue."""
+        key = self.work_key(item)
+        out: dict[str, Any] = {"work_key": key, "isbn": self.work_isbn(item), "title": key.split("|")[0],
+                               "author": None, "year": None, "image_url": None}
+        if self.catalog is not None:
+            row = self.catalog.representative_row(key, out["isbn"])
+            if row is not None:
+                c = self.catalog
+                out.update(isbn=c.isbn[row], title=c.title[row], author=c.author[row], year=c.year[row],
+                           image_url=c.image_url[row])
+        return out
+
+    # --- model computations (run in a worker thread; numpy releases the GIL) -----------------
+    def similar(self, item: int, n: int) -> list[tuple[int, float, float]]:
+        """Works most similar to `item`: posterior mean and sd of the cosine of their factor vectors."""
+        assert self.unit_factors is not None
+        u = self.unit_factors
+        cos = np.einsum("sik,sk->si", u, u[:, item, :], dtype=np.float64)  # (S, I)
+        mean, sd = cos.mean(axis=0), cos.std(axis=0)
+        mean[item] = -np.inf
+        n = min(n, max(len(mean) - 1, 0))
+        if n == 0:
+            return []
+        top = np.argpartition(-mean, n - 1)[:n]
+        top = top[np.lexsort((top, -mean[top]))]
+        return [(int(i), float(mean[i]), float(sd[i])) for i in top]
+
+    def fold_in_recommend(
+        self, items: np.ndarray, ratings: np.ndarray, n: int, rank_by: str, seed: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Exact Bayesian fold-in of a new reader and their top `n` works (rated ones excluded)."""
+        from bookrec.model.foldin import fold_in_from_arrays, rank_items_for_fold_in
+
+        model = self.need_model()
+        fold = fold_in_from_arrays(model, items, ratings, seed=seed)
+        top, mean, lower, upper = rank_items_for_fold_in(
+            model, fold, n=n, exclude=items, rank_by=rank_by, level=self.interval_level, seed=seed
+        )
+        out = []
+        for rank, (item, m, lo, hi) in enumerate(zip(top.tolist(), mean.tolist(), lower.tolist(), upper.tolist()), 1):
+            entry = self.describe_item(item)
+            entry.update(
+                rank=rank, predicted_rating=round(m, 3), uncertainty=round((hi - lo) / 2, 3),
+                confidence_interval=[round(lo, 3), round(hi, 3)], basis="folded_in",
+            )
+            out.append(entry)
+        return out
+
+
+def normal_quantile(level: float) -> float:
+    """z such that a normal's central `level` interval is mean +- z sd."""
+    return NormalDist().inv_cdf((1 + level) / 2)

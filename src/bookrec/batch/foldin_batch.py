@@ -1,0 +1,190 @@
+"""Tier 2: exact Bayesian fold-in of many readers at once.
+
+The same mathematics as :mod:`bookrec.model.foldin` (which folds in one reader for the API):
+for each kept sample s the reader's x = [u, b] has the Gaussian conditional
+
+    P_s = blockdiag(Lambda_U,s, tau_b,s) + alpha_s F^T F,   F rows = [v_sj, 1] for rated j
+    h_s = blockdiag(Lambda_U,s, tau_b,s) [mu_U,s, 0] + alpha_s F^T (r - mu_s - c_sj)
+
+and the predictive of item j is the mixture over s of N(mu_s + c_sj + f_sj . m_s,
+f_sj^T P_s^-1 f_sj + 1/alpha_s). Here the per-(reader, sample) solves run in one numba kernel
+over all readers, the predictive means of every item come from one BLAS product per chunk of
+readers, and the exact mixture quantiles are computed only for each reader's top n.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+from numba import njit, prange
+
+from bookrec.model import kernels
+
+
+@njit(parallel=True, cache=True)
+def fold_in_many(indptr, items, ratings, item_factors, item_bias, mu, alpha, lambda_user, mu_user, tau_user_bias):
+    """Posterior mean (U, S, k+1) and lower Cholesky factor of the covariance (U, S, k+1, k+1)."""
+    n_users = indptr.shape[0] - 1
+    n_s, _, k = item_factors.shape
+    d = k + 1
+    means = np.empty((n_users, n_s, d))
+    chols = np.empty((n_users, n_s, d, d))
+    for u in prange(n_users):
+        a, b = indptr[u], indptr[u + 1]
+        prec = np.empty((d, d))
+        lin = np.empty(d)
+        f = np.empty(d)
+        for s in range(n_s):
+            for i in range(d):
+                for j in range(d):
+                    prec[i, j] = 0.0
+            for i in range(k):
+                for j in range(k):
+                    prec[i, j] = lambda_user[s, i, j]
+            prec[k, k] = tau_user_bias[s]
+            for i in range(k):
+                acc = 0.0
+                for j in range(k):
+                    acc += lambda_user[s, i, j] * mu_user[s, j]
+                lin[i] = acc
+            lin[k] = 0.0
+            for p in range(a, b):
+                j_item = items[p]
+                for i in range(k):
+                    f[i] = item_factors[s, j_item, i]
+                f[k] = 1.0
+                t = ratings[p] - mu[s] - item_bias[s, j_item]
+                for i in range(d):
+                    lin[i] += alpha[s] * f[i] * t
+                    for j in range(d):
+                        prec[i, j] += alpha[s] * f[i] * f[j]
+            # P = L L^T; mean = P^-1 h; covariance = P^-1 = L^-T L^-1, whose lower Cholesky factor
+            # we need: compute the covariance explicitly (d is ~11) and factor it.
+            lp = np.linalg.cholesky(prec)
+            y = np.linalg.solve(lp, lin)
+            m = np.linalg.solve(lp.T, y)
+            inv_l = np.linalg.solve(lp, np.eye(d))
+            cov = inv_l.T @ inv_l
+            cov = 0.5 * (cov + cov.T)
+            means[u, s] = m
+            chols[u, s] = np.linalg.cholesky(cov)
+    return means, chols
+
+
+@njit(parallel=True, cache=True)
+def pair_components(means, chols, local_user, items, item_factors, item_bias, mu, alpha):
+    """Mixture components (P, S) means and sds of the predictive for (folded reader, item) pairs."""
+    n_pairs = local_user.shape[0]
+    n_s, _, k = item_factors.shape
+    d = k + 1
+    out_m = np.empty((n_pairs, n_s))
+    out_s = np.empty((n_pairs, n_s))
+    for p in prange(n_pairs):
+        u = local_user[p]
+        j = items[p]
+        f = np.empty(d)
+        for s in range(n_s):
+            for i in range(k):
+                f[i] = item_factors[s, j, i]
+            f[k] = 1.0
+            m = mu[s] + item_bias[s, j]
+            for i in range(d):
+                m += f[i] * means[u, s, i]
+            # f^T C C^T f = || C^T f ||^2
+            var = 1.0 / alpha[s]
+            for c in range(d):
+                acc = 0.0
+                for r in range(c, d):
+                    acc += chols[u, s, r, c] * f[r]
+                var += acc * acc
+            out_m[p, s] = m
+            out_s[p, s] = math.sqrt(var)
+    return out_m, out_s
+
+
+class BatchFoldIn:
+    """Fold in readers from the serving arrays (the same dict the API uses) in chunks."""
+
+    def __init__(self, arrays: dict, level: float) -> None:
+        self.item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float64)
+        self.item_bias = np.ascontiguousarray(arrays["item_bias"], dtype=np.float64)
+        self.mu = np.asarray(arrays["mu"], dtype=np.float64)
+        self.alpha = np.asarray(arrays["alpha"], dtype=np.float64)
+        self.lambda_user = np.ascontiguousarray(arrays["lambda_user"], dtype=np.float64)
+        self.mu_user = np.ascontiguousarray(arrays["mu_user"], dtype=np.float64)
+        self.tau = np.asarray(arrays["tau_user_bias"], dtype=np.float64)
+        self.rating_range = tuple(float(x) for x in arrays["rating_range"])
+        self.level = level
+        self.probs = np.array([(1 - level) / 2, (1 + level) / 2])
+        n_s, n_items, k = self.item_factors.shape
+        # (S*(k+1), I): per sample the item factors transposed and a row of ones (for the bias),
+        # so that [m_s1, ..., m_sS] @ stacked / S is the predictive mean minus the constant part.
+        stacked = np.empty((n_s, k + 1, n_items))
+        stacked[:, :k, :] = np.transpose(self.item_factors, (0, 2, 1))
+        stacked[:, k, :] = 1.0
+        self.stacked = stacked.reshape(n_s * (k + 1), n_items)
+        self.constant = (self.mu[:, None] + self.item_bias).mean(axis=0)
+
+    def fold(self, rated: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """rated: (n_readers, n_items) explicit ratings on model items -> (means, chols)."""
+        rated = rated.tocsr()
+        rated.sort_indices()
+        return fold_in_many(
+            rated.indptr.astype(np.int64), rated.indices.astype(np.int64), rated.data.astype(np.float64),
+            self.item_factors, self.item_bias, self.mu, self.alpha, self.lambda_user, self.mu_user, self.tau,
+        )
+
+    def predict(self, means, chols, local_user, items):
+        """(mean, lower, upper) clipped to the rating range, for (reader, item) pairs."""
+        comp_m, comp_s = pair_components(
+            means, chols, np.asarray(local_user, dtype=np.int64), np.asarray(items, dtype=np.int64),
+            self.item_factors, self.item_bias, self.mu, self.alpha,
+        )
+        q = kernels.mixture_quantiles(comp_m, comp_s, self.probs)
+        lo, hi = self.rating_range
+        return np.clip(comp_m.mean(axis=1), lo, hi), np.clip(q[:, 0], lo, hi), np.clip(q[:, 1], lo, hi)
+
+    def components(self, means, chols, local_user, items):
+        return pair_components(
+            means, chols, np.asarray(local_user, dtype=np.int64), np.asarray(items, dtype=np.int64),
+            self.item_factors, self.item_bias, self.mu, self.alpha,
+        )
+
+    def recommend(self, rated: sp.csr_matrix, exclude: sp.csr_matrix, n: int, chunk: int = 2048):
+        """Top n by predictive mean per reader: (items, mean, lower, upper), (n_readers, n), -1/NaN if empty."""
+        rated = rated.tocsr()
+        exclude = exclude.tocsr()
+        n_readers, n_items = rated.shape
+        n_eff = min(n, n_items)
+        items = np.full((n_readers, n), -1, dtype=np.int64)
+        mean = np.full((n_readers, n), np.nan)
+        lower = np.full((n_readers, n), np.nan)
+        upper = np.full((n_readers, n), np.nan)
+        n_s = self.mu.shape[0]
+        for a in range(0, n_readers, chunk):
+            b = min(a + chunk, n_readers)
+            means, chols = self.fold(rated[a:b])
+            score = means.reshape(b - a, -1) @ self.stacked / n_s + self.constant[None, :]
+            ex = exclude[a:b]
+            rr, cc = ex.nonzero()
+            score[rr, cc] = -np.inf
+            top = np.argpartition(-score, n_eff - 1, axis=1)[:, :n_eff]
+            top_score = np.take_along_axis(score, top, axis=1)
+            # order per row by descending mean, ties by item index (deterministic)
+            by_idx = np.argsort(top, axis=1, kind="stable")
+            top = np.take_along_axis(top, by_idx, axis=1)
+            top_score = np.take_along_axis(top_score, by_idx, axis=1)
+            by_score = np.argsort(-top_score, axis=1, kind="stable")
+            top = np.take_along_axis(top, by_score, axis=1)
+            top_score = np.take_along_axis(top_score, by_score, axis=1)
+            valid = np.isfinite(top_score)
+            local = np.repeat(np.arange(b - a), n_eff)
+            m, lo, hi = self.predict(means, chols, local, top.ravel())
+            shape = (b - a, n_eff)
+            items[a:b, :n_eff] = np.where(valid, top, -1)
+            mean[a:b, :n_eff] = np.where(valid, m.reshape(shape), np.nan)
+            lower[a:b, :n_eff] = np.where(valid, lo.reshape(shape), np.nan)
+            upper[a:b, :n_eff] = np.where(valid, hi.reshape(shape), np.nan)
+        return items, mean, lower, upper

@@ -1,0 +1,589 @@
+"""The batch: load -> k-core -> split -> train -> evaluate -> precompute for every reader -> publish.
+
+Every user of the data set (``users.parquet`` and anyone appearing in ``ratings.parquet``) gets
+a list, from the best tier that applies (the ``basis`` of the payload):
+
+1. ``personal``: readers in the training core, from the posterior predictive of the kept samples;
+2. ``folded_in``: readers with explicit ratings on the model's works but outside the core,
+   folded in exactly (per kept sample) from those ratings;
+3. ``similar_reading``: readers who touched known books but cannot be folded in, from what they
+   touched (:mod:`bookrec.batch.implicit`);
+4. ``popular``: everyone else, from uncertainty-aware popularity by segment
+   (:mod:`bookrec.batch.popularity`).
+
+Works the reader interacted with, in any edition, are never recommended. Publication is one
+versioned, atomic ``store.begin_publish()``: a failure anywhere leaves the previous version serving.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import scipy.sparse as sp
+
+from bookrec.batch.catalog import Catalog, Interactions, RatingModel, build_catalog_and_interactions
+from bookrec.batch.foldin_batch import BatchFoldIn
+from bookrec.batch.implicit import ImplicitRecommender, RecommendationBlock
+from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parquet
+from bookrec.batch.popularity import PopularityResult, popularity_lists, user_segments
+from bookrec.batch.presets import ResolvedParameters, resolve_parameters
+from bookrec.config import Settings
+
+log = logging.getLogger(__name__)
+
+TIERS = ("personal", "folded_in", "similar_reading", "popular")
+CALIBRATION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+class BatchError(RuntimeError):
+    """A batch cannot run (no data, nothing to train on); shown without a traceback."""
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class BatchContext:
+    """Everything the stages share; tests build it to score held-out data with the same code."""
+
+    settings: Settings
+    params: ResolvedParameters
+    dataset: Any
+    catalog: Catalog
+    interactions: Interactions
+    training: Any  # bookrec.data.prep.TrainingData
+    rating_model: RatingModel
+    core_works: np.ndarray  # work index of each model item
+    core_users: np.ndarray  # user index (in interactions.users) of each model user
+    model: Any = None  # bookrec.model.BPMF
+    serving: dict | None = None
+    tiers: dict[str, np.ndarray] = field(default_factory=dict)  # tier -> user indices
+
+    @property
+    def in_model(self) -> np.ndarray:
+        mask = np.zeros(len(self.catalog), dtype=bool)
+        mask[self.core_works] = True
+        return mask
+
+
+@dataclass
+class Precomputed:
+    personal: RecommendationBlock
+    folded_in: RecommendationBlock
+    similar_reading: RecommendationBlock
+    popular: PopularityResult
+    popular_users: np.ndarray
+
+
+@dataclass
+class BatchReport:
+    version: str | None
+    preset: str
+    parameters: dict
+    coverage_by_tier: dict[str, int]
+    n_users: int
+    users_published: int
+    stage_seconds: dict[str, float]
+    meta: dict
+    bytes_recommendations: int = 0
+    context: BatchContext | None = None
+    precomputed: Precomputed | None = None
+
+
+# ---------------------------------------------------------------------------------- stages
+def prepare(dataset, settings: Settings, params: ResolvedParameters) -> BatchContext:
+    """Work-level catalogue, all interactions, the training core and its per-user split."""
+    from bookrec.data.prep import prepare_training
+
+    catalog, interactions = build_catalog_and_interactions(dataset.ratings, dataset.books, dataset.users)
+    training = prepare_training(dataset, settings)
+    if training.n_users == 0 or training.n_items == 0:
+        raise BatchError(
+            f"the k-core (>= {settings.min_user_ratings} ratings per reader, >= {settings.min_book_ratings} per book) "
+            "is empty: lower BOOKREC_MIN_USER_RATINGS / BOOKREC_MIN_BOOK_RATINGS or use more data"
+        )
+    rating_model = RatingModel.fit(interactions, len(catalog), settings.rating_min, settings.rating_max)
+    core_works = catalog.works.encode(training.items.values)
+    core_users = interactions.users.encode(training.users.values)
+    assert (core_works >= 0).all() and (core_users >= 0).all()
+    return BatchContext(settings, params, dataset, catalog, interactions, training, rating_model, core_works, core_users)
+
+
+def train(ctx: BatchContext, show_progress: bool = True) -> None:
+    from bookrec.model import BPMF
+
+    s = ctx.settings
+    tu, ti, tr = ctx.training.train
+    vu, vi, vr = ctx.training.validation
+    model = BPMF(
+        **ctx.params.model_kwargs(), seed=s.seed, rating_range=(s.rating_min, s.rating_max), show_progress=show_progress
+    )
+    # The validation split only monitors the run (running RMSE / coverage); it never steers it.
+    eval_set = (vu, vi, vr) if len(vr) else None
+    model.fit(tu, ti, tr, n_users=ctx.training.n_users, n_items=ctx.training.n_items, eval_set=eval_set,
+              eval_every=max(10, ctx.params.n_samples // 10))
+    ctx.model = model
+    arrays = dict(model.serving_arrays())
+    arrays["item_keys"] = np.asarray(ctx.training.items.values, dtype=str)
+    arrays["item_isbns"] = np.asarray(ctx.catalog.isbn[ctx.core_works], dtype=str)
+    ctx.serving = arrays
+
+
+def evaluate(ctx: BatchContext) -> dict:
+    """Test-split metrics of the model and the two baselines, calibration points."""
+    from bookrec.model import metrics
+
+    s = ctx.settings
+    tu, ti, tr = ctx.training.test
+    out: dict[str, Any] = {"n_test": int(len(tr))}
+    if not len(tr):
+        return {**out, "test_metrics": {}, "baselines": {}, "calibration": []}
+    model = ctx.model
+    out["test_metrics"] = _jsonable(metrics.evaluate_predictive(model, tu, ti, tr, k=10, relevant=s.relevant_rating))
+    means, sds = model.predictive_components(tu, ti)
+    cal = metrics.interval_metrics(tr, means, sds, levels=CALIBRATION_LEVELS, rating_range=model.rating_range)
+    out["calibration"] = [
+        {"nominal": lv, "observed": cal["coverage"][str(lv)], "width": cal["width"][str(lv)]} for lv in CALIBRATION_LEVELS
+    ]
+    out["baselines"] = _baselines(ctx, metrics)
+    return out
+
+
+def _baselines(ctx: BatchContext, metrics) -> dict:
+    try:
+        from bookrec.model import baselines
+    except ImportError:  # the model part may not ship them yet; say so instead of failing the batch
+        log.warning("bookrec.model.baselines is not available: no baseline metrics in meta")
+        return {}
+    tu, ti, tr = ctx.training.train
+    eu, ei, er = ctx.training.test
+    found = {}
+    for name in dir(baselines):
+        cls = getattr(baselines, name)
+        if isinstance(cls, type) and hasattr(cls, "fit") and hasattr(cls, "predictive_components") and cls.__module__ == baselines.__name__:
+            try:
+                est = cls(rating_range=(ctx.settings.rating_min, ctx.settings.rating_max))
+            except TypeError:
+                est = cls()
+            est.fit(tu, ti, tr, n_users=ctx.training.n_users, n_items=ctx.training.n_items)
+            found[getattr(est, "name", name)] = _jsonable(
+                metrics.evaluate_predictive(est, eu, ei, er, k=10, relevant=ctx.settings.relevant_rating)
+            )
+    return found
+
+
+def assign_tiers(ctx: BatchContext) -> dict[str, np.ndarray]:
+    inter = ctx.interactions
+    n_users = inter.n_users
+    tier = np.full(n_users, 3, dtype=np.int8)
+    has_any = np.diff(inter.seen.indptr) > 0
+    tier[has_any] = 2
+    work_to_core = np.full(len(ctx.catalog), -1, dtype=np.int64)
+    work_to_core[ctx.core_works] = np.arange(len(ctx.core_works))
+    rated_core = np.zeros(n_users, dtype=bool)
+    rated_core[inter.explicit_user[work_to_core[inter.explicit_work] >= 0]] = True
+    tier[rated_core] = 1
+    tier[ctx.core_users] = 0
+    ctx.tiers = {name: np.flatnonzero(tier == t) for t, name in enumerate(TIERS)}
+    return ctx.tiers
+
+
+def _core_matrices(ctx: BatchContext, users: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """For readers ``users``: their explicit ratings on model items, and everything they touched
+    (any edition, explicit or implicit) restricted to model items (the exclusion set)."""
+    inter = ctx.interactions
+    n_core = len(ctx.core_works)
+    work_to_core = np.full(len(ctx.catalog), -1, dtype=np.int64)
+    work_to_core[ctx.core_works] = np.arange(n_core)
+    local = np.full(inter.n_users, -1, dtype=np.int64)
+    local[users] = np.arange(len(users))
+    eu, ew, er = inter.explicit_user, inter.explicit_work, inter.explicit_rating
+    keep = (local[eu] >= 0) & (work_to_core[ew] >= 0)
+    rated = sp.csr_matrix((er[keep].astype(np.float64), (local[eu[keep]], work_to_core[ew[keep]])), shape=(len(users), n_core))
+    seen = inter.seen[users].tocoo()
+    ok = work_to_core[seen.col] >= 0
+    exclude = sp.csr_matrix(
+        (np.ones(int(ok.sum()), dtype=np.float32), (seen.row[ok], work_to_core[seen.col[ok]])), shape=(len(users), n_core)
+    )
+    return rated, exclude
+
+
+def _block_from_core(users, items, mean, lower, upper, core_works) -> RecommendationBlock:
+    works = np.where(items >= 0, core_works[np.maximum(items, 0)], -1)
+    return RecommendationBlock(users, works, mean, lower, upper, np.ones(works.shape, dtype=bool))
+
+
+def precompute(ctx: BatchContext, progress=None) -> Precomputed:
+    """Top-n for every reader, tier by tier (vectorised; chunks only bound memory)."""
+    s = ctx.settings
+    n = ctx.params.top_n
+    level = s.interval_level
+    chunk = s.batch_chunk_users
+    tiers = ctx.tiers or assign_tiers(ctx)
+
+    def task(name, total):
+        return progress.add_task(f"precompute: {name}", total=max(total, 1)) if progress is not None else None
+
+    def advance(t, k):
+        if progress is not None:
+            progress.update(t, advance=k)
+
+    # Tier 1: the model's own readers. Both index maps are sorted by user id, so the tier's
+    # readers (ascending user index) are exactly the model's users 0..n-1 in order.
+    users1 = tiers["personal"]
+    assert np.array_equal(users1, ctx.core_users)
+    t = task("personal", len(users1))
+    _, exclude1 = _core_matrices(ctx, users1)  # everything they touched, not only training
+    parts = []
+    for a in range(0, len(users1), chunk):
+        b = min(a + chunk, len(users1))
+        parts.append(ctx.model.recommend_all(np.arange(a, b), n, exclude_csr=exclude1, rank_by="mean", level=level))
+        advance(t, b - a)
+    personal = _concat_block(users1, parts, n, ctx.core_works)
+
+    # Tier 2: exact fold-in from explicit ratings on model items.
+    users2 = tiers["folded_in"]
+    t = task("folded_in", len(users2))
+    rated2, exclude2 = _core_matrices(ctx, users2)
+    folder = BatchFoldIn(ctx.serving, level)
+    items2 = np.full((len(users2), n), -1, dtype=np.int64)
+    mean2, lower2, upper2 = (np.full((len(users2), n), np.nan) for _ in range(3))
+    for a in range(0, len(users2), chunk):
+        b = min(a + chunk, len(users2))
+        i, m, lo, hi = folder.recommend(rated2[a:b], exclude2[a:b], n, chunk=chunk)
+        items2[a:b], mean2[a:b], lower2[a:b], upper2[a:b] = i, m, lo, hi
+        advance(t, b - a)
+    folded = _block_from_core(users2, items2, mean2, lower2, upper2, ctx.core_works)
+
+    # Tier 3: from what they touched.
+    users3 = tiers["similar_reading"]
+    t = task("similar_reading", len(users3))
+    implicit = implicit_recommender(ctx)
+    if len(users3):
+        implicit.fit(np.unique(ctx.interactions.seen[users3].indices))
+    blocks = []
+    for a in range(0, len(users3), chunk):
+        blocks.append(implicit.recommend(users3[a:a + chunk], n, level, chunk=min(chunk, 1024)))
+        advance(t, min(chunk, len(users3) - a))
+    similar = _stack_blocks(users3, blocks, n)
+
+    # Tier 4: popularity by segment.
+    users4 = tiers["popular"]
+    t = task("popular", len(users4))
+    segments = user_segments(ctx.dataset.users, ctx.interactions.users.values)
+    popular = popularity_lists(
+        ctx.interactions, ctx.rating_model, segments, users4, n, level, s.popularity_min_segment_ratings
+    )
+    advance(t, len(users4))
+    return Precomputed(personal, folded, similar, popular, users4)
+
+
+def implicit_recommender(ctx: BatchContext) -> ImplicitRecommender:
+    factors = ctx.model.item_factors_.astype(np.float64).mean(axis=0) if ctx.model is not None else None
+    return ImplicitRecommender(
+        ctx.catalog, ctx.interactions, ctx.rating_model, ctx.settings.candidate_min_interactions,
+        item_factors=factors, core_works=ctx.core_works, seed=ctx.settings.seed,
+    )
+
+
+def _concat_block(users, parts, n, core_works) -> RecommendationBlock:
+    if not parts:
+        empty = np.zeros((0, n))
+        return RecommendationBlock(users, empty.astype(np.int64), empty, empty, empty, empty.astype(bool))
+    items, mean, lower, upper = (np.concatenate([p[j] for p in parts]) for j in range(4))
+    return _block_from_core(users, items, mean, lower, upper, core_works)
+
+
+def _stack_blocks(users, blocks, n) -> RecommendationBlock:
+    if not blocks:
+        empty = np.zeros((0, n))
+        return RecommendationBlock(users, empty.astype(np.int64), empty, empty, empty, empty.astype(bool))
+    return RecommendationBlock(
+        users, *(np.concatenate([getattr(b, f) for b in blocks]) for f in ("works", "predicted", "lower", "upper", "from_similarity"))
+    )
+
+
+# ---------------------------------------------------------------------------------- payloads
+def iter_recommendations(ctx: BatchContext, pre: Precomputed, encoder: PayloadEncoder) -> Iterator[tuple[int, bytes]]:
+    """(user_id, payload bytes) for every reader, tier by tier."""
+    ids = ctx.interactions.users.values
+    for name, block in (("personal", pre.personal), ("folded_in", pre.folded_in)):
+        yield from encoder.block(ids[block.users], name, block.works, block.predicted, block.lower, block.upper)
+    sim = pre.similar_reading
+    if len(sim.users):
+        rec_basis = np.where(sim.from_similarity, "similar_reading", "popular")
+        yield from encoder.block(ids[sim.users], "similar_reading", sim.works, sim.predicted, sim.lower, sim.upper, rec_basis)
+    pop = pre.popular
+    encoded = [
+        encoder.items(lst.works, lst.predicted, lst.lower, lst.upper, [b"popular"] * len(lst.works)) for lst in pop.lists
+    ]
+    for uid, which in zip(ids[pre.popular_users].tolist(), pop.user_list.tolist()):
+        yield uid, encoder.reader(uid, "popular", encoded[which])
+
+
+def popular_blob(ctx: BatchContext, encoder: PayloadEncoder) -> bytes:
+    """The global popularity list (in the recommendation-item shape) for API fallbacks."""
+    n_pop = max(ctx.params.top_n, 50)
+    res = popularity_lists(ctx.interactions, ctx.rating_model, None, np.zeros(0, dtype=np.int64), n_pop,
+                           ctx.settings.interval_level, ctx.settings.popularity_min_segment_ratings)
+    lst = res.lists[0]
+    return orjson.dumps(encoder.item_dicts(lst.works, lst.predicted, lst.lower, lst.upper, "popular"))
+
+
+def serving_model_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def code_version() -> str:
+    import bookrec
+
+    version = getattr(bookrec, "__version__", "0")
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{version}+{sha}" if sha else version
+
+
+def build_meta(ctx: BatchContext, evaluation: dict, coverage: dict, stage_seconds: dict, version: str | None) -> dict:
+    model = ctx.model
+    s = ctx.settings
+    p = ctx.params
+    traces = {name: np.asarray(model.traces_[name]).tolist() for name in ("alpha", "mu", "train_rmse") if name in model.traces_}
+    diag = model.diagnostics_
+    r = ctx.dataset.ratings["rating"].to_numpy()
+    rating_distribution = {str(v): int(c) for v, c in enumerate(np.bincount(np.clip(np.rint(r), 0, 10).astype(int), minlength=11))}
+    counts = ctx.dataset.counts()
+    dataset = {
+        **counts,
+        "users_all": int(ctx.interactions.n_users),
+        "works": int(len(ctx.catalog)),
+        "ratings_unjoined": int(ctx.interactions.n_unjoined),
+        **ctx.training.sizes(),
+        "source": ctx.dataset.source,
+    }
+    return _jsonable({
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "environment": s.environment,
+        "preset": p.preset,
+        "training_time_seconds": float(model.fit_seconds_),
+        "parameters": {**p.model_kwargs(), "top_n": p.top_n, "seed": s.seed,
+                       "min_user_ratings": s.min_user_ratings, "min_book_ratings": s.min_book_ratings,
+                       "rating_range": [s.rating_min, s.rating_max]},
+        "parameter_sources": p.sources,
+        "tuned": p.tuned,
+        "n_samples": p.n_samples,
+        "burn_in": p.burn_in,
+        "n_chains": p.n_chains,
+        "thin": p.thin,
+        "n_kept": int(model.n_kept_),
+        "n_factors": p.n_factors,
+        "convergence": {
+            "converged": bool(diag.get("converged")),
+            "rhat": diag.get("rhat", {}),
+            "ess_bulk": diag.get("ess_bulk", {}),
+            "ess_tail": diag.get("ess_tail", {}),
+            "max_rhat": diag.get("max_rhat"),
+            "min_ess_bulk": diag.get("min_ess_bulk"),
+            "failing": diag.get("failing", []),
+        },
+        "traces": traces,
+        "test_metrics": evaluation.get("test_metrics", {}),
+        "baselines": evaluation.get("baselines", {}),
+        "calibration": evaluation.get("calibration", []),
+        "rating_distribution": rating_distribution,
+        "dataset": dataset,
+        "coverage_by_tier": coverage,
+        "top_n": p.top_n,
+        "interval_level": s.interval_level,
+        "stage_seconds": stage_seconds,
+        "rating_model": {"global_mean": ctx.rating_model.global_mean, "sigma2": ctx.rating_model.sigma2,
+                         "tau2_book": ctx.rating_model.tau2, "tau2_reader": ctx.rating_model.tau2_user},
+        "catalog_format": "parquet",
+    })
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return None if not np.isfinite(v) else v
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def publish(store, recommendations: Iterable[tuple[int, bytes]], books: Iterable[tuple[str, bytes]], blobs: dict[str, Any]) -> tuple[str, dict]:
+    """One atomic publish. ``blobs`` values are bytes or callables taking the version id and
+    returning bytes (``meta`` needs the version). Any exception discards the partial version."""
+    with store.begin_publish() as pub:
+        n_recs = pub.put_recommendations(recommendations)
+        pub.put_books(books)
+        for name, data in blobs.items():
+            pub.put_blob(name, data(pub.version) if callable(data) else data)
+        stats = dict(pub.stats)
+        stats["users"] = n_recs
+        version = pub.version
+    return version, stats
+
+
+# ---------------------------------------------------------------------------------- the run
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def run_batch(
+    settings: Settings,
+    data_dir: Path | str | None = None,
+    store_url: str | None = None,
+    preset: str | None = None,
+    *,
+    dataset=None,
+    show_progress: bool = True,
+    keep_context: bool = False,
+) -> BatchReport:
+    """Train, evaluate, precompute for every reader and publish one new version."""
+    from rich.console import Console
+
+    from bookrec.data.io import load_dataset
+    from bookrec.store import open_store
+
+    timer = Timer()
+    console = Console(quiet=not show_progress)
+    params = resolve_parameters(settings, preset)
+    log.info("batch preset %s: %s", params.preset, ", ".join(f"{k}={v}" for k, v in params.model_kwargs().items()))
+    with timer.stage("load"):
+        if dataset is None:
+            dataset = load_dataset(Path(data_dir or settings.data_dir))
+    with timer.stage("prepare"):
+        ctx = prepare(dataset, settings, params)
+    sizes = ctx.training.sizes()
+    console.print(
+        f"core: {sizes['core_users']:,} readers x {sizes['core_books']:,} works; "
+        f"train {sizes['train']:,} / validation {sizes['validation']:,} / test {sizes['test']:,} ratings"
+    )
+    with timer.stage("train"):
+        train(ctx, show_progress=show_progress)
+    diag = ctx.model.diagnostics_
+    console.print(
+        f"trained in {ctx.model.fit_seconds_:.1f} s; max R-hat {diag.get('max_rhat', float('nan')):.3f}, "
+        f"min bulk ESS {diag.get('min_ess_bulk', float('nan')):.0f}: "
+        + ("converged" if diag.get("converged") else "NOT converged by the R-hat/ESS rule")
+    )
+    with timer.stage("evaluate"):
+        evaluation = evaluate(ctx)
+    tiers = assign_tiers(ctx)
+    coverage = {name: int(len(tiers[name])) for name in TIERS}
+    progress = _progress() if show_progress else None
+    with (progress or _null()):
+        with timer.stage("precompute"):
+            pre = precompute(ctx, progress)
+        encoder = PayloadEncoder(ctx.catalog)
+        in_model = ctx.in_model
+        n_users = ctx.interactions.n_users
+        publish_task = progress.add_task("publish: recommendations", total=n_users) if progress else None
+        encode_seconds = [0.0]
+        rec_bytes = [0]
+
+        def counted() -> Iterator[tuple[int, bytes]]:
+            it = iter_recommendations(ctx, pre, encoder)
+            done = 0
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    encode_seconds[0] += time.perf_counter() - t0
+                    break
+                encode_seconds[0] += time.perf_counter() - t0
+                rec_bytes[0] += len(item[1])
+                done += 1
+                if progress is not None and done % 5000 == 0:
+                    progress.update(publish_task, completed=done)
+                yield item
+            if progress is not None:
+                progress.update(publish_task, completed=done)
+
+        stage_seconds = timer.seconds  # meta is built last, inside the publish (it needs the version)
+
+        def meta(version: str) -> bytes:
+            return orjson.dumps(build_meta(ctx, evaluation, coverage, dict(stage_seconds), version))
+
+        blobs = {
+            "catalog": catalog_parquet(ctx.catalog, in_model),
+            "serving_model": serving_model_bytes(ctx.serving),
+            "popular": popular_blob(ctx, encoder),
+            "meta": meta,
+        }
+        with open_store(store_url or settings.store_url, settings.store_prefix) as store:
+            with timer.stage("publish"):
+                version, stats = publish(store, counted(), book_payloads(ctx.catalog, in_model), blobs)
+    timer.seconds["encode"] = encode_seconds[0]
+    meta_doc = build_meta(ctx, evaluation, coverage, dict(timer.seconds), version)
+    report = BatchReport(
+        version=version, preset=params.preset, parameters=params.as_dict(), coverage_by_tier=coverage,
+        n_users=n_users, users_published=int(stats.get("users", 0)), stage_seconds=dict(timer.seconds),
+        meta=meta_doc, bytes_recommendations=rec_bytes[0],
+        context=ctx if keep_context else None, precomputed=pre if keep_context else None,
+    )
+    if show_progress:
+        console.print(summary_table(report))
+    return report
+
+
+@contextmanager
+def _null():
+    yield
+
+
+def summary_table(report: BatchReport):
+    from rich.table import Table
+
+    table = Table(title=f"batch {report.version} (preset {report.preset})")
+    table.add_column("tier")
+    table.add_column("readers", justify="right")
+    table.add_column("share", justify="right")
+    total = max(report.n_users, 1)
+    for name in TIERS:
+        n = report.coverage_by_tier.get(name, 0)
+        table.add_row(name, f"{n:,}", f"{100 * n / total:.1f}%")
+    table.add_row("[bold]all readers", f"[bold]{report.n_users:,}", f"{100 * report.users_published / total:.1f}% published")
+    table.add_section()
+    for stage, sec in report.stage_seconds.items():
+        table.add_row(f"stage: {stage}", f"{sec:.1f} s", "")
+    return table

@@ -1,0 +1,176 @@
+"""Quality presets of the batch (development / staging / production) and how the parameters
+that a run actually uses are resolved.
+
+Priority, lowest first: the preset -> the tuner's file (``settings.tuned_config_path``, written by
+``bookrec optimize``) -> explicit ``BOOKREC_*`` settings. Each resolved value remembers where it
+came from, so the log and the published ``meta`` can say so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bookrec.config import Settings
+
+log = logging.getLogger(__name__)
+
+# The parameters a preset fixes; the same names are fields of Settings (None there = "use preset").
+PARAMETER_NAMES = (
+    "n_factors",
+    "n_samples",
+    "burn_in",
+    "thin",
+    "n_chains",
+    "max_kept_samples",
+    "warm_start",
+    "top_n",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    n_factors: int
+    n_samples: int  # post-burn-in sweeps per chain
+    burn_in: int
+    thin: int
+    n_chains: int
+    max_kept_samples: int  # kept (thinned) draws over all chains: what serving and top-N use
+    warm_start: bool
+    top_n: int
+    description: str = ""
+
+    def parameters(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in PARAMETER_NAMES}
+
+
+PRESETS: dict[str, Preset] = {
+    # Sized so `bookrec run` (synthetic `small` data) finishes in a few minutes on 2 cores.
+    "development": Preset(
+        "development", n_factors=10, n_samples=100, burn_in=100, thin=1, n_chains=2,
+        max_kept_samples=50, warm_start=True, top_n=10,
+        description="quick: 100 burn-in + 100 samples, 2 chains, k=10",
+    ),
+    "staging": Preset(
+        "staging", n_factors=10, n_samples=400, burn_in=300, thin=2, n_chains=2,
+        max_kept_samples=100, warm_start=True, top_n=20,
+        description="300 burn-in + 400 samples, 2 chains, k=10",
+    ),
+    # The spec's production run: long chains, kept draws thinned to a serving-sized set.
+    "production": Preset(
+        "production", n_factors=16, n_samples=1000, burn_in=500, thin=5, n_chains=2,
+        max_kept_samples=200, warm_start=True, top_n=30,
+        description="500 burn-in + 1000 samples thinned to 200 kept, 2 chains, k=16",
+    ),
+}
+
+
+class PresetError(ValueError):
+    """Unknown preset or unreadable tuned-parameter file (shown without a traceback)."""
+
+
+@dataclass(frozen=True)
+class ResolvedParameters:
+    """Parameters of one batch run plus where each came from ("preset:<name>", "tuned", "env")."""
+
+    preset: str
+    n_factors: int
+    n_samples: int
+    burn_in: int
+    thin: int
+    n_chains: int
+    max_kept_samples: int
+    warm_start: bool
+    top_n: int
+    sources: dict[str, str] = field(default_factory=dict)
+    tuned: dict[str, Any] | None = None  # study, n_trials, best_value, path of the tuned file used
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`bookrec.model.BPMF` (top_n is the batch's own)."""
+        return {name: getattr(self, name) for name in PARAMETER_NAMES if name != "top_n"}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise PresetError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def read_tuned_file(path: Path) -> dict[str, Any] | None:
+    """The tuner's file ``{"params": {...}, "study", "n_trials", "best_value"}``, or None if absent.
+
+    Only known parameter names are taken from ``params`` (the tuner may also record things the
+    batch does not set, such as prior strengths); a malformed file is an error, not a silent skip,
+    because running with parameters other than the ones the operator tuned would be a surprise.
+    """
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PresetError(f"tuned parameter file {path} is unreadable: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("params"), dict):
+        raise PresetError(f"tuned parameter file {path} has no 'params' object")
+    return document
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    if name == "warm_start":
+        if not isinstance(value, bool):
+            raise PresetError(f"{origin}: warm_start must be true or false, got {value!r}")
+        return value
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise PresetError(f"{origin}: {name} must be an integer, got {value!r}") from None
+    if number != value or number < (0 if name == "burn_in" else 1):
+        raise PresetError(f"{origin}: {name} must be a {'non-negative' if name == 'burn_in' else 'positive'} integer, got {value!r}")
+    return number
+
+
+def resolve_parameters(settings: Settings, preset: str | None = None) -> ResolvedParameters:
+    """Preset (default: ``settings.environment``) < tuned file < explicit ``BOOKREC_*`` settings."""
+    chosen = get_preset(preset or settings.environment)
+    values: dict[str, Any] = chosen.parameters()
+    sources = {name: f"preset:{chosen.name}" for name in PARAMETER_NAMES}
+
+    tuned_info: dict[str, Any] | None = None
+    tuned_path = Path(settings.tuned_config_path)
+    document = read_tuned_file(tuned_path)
+    if document is not None:
+        used = {}
+        for name, value in document["params"].items():
+            if name in PARAMETER_NAMES:
+                used[name] = values[name] = _coerce(name, value, str(tuned_path))
+                sources[name] = "tuned"
+        tuned_info = {
+            "path": str(tuned_path),
+            "study": document.get("study"),
+            "n_trials": document.get("n_trials"),
+            "best_value": document.get("best_value"),
+            "params_used": used,
+        }
+        log.info(
+            "using tuned parameters from %s (study %s, %s trials, best value %s): %s",
+            tuned_path, document.get("study"), document.get("n_trials"), document.get("best_value"),
+            ", ".join(f"{k}={v}" for k, v in used.items()) or "none of them are batch parameters",
+        )
+
+    for name in PARAMETER_NAMES:
+        explicit = getattr(settings, name)
+        if explicit is not None:
+            values[name] = _coerce(name, explicit, f"BOOKREC_{name.upper()}")
+            sources[name] = "env"
+    overridden = [n for n in PARAMETER_NAMES if sources[n] == "env"]
+    if overridden:
+        log.info("explicit settings override: %s", ", ".join(f"{n}={values[n]}" for n in overridden))
+
+    return ResolvedParameters(preset=chosen.name, sources=sources, tuned=tuned_info, **values)

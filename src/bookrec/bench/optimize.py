@@ -1,0 +1,164 @@
+"""`bookrec bench optimize`: does tuning pay? Default vs tuned configuration, validation and test.
+
+1. Synthetic data (``small`` preset by default), prepared exactly as the batch prepares it.
+2. The default configuration (the batch's ``development`` preset with the model's default priors)
+   is trained on the train split and scored on validation and test.
+3. A study of N trials searches on train + validation only (the test split is not handed to it).
+4. The chosen configuration is retrained with the same seed and scored on validation and test.
+
+The test split is looked at only in steps 2 and 4, after the search: it is the honest check that
+what the tuner found on validation carries over.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def default_configuration(n_chains: int | None = None) -> dict[str, Any]:
+    """What `bookrec batch` trains with when nothing is tuned: the development preset plus the
+    model's default priors (``max_kept_samples`` as the preset caps it)."""
+    from bookrec.batch.presets import get_preset
+    from bookrec.optimize.space import default_bpmf_kwargs
+
+    preset = get_preset("development")
+    chains = n_chains or preset.n_chains
+    params = default_bpmf_kwargs(
+        chains,
+        n_factors=preset.n_factors,
+        n_samples=preset.n_samples,
+        burn_in=preset.burn_in,
+        thin=preset.thin,
+        warm_start=preset.warm_start,
+    )
+    params["max_kept_samples"] = preset.max_kept_samples
+    return params
+
+
+def fit_and_score(params: dict[str, Any], training, seed: int, fixed: dict[str, Any]) -> dict[str, Any]:
+    """Train on ``training.train``; score on validation and on test (benchmark only)."""
+    from bookrec.model import BPMF
+    from bookrec.optimize.objective import validation_metrics
+
+    model = BPMF(**params, **fixed, seed=seed, show_progress=False)
+    started = time.perf_counter()
+    model.fit(*training.train, n_users=training.n_users, n_items=training.n_items)
+    seconds = time.perf_counter() - started
+    return {
+        "validation": validation_metrics(model, training.validation),
+        "test": validation_metrics(model, training.test),
+        "train_seconds": seconds,
+    }
+
+
+def bench_optimize(
+    preset: str = "small",
+    trials: int = 20,
+    seed: int = 42,
+    sampler_seed: int = 0,
+    storage: str | None = None,
+    objective: str = "nll",
+    pruner: str = "median",
+    data_dir: Path | None = None,
+) -> dict[str, Any]:
+    from bookrec.config import Settings
+    from bookrec.data.prep import prepare_training
+    from bookrec.optimize.objective import TuningData, objective_options_from_settings
+    from bookrec.optimize.study import run_optimization, summary_tables
+
+    console = Console()
+    settings = Settings(seed=seed)
+    wall_started = time.perf_counter()
+    if data_dir is not None:
+        from bookrec.data.io import load_dataset
+
+        dataset = load_dataset(data_dir, with_truth=False)
+        source = str(data_dir)
+    else:
+        from bookrec.data.synth import generate
+
+        with console.status(f"generating synthetic {preset} data"):
+            dataset = generate(preset, seed=seed).dataset
+        source = f"synthetic {preset} (seed {seed})"
+    training = prepare_training(dataset, settings)
+    sizes = training.sizes()
+    console.print(
+        f"{source}: {sizes['core_users']:,} users x {sizes['core_books']:,} works; "
+        f"train {sizes['train']:,} / validation {sizes['validation']:,} / test {sizes['test']:,}"
+    )
+    options = objective_options_from_settings(settings, objective=objective)
+
+    defaults = default_configuration(options.space.n_chains)
+    with console.status("training the default configuration"):
+        default_scores = fit_and_score(defaults, training, seed, options.fixed)
+
+    tuning_data = TuningData.from_training(training)  # the search never sees training.test
+    tmpdir = None
+    if storage is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="bookrec-bench-optimize-")
+        storage = f"sqlite:///{tmpdir.name}/optuna.db"
+    study_name = f"bench-{preset}-{int(time.time())}"
+    console.print(f"study {study_name}: {trials} trials, validation {objective}, {pruner} pruner")
+    study_started = time.perf_counter()
+    result = run_optimization(
+        tuning_data,
+        n_trials=trials,
+        storage_url=storage,
+        study_name=study_name,
+        options=options,
+        pruner=pruner,  # type: ignore[arg-type]
+        sampler_seed=sampler_seed,
+        config_path=None,
+        show_progress=console.is_terminal,
+    )
+    study_seconds = time.perf_counter() - study_started
+    for table in summary_tables(result):
+        console.print(table)
+    if result.chosen is None:
+        console.print("[red]no trial completed[/red]")
+        return {}
+    tuned = dict(result.chosen.user_attrs["bpmf_params"])
+    with console.status("retraining the tuned configuration"):
+        tuned_scores = fit_and_score(tuned, training, seed, options.fixed)
+    wall = time.perf_counter() - wall_started
+    if tmpdir is not None:
+        tmpdir.cleanup()
+
+    table = Table(title=f"default vs tuned ({preset}, {trials} trials, objective validation {objective})")
+    table.add_column("configuration")
+    for split in ("validation", "test"):
+        for metric in ("RMSE", "NLL", "cov90"):
+            table.add_column(f"{split[:4]} {metric}", justify="right")
+    table.add_column("train s", justify="right")
+    for name, scores in (("default", default_scores), (f"tuned (trial {result.chosen.number})", tuned_scores)):
+        row = [name]
+        for split in ("validation", "test"):
+            m = scores[split]
+            row += [f"{m['rmse']:.4f}", f"{m['nll']:.4f}", f"{m['coverage90']:.3f}"]
+        row.append(f"{scores['train_seconds']:.1f}")
+        table.add_row(*row)
+    console.print(table)
+    verdict = {
+        split: {m: tuned_scores[split][m] < default_scores[split][m] for m in ("rmse", "nll")}
+        for split in ("validation", "test")
+    }
+    console.print(
+        f"tuned beats default on validation {objective}: {verdict['validation'][objective] if objective in ('rmse', 'nll') else '-'}; "
+        f"on test NLL: {verdict['test']['nll']}, test RMSE: {verdict['test']['rmse']}"
+    )
+    console.print(f"study wall time {study_seconds:.1f} s; whole benchmark {wall:.1f} s")
+    return {
+        "default": default_scores,
+        "tuned": tuned_scores,
+        "tuned_params": tuned,
+        "default_params": defaults,
+        "study_seconds": study_seconds,
+        "wall_seconds": wall,
+        "verdict": verdict,
+    }

@@ -1,0 +1,270 @@
+"""Turn raw BookCrossing tables (all fields as text) into the normalised tables.
+
+Shared by the importer and the generator: the generator builds raw-looking tables and runs
+them through exactly this code, so `synth --format normalized` and `synth --format bx` followed
+by `import` give the same data.
+
+Raw tables have these string columns (None/NaN for missing):
+- ratings: ``user_id``, ``isbn``, ``rating``
+- books: ``isbn``, ``title``, ``author``, ``year``, ``publisher``, ``image_url_s``, ``image_url_m``, ``image_url_l``
+- users: ``user_id``, ``location``, ``age``
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+# Years outside this window are junk (0 for unknown, 2030/2050, typos like 1376 are kept as
+# plausible old books; the crawl was in 2004 so anything after 2006 cannot be a real edition).
+YEAR_MIN, YEAR_MAX = 1000, 2006
+AGE_MIN, AGE_MAX = 1, 100
+ISBN_VALID = re.compile(r"^(?:[0-9]{9}[0-9X]|97[89][0-9]{10})$")
+
+
+@dataclass
+class NormalizeReport:
+    """Counts of what normalisation changed or dropped, merged into the import report."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, key: str, n: int) -> None:
+        if n:
+            self.counts[key] += int(n)
+
+
+def normalize_isbn(values: pd.Series) -> pd.Series:
+    """Upper-case and strip everything but digits and X (spaces, dashes, dots, quotes).
+
+    Junk that survives (empty, wrong length) is kept as it is: a rating on a junk ISBN is
+    still an interaction, and the ISBN will simply not join to a book.
+    """
+    s = values.astype("str").str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
+    return s
+
+
+def is_valid_isbn(isbns: pd.Series) -> pd.Series:
+    """True for 10-character ISBN-10 shapes (9 digits + digit/X) and 13-digit 978/979 forms."""
+    return isbns.str.fullmatch(ISBN_VALID.pattern).fillna(False).astype(bool)
+
+
+def decode_entities(values: pd.Series) -> pd.Series:
+    """Decode HTML entities (``&amp;``, ``&#39;``...) only where an ``&`` occurs (fast path)."""
+    s = values.astype("str")
+    mask = s.str.contains("&", regex=False).fillna(False).astype(bool)
+    if mask.any():
+        s = s.copy()
+        s.loc[mask] = [html.unescape(v) for v in s.loc[mask]]
+    return s.str.strip()
+
+
+def _fold(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in text if not unicodedata.combining(c))
+
+
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def normalize_title_key(title: str) -> str:
+    """Lower-case ASCII words of a title, punctuation removed: 'The Da-Vinci Code!' -> 'the da vinci code'."""
+    return _NON_ALNUM.sub(" ", _fold(title).lower()).strip()
+
+
+def normalize_author_key(author: str) -> str:
+    """Letters and digits only, so 'J. K. Rowling', 'J.K. Rowling' and 'J K ROWLING' agree."""
+    return _NON_ALNUM.sub("", _fold(author).lower())
+
+
+def work_keys(titles: pd.Series, authors: pd.Series) -> pd.Series:
+    """The work key of each book: ``normalised title|normalised author`` (editions share it)."""
+    t = [normalize_title_key(x) for x in titles.fillna("").astype(str)]
+    a = [normalize_author_key(x) for x in authors.fillna("").astype(str)]
+    return pd.Series([f"{x}|{y}" for x, y in zip(t, a)], index=titles.index, dtype="str")
+
+
+def parse_year(values: pd.Series) -> tuple[pd.Series, int]:
+    """Year as nullable Int16; junk (0, future years, strings) -> null. Returns (years, n_junk)."""
+    num = pd.to_numeric(values, errors="coerce")
+    present = values.notna() & (values.astype("str").str.strip() != "")
+    ok = num.notna() & (num == num.round()) & (num >= YEAR_MIN) & (num <= YEAR_MAX)
+    years = num.where(ok).astype("Int16")
+    return years, int((present & ~ok).sum())
+
+
+def parse_age(values: pd.Series) -> tuple[pd.Series, int, int]:
+    """Age as nullable Int16; missing (NULL, empty) and junk (0, >100, text) -> null.
+
+    Returns (ages, n_missing, n_junk).
+    """
+    text = values.astype("str").str.strip()
+    missing = values.isna() | text.isin(["", "NULL", "null", "NaN", "nan"])
+    num = pd.to_numeric(text.where(~missing), errors="coerce")
+    ok = num.notna() & (num == num.round()) & (num >= AGE_MIN) & (num <= AGE_MAX)
+    ages = num.where(ok).astype("Int16")
+    return ages, int(missing.sum()), int((~missing & ~ok).sum())
+
+
+_LOCATION_NULLS = {"", "n/a", "na", "none", "null", "unknown", "-", "."}
+
+
+def _clean_location_part(s: pd.Series) -> pd.Series:
+    s = s.astype("str").str.strip().str.strip('"').str.strip()
+    return s.where(~s.str.lower().isin(_LOCATION_NULLS) & s.notna())
+
+
+def parse_location(values: pd.Series) -> pd.DataFrame:
+    """Split free-text 'city, state, country' into three nullable columns.
+
+    The country is the last comma-separated part and the city the first; whatever lies between
+    is the state (extra commas are common: 'portland, oregon, usa, ').
+    """
+    text = values.fillna("").astype("str").str.strip().str.rstrip(",").str.strip()
+    parts = text.str.split(",")
+    n = parts.str.len()
+    city = parts.str[0]
+    country = parts.str[-1].where(n >= 2)
+    state = parts.str[1:-1].str.join(",").where(n >= 3)
+    return pd.DataFrame(
+        {
+            "city": _clean_location_part(city),
+            "state": _clean_location_part(state),
+            "country": _clean_location_part(country),
+        },
+        index=values.index,
+    )
+
+
+def _str_col(s: pd.Series) -> pd.Series:
+    out = s.astype("str").str.strip()
+    return out.where(s.notna() & (out != ""))
+
+
+def normalize_tables(
+    raw_ratings: pd.DataFrame, raw_books: pd.DataFrame, raw_users: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Raw text tables -> normalised ``(ratings, books, users, report)`` per ARCHITECTURE.md 1.
+
+    Deterministic: output order is sorted (ratings by user, isbn; books by isbn; users by id).
+    """
+    report: dict = {}
+
+    # ---- users ----------------------------------------------------------------------
+    uid = pd.to_numeric(raw_users["user_id"], errors="coerce")
+    bad_uid = uid.isna() | (uid != uid.round()) | (uid < 0)
+    users = raw_users.loc[~bad_uid]
+    uid = uid[~bad_uid].astype("int64")
+    dup = uid.duplicated(keep="first")
+    users, uid = users.loc[~dup], uid[~dup]
+    loc = parse_location(users["location"])
+    ages, n_age_missing, n_age_junk = parse_age(users["age"])
+    users_out = pd.DataFrame(
+        {"user_id": uid.to_numpy(), "city": loc["city"].to_numpy(), "state": loc["state"].to_numpy(),
+         "country": loc["country"].to_numpy(), "age": ages.to_numpy()}
+    )
+    users_out = _typed_users(users_out.sort_values("user_id", kind="stable").reset_index(drop=True))
+    report["users"] = {
+        "rejected_bad_id": int(bad_uid.sum()),
+        "rejected_duplicate": int(dup.sum()),
+        "age_missing": n_age_missing,
+        "age_junk": n_age_junk,
+        "kept": len(users_out),
+    }
+
+    # ---- books ----------------------------------------------------------------------
+    isbn = normalize_isbn(raw_books["isbn"])
+    empty = isbn.isna() | (isbn == "")
+    books = raw_books.loc[~empty]
+    isbn = isbn[~empty]
+    dup = isbn.duplicated(keep="first")
+    books, isbn = books.loc[~dup], isbn[~dup]
+    title = decode_entities(books["title"].fillna(""))
+    author = decode_entities(books["author"].fillna(""))
+    publisher = decode_entities(books["publisher"].fillna(""))
+    years, n_year_junk = parse_year(books["year"])
+    books_out = pd.DataFrame(
+        {
+            "isbn": isbn.to_numpy(),
+            "title": title.to_numpy(),
+            "author": author.to_numpy(),
+            "year": years.to_numpy(),
+            "publisher": publisher.to_numpy(),
+            "image_url": _str_col(books["image_url_m"]).to_numpy(),
+            "work_key": work_keys(title, author).to_numpy(),
+        }
+    )
+    books_out = _typed_books(books_out.sort_values("isbn", kind="stable").reset_index(drop=True))
+    report["books"] = {
+        "rejected_empty_isbn": int(empty.sum()),
+        "rejected_duplicate_isbn": int(dup.sum()),
+        "isbn_changed_by_normalisation": int((isbn != raw_books["isbn"].loc[isbn.index].astype("str")).sum()),
+        "invalid_isbn_kept": int((~is_valid_isbn(isbn)).sum()),
+        "year_junk": n_year_junk,
+        "kept": len(books_out),
+    }
+
+    # ---- ratings --------------------------------------------------------------------
+    r_uid = pd.to_numeric(raw_ratings["user_id"], errors="coerce")
+    r_val = pd.to_numeric(raw_ratings["rating"], errors="coerce")
+    r_isbn = normalize_isbn(raw_ratings["isbn"])
+    bad_uid = r_uid.isna() | (r_uid != r_uid.round()) | (r_uid < 0)
+    bad_rating = ~bad_uid & (r_val.isna() | (r_val < 0) | (r_val > 10))
+    bad_isbn = ~bad_uid & ~bad_rating & (r_isbn.isna() | (r_isbn == ""))
+    keep = ~(bad_uid | bad_rating | bad_isbn)
+    ratings_out = pd.DataFrame(
+        {
+            "user_id": r_uid[keep].astype("int64").to_numpy(),
+            "isbn": r_isbn[keep].to_numpy(),
+            "rating": r_val[keep].astype("float32").to_numpy(),
+        }
+    )
+    dup = ratings_out.duplicated(["user_id", "isbn"], keep="first")
+    ratings_out = ratings_out.loc[~dup]
+    ratings_out = _typed_ratings(
+        ratings_out.sort_values(["user_id", "isbn"], kind="stable").reset_index(drop=True)
+    )
+    in_books = ratings_out["isbn"].isin(books_out["isbn"])
+    known_users = ratings_out["user_id"].isin(users_out["user_id"])
+    report["ratings"] = {
+        "rejected_bad_user_id": int(bad_uid.sum()),
+        "rejected_bad_rating": int(bad_rating.sum()),
+        "rejected_empty_isbn": int(bad_isbn.sum()),
+        "rejected_duplicate": int(dup.sum()),
+        "kept": len(ratings_out),
+        "explicit": int((ratings_out["rating"] > 0).sum()),
+        "implicit": int((ratings_out["rating"] == 0).sum()),
+        "isbn_not_in_books": int((~in_books).sum()),
+        "user_not_in_users": int((~known_users).sum()),
+    }
+    return ratings_out, books_out, users_out, report
+
+
+def _typed_ratings(df: pd.DataFrame) -> pd.DataFrame:
+    return df.astype({"user_id": "int64", "isbn": "str", "rating": "float32"})
+
+
+def _typed_books(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.astype({"isbn": "str", "title": "str", "author": "str", "publisher": "str", "work_key": "str"})
+    out["year"] = out["year"].astype("Int16")
+    out["image_url"] = out["image_url"].astype("str")
+    return out
+
+
+def _typed_users(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.astype({"user_id": "int64", "city": "str", "state": "str", "country": "str"})
+    out["age"] = out["age"].astype("Int16")
+    return out
+
+
+def empty_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Empty typed tables (a data set with no rows still has the right columns)."""
+    r = _typed_ratings(pd.DataFrame({"user_id": np.array([], "int64"), "isbn": [], "rating": np.array([], "float32")}))
+    b = _typed_books(pd.DataFrame({c: [] for c in ["isbn", "title", "author", "year", "publisher", "image_url", "work_key"]}))
+    u = _typed_users(pd.DataFrame({c: [] for c in ["user_id", "city", "state", "country", "age"]}))
+    return r, b, u

@@ -1,0 +1,669 @@
+"""A generator of BookCrossing-shaped data with a known ground truth.
+
+The model (all on the 1-10 rating scale):
+
+    m[u, j] = mu + b_user[u] + b_work[j] + <U[u], V[j]>           (the true mean)
+    z[u, j] = m[u, j] + N(0, noise_sd^2)                           (the latent rating)
+
+- integer mode (default): rating = 1 + #(thresholds < z), with the nine thresholds set at the
+  quantiles of z that reproduce the real explicit distribution (monotone, recorded in truth.json);
+- ``continuous=True``: rating = z, clipped to [1, 10] (parameters are chosen so clipping is rare:
+  its frequency is recorded as ``clip_fraction``), so explicit ratings are exactly mean + Gaussian noise.
+
+Which (user, book) pairs exist depends only on ``m`` (never on the noise): readers pick books
+by popularity tilted towards what they like; each interaction is explicit or implicit (rating 0)
+by a per-user propensity. Work factors and biases are built from the author's and publisher's
+(books by one author are alike). ISBNs are editions of works; popular works have several.
+
+Everything is produced as *raw* text tables (quirks included: junk ages and years, free-text
+locations, messy ISBNs) and normalised with :mod:`bookrec.data.normalize`, the same code the
+importer runs, so ``synth --format bx`` + ``import`` gives the same tables as ``synth``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from bookrec.data.io import Dataset, write_dataset
+from bookrec.data.normalize import decode_entities, normalize_tables, work_keys
+
+# The real explicit distribution (BX, ratings 1..10) and counts.
+REAL_EXPLICIT_COUNTS = np.array([1770, 2759, 5996, 8904, 50974, 36924, 76457, 103736, 67541, 78610])
+REAL_EXPLICIT_SHARE = REAL_EXPLICIT_COUNTS / REAL_EXPLICIT_COUNTS.sum()
+REAL_COUNTS = {"users": 278_858, "books": 271_360, "ratings": 1_149_780, "implicit": 716_109}
+IMPLICIT_SHARE = 716_109 / 1_149_780
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and shape parameters of one synthetic data set."""
+
+    name: str
+    n_users: int
+    n_books: int  # ISBNs in the books file
+    n_ratings: int
+    n_implicit: int
+    n_authors: int
+    n_publishers: int
+    active_user_fraction: float  # users with at least one interaction (real: 105,283 / 278,858)
+    activity_sigma: float  # log-normal spread of user activity (heavy tail)
+    popularity_sigma: float  # log-normal spread of work popularity
+    missing_isbn_share: float = 0.10  # share of interactions on ISBNs absent from the books file
+    ghost_isbn_ratio: float = 0.25  # ghost ISBNs per book-file ISBN
+    n_factors: int = 5
+    preference_tilt: float = 1.5  # how strongly readers pick books they like
+    age_missing: float = 0.40
+    age_junk: float = 0.006
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "tiny", n_users=400, n_books=300, n_ratings=9_000, n_implicit=round(9_000 * IMPLICIT_SHARE),
+        n_authors=120, n_publishers=30, active_user_fraction=0.9, activity_sigma=0.9, popularity_sigma=0.9,
+    ),
+    "small": Preset(
+        "small", n_users=8_000, n_books=2_500, n_ratings=150_000, n_implicit=round(150_000 * IMPLICIT_SHARE),
+        n_authors=900, n_publishers=150, active_user_fraction=0.8, activity_sigma=1.1, popularity_sigma=1.1,
+    ),
+    "full": Preset(
+        "full", n_users=REAL_COUNTS["users"], n_books=REAL_COUNTS["books"], n_ratings=REAL_COUNTS["ratings"],
+        n_implicit=REAL_COUNTS["implicit"], n_authors=102_000, n_publishers=16_800,
+        active_user_fraction=105_283 / 278_858, activity_sigma=2.1, popularity_sigma=2.2,
+    ),
+}
+
+# Model scales on the rating scale (chosen so continuous ratings are rarely clipped).
+MU = 6.2
+USER_BIAS_SD = 0.6
+WORK_BIAS_SD = 0.6
+INTERACTION_SD = 0.8  # sd of <U, V>
+NOISE_SD = 0.9
+AUTHOR_SHARE, PUBLISHER_SHARE = 0.6, 0.15  # variance shares of a work's factors/bias
+
+# ---- vocabularies for text fields (latin-1 safe) --------------------------------------------
+_ADJ = ("Silent Hidden Golden Broken Secret Last Lost Wild Dark Bright Quiet Burning Frozen Distant "
+        "Crimson Forgotten Endless Gentle Bitter Sweet Hollow Ancient Little Great Stolen Painted "
+        "Sleeping Wandering Falling Rising Scarlet Silver Iron Glass Paper Velvet Savage Tender "
+        "Final First Second Strange Perfect Invisible Midnight Summer Winter Autumn Spring Café").split()
+_NOUN = ("River Garden House Road Sea Mountain Child Heart Island Kingdom Promise Letter Door Voice "
+         "Shadow Storm Fire Song Dream Mirror Window City Forest Bridge Journey Secret Daughter Son "
+         "Witness Hunter Angel Stranger Queen King Lady Doctor Soldier Widow Painter Thief Garden's "
+         "Crossing Harvest Season Harbor Lighthouse Orchard Tower Labyrinth Crown Compass Map Clock "
+         "Return Escape Night Morning Evening Silence Memory Legacy Bargain Game").split()
+_PLACE = ("Avalon Paris Rome Berlin Vienna Prague Dublin Boston Texas Kansas Lisbon Madrid Cairo "
+          "Kyoto Delhi Oslo Zürich Montréal Québec Lyon Sevilla Provence Tuscany Cornwall Yorkshire "
+          "Maine Vermont Georgia Carolina Nevada Alaska Hawaii Brooklyn Harlem Soho Chelsea Eden "
+          "Arcadia Babylon Troy Sparta Atlantis").split()
+_PATTERNS = (
+    "The {a} {n} of {p}",
+    "{n} of the {a} {p}",
+    "A {a} {n} in {p}",
+    "{a} {n}: A {p} Novel",
+    "The {n} from {p} & the {a} Hour",
+    "{p}'s {a} {n}",
+)
+_FIRST = ("James John Robert Michael William David Richard Joseph Thomas Charles Mary Patricia "
+          "Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Nancy Lisa Margaret Sandra "
+          "Ashley Kimberly Emily Donna Michelle Carol Amanda Dorothy Melissa Deborah Stephen Anne "
+          "Nora Danielle Dean Janet Sue Terry Agatha Isabel Gabriel Toni Kurt Jodi Wally Ray Zoë "
+          "Frédéric Günter José Renée Ursula Ian Neil Philip Paul Peter Alice Edith Virginia "
+          "Harper Rosamunde Maeve Anita Marian Barbara Jane Louisa Ken Tom Dan Jon Amy Kate "
+          "Arthur Ernest Herman Leo Fyodor Umberto Haruki Salman Orhan Italo Milan Jorge").split()
+_INITIALS = list("ABCDEFGHJKLMNPRSTW")
+_LAST = ("Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez "
+         "Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris "
+         "Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill "
+         "Flores Green Adams Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Grisham Steel "
+         "Koontz Christie Allende Marquez Morrison Vonnegut Picoult Lamb Cornwell Patterson Clancy "
+         "Binchy Pilcher Tan Rice Brontë Austen Hemingway Melville Tolstoy Dostoevsky Eco Murakami "
+         "Rushdie Pamuk Calvino Kundera Borges Müller Dubois Lefèvre Kowalski Novak Jensen Larsen "
+         "O'Brien McCarthy Fitzgerald Dickens Hardy Woolf Orwell Huxley Atwood Munro Ondaatje Irving "
+         "Updike Roth Bellow Franzen Chabon Eggers Tartt Lethem Moody Wolfe Mailer Vidal Capote").split()
+_PUB_A = ("Ballantine Bantam Penguin Random Harper Simon Warner Pocket Vintage Anchor Scribner Knopf "
+          "Little Putnam Berkley Signet Avon Dell Tor Harlequin Scholastic Puffin Picador Faber Virago "
+          "Orion Hodder Gallimard Seuil Flammarion Rowohlt Fischer Heyne Goldmann Mondadori Feltrinelli "
+          "Anagrama Alfaguara Plaza Tusquets Grove Norton Viking Crown Dutton Riverhead Delacorte "
+          "Atria Bloomsbury Canongate Granta Methuen Macmillan Collins Houghton Beacon Dover").split()
+_PUB_B = ("Books", "Press", "Publishing", "Publishers", "& Co", "House", "Paperbacks", "Editions",
+          "Verlag", "Classics", "Inc", "Group", "Library", "Trade", "Mass Market", "Audio")
+_LOCATIONS = (
+    ("new york", "new york", "usa"), ("san francisco", "california", "usa"), ("los angeles", "california", "usa"),
+    ("chicago", "illinois", "usa"), ("houston", "texas", "usa"), ("seattle", "washington", "usa"),
+    ("portland", "oregon", "usa"), ("boston", "massachusetts", "usa"), ("austin", "texas", "usa"),
+    ("denver", "colorado", "usa"), ("toronto", "ontario", "canada"), ("vancouver", "british columbia", "canada"),
+    ("montréal", "quebec", "canada"), ("london", "england", "united kingdom"), ("manchester", "england", "united kingdom"),
+    ("edinburgh", "scotland", "united kingdom"), ("dublin", "dublin", "ireland"), ("berlin", "berlin", "germany"),
+    ("münchen", "bayern", "germany"), ("hamburg", "hamburg", "germany"), ("madrid", "madrid", "spain"),
+    ("barcelona", "barcelona", "spain"), ("lisboa", "lisboa", "portugal"), ("paris", "ile de france", "france"),
+    ("roma", "lazio", "italy"), ("milano", "lombardia", "italy"), ("sydney", "new south wales", "australia"),
+    ("melbourne", "victoria", "australia"), ("auckland", "auckland", "new zealand"), ("amsterdam", "noord holland", "netherlands"),
+    ("wien", "wien", "austria"), ("zürich", "zürich", "switzerland"), ("stockholm", "stockholm", "sweden"),
+    ("kuala lumpur", "selangor", "malaysia"), ("singapore", "singapore", "singapore"), ("são paulo", "sp", "brazil"),
+)
+
+
+@dataclass
+class RawTables:
+    """Raw text tables in BookCrossing's own shape (before normalisation).
+
+    ``shifted_books`` marks the rows the raw writers emit in the broken "author glued into the
+    title, everything shifted one column left" form (the importer repairs them).
+    ``escaped_quote_books`` marks titles written with backslash-escaped quotes.
+    """
+
+    ratings: pd.DataFrame
+    books: pd.DataFrame
+    users: pd.DataFrame
+    shifted_books: np.ndarray
+    escaped_quote_books: np.ndarray
+
+
+@dataclass
+class SynthResult:
+    """What :func:`generate` returns: the normalised dataset (with truth) and the raw tables."""
+
+    dataset: Dataset
+    raw: RawTables
+    seconds: float
+
+
+def _isbn10_check(body: np.ndarray) -> np.ndarray:
+    """ISBN-10 check characters for 9-digit integer bodies (vectorised)."""
+    digits = np.stack([(body // 10 ** (8 - i)) % 10 for i in range(9)], axis=1)
+    total = (digits * np.arange(10, 1, -1)).sum(axis=1)
+    check = (11 - total % 11) % 11
+    return np.where(check == 10, "X", check.astype(str))
+
+
+def _unique_isbns(rng: np.random.Generator, n: int) -> np.ndarray:
+    bodies = np.unique(rng.integers(0, 10**9, size=int(n * 1.05) + 16))
+    while len(bodies) < n:  # pragma: no cover - astronomically unlikely
+        bodies = np.unique(np.r_[bodies, rng.integers(0, 10**9, size=n)])
+    bodies = rng.permutation(bodies)[:n]
+    body_str = np.char.zfill(bodies.astype(str), 9)
+    return np.char.add(body_str, _isbn10_check(bodies))
+
+
+def _mixed_radix_names(rng: np.random.Generator, n: int, sizes: list[int]) -> np.ndarray:
+    """n distinct tuples of indices into vocabularies of the given sizes (as an (n, len(sizes)) array)."""
+    total = int(np.prod(sizes))
+    if n > total:
+        raise ValueError("vocabulary too small")
+    codes = rng.choice(total, size=n, replace=False) if total < 50_000_000 else np.unique(
+        rng.integers(0, total, size=int(n * 1.1) + 16))[:n]
+    codes = rng.permutation(codes)[:n]
+    out = np.empty((n, len(sizes)), dtype=np.int64)
+    for i, s in enumerate(sizes):
+        out[:, i] = codes % s
+        codes = codes // s
+    return out
+
+
+def _titles(rng: np.random.Generator, n: int) -> np.ndarray:
+    idx = _mixed_radix_names(rng, n, [len(_PATTERNS), len(_ADJ), len(_NOUN), len(_PLACE), 40])
+    out = []
+    for pat, a, nn, p, vol in idx:
+        t = _PATTERNS[pat].format(a=_ADJ[a], n=_NOUN[nn], p=_PLACE[p])
+        if vol:  # series volumes keep titles distinct
+            t = f"{t} (Book {vol})" if vol < 20 else f"{t} {vol - 18}"
+        out.append(t)
+    return np.array(out, dtype=object)
+
+
+def _authors(rng: np.random.Generator, n: int) -> np.ndarray:
+    idx = _mixed_radix_names(rng, n, [len(_FIRST), len(_INITIALS) + 1, len(_LAST)])
+    return np.array(
+        [f"{_FIRST[f]} {_INITIALS[m - 1] + '. ' if m else ''}{_LAST[l]}" for f, m, l in idx], dtype=object
+    )
+
+
+def _publishers(rng: np.random.Generator, n: int) -> np.ndarray:
+    idx = _mixed_radix_names(rng, n, [len(_PUB_A), len(_PUB_B), 20])
+    return np.array(
+        [f"{_PUB_A[a]}{' ' + _PUB_A[(a + k * 7) % len(_PUB_A)] if k else ''} {_PUB_B[b]}" for a, b, k in idx],
+        dtype=object,
+    )
+
+
+def _lognormal_weights(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+    w = rng.lognormal(0.0, sigma, size=n)
+    return w / w.sum()
+
+
+def _sample_by_weight(rng: np.random.Generator, cumulative: np.ndarray, size: int) -> np.ndarray:
+    return np.minimum(np.searchsorted(cumulative, rng.random(size) * cumulative[-1], side="right"), len(cumulative) - 1)
+
+
+def _choose_interactions(
+    rng: np.random.Generator,
+    per_user: np.ndarray,  # interactions wanted per user (index = user position)
+    item_weight: np.ndarray,
+    item_pref: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tilt: float,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (user, item) pairs, ``per_user[u]`` for user u, items ~ weight * exp(tilt * pref).
+
+    Candidates are drawn by popularity, then each user keeps the candidates with the largest
+    ``tilt * pref + Gumbel`` keys (weighted sampling without replacement); short users are
+    topped up in further rounds.
+    """
+    n_items = len(item_weight)
+    per_user = np.minimum(per_user, n_items // 2)
+    cumulative = np.cumsum(item_weight)
+    chosen_u: list[np.ndarray] = []
+    chosen_i: list[np.ndarray] = []
+    have = np.zeros_like(per_user)
+    taken_keys = np.empty(0, dtype=np.int64)
+    if exclude is not None:
+        taken_keys = np.sort(exclude[0].astype(np.int64) * n_items + exclude[1])
+    factor = 2.5
+    for _round in range(12):
+        need = per_user - have
+        users = np.flatnonzero(need > 0)
+        if len(users) == 0:
+            break
+        n_cand = np.ceil(need[users] * factor).astype(np.int64) + 2
+        cu = np.repeat(users, n_cand)
+        ci = _sample_by_weight(rng, cumulative, len(cu))
+        key = cu.astype(np.int64) * n_items + ci
+        key, first = np.unique(key, return_index=True)
+        cu, ci = cu[first], ci[first]
+        fresh = ~np.isin(key, taken_keys, assume_unique=False) if len(taken_keys) else np.ones(len(key), bool)
+        cu, ci, key = cu[fresh], ci[fresh], key[fresh]
+        score = tilt * item_pref(cu, ci) + rng.gumbel(size=len(cu))
+        order = np.lexsort((-score, cu))
+        cu, ci, key = cu[order], ci[order], key[order]
+        starts = np.r_[0, np.flatnonzero(cu[1:] != cu[:-1]) + 1]
+        counts = np.diff(np.r_[starts, len(cu)])
+        rank = np.arange(len(cu)) - np.repeat(starts, counts)
+        keep = rank < need[cu]
+        keep &= need[cu] > 0
+        chosen_u.append(cu[keep])
+        chosen_i.append(ci[keep])
+        taken_keys = np.sort(np.r_[taken_keys, key[keep]])
+        np.add.at(have, cu[keep], 1)
+        factor *= 2
+    if not chosen_u:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(chosen_u), np.concatenate(chosen_i)
+
+
+def activity_w_full(per_user: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """Weights for handing out a shortfall: proportional to the activity already planned."""
+    return per_user[room > 0].astype(np.float64) + 1.0
+
+
+def _capped_counts(rng: np.random.Generator, weights: np.ndarray, total: int, cap: int | None, minimum: int = 1) -> np.ndarray:
+    """Like :func:`_exact_counts` but no count exceeds ``cap`` (the excess goes to the others)."""
+    counts = _exact_counts(rng, weights, total, minimum)
+    if cap is None:
+        return counts
+    for _ in range(50):
+        excess = int(np.maximum(counts - cap, 0).sum())
+        if excess == 0:
+            break
+        counts = np.minimum(counts, cap)
+        room = counts < cap
+        counts[room] += rng.multinomial(excess, weights[room] / weights[room].sum())
+    return counts
+
+
+def _exact_counts(rng: np.random.Generator, weights: np.ndarray, total: int, minimum: int = 1) -> np.ndarray:
+    """Integer counts >= minimum summing to ``total``, proportional to weights (multinomial)."""
+    n = len(weights)
+    extra = total - minimum * n
+    if extra < 0:
+        raise ValueError("total too small for the number of users")
+    return minimum + rng.multinomial(extra, weights / weights.sum())
+
+
+def generate(
+    preset: str | Preset = "small",
+    seed: int = 0,
+    continuous: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> SynthResult:
+    """Generate a BookCrossing-shaped data set with its ground truth.
+
+    Args:
+        preset: ``"tiny"`` (a few hundred users, ~1 s), ``"small"`` (thousands of users, a dense
+            k-core), ``"full"`` (the real counts) or a :class:`Preset`.
+        seed: everything is determined by it.
+        continuous: keep explicit ratings unrounded (``mean + N(0, noise_sd^2)`` clipped to [1, 10]).
+        progress: optional callback receiving stage names.
+
+    Returns a :class:`SynthResult`; ``result.dataset`` is ready for :func:`bookrec.data.io.write_dataset`.
+    """
+    t0 = time.perf_counter()
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    rng = np.random.default_rng(seed)
+    say = progress or (lambda _msg: None)
+    k = p.n_factors
+    factor_sd = np.sqrt(INTERACTION_SD / np.sqrt(k))  # k * sd_u^2 * sd_v^2 = INTERACTION_SD^2
+
+    # ---- authors, publishers, works and their editions ---------------------------------
+    say("catalogue")
+    author_w = _lognormal_weights(rng, p.n_authors, 1.3)
+    publisher_w = _lognormal_weights(rng, p.n_publishers, 1.8)
+    author_f = rng.normal(0, factor_sd, (p.n_authors, k))
+    author_b = rng.normal(0, WORK_BIAS_SD, p.n_authors)
+    pub_f = rng.normal(0, factor_sd, (p.n_publishers, k))
+    pub_b = rng.normal(0, WORK_BIAS_SD, p.n_publishers)
+
+    n_work_cand = p.n_books
+    work_pop = rng.lognormal(0.0, p.popularity_sigma, n_work_cand)
+    pop_rank = np.argsort(np.argsort(-work_pop)) / n_work_cand  # 0 = most popular
+    # popular works come in several editions (hardcover, paperback, book club, reprints...)
+    n_editions = 1 + rng.poisson(np.where(pop_rank < 0.02, 2.5, np.where(pop_rank < 0.15, 0.5, 0.05)))
+    cum = np.cumsum(n_editions)
+    n_works = int(np.searchsorted(cum, p.n_books) + 1)
+    n_editions = n_editions[:n_works].copy()
+    n_editions[-1] -= int(cum[n_works - 1] - p.n_books)
+    work_pop = work_pop[:n_works]
+    work_author = _sample_by_weight(rng, np.cumsum(author_w), n_works)
+    work_publisher = _sample_by_weight(rng, np.cumsum(publisher_w), n_works)
+    a_s, p_s, o_s = np.sqrt(AUTHOR_SHARE), np.sqrt(PUBLISHER_SHARE), np.sqrt(1 - AUTHOR_SHARE - PUBLISHER_SHARE)
+    work_f = a_s * author_f[work_author] + p_s * pub_f[work_publisher] + o_s * rng.normal(0, factor_sd, (n_works, k))
+    work_b = a_s * author_b[work_author] + p_s * pub_b[work_publisher] + o_s * rng.normal(0, WORK_BIAS_SD, n_works)
+
+    # ghost works: ISBNs that readers rated but the books file lacks (own single-edition works)
+    n_ghost = max(1, round(p.n_books * p.ghost_isbn_ratio))
+    ghost_f = rng.normal(0, factor_sd, (n_ghost, k))
+    ghost_b = rng.normal(0, WORK_BIAS_SD, n_ghost)
+    ghost_pop = rng.lognormal(0.0, p.popularity_sigma * 0.7, n_ghost)
+
+    all_f = np.vstack([work_f, ghost_f])
+    all_b = np.r_[work_b, ghost_b]
+    n_all_works = n_works + n_ghost
+
+    # ISBN level: editions of a work share its popularity (the first edition most of it)
+    isbn_work = np.r_[np.repeat(np.arange(n_works), n_editions), np.arange(n_works, n_all_works)]
+    edition_no = np.r_[np.arange(p.n_books) - np.repeat(np.cumsum(n_editions) - n_editions, n_editions),
+                       np.zeros(n_ghost, dtype=np.int64)]
+    share = 0.55 ** edition_no
+    share /= np.bincount(isbn_work, weights=share)[isbn_work]
+    isbn_w = np.r_[work_pop, ghost_pop][isbn_work] * share
+    book_mass = isbn_w[: p.n_books].sum()
+    ghost_mass = isbn_w[p.n_books :].sum()
+    isbn_w[p.n_books :] *= (p.missing_isbn_share / (1 - p.missing_isbn_share)) * book_mass / ghost_mass
+    isbn_w /= isbn_w.sum()
+    isbns = _unique_isbns(rng, len(isbn_work))
+
+    # ---- users and who reads what -------------------------------------------------------
+    say("interactions")
+    user_f = rng.normal(0, factor_sd, (p.n_users, k))
+    user_b = rng.normal(0, USER_BIAS_SD, p.n_users)
+    n_active = max(1, round(p.n_users * p.active_user_fraction))
+    active = np.sort(rng.choice(p.n_users, n_active, replace=False))
+    per_user = np.zeros(p.n_users, dtype=np.int64)
+    activity_w = rng.lognormal(0, p.activity_sigma, n_active)
+    per_user[active] = _capped_counts(rng, activity_w, p.n_ratings, cap=len(isbn_work) // 2)
+    item_f_isbn = all_f[isbn_work]
+    item_b_isbn = all_b[isbn_work]
+
+    def pref(u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        return item_b_isbn[i] + np.einsum("ij,ij->i", user_f[u], item_f_isbn[i])
+
+    ru, ri = _choose_interactions(rng, per_user, isbn_w, pref, p.preference_tilt)
+    for _attempt in range(5):
+        # a reader can run out of distinct books; hand the shortfall to readers with room
+        short = p.n_ratings - len(ru)
+        if short <= 0:
+            break
+        have = np.bincount(ru, minlength=p.n_users)
+        room = np.where(per_user > 0, len(isbn_work) // 2 - have, 0)
+        more = np.zeros(p.n_users, dtype=np.int64)
+        more[room > 0] = _capped_counts(rng, activity_w_full(per_user, room), short, cap=None, minimum=0)
+        more = np.minimum(more, np.maximum(room, 0))
+        extra_u, extra_i = _choose_interactions(rng, more, isbn_w, pref, p.preference_tilt, exclude=(ru, ri))
+        ru, ri = np.r_[ru, extra_u], np.r_[ri, extra_i]
+    n_int = len(ru)
+    # top-ups can fall a few short for the most active readers (popular books run out): take
+    # the difference from the implicit count so the explicit count stays exact
+    n_implicit = p.n_implicit - (p.n_ratings - n_int)
+    n_explicit = n_int - n_implicit
+
+    # explicit or implicit: per-user propensity (many readers only ever log books, rating 0)
+    propensity = rng.beta(0.5, 0.8, p.n_users)
+    logit = np.log(propensity + 1e-9) - np.log1p(-propensity + 1e-9)
+    explicit_score = logit[ru] + rng.logistic(size=n_int)
+    is_explicit = np.zeros(n_int, dtype=bool)
+    is_explicit[np.argpartition(-explicit_score, n_explicit - 1)[:n_explicit]] = True
+
+    # ---- ratings from the model ------------------------------------------------------------
+    say("ratings")
+    mean = MU + user_b[ru] + item_b_isbn[ri] + np.einsum("ij,ij->i", user_f[ru], item_f_isbn[ri])
+    z = mean + rng.normal(0, NOISE_SD, n_int)
+    rating = np.zeros(n_int, dtype=np.float64)
+    cum_share = np.cumsum(REAL_EXPLICIT_SHARE)[:-1]
+    thresholds = np.quantile(z[is_explicit], cum_share) if n_explicit else np.zeros(9)
+    clip_fraction = float(np.mean((z[is_explicit] < 1) | (z[is_explicit] > 10))) if n_explicit else 0.0
+    if continuous:
+        rating[is_explicit] = np.clip(z[is_explicit], 1.0, 10.0)
+    else:
+        rating[is_explicit] = 1 + np.searchsorted(thresholds, z[is_explicit], side="left")
+
+    # ---- raw tables -------------------------------------------------------------------------
+    say("tables")
+    raw_ratings = pd.DataFrame(
+        {"user_id": ru + 1, "isbn": _messy_isbns(rng, isbns[ri]),
+         "rating": rating.astype(np.float32) if continuous else rating.astype(np.int64)}
+    )
+    raw_ratings = raw_ratings.iloc[rng.permutation(n_int)].reset_index(drop=True)
+    raw_books, shifted, escaped = _raw_books(
+        rng, isbns[: p.n_books], isbn_work[: p.n_books], edition_no[: p.n_books], n_works,
+        work_author, work_publisher, p,
+    )
+    raw_users = _raw_users(rng, p)
+
+    say("normalise")
+    ratings, books, users, report = normalize_tables(raw_ratings, raw_books, raw_users)
+
+    truth_work_keys = _canonical_work_keys(raw_books, isbn_work[: p.n_books], n_works)
+    truth = {
+        "preset": p.name,
+        "seed": seed,
+        "continuous": continuous,
+        "global_mean": MU,
+        "noise_sd": NOISE_SD,
+        "n_factors": k,
+        "user_bias_sd": USER_BIAS_SD,
+        "work_bias_sd": WORK_BIAS_SD,
+        "interaction_sd": INTERACTION_SD,
+        "preference_tilt": p.preference_tilt,
+        "clip_fraction": clip_fraction,
+        "mapping": {
+            "kind": "identity_clipped" if continuous else "thresholds",
+            "thresholds": [float(x) for x in thresholds],
+            "description": (
+                "rating = clip(z, 1, 10)" if continuous else "rating = 1 + number of thresholds below z"
+            ),
+        },
+        "model": "z = global_mean + user_bias[u] + work_bias[w] + user_factors[u].work_factors[w] + N(0, noise_sd^2)",
+        "preset_parameters": asdict(p),
+        # arrays (truth.npz): users are indexed by position in user_ids, works by position in work_keys
+        "user_ids": np.arange(1, p.n_users + 1, dtype=np.int64),
+        "user_bias": user_b,
+        "user_factors": user_f,
+        "work_keys": np.r_[truth_work_keys, np.array([f"ghost:{i}" for i in range(n_ghost)])].astype(str),
+        "work_bias": all_b,
+        "work_factors": all_f,
+        "isbns": isbns.astype(str),
+        "isbn_work": isbn_work.astype(np.int64),
+        "in_books_file": np.r_[np.ones(p.n_books, bool), np.zeros(n_ghost, bool)],
+        "work_author": work_author.astype(np.int64),
+        "work_publisher": work_publisher.astype(np.int64),
+    }
+    manifest = {
+        "source": "synthetic",
+        "preset": p.name,
+        "seed": seed,
+        "continuous": continuous,
+        "report": report,
+    }
+    dataset = Dataset(ratings=ratings, books=books, users=users, manifest=manifest, truth=truth)
+    raw = RawTables(raw_ratings, raw_books, raw_users, shifted, escaped)
+    return SynthResult(dataset=dataset, raw=raw, seconds=time.perf_counter() - t0)
+
+
+def truth_mean(truth: dict, user_ids, isbns=None, work_keys=None) -> np.ndarray:
+    """The true mean rating m[u, j] for user ids and ISBNs (or work keys); NaN where unknown."""
+    users = pd.Index(truth["user_ids"]).get_indexer(np.asarray(user_ids))
+    if work_keys is not None:
+        works = pd.Index(truth["work_keys"]).get_indexer(np.asarray(work_keys))
+    else:
+        pos = pd.Index(truth["isbns"]).get_indexer(np.asarray(isbns))
+        works = np.where(pos >= 0, truth["isbn_work"][np.maximum(pos, 0)], -1)
+    ok = (users >= 0) & (works >= 0)
+    out = np.full(len(users), np.nan)
+    u, w = users[ok], works[ok]
+    out[ok] = (
+        truth["global_mean"] + truth["user_bias"][u] + truth["work_bias"][w]
+        + np.einsum("ij,ij->i", truth["user_factors"][u], truth["work_factors"][w])
+    )
+    return out
+
+
+def _canonical_work_keys(raw_books: pd.DataFrame, isbn_work: np.ndarray, n_works: int) -> np.ndarray:
+    first = np.r_[True, isbn_work[1:] != isbn_work[:-1]]
+    keys = work_keys(decode_entities(raw_books["title"][first]), decode_entities(raw_books["author"][first])).to_numpy()
+    out = np.empty(n_works, dtype=object)
+    out[isbn_work[first]] = keys
+    return out
+
+
+def _messy_isbns(rng: np.random.Generator, isbns: np.ndarray) -> np.ndarray:
+    """Rating-file ISBNs as users typed them: some lowercase x, stray spaces, dashes."""
+    out = isbns.astype(object)
+    r = rng.random(len(out))
+    lower = (r < 0.01) & np.char.endswith(isbns.astype(str), "X")
+    out[lower] = np.char.lower(isbns[lower].astype(str))
+    space = (r > 0.995)
+    out[space] = np.char.add(isbns[space].astype(str), " ")
+    dash = (r > 0.990) & (r <= 0.992)
+    out[dash] = [f"{s[0]}-{s[1:4]}-{s[4:9]}-{s[9]}" for s in isbns[dash]]
+    return out
+
+
+def _raw_books(
+    rng: np.random.Generator,
+    isbns: np.ndarray,
+    isbn_work: np.ndarray,
+    edition_no: np.ndarray,
+    n_works: int,
+    work_author: np.ndarray,
+    work_publisher: np.ndarray,
+    p: Preset,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    n = len(isbns)
+    titles = _titles(rng, n_works)
+    authors = _authors(rng, p.n_authors)
+    publishers = _publishers(rng, p.n_publishers)
+    work_title = titles[isbn_work]
+    # editions may differ in case; a few titles carry HTML entities or quotes
+    caps = (edition_no > 0) & (rng.random(n) < 0.3)
+    title = work_title.copy()
+    title[caps] = [t.upper() for t in title[caps]]
+    title = np.array([t.replace("&", "&amp;") for t in title], dtype=object)
+    quoted = (rng.random(n_works) < 0.002)[isbn_work]  # per work, so editions keep one work key
+    title[quoted] = [f'{t} "Special Edition"' for t in title[quoted]]
+    author = authors[work_author][isbn_work]
+    author_variant = (edition_no > 0) & (rng.random(n) < 0.2)
+    author[author_variant] = [a.upper() for a in author[author_variant]]
+    pub_idx = np.where(edition_no > 0, _sample_by_weight(rng, np.cumsum(np.ones(p.n_publishers)), n),
+                       work_publisher[isbn_work])
+    publisher = np.array([x.replace("&", "&amp;") for x in publishers[pub_idx]], dtype=object)
+    base_year = np.clip(2004 - np.round(rng.exponential(9.0, n_works)), 1900, 2004).astype(np.int64)
+    year = np.minimum(base_year[isbn_work] + edition_no * rng.integers(1, 4, n), 2004).astype(object)
+    r = rng.random(n)
+    year[r < 0.017] = 0
+    year[(r >= 0.017) & (r < 0.0172)] = 2030
+    year[(r >= 0.0172) & (r < 0.0173)] = 2050
+    year = year.astype(str)
+    url = np.array([f"http://images.amazon.com/images/P/{i}.01." for i in isbns], dtype=object)
+    # a handful of rows are emitted shifted (author glued to the title) by the raw writers,
+    # a few titles with quotes are written with backslash escapes
+    shifted = np.zeros(n, dtype=bool)
+    plain = np.flatnonzero(~quoted)
+    shifted[rng.choice(plain, size=min(len(plain), max(2, n // 20_000)), replace=False)] = True
+    escaped = quoted & ~shifted
+    books = pd.DataFrame(
+        {
+            "isbn": isbns.astype(object),
+            "title": title,
+            "author": author,
+            "year": year,
+            "publisher": publisher,
+            "image_url_s": url + "THUMBZZZ.jpg",
+            "image_url_m": url + "MZZZZZZZ.jpg",
+            "image_url_l": url + "LZZZZZZZ.jpg",
+        }
+    )
+    return books, shifted, escaped
+
+
+def _raw_users(rng: np.random.Generator, p: Preset) -> pd.DataFrame:
+    n = p.n_users
+    loc_idx = rng.integers(0, len(_LOCATIONS), n)
+    city = np.array([_LOCATIONS[i][0] for i in range(len(_LOCATIONS))], dtype=object)[loc_idx]
+    state = np.array([_LOCATIONS[i][1] for i in range(len(_LOCATIONS))], dtype=object)[loc_idx]
+    country = np.array([_LOCATIONS[i][2] for i in range(len(_LOCATIONS))], dtype=object)[loc_idx]
+    r = rng.random(n)
+    state[r < 0.05] = "n/a"
+    city[(r >= 0.05) & (r < 0.07)] = ""
+    country[(r >= 0.07) & (r < 0.08)] = ""
+    typo = (r >= 0.08) & (r < 0.09)
+    country[typo] = [c[:-1] + c[-1] * 2 for c in country[typo]]  # 'usaa', 'spainn'
+    location = np.char.add(np.char.add(np.char.add(np.char.add(city.astype(str), ", "), state.astype(str)), ", "),
+                           country.astype(str)).astype(object)
+    extra = (r >= 0.09) & (r < 0.1)
+    location[extra] = [f"{x}," for x in location[extra]]
+    age = np.clip(np.round(rng.gamma(6.0, 6.0, n)), 8, 99).astype(np.int64).astype(str).astype(object)
+    a = rng.random(n)
+    age[a < p.age_missing] = None
+    junk = (a >= p.age_missing) & (a < p.age_missing + p.age_junk)
+    age[junk] = np.where(rng.random(int(junk.sum())) < 0.5, "0", rng.integers(101, 245, int(junk.sum())).astype(str))
+    return pd.DataFrame({"user_id": np.arange(1, n + 1), "location": location, "age": age})
+
+
+def write_synthetic(result: SynthResult, out: Path | str, fmt: str = "normalized") -> Path:
+    """Write a generated data set: the normalised directory, or raw ``bx``/``kaggle`` files.
+
+    Raw layouts get the ground truth too (truth.npz/json) so benchmarks can score imported data.
+    """
+    from bookrec.data.io import TRUTH_ARRAYS_FILE, TRUTH_JSON_FILE  # noqa: F401
+
+    out = Path(out)
+    if fmt == "normalized":
+        return write_dataset(result.dataset, out)
+    from bookrec.data import rawfmt
+
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "bx":
+        rawfmt.write_bx(result.raw, out)
+    elif fmt == "kaggle":
+        rawfmt.write_kaggle(result.raw, out)
+    else:
+        raise ValueError(f"unknown format {fmt!r} (normalized, bx or kaggle)")
+    _write_truth_only(result.dataset.truth, out)
+    return out
+
+
+def _write_truth_only(truth: dict | None, out: Path) -> None:
+    import json
+
+    from bookrec.data.io import TRUTH_ARRAYS_FILE, TRUTH_JSON_FILE, _json_default
+
+    if truth is None:
+        return
+    arrays = {k: v for k, v in truth.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in truth.items() if not isinstance(v, np.ndarray)}
+    np.savez_compressed(out / TRUTH_ARRAYS_FILE, **arrays)
+    (out / TRUTH_JSON_FILE).write_text(json.dumps(scalars, indent=2, sort_keys=True, default=_json_default) + "\n")

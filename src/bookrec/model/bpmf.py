@@ -1,0 +1,418 @@
+"""The BPMF estimator: Bayesian matrix factorisation with biases, fitted by blocked Gibbs sampling."""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+from bookrec.model import kernels, metrics
+from bookrec.model.sampler import Chain, Priors, RatingMatrix
+
+RANK_MODES = {"mean": 0, "lower": 1, "sample": 2}
+
+
+def _as_index(name: str, values) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ValueError(f"{name} must hold integer indices")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name} must be non-negative")
+    return arr
+
+
+class BPMF:
+    """Bayesian probabilistic matrix factorisation with user/item biases (Salakhutdinov & Mnih 2008).
+
+    ``n_samples`` post-burn-in sweeps run in each of ``n_chains`` chains; every ``thin``-th draw
+    is kept (thinned further if needed so that at most ``max_kept_samples`` are kept in total,
+    stored as float32). ``chain_mode``: "sweep" runs the chains in lock-step, each sweep using
+    all cores (numba prange); "threads" runs each chain in its own thread with single-threaded
+    GIL-free kernels; "auto" picks "threads" when there are at least 2 chains and 2 cores.
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 10,
+        n_samples: int = 200,
+        burn_in: int = 100,
+        n_chains: int = 2,
+        thin: int = 1,
+        max_kept_samples: int = 100,
+        seed: int = 0,
+        rating_range: tuple[float, float] = (1.0, 10.0),
+        warm_start: bool = True,
+        beta0: float = 2.0,
+        w0_scale: float = 1.0,
+        bias_prior: tuple[float, float] = (1.0, 1.0),
+        alpha_prior: tuple[float, float] = (1.0, 1.0),
+        mu_prior_precision: float = 0.01,
+        n_tracked: int = 20,
+        min_ess: float = 100.0,
+        chain_mode: str = "auto",
+        show_progress: bool = True,
+    ):
+        self.n_factors = n_factors
+        self.n_samples = n_samples
+        self.burn_in = burn_in
+        self.n_chains = n_chains
+        self.thin = thin
+        self.max_kept_samples = max_kept_samples
+        self.seed = seed
+        self.rating_range = (float(rating_range[0]), float(rating_range[1]))
+        self.warm_start = warm_start
+        self.beta0 = beta0
+        self.w0_scale = w0_scale
+        self.bias_prior = tuple(bias_prior)
+        self.alpha_prior = tuple(alpha_prior)
+        self.mu_prior_precision = mu_prior_precision
+        self.n_tracked = n_tracked
+        self.min_ess = min_ess
+        self.chain_mode = chain_mode
+        self.show_progress = show_progress
+
+    PARAM_NAMES = (
+        "n_factors", "n_samples", "burn_in", "n_chains", "thin", "max_kept_samples", "seed", "rating_range",
+        "warm_start", "beta0", "w0_scale", "bias_prior", "alpha_prior", "mu_prior_precision", "n_tracked",
+        "min_ess", "chain_mode", "show_progress",
+    )
+
+    def get_params(self) -> dict:
+        return {name: getattr(self, name) for name in self.PARAM_NAMES}
+
+    def set_params(self, **params) -> BPMF:
+        for name, value in params.items():
+            if name not in self.PARAM_NAMES:
+                raise ValueError(f"unknown parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def _check_params(self) -> None:
+        if self.n_factors < 1 or self.n_samples < 1 or self.burn_in < 0 or self.n_chains < 1:
+            raise ValueError("need n_factors >= 1, n_samples >= 1, burn_in >= 0, n_chains >= 1")
+        if self.thin < 1 or self.max_kept_samples < 1:
+            raise ValueError("need thin >= 1 and max_kept_samples >= 1")
+        if not self.rating_range[0] < self.rating_range[1]:
+            raise ValueError("rating_range must be (low, high) with low < high")
+        if self.chain_mode not in ("auto", "sweep", "threads"):
+            raise ValueError("chain_mode must be auto, sweep or threads")
+
+    def _priors(self) -> Priors:
+        lo, hi = self.rating_range
+        return Priors(
+            beta0=self.beta0, w0_scale=self.w0_scale, a_bias=self.bias_prior[0], b_bias=self.bias_prior[1],
+            a_alpha=self.alpha_prior[0], b_alpha=self.alpha_prior[1], mu_prior_mean=0.5 * (lo + hi),
+            mu_prior_precision=self.mu_prior_precision,
+        )
+
+    def _resolved_chain_mode(self) -> str:
+        if self.chain_mode != "auto":
+            return self.chain_mode
+        import os
+
+        return "threads" if self.n_chains >= 2 and (os.cpu_count() or 1) >= 2 else "sweep"
+
+    # ------------------------------------------------------------------------------ fit
+    def fit(self, user_idx, item_idx, ratings, n_users=None, n_items=None, eval_set=None,
+            callback: Callable[[int, dict], None] | None = None, eval_every: int = 10) -> BPMF:
+        """Run the chains. ``eval_set=(u, i, r)``: every ``eval_every`` post-burn-in sweeps the running
+        posterior-predictive metrics on it are computed and passed to ``callback(step, metrics)``;
+        an exception raised by the callback propagates (and aborts the fit)."""
+        self._check_params()
+        started = time.perf_counter()
+        u = _as_index("user_idx", user_idx)
+        i = _as_index("item_idx", item_idx)
+        r = np.asarray(ratings, dtype=np.float64).ravel()
+        if not (u.shape == i.shape == r.shape):
+            raise ValueError("user_idx, item_idx and ratings must have the same length")
+        if r.size == 0:
+            raise ValueError("no ratings to fit")
+        if not np.all(np.isfinite(r)):
+            raise ValueError("ratings must be finite")
+        n_users = int(u.max()) + 1 if n_users is None else int(n_users)
+        n_items = int(i.max()) + 1 if n_items is None else int(n_items)
+        if u.max() >= n_users or i.max() >= n_items:
+            raise ValueError("an index is >= n_users / n_items")
+        if eval_every < 1:
+            raise ValueError("eval_every must be >= 1")
+        k = self.n_factors
+        data = RatingMatrix.build(u, i, r, n_users, n_items)
+        seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
+        aux_rng = np.random.default_rng(seqs[-1])
+        chains = [Chain(data, k, self._priors(), seq) for seq in seqs[:-1]]
+        for chain in chains:
+            chain.initialise(self.warm_start)
+
+        # Keep plan: each chain keeps every `step`-th post-burn-in draw, at most max_kept in total.
+        per_chain = max(1, self.max_kept_samples // self.n_chains)
+        step = max(self.thin, math.ceil(self.n_samples / per_chain))
+        kept_per_chain = self.n_samples // step
+        n_kept = kept_per_chain * self.n_chains
+        self._allocate(n_kept, n_users, n_items, k)
+
+        tracked = aux_rng.choice(r.size, size=min(self.n_tracked, r.size), replace=False)
+        tracked_u, tracked_i = u[tracked], i[tracked]
+        n_c, n_d = self.n_chains, self.n_samples
+        traces = {"alpha": np.empty((n_c, n_d)), "mu": np.empty((n_c, n_d)), "train_rmse": np.empty((n_c, n_d))}
+        tracked_traces = np.empty((n_c, n_d, tracked.size))
+
+        ev = None
+        if eval_set is not None:
+            eu, ei, er = (np.asarray(a) for a in eval_set)
+            eu, ei = _as_index("eval users", eu), _as_index("eval items", ei)
+            er = np.asarray(er, dtype=np.float64)
+            if eu.size and (eu.max() >= n_users or ei.max() >= n_items):
+                raise ValueError("eval_set index out of range")
+            ev = (eu, ei, er, np.empty((n_kept, eu.size), dtype=np.float32))
+        self.eval_history_ = []
+
+        mode = self._resolved_chain_mode()
+        parallel = mode == "sweep"
+        pool = ThreadPoolExecutor(max_workers=n_c) if (mode == "threads" and n_c > 1) else None
+        total = self.burn_in + self.n_samples
+        kept = 0
+        progress = _progress(self.show_progress)
+        try:
+            with progress:
+                task = progress.add_task("Gibbs sampling", total=total, stats="")
+                for t in range(total):
+                    if pool is not None:
+                        list(pool.map(lambda ch: ch.sweep(parallel=False), chains))
+                    else:
+                        for chain in chains:
+                            chain.sweep(parallel=parallel)
+                    d = t - self.burn_in
+                    if d >= 0:
+                        for c, chain in enumerate(chains):
+                            st = chain.state
+                            traces["alpha"][c, d] = st.alpha
+                            traces["mu"][c, d] = st.mu
+                            traces["train_rmse"][c, d] = st.train_rmse
+                            tracked_traces[c, d] = chain.predict_pairs(tracked_u, tracked_i)
+                        if (d + 1) % step == 0 and (d + 1) // step <= kept_per_chain:
+                            for c, chain in enumerate(chains):
+                                self._store(kept, c, chain)
+                                if ev is not None:
+                                    ev[3][kept] = chain.predict_pairs(ev[0], ev[1])
+                                kept += 1
+                        if ev is not None and (d + 1) % eval_every == 0:
+                            m = self._running_eval(ev, kept, chains)
+                            self.eval_history_.append({"step": d + 1, **m})
+                            if callback is not None:
+                                callback(d + 1, m)
+                    st0 = chains[0].state
+                    progress.update(task, advance=1, stats=f"{'burn-in' if d < 0 else 'sampling'} "
+                                    f"rmse={st0.train_rmse:.3f} sd={1 / math.sqrt(st0.alpha):.3f}")
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+        self.traces_ = dict(traces)
+        for n in range(tracked.size):
+            self.traces_[f"pred_{n}"] = tracked_traces[:, :, n]
+        self.tracked_pairs_ = np.stack([tracked_u, tracked_i], axis=1)
+        self.n_users_, self.n_items_, self.n_kept_ = n_users, n_items, n_kept
+        self.n_train_ = int(r.size)
+        from bookrec.model.diagnostics import convergence
+
+        self.diagnostics_ = convergence(self.traces_, min_ess=self.min_ess)
+        self.fit_seconds_ = time.perf_counter() - started
+        self.chain_mode_ = mode
+        return self
+
+    def _allocate(self, n_kept, n_users, n_items, k) -> None:
+        f32 = np.float32
+        self.mu_ = np.empty(n_kept, f32)
+        self.alpha_ = np.empty(n_kept, f32)
+        self.user_factors_ = np.empty((n_kept, n_users, k), f32)
+        self.item_factors_ = np.empty((n_kept, n_items, k), f32)
+        self.user_bias_ = np.empty((n_kept, n_users), f32)
+        self.item_bias_ = np.empty((n_kept, n_items), f32)
+        self.mu_user_ = np.empty((n_kept, k), f32)
+        self.lambda_user_ = np.empty((n_kept, k, k), f32)
+        self.mu_item_ = np.empty((n_kept, k), f32)
+        self.lambda_item_ = np.empty((n_kept, k, k), f32)
+        self.tau_user_bias_ = np.empty(n_kept, f32)
+        self.tau_item_bias_ = np.empty(n_kept, f32)
+        self.sample_chain_ = np.empty(n_kept, np.int16)
+
+    def _store(self, s: int, chain_no: int, chain: Chain) -> None:
+        st = chain.state
+        k = self.n_factors
+        self.mu_[s], self.alpha_[s] = st.mu, st.alpha
+        self.user_factors_[s], self.user_bias_[s] = st.users[:, :k], st.users[:, k]
+        self.item_factors_[s], self.item_bias_[s] = st.items[:, :k], st.items[:, k]
+        self.mu_user_[s], self.lambda_user_[s], self.tau_user_bias_[s] = st.mu_user, st.lambda_user, st.tau_user_bias
+        self.mu_item_[s], self.lambda_item_[s], self.tau_item_bias_[s] = st.mu_item, st.lambda_item, st.tau_item_bias
+        self.sample_chain_[s] = chain_no
+
+    def _running_eval(self, ev, kept: int, chains: list[Chain]) -> dict:
+        eu, ei, er, preds = ev
+        if kept:
+            means = preds[:kept].T
+            sds = 1.0 / np.sqrt(self.alpha_[:kept].astype(np.float64))
+        else:  # before the first kept draw: the chains' current states
+            means = np.stack([ch.predict_pairs(eu, ei) for ch in chains], axis=1)
+            sds = np.array([1.0 / math.sqrt(ch.state.alpha) for ch in chains])
+        means, sds = metrics._as_2d(means, sds)
+        lo, hi = self.rating_range
+        point = np.clip(means.mean(axis=1), lo, hi)
+        iv = metrics.interval_metrics(er, means, sds, levels=(0.9,), rating_range=self.rating_range)
+        return {"rmse": metrics.rmse(er, point), "nll": metrics.mixture_nll(er, means, sds),
+                "coverage90": iv["coverage"]["0.9"], "n_kept": kept}
+
+    # ------------------------------------------------------------------------------ predict
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "mu_"):
+            raise RuntimeError("this BPMF is not fitted yet")
+
+    def _pairs(self, user_idx, item_idx):
+        u = _as_index("user_idx", np.atleast_1d(user_idx))
+        i = _as_index("item_idx", np.atleast_1d(item_idx))
+        if u.shape != i.shape:
+            u, i = np.broadcast_arrays(u, i)
+            u, i = np.ascontiguousarray(u), np.ascontiguousarray(i)
+        if u.size and (u.max() >= self.n_users_ or i.max() >= self.n_items_):
+            raise IndexError("user or item index out of range")
+        return u, i
+
+    def predictive_components(self, user_idx, item_idx) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample predictive means (n, S) and noise sds (S,): the posterior predictive mixture."""
+        self._check_fitted()
+        u, i = self._pairs(user_idx, item_idx)
+        means = kernels.predict_samples(self.user_factors_, self.user_bias_, self.item_factors_, self.item_bias_,
+                                        self.mu_.astype(np.float64), u, i)
+        return means, 1.0 / np.sqrt(self.alpha_.astype(np.float64))
+
+    def predict(self, user_idx, item_idx) -> np.ndarray:
+        """Posterior predictive mean, clipped to ``rating_range``."""
+        means, _ = self.predictive_components(user_idx, item_idx)
+        return np.clip(means.mean(axis=1), *self.rating_range)
+
+    def predict_interval(self, user_idx, item_idx, level: float = 0.9, chunk: int = 50_000):
+        """(mean, lower, upper) of the central ``level`` interval of the posterior predictive
+        (parameter uncertainty across samples plus the noise 1/alpha), clipped to ``rating_range``."""
+        if not 0 < level < 1:
+            raise ValueError("level must be in (0, 1)")
+        u, i = self._pairs(user_idx, item_idx)
+        out = [np.empty(u.size) for _ in range(3)]
+        for start in range(0, u.size, chunk):
+            sl = slice(start, start + chunk)
+            means, sds = self.predictive_components(u[sl], i[sl])
+            for arr, part in zip(out, metrics.mixture_interval(means, sds, level, self.rating_range)):
+                arr[sl] = part
+        return tuple(out)
+
+    # ------------------------------------------------------------------------------ recommend
+    def recommend(self, user: int, n: int = 10, exclude=None, rank_by: str = "mean", level: float = 0.9,
+                  seed: int | None = None):
+        """Top-n items for one user: (items, mean, lower, upper). ``exclude``: item indices to skip."""
+        excl = np.asarray([] if exclude is None else exclude, dtype=np.int64)
+        indptr = np.zeros(self.n_users_ + 1, dtype=np.int64)
+        indptr[int(user) + 1:] = excl.size
+        items, mean, lower, upper = self.recommend_all(np.array([user]), n, (indptr, excl), rank_by, level, seed)
+        keep = items[0] >= 0
+        return items[0][keep], mean[0][keep], lower[0][keep], upper[0][keep]
+
+    def recommend_all(self, users, n: int = 10, exclude_csr=None, rank_by: str = "mean", level: float = 0.9,
+                      seed: int | None = None, n_candidates: int | None = None):
+        """Top-n for many users at once (compiled, parallel over users): arrays (n_users, n) of
+        items (-1 when fewer than n remain), mean, lower, upper (clipped).
+
+        exclude_csr: a scipy CSR matrix (users x items) or an (indptr, indices) pair indexed by
+        user id, e.g. each user's training items. rank_by="lower" screens candidates by
+        mean - z sd of the mixture and re-ranks the best ``n_candidates`` (default 4n + 50) by
+        their exact lower bounds; "sample" ranks each user by one posterior draw (Thompson).
+        """
+        self._check_fitted()
+        if rank_by not in RANK_MODES:
+            raise ValueError("rank_by must be mean, lower or sample")
+        if not 0 < level < 1:
+            raise ValueError("level must be in (0, 1)")
+        users = _as_index("users", np.atleast_1d(users))
+        if users.size and users.max() >= self.n_users_:
+            raise IndexError("user index out of range")
+        if exclude_csr is None:
+            indptr, indices = np.zeros(self.n_users_ + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        elif hasattr(exclude_csr, "indptr"):
+            indptr, indices = exclude_csr.indptr, exclude_csr.indices
+        else:
+            indptr, indices = exclude_csr
+        indptr = np.asarray(indptr, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        if indptr.shape[0] < self.n_users_ + 1:
+            indptr = np.concatenate([indptr, np.full(self.n_users_ + 1 - indptr.shape[0], indptr[-1])])
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf((1 + level) / 2)
+        rng = np.random.default_rng(seed)
+        choice = rng.integers(0, self.mu_.shape[0], size=users.size)
+        n_cand = int(n_candidates or 4 * n + 50)
+        items, mean, lower, upper = kernels.recommend_block(
+            users, self.user_factors_, self.user_bias_, self.item_factors_, self.item_bias_,
+            self.mu_.astype(np.float64), 1.0 / np.sqrt(self.alpha_.astype(np.float64)),
+            indptr, indices, int(n), RANK_MODES[rank_by], z,
+            np.array([(1 - level) / 2, (1 + level) / 2]), choice, n_cand,
+        )
+        lo, hi = self.rating_range
+        return items, np.clip(mean, lo, hi), np.clip(lower, lo, hi), np.clip(upper, lo, hi)
+
+    def similar_items(self, item: int, n: int = 10):
+        """Items most similar to ``item``: cosine of factor vectors per sample -> (items, mean, sd)."""
+        self._check_fitted()
+        item = int(item)
+        if not 0 <= item < self.n_items_:
+            raise IndexError("item index out of range")
+        v = self.item_factors_.astype(np.float64)
+        v /= np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)
+        cos = np.einsum("sik,sk->si", v, v[:, item, :])
+        mean, sd = cos.mean(axis=0), cos.std(axis=0)
+        excluded = np.zeros(self.n_items_, dtype=bool)
+        excluded[item] = True
+        top = kernels.top_n(mean, int(n), excluded)
+        return top, mean[top], sd[top]
+
+    # ------------------------------------------------------------------------------ fold-in / serving
+    def serving_arrays(self) -> dict[str, np.ndarray]:
+        """The compact serving model (plain arrays; the batch adds item_keys / item_isbns)."""
+        self._check_fitted()
+        return {
+            "item_factors": self.item_factors_, "item_bias": self.item_bias_, "mu": self.mu_,
+            "alpha": self.alpha_, "mu_user": self.mu_user_, "lambda_user": self.lambda_user_,
+            "tau_user_bias": self.tau_user_bias_, "rating_range": np.asarray(self.rating_range, dtype=np.float64),
+        }
+
+    def fold_in(self, item_idx, ratings, level: float = 0.9, seed: int | None = None):
+        """Exact per-sample posterior of a new reader's factors and bias from a few ratings."""
+        from bookrec.model.foldin import fold_in_from_arrays
+
+        return fold_in_from_arrays(self.serving_arrays(), item_idx, ratings, seed=seed)
+
+    # ------------------------------------------------------------------------------ persistence
+    def save(self, path, metadata: dict | None = None):
+        """Write ``<path>.npz`` and its ``.json`` manifest (sha256 of the npz). Returns both paths."""
+        from bookrec.model.artifact import save_model
+
+        return save_model(self, path, metadata)
+
+    @classmethod
+    def load(cls, path) -> BPMF:
+        from bookrec.model.artifact import load_model
+
+        return load_model(path)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=not enabled, transient=False,
+    )

@@ -1,0 +1,385 @@
+"""Studies: where trials are stored, how they are sampled and pruned, and what is written at the end.
+
+A study lives in an Optuna storage named by URL, so several `bookrec optimize` workers, on one
+machine or many, can share it:
+
+- ``sqlite:///var/optuna.db`` (default): one file, fine for a few workers on one machine;
+- ``postgresql://user:password@host:5432/db`` (any SQLAlchemy RDB URL): workers on many machines;
+- ``redis://host:6379/0`` (or ``rediss://``): an Optuna journal kept in Redis/Valkey/Dragonfly;
+- ``journal:///path/to/file.log``: a journal file on a shared file system.
+
+The best parameters end up in ``settings.tuned_config_path`` as JSON, the file `bookrec batch`
+reads (format in :func:`write_tuned_config`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from bookrec.optimize.objective import (
+    OBJECTIVES,
+    ObjectiveOptions,
+    TuningData,
+    make_objective,
+)
+
+PrunerName = Literal["median", "hyperband", "none"]
+
+CONFIG_FORMAT_VERSION = 1
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """The storage URL without its password (safe to log and to write to the tuned config)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    netloc = f"{user}:***@{host}" if user else f":***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    # sqlite:///relative/path.db and sqlite:////absolute/path.db: create the parent folder so a
+    # fresh checkout can run `bookrec optimize` without preparing var/ by hand.
+    path = url[len("sqlite:///") :]
+    if path and path != ":memory:":
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_storage(url: str, *, heartbeat_seconds: int | None = 60) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (see the module docstring for the accepted schemes).
+
+    RDB storages get a heartbeat: a trial whose worker died (machine lost, process killed) is
+    marked failed after ``3 * heartbeat_seconds`` and re-queued once, so no trial is silently lost.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    with warnings.catch_warnings():
+        # heartbeats and the Redis journal are marked "experimental" in Optuna; they are what we want.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if scheme in {"redis", "rediss"}:
+            backend = optuna.storages.journal.JournalRedisBackend(url, prefix="bookrec-optuna")
+            return optuna.storages.JournalStorage(backend)
+        if scheme == "journal":
+            path = Path(url[len("journal://") :])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = optuna.storages.journal.JournalFileOpenLock(str(path))
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
+        if scheme.startswith("sqlite"):
+            _ensure_sqlite_dir(url)
+            # Several processes write one SQLite file: wait for the lock instead of failing at once.
+            engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+        elif scheme.startswith(("postgresql", "postgres", "mysql")):
+            if scheme in {"postgres", "postgresql"}:
+                # psycopg 3 is the driver we ship (`postgres` extra); SQLAlchemy defaults to psycopg2.
+                url = "postgresql+psycopg" + url[len(scheme) :]
+            engine_kwargs = {"pool_pre_ping": True}
+        else:
+            raise ValueError(
+                f"unsupported Optuna storage URL {redact_url(url)!r}: use sqlite:///path, "
+                "postgresql://user:pass@host/db, redis://host:port/db or journal:///path"
+            )
+        kwargs: dict[str, Any] = {}
+        if heartbeat_seconds:
+            kwargs = {
+                "heartbeat_interval": heartbeat_seconds,
+                "grace_period": 3 * heartbeat_seconds,
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            }
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+# --- sampler, pruner, study ----------------------------------------------------------------
+
+
+def make_pruner(name: PrunerName, max_steps: int, eval_every: int) -> optuna.pruners.BasePruner:
+    """Median or Hyperband pruning over Gibbs sweeps (the step reported is the sweep number)."""
+    if name == "median":
+        # Judge a trial only after its chain has left the first few sweeps (noisy start) and
+        # only once 3 trials have finished, so the median means something.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2 * eval_every, interval_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=2 * eval_every, max_resource=max(max_steps, 4 * eval_every))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown pruner {name!r}")
+
+
+def make_sampler(seed: int | None, multi_objective: bool) -> optuna.samplers.BaseSampler:
+    """TPE, as in Optuna's examples; ``constant_liar`` keeps parallel workers from piling onto one point."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            group=not multi_objective,
+            constant_liar=True,
+            n_startup_trials=5,
+        )
+
+
+def open_study(
+    storage_url: str,
+    study_name: str,
+    *,
+    multi_objective: bool = False,
+    objective: str = "nll",
+    pruner: PrunerName = "median",
+    max_steps: int = 200,
+    eval_every: int = 5,
+    seed: int | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
+) -> optuna.Study:
+    """Create the study, or load it when another worker created it first (same name, same storage)."""
+    directions = ["minimize", "minimize"] if multi_objective else ["minimize"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own summary replaces Optuna's per-trial lines
+    study = optuna.create_study(
+        storage=storage if storage is not None else make_storage(storage_url),
+        study_name=study_name,
+        directions=directions,
+        sampler=make_sampler(seed, multi_objective),
+        pruner=make_pruner(pruner, max_steps, eval_every),
+        load_if_exists=True,
+    )
+    expected = [optuna.study.StudyDirection.MINIMIZE] * len(directions)
+    if list(study.directions) != expected:
+        raise ValueError(
+            f"study {study_name!r} already exists with {len(study.directions)} objective(s); "
+            "use another --study name to switch between single- and multi-objective mode"
+        )
+    stored_objective = study.user_attrs.get("objective")
+    if stored_objective is None:
+        study.set_user_attr("objective", objective)
+        study.set_user_attr("metric_names", [objective, "train_seconds"] if multi_objective else [objective])
+    elif stored_objective != objective:
+        raise ValueError(
+            f"study {study_name!r} optimises validation {stored_objective}, not {objective}; use another --study name"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([objective, "train_seconds"] if multi_objective else [objective])
+    return study
+
+
+# --- choosing the result ---------------------------------------------------------------------
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def choose_trial(study: optuna.Study, quality_tolerance: float = 0.01) -> FrozenTrial:
+    """The trial whose parameters are written.
+
+    Single objective: the best trial. Multi-objective: among the Pareto front, the fastest trial
+    whose validation quality is within ``quality_tolerance`` (nats of NLL / rating points of CRPS)
+    of the best quality on the front: a knee that trades a negligible loss for speed.
+    """
+    if len(study.directions) == 1:
+        return study.best_trial
+    front = study.best_trials
+    if not front:
+        raise ValueError("the study has no completed trial")
+    best_quality = min(t.values[0] for t in front)
+    eligible = [t for t in front if t.values[0] <= best_quality + quality_tolerance]
+    return min(eligible, key=lambda t: (t.values[1], t.values[0]))
+
+
+# --- the tuned config file -------------------------------------------------------------------
+
+
+def tuned_config_payload(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dict[str, Any]:
+    """The JSON document `bookrec batch` reads. ``params`` holds BPMF constructor keyword arguments."""
+    objective = study.user_attrs.get("objective", "nll")
+    counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name.lower() in counts:
+            counts[t.state.name.lower()] += 1
+    payload: dict[str, Any] = {
+        "format": CONFIG_FORMAT_VERSION,
+        "params": dict(trial.user_attrs.get("bpmf_params", trial.params)),
+        "study": study.study_name,
+        "n_trials": counts["complete"] + counts["pruned"] + counts["fail"],
+        "trial_counts": counts,
+        "trial_number": trial.number,
+        "best_value": trial.values[0],
+        "objective": objective,
+        "multi_objective": len(study.directions) > 1,
+        "validation_metrics": {k: trial.user_attrs.get(k) for k in ("rmse", "nll", "crps", "coverage90", "train_seconds")},
+        "storage": redact_url(storage_url),
+        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if len(study.directions) > 1:
+        payload["pareto_front"] = [
+            {"trial": t.number, objective: t.values[0], "train_seconds": t.values[1]}
+            for t in sorted(study.best_trials, key=lambda t: t.values[0])
+        ]
+    return payload
+
+
+def write_tuned_config(path: Path, payload: dict[str, Any]) -> Path:
+    """Write atomically (temporary file + rename) so the batch never reads half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_tuned_config(path: Path) -> dict[str, Any]:
+    """Read and check the file written by :func:`write_tuned_config`."""
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(payload, dict) or not isinstance(payload.get("params"), dict):
+        raise ValueError(f"{path} is not a bookrec tuned-parameters file (no 'params' object)")
+    return payload
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizationResult:
+    study: optuna.Study
+    chosen: FrozenTrial | None
+    config_path: Path | None
+    payload: dict[str, Any] | None
+    wall_seconds: float
+    trials_run_here: int
+    pareto_front: list[FrozenTrial] = field(default_factory=list)
+
+
+def run_optimization(
+    data: TuningData,
+    *,
+    n_trials: int,
+    timeout: float | None = None,
+    storage_url: str,
+    study_name: str,
+    options: ObjectiveOptions | None = None,
+    pruner: PrunerName = "median",
+    sampler_seed: int | None = None,
+    config_path: Path | None = None,
+    enqueue: Sequence[dict[str, Any]] = (),
+    show_progress: bool = False,
+    storage: optuna.storages.BaseStorage | None = None,
+) -> OptimizationResult:
+    """Run ``n_trials`` trials in this process (other workers may add theirs to the same study),
+    then write the chosen parameters to ``config_path`` (when given).
+
+    ``data`` holds only the train and validation splits: the test split cannot be reached from here.
+    """
+    options = options or ObjectiveOptions()
+    if options.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}")
+    study = open_study(
+        storage_url,
+        study_name,
+        multi_objective=options.multi_objective,
+        objective=options.objective,
+        pruner=pruner,
+        max_steps=options.max_sweeps,
+        eval_every=options.eval_every,
+        seed=sampler_seed,
+        storage=storage,
+    )
+    for params in enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    started = time.perf_counter()
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    study.optimize(
+        make_objective(data, options),
+        n_trials=n_trials,
+        timeout=timeout,
+        gc_after_trial=False,
+        show_progress_bar=show_progress,
+    )
+    wall = time.perf_counter() - started
+    run_here = len({t.number for t in study.get_trials(deepcopy=False)} - before)
+    chosen = None
+    payload = None
+    written = None
+    if finished_trials(study):
+        chosen = choose_trial(study, options.quality_tolerance)
+        payload = tuned_config_payload(study, chosen, storage_url)
+        if config_path is not None:
+            written = write_tuned_config(config_path, payload)
+    front = list(study.best_trials) if options.multi_objective and finished_trials(study) else []
+    return OptimizationResult(study, chosen, written, payload, wall, run_here, front)
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def summary_tables(result: OptimizationResult, top: int = 10):
+    """Rich tables: the best trials (or the Pareto front) and the chosen parameters."""
+    from rich.table import Table
+
+    study = result.study
+    objective = study.user_attrs.get("objective", "nll")
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    title = (
+        f"study {study.study_name!r}: {len(trials)} trials "
+        + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        + f" ({result.trials_run_here} run here in {result.wall_seconds:.1f}s)"
+    )
+    table = Table(title=title)
+    for col in ("trial", "state", f"val {objective}", "val rmse", "val nll", "val cov90", "train s", "pareto"):
+        table.add_column(col, justify="right")
+    done = finished_trials(study)
+    front_numbers = {t.number for t in result.pareto_front}
+    if len(study.directions) > 1:
+        shown = sorted(result.pareto_front, key=lambda t: t.values[0])
+    else:
+        shown = sorted(done, key=lambda t: t.values[0])[:top]
+    for t in shown:
+        marker = "*" if result.chosen is not None and t.number == result.chosen.number else ""
+        table.add_row(
+            f"{t.number}{marker}",
+            t.state.name.lower(),
+            _fmt(t.values[0]),
+            _fmt(t.user_attrs.get("rmse")),
+            _fmt(t.user_attrs.get("nll")),
+            _fmt(t.user_attrs.get("coverage90"), 3),
+            _fmt(t.user_attrs.get("train_seconds"), 3),
+            "yes" if t.number in front_numbers else "",
+        )
+    tables = [table]
+    if result.chosen is not None:
+        params = Table(title=f"chosen parameters (trial {result.chosen.number})")
+        params.add_column("parameter")
+        params.add_column("value", justify="right")
+        for key, value in result.chosen.user_attrs.get("bpmf_params", result.chosen.params).items():
+            params.add_row(key, _fmt(value))
+        tables.append(params)
+    return tables

@@ -1,0 +1,261 @@
+"""The store interface shared by both backends (see docs/ARCHITECTURE.md section 3).
+
+A publish writes everything under a fresh version id and only then flips the ``current``
+pointer in one atomic step; readers always resolve the pointer, so they see either the old
+version or the new one, complete, never a mix. The version that was current before the flip is
+kept as ``previous`` (for ``rollback``); anything older is deleted after the flip.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from bookrec.store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+# Scores of the Redis users zset are doubles: ids beyond 2**53 would lose their exact order.
+MAX_USER_ID = 2**53
+BLOB_NAME_MAX = 200
+
+
+def new_version_id(now: float | None = None) -> str:
+    """``20261126T083000-3f2a``: sorts by publish time; the random suffix separates runs in the same second."""
+    stamp = datetime.fromtimestamp(now if now is not None else time.time(), tz=timezone.utc)
+    return f"{stamp:%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+def check_user_id(user_id: Any) -> int:
+    if isinstance(user_id, bool) or not isinstance(user_id, int):
+        try:
+            import numpy as np  # the batch hands numpy integers
+
+            if isinstance(user_id, np.integer):
+                user_id = int(user_id)
+            else:
+                raise TypeError
+        except (ImportError, TypeError):
+            raise StoreError(f"user id must be an integer, got {type(user_id).__name__}") from None
+    if not -MAX_USER_ID < user_id < MAX_USER_ID:
+        raise StoreError(f"user id {user_id} is outside +-2**53")
+    return user_id
+
+
+def check_bytes(data: Any, what: str) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise StoreError(f"{what} must be bytes (encode JSON with orjson.dumps), got {type(data).__name__}")
+
+
+def check_isbn(isbn: Any) -> str:
+    if not isinstance(isbn, str) or not isbn:
+        raise StoreError(f"isbn must be a non-empty string, got {isbn!r}")
+    return isbn
+
+
+def check_blob_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or len(name) > BLOB_NAME_MAX or any(c.isspace() for c in name):
+        raise StoreError(f"blob name must be a short non-empty string without spaces, got {name!r}")
+    return name
+
+
+def check_limit(limit: Any, maximum: int = 10_000) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise StoreError(f"limit must be an integer in 1..{maximum}, got {limit!r}")
+    return limit
+
+
+class Publisher(ABC):
+    """Writes one new version. Obtained from ``Store.begin_publish()``; never flip by hand."""
+
+    version: str
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.started = time.monotonic()
+        self.stats: dict[str, Any] = {"version": version, "users": 0, "books": 0, "blobs": 0, "bytes": 0}
+        self._closed = False
+
+    @abstractmethod
+    def put_recommendations(self, items: Iterable[tuple[int, bytes]]) -> int:
+        """Store each user's recommendation payload; returns how many pairs were written."""
+
+    @abstractmethod
+    def put_books(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Store each book's payload by ISBN; returns how many pairs were written."""
+
+    @abstractmethod
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Store one named blob ("meta", "catalog", "serving_model", "popular", ...)."""
+
+    @abstractmethod
+    def _commit(self) -> None:
+        """Make the version current (atomic flip), keep the old current as previous, delete older ones."""
+
+    @abstractmethod
+    def _abort(self) -> None:
+        """Discard the partial version (best effort) and leave the pointers untouched."""
+
+    def _abort_quietly(self) -> None:
+        try:
+            self._abort()
+        except Exception as cleanup_error:  # the original error matters more; the next publish collects garbage
+            log.warning("could not discard partial version %s: %s", self.version, cleanup_error)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"publish of version {self.version} is already finished")
+
+
+class Store(ABC):
+    """Synchronous store: the batch publishes with it, the CLI inspects and rolls back with it."""
+
+    backend: str
+    url: str  # redacted
+
+    @contextmanager
+    def begin_publish(self) -> Iterator[Publisher]:
+        """``with store.begin_publish() as pub: ...`` -- flips on success, discards on any exception."""
+        publisher = self._start_publish()
+        try:
+            yield publisher
+        except BaseException:
+            publisher._abort_quietly()
+            raise
+        else:
+            publisher._commit()
+
+    @abstractmethod
+    def _start_publish(self) -> Publisher: ...
+
+    # --- reads ---------------------------------------------------------------------------
+    @abstractmethod
+    def current_version(self) -> str | None: ...
+
+    @abstractmethod
+    def previous_version(self) -> str | None: ...
+
+    @abstractmethod
+    def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None: ...
+
+    @abstractmethod
+    def get_book(self, isbn: str, version: str | None = None) -> bytes | None: ...
+
+    @abstractmethod
+    def get_blob(self, name: str, version: str | None = None) -> bytes | None: ...
+
+    @abstractmethod
+    def count_users(self, version: str | None = None) -> int: ...
+
+    @abstractmethod
+    def count_books(self, version: str | None = None) -> int: ...
+
+    @abstractmethod
+    def list_users(
+        self, after: int | None = None, limit: int = 100, version: str | None = None
+    ) -> tuple[list[int], int | None]:
+        """Users in ascending id order with id > ``after``; ``next_after`` is None on the last page."""
+
+    @abstractmethod
+    def random_users(self, n: int, version: str | None = None) -> list[int]:
+        """Up to ``n`` distinct users drawn uniformly from the version's user index."""
+
+    @abstractmethod
+    def ping(self) -> bool: ...
+
+    @abstractmethod
+    def memory_info(self) -> dict[str, Any]: ...
+
+    # --- store-level ---------------------------------------------------------------------
+    @abstractmethod
+    def versions(self) -> list[dict[str, Any]]:
+        """Published versions, oldest first: version, created_at, users, books, bytes, current, previous."""
+
+    @abstractmethod
+    def pending_versions(self) -> list[str]:
+        """Versions started but never flipped (a publish in progress, or left by a killed one)."""
+
+    @abstractmethod
+    def rollback(self) -> str:
+        """Swap current and previous; returns the new current version."""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "url": self.url,
+            "current": self.current_version(),
+            "previous": self.previous_version(),
+            "versions": self.versions(),
+            "pending": self.pending_versions(),
+            "memory": self.memory_info(),
+        }
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStoreReader(ABC):
+    """Read side for the API: the same reads as ``Store``, as coroutines, over a connection pool."""
+
+    backend: str
+    url: str
+
+    @abstractmethod
+    async def current_version(self) -> str | None: ...
+
+    @abstractmethod
+    async def previous_version(self) -> str | None: ...
+
+    @abstractmethod
+    async def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None: ...
+
+    @abstractmethod
+    async def get_book(self, isbn: str, version: str | None = None) -> bytes | None: ...
+
+    @abstractmethod
+    async def get_blob(self, name: str, version: str | None = None) -> bytes | None: ...
+
+    @abstractmethod
+    async def count_users(self, version: str | None = None) -> int: ...
+
+    @abstractmethod
+    async def count_books(self, version: str | None = None) -> int: ...
+
+    @abstractmethod
+    async def list_users(
+        self, after: int | None = None, limit: int = 100, version: str | None = None
+    ) -> tuple[list[int], int | None]: ...
+
+    @abstractmethod
+    async def random_users(self, n: int, version: str | None = None) -> list[int]: ...
+
+    @abstractmethod
+    async def ping(self) -> bool: ...
+
+    @abstractmethod
+    async def memory_info(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def versions(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> "AsyncStoreReader":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,193 @@
+"""``bookrec bench store``: publish and read figures of the store backends (a benchmark, not a test).
+
+Publishes a version shaped like the batch's (every user of the ``full`` data set by default, each
+with ``top_n`` recommendation items of realistic size), then measures single reads, cursor pages,
+random picks and the async reader's throughput under concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bookrec.store import open_async_reader, open_store
+
+ITEM = (
+    b'{"rank":%d,"work_key":"the %s of winter|ann smith","isbn":"%010d","title":"The %s of Winter",'
+    b'"author":"Ann Smith","year":1999,"image_url":"http://images.amazon.com/images/P/%010d.01.MZZZZZZZ.jpg",'
+    b'"predicted_rating":%.2f,"uncertainty":%.2f,"confidence_interval":[%.2f,%.2f],"basis":"personal"}'
+)
+WORDS = [b"river", b"garden", b"secret", b"shadow", b"letters", b"kingdom", b"house", b"stone"]
+
+
+def _items(seed: int, top_n: int) -> bytes:
+    return b",".join(
+        ITEM % (r + 1, WORDS[(seed + r) % 8], (seed * 31 + r) % 10**10, WORDS[(seed + r) % 8],
+                (seed * 31 + r) % 10**10, 8.5 - 0.1 * r, 1.1, 7.4 - 0.1 * r, 9.6 - 0.1 * r)
+        for r in range(top_n)
+    )
+
+
+def payloads(user_ids: list[int], top_n: int) -> Iterator[tuple[int, bytes]]:
+    """Realistic payloads, cheap to make (1,000 distinct item lists), so the figures time the store."""
+    pool = [_items(seed, top_n) for seed in range(1000)]
+    for user_id in user_ids:
+        yield user_id, b'{"user_id":%d,"basis":"personal","recommendations":[%s]}' % (user_id, pool[user_id % 1000])
+
+
+@contextmanager
+def temporary_redis() -> Iterator[str]:
+    """A throwaway local redis-server (no persistence) for the benchmark."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed; pass --store redis://... or install it")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tempfile.mkdtemp(prefix="bookrec-bench-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if open_store(url, timeout=1).ping():
+                    break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+async def _async_throughput(url: str, users: list[int], concurrency: int, total: int) -> dict[str, float]:
+    # the API trusts the current pointer for version_refresh_seconds (1 s): one round trip per read
+    reader = open_async_reader(url, timeout=5.0, pool_size=concurrency, version_cache_seconds=1.0)
+    rng = np.random.default_rng(1)
+    picks = rng.choice(users, size=total).tolist()
+    latencies: list[float] = []
+    misses = 0
+
+    async def worker(chunk: list[int]) -> None:
+        nonlocal misses
+        for user_id in chunk:
+            t = time.perf_counter()
+            if await reader.get_recommendations(user_id) is None:
+                misses += 1
+            latencies.append(time.perf_counter() - t)
+
+    async with reader:
+        await reader.ping()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(picks[i::concurrency]) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"reads_per_s": total / elapsed, **_percentiles(latencies), "misses": misses}
+
+
+def run_benchmark(url: str, n_users: int, top_n: int, n_books: int, reads: int, concurrency: int) -> dict[str, Any]:
+    user_ids = list(range(1, n_users + 1))
+    out: dict[str, Any] = {"store": None, "users": n_users, "top_n": top_n}
+    with open_store(url) as store:
+        out["store"] = store.url
+        started = time.perf_counter()
+        with store.begin_publish() as pub:
+            pub.put_recommendations(payloads(user_ids, top_n))
+            pub.put_books((f"{i:010d}", b'{"isbn":"%010d","title":"A book"}' % i) for i in range(n_books))
+            pub.put_blob("meta", b"{}")
+            pub.put_blob("serving_model", os.urandom(8 * 1024**2))
+        out["publish_seconds"] = time.perf_counter() - started
+        out["bytes_written"] = pub.stats["bytes"]
+        out["bytes_per_user"] = pub.stats["bytes"] / max(n_users, 1)
+        out["publish_mb_per_s"] = pub.stats["bytes"] / 1024**2 / out["publish_seconds"]
+        out["store_memory_bytes"] = store.memory_info()["used_memory"]
+
+        rng = np.random.default_rng(0)
+        single = []
+        for user_id in rng.choice(user_ids, size=reads).tolist():
+            t = time.perf_counter()
+            store.get_recommendations(user_id)
+            single.append(time.perf_counter() - t)
+        out["sync_get"] = _percentiles(single)
+        pages = []
+        after = None
+        for _ in range(200):
+            t = time.perf_counter()
+            _, after = store.list_users(after, 100)
+            pages.append(time.perf_counter() - t)
+        out["list_users_100"] = _percentiles(pages)
+        randoms = []
+        for _ in range(200):
+            t = time.perf_counter()
+            store.random_users(10)
+            randoms.append(time.perf_counter() - t)
+        out["random_users_10"] = _percentiles(randoms)
+    out["async_get"] = asyncio.run(_async_throughput(url, user_ids, concurrency, reads * 5))
+    out["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    return out
+
+
+def bench_store(
+    store: str | None, backends: list[str], n_users: int, top_n: int, n_books: int, reads: int, concurrency: int
+) -> list[dict[str, Any]]:
+    from rich.console import Console
+    from rich.table import Table
+
+    results = []
+    if store:
+        results.append(run_benchmark(store, n_users, top_n, n_books, reads, concurrency))
+    else:
+        for backend in backends:
+            if backend == "redis":
+                with temporary_redis() as url:
+                    results.append(run_benchmark(url, n_users, top_n, n_books, reads, concurrency))
+            else:
+                with tempfile.TemporaryDirectory(prefix="bookrec-bench-sqlite-") as tmp:
+                    url = f"sqlite:///{Path(tmp) / 'bench.sqlite3'}"
+                    results.append(run_benchmark(url, n_users, top_n, n_books, reads, concurrency))
+    table = Table(title=f"bookrec bench store: {n_users:,} users x top-{top_n}")
+    table.add_column("figure")
+    for r in results:
+        table.add_column(r["store"].split("://")[0], justify="right")
+    rows = [
+        ("publish (s)", lambda r: f"{r['publish_seconds']:.1f}"),
+        ("publish (MB/s)", lambda r: f"{r['publish_mb_per_s']:.0f}"),
+        ("bytes per user", lambda r: f"{r['bytes_per_user']:,.0f}"),
+        ("bytes written (MB)", lambda r: f"{r['bytes_written'] / 1024**2:,.0f}"),
+        ("store memory / file (MB)", lambda r: f"{r['store_memory_bytes'] / 1024**2:,.0f}"),
+        ("sync get p50 / p99 (ms)", lambda r: f"{r['sync_get']['p50_ms']:.2f} / {r['sync_get']['p99_ms']:.2f}"),
+        ("list_users(100) p50 / p99 (ms)",
+         lambda r: f"{r['list_users_100']['p50_ms']:.2f} / {r['list_users_100']['p99_ms']:.2f}"),
+        ("random_users(10) p50 / p99 (ms)",
+         lambda r: f"{r['random_users_10']['p50_ms']:.2f} / {r['random_users_10']['p99_ms']:.2f}"),
+        ("async get (reads/s)", lambda r: f"{r['async_get']['reads_per_s']:,.0f}"),
+        ("async get p50 / p99 (ms)", lambda r: f"{r['async_get']['p50_ms']:.2f} / {r['async_get']['p99_ms']:.2f}"),
+        ("bench process peak RSS (MB)", lambda r: f"{r['bench_peak_rss_mb']:,.0f}"),
+    ]
+    for label, fmt in rows:
+        table.add_row(label, *(fmt(r) for r in results))
+    Console().print(table)
+    return results

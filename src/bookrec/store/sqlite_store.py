@@ -1,0 +1,504 @@
+"""The embedded store: one SQLite file in WAL mode, so readers never block on the batch writer.
+
+Layout: ``versions`` (one row per version, ``state`` pending|published, sizes), ``pointers``
+(``current`` and ``previous``), and per-version rows keyed by the version's integer id in
+``recs``, ``user_ranks`` (dense rank -> user id, for uniform random picks), ``books`` and ``blobs``.
+A publish is ONE write transaction: a killed publisher leaves nothing behind (SQLite rolls the
+uncommitted WAL frames back), and the pointer flip commits together with the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bookrec.store.base import (
+    AsyncStoreReader,
+    Publisher,
+    Store,
+    check_blob_name,
+    check_bytes,
+    check_isbn,
+    check_limit,
+    check_user_id,
+    new_version_id,
+)
+from bookrec.store.errors import NothingToRollBack, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pointers (name TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions (
+    vid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
+    created_at REAL NOT NULL, published_at REAL,
+    users INTEGER NOT NULL DEFAULT 0, books INTEGER NOT NULL DEFAULT 0,
+    blobs INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS recs (vid INTEGER NOT NULL, user_id INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS recs_key ON recs (vid, user_id);
+CREATE TABLE IF NOT EXISTS user_ranks (
+    vid INTEGER NOT NULL, rank INTEGER NOT NULL, user_id INTEGER NOT NULL, PRIMARY KEY (vid, rank)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS books (vid INTEGER NOT NULL, isbn TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS books_key ON books (vid, isbn);
+CREATE TABLE IF NOT EXISTS blobs (vid INTEGER NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS blobs_key ON blobs (vid, name);
+"""
+DATA_TABLES = ("recs", "user_ranks", "books", "blobs")
+
+# The version a read refers to: the one named, or the current one; only published versions are visible.
+VID = (
+    "(SELECT vid FROM versions WHERE state = 'published' AND "
+    "name = COALESCE(?, (SELECT version FROM pointers WHERE name = 'current')))"
+)
+MIN_ID = -(2**63)
+ROWS_PER_EXECUTEMANY = 5_000
+
+
+@contextmanager
+def sqlite_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        # "database is locked", "unable to open database file", "disk I/O error": the store is not usable now
+        raise StoreUnavailable(f"sqlite store unavailable while {action}: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"sqlite store error while {action}: {exc}") from exc
+    except OSError as exc:  # the directory cannot be created or read
+        raise StoreUnavailable(f"sqlite store unavailable while {action}: {exc}") from exc
+
+
+def connect(path: Path, timeout: float) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+    # Changing the journal mode takes a lock: only do it when the file is not in WAL mode yet.
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    has_schema = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blobs'").fetchone()
+    if not has_schema:
+        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+    return conn
+
+
+def _version_row(conn: sqlite3.Connection, version: str | None) -> tuple[int, int, int] | None:
+    row = conn.execute(f"SELECT vid, users, books FROM versions WHERE vid = {VID}", (version,)).fetchone()
+    return row
+
+
+class SqliteReads:
+    """The read queries, each taking a connection, shared by the sync store and the async reader."""
+
+    def __init__(self) -> None:
+        self._random = random.Random()
+
+    @staticmethod
+    def pointer(conn: sqlite3.Connection, name: str) -> str | None:
+        row = conn.execute("SELECT version FROM pointers WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def get_recommendations(conn: sqlite3.Connection, user_id: int, version: str | None) -> bytes | None:
+        user_id = check_user_id(user_id)
+        row = conn.execute(f"SELECT payload FROM recs WHERE vid = {VID} AND user_id = ?", (version, user_id)).fetchone()
+        return bytes(row[0]) if row else None
+
+    @staticmethod
+    def get_book(conn: sqlite3.Connection, isbn: str, version: str | None) -> bytes | None:
+        row = conn.execute(f"SELECT payload FROM books WHERE vid = {VID} AND isbn = ?", (version, isbn)).fetchone()
+        return bytes(row[0]) if row else None
+
+    @staticmethod
+    def get_blob(conn: sqlite3.Connection, name: str, version: str | None) -> bytes | None:
+        row = conn.execute(f"SELECT data FROM blobs WHERE vid = {VID} AND name = ?", (version, name)).fetchone()
+        return bytes(row[0]) if row else None
+
+    @staticmethod
+    def count_users(conn: sqlite3.Connection, version: str | None) -> int:
+        row = _version_row(conn, version)
+        return int(row[1]) if row else 0
+
+    @staticmethod
+    def count_books(conn: sqlite3.Connection, version: str | None) -> int:
+        row = _version_row(conn, version)
+        return int(row[2]) if row else 0
+
+    @staticmethod
+    def list_users(
+        conn: sqlite3.Connection, after: int | None, limit: int, version: str | None
+    ) -> tuple[list[int], int | None]:
+        limit = check_limit(limit)
+        lower = MIN_ID if after is None else check_user_id(after)
+        rows = conn.execute(
+            f"SELECT user_id FROM recs WHERE vid = {VID} AND user_id > ? ORDER BY user_id LIMIT ?",
+            (version, lower, limit + 1),
+        ).fetchall()
+        users = [r[0] for r in rows[:limit]]
+        return users, (users[-1] if len(rows) > limit else None)
+
+    def random_users(self, conn: sqlite3.Connection, n: int, version: str | None) -> list[int]:
+        n = check_limit(n)
+        conn.execute("BEGIN")  # one snapshot: the count and the ranks come from the same version
+        try:
+            row = _version_row(conn, version)
+            if not row or row[1] == 0:
+                return []
+            ranks = self._random.sample(range(row[1]), min(n, row[1]))
+            marks = ",".join("?" * len(ranks))
+            found = dict(
+                conn.execute(
+                    f"SELECT rank, user_id FROM user_ranks WHERE vid = ? AND rank IN ({marks})", (row[0], *ranks)
+                ).fetchall()
+            )
+            return [found[r] for r in ranks if r in found]
+        finally:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def versions(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        conn.execute("BEGIN")
+        try:
+            pointers = dict(conn.execute("SELECT name, version FROM pointers").fetchall())
+            rows = conn.execute(
+                "SELECT name, created_at, published_at, users, books, blobs, bytes FROM versions "
+                "WHERE state = 'published' ORDER BY published_at, vid"
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return [
+            {
+                "version": name, "created_at": created, "published_at": published, "users": users,
+                "books": books, "blobs": blobs, "bytes": nbytes,
+                "current": name == pointers.get("current"), "previous": name == pointers.get("previous"),
+            }
+            for name, created, published, users, books, blobs, nbytes in rows
+        ]
+
+    @staticmethod
+    def pending_versions(conn: sqlite3.Connection) -> list[str]:
+        return [r[0] for r in conn.execute("SELECT name FROM versions WHERE state = 'pending' ORDER BY vid")]
+
+    @staticmethod
+    def memory_info(path: Path) -> dict[str, Any]:
+        sizes = {}
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(path) + suffix)
+            sizes[suffix or "db"] = p.stat().st_size if p.exists() else 0
+        total = sum(sizes.values())
+        return {
+            "backend": "sqlite", "used_memory": total, "used_memory_human": _human(total),
+            "file_bytes": sizes["db"], "wal_bytes": sizes["-wal"], "path": str(path),
+        }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.2f}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1024
+    return f"{n:.2f}G"  # pragma: no cover
+
+
+def _delete_version(conn: sqlite3.Connection, vid: int) -> None:
+    for table in DATA_TABLES:
+        conn.execute(f"DELETE FROM {table} WHERE vid = ?", (vid,))
+    conn.execute("DELETE FROM versions WHERE vid = ?", (vid,))
+
+
+def _collect_garbage(conn: sqlite3.Connection) -> list[str]:
+    """Delete every version that is neither current nor previous (call inside a write transaction)."""
+    rows = conn.execute(
+        "SELECT vid, name FROM versions WHERE name NOT IN (SELECT version FROM pointers)"
+    ).fetchall()
+    for vid, _ in rows:
+        _delete_version(conn, vid)
+    return [name for _, name in rows]
+
+
+class SqlitePublisher(Publisher):
+    def __init__(self, store: "SqliteStore") -> None:
+        super().__init__(new_version_id())
+        self._store = store
+        with sqlite_errors("starting a publish"):
+            self._conn = connect(store.path, store.lock_wait)
+            self._conn.execute("PRAGMA cache_size = -65536")  # 64 MB page cache for the bulk insert
+            try:
+                # IMMEDIATE: take the write lock now (waiting up to lock_wait for another publisher)
+                self._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self._conn.close()
+                raise
+            try:
+                removed = _collect_garbage(self._conn)
+                if removed:
+                    log.info("removed stale versions: %s", ", ".join(removed))
+                self._vid = self._conn.execute(
+                    "INSERT INTO versions (name, state, created_at) VALUES (?, 'pending', ?)", (self.version, time.time())
+                ).lastrowid
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                self._conn.close()
+                raise
+
+    def _rows(self, items: Iterable[tuple[Any, Any]], key_check: Callable[[Any], Any], what: str) -> Iterator[tuple]:
+        for key, payload in items:
+            key = key_check(key)
+            payload = check_bytes(payload, what)
+            self.stats["bytes"] += len(payload)
+            yield (self._vid, key, payload)
+
+    def put_recommendations(self, items: Iterable[tuple[int, bytes]]) -> int:
+        self._check_open()
+        return self._insert("recs (vid, user_id, payload)", self._rows(items, check_user_id, "recommendation payload"))
+
+    def put_books(self, items: Iterable[tuple[str, bytes]]) -> int:
+        self._check_open()
+        return self._insert("books (vid, isbn, payload)", self._rows(items, check_isbn, "book payload"))
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        self._check_open()
+        name = check_blob_name(name)
+        data = check_bytes(data, f"blob {name!r}")
+        with sqlite_errors(f"writing blob {name!r}"):
+            self._conn.execute("INSERT OR REPLACE INTO blobs (vid, name, data) VALUES (?, ?, ?)", (self._vid, name, data))
+        self.stats["bytes"] += len(data)
+
+    def _insert(self, target: str, rows: Iterator[tuple]) -> int:
+        written = 0
+        sql = f"INSERT OR REPLACE INTO {target} VALUES (?, ?, ?)"
+        with sqlite_errors("writing a version"):
+            while True:
+                chunk = [row for _, row in zip(range(ROWS_PER_EXECUTEMANY), rows)]
+                if not chunk:
+                    return written
+                self._conn.executemany(sql, chunk)
+                written += len(chunk)
+
+    def _commit(self) -> None:
+        self._check_open()
+        conn, vid = self._conn, self._vid
+        try:
+            with sqlite_errors(f"publishing version {self.version}"):
+                conn.execute(
+                    "INSERT INTO user_ranks (vid, rank, user_id) "
+                    "SELECT vid, row_number() OVER (ORDER BY user_id) - 1, user_id FROM recs WHERE vid = ?",
+                    (vid,),
+                )
+                users = conn.execute("SELECT count(*) FROM recs WHERE vid = ?", (vid,)).fetchone()[0]
+                books = conn.execute("SELECT count(*) FROM books WHERE vid = ?", (vid,)).fetchone()[0]
+                blobs = conn.execute("SELECT count(*) FROM blobs WHERE vid = ?", (vid,)).fetchone()[0]
+                self.stats.update(users=users, books=books, blobs=blobs)
+                conn.execute(
+                    "UPDATE versions SET state = 'published', published_at = ?, users = ?, books = ?, blobs = ?, "
+                    "bytes = ? WHERE vid = ?",
+                    (time.time(), users, books, blobs, self.stats["bytes"], vid),
+                )
+                old = SqliteReads.pointer(conn, "current")
+                if old is not None:
+                    conn.execute("INSERT OR REPLACE INTO pointers VALUES ('previous', ?)", (old,))
+                conn.execute("INSERT OR REPLACE INTO pointers VALUES ('current', ?)", (self.version,))
+                conn.execute("COMMIT")  # the flip: data and pointer become visible together
+        except BaseException:
+            self._abort_quietly()
+            raise
+        self._closed = True
+        try:  # older versions go in a second, short transaction; a failure here only leaves garbage for next time
+            conn.execute("BEGIN IMMEDIATE")
+            self.stats["removed"] = _collect_garbage(conn)
+            conn.execute("COMMIT")
+            # The WAL grew to the size of the whole version; fold it into the database and shrink it
+            # (does nothing harmful if a reader still holds an old snapshot: SQLite then skips it).
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("version %s is live, but older versions could not be removed yet: %s", self.version, exc)
+        finally:
+            conn.close()
+        self.stats["seconds"] = round(time.monotonic() - self.started, 3)
+
+    def _abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        finally:
+            self._conn.close()
+
+
+class SqliteStore(Store):
+    backend = "sqlite"
+
+    def __init__(self, url: str, path: Path, timeout: float = 10.0, lock_wait: float = 60.0) -> None:
+        self.url = url
+        self.path = path
+        self.timeout = timeout
+        self.lock_wait = lock_wait
+        self._reads = SqliteReads()
+        self._lock = threading.RLock()
+        with sqlite_errors(f"opening {path}"):
+            self._conn = connect(path, timeout)
+
+    def _read(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+        with self._lock, sqlite_errors(action):
+            return fn(self._conn, *args)
+
+    def _start_publish(self) -> Publisher:
+        return SqlitePublisher(self)
+
+    def current_version(self) -> str | None:
+        return self._read("reading the current version", SqliteReads.pointer, "current")
+
+    def previous_version(self) -> str | None:
+        return self._read("reading the previous version", SqliteReads.pointer, "previous")
+
+    def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None:
+        return self._read("reading recommendations", SqliteReads.get_recommendations, user_id, version)
+
+    def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
+        return self._read("reading a book", SqliteReads.get_book, isbn, version)
+
+    def get_blob(self, name: str, version: str | None = None) -> bytes | None:
+        return self._read("reading a blob", SqliteReads.get_blob, name, version)
+
+    def count_users(self, version: str | None = None) -> int:
+        return self._read("counting users", SqliteReads.count_users, version)
+
+    def count_books(self, version: str | None = None) -> int:
+        return self._read("counting books", SqliteReads.count_books, version)
+
+    def list_users(self, after: int | None = None, limit: int = 100, version: str | None = None):
+        return self._read("listing users", SqliteReads.list_users, after, limit, version)
+
+    def random_users(self, n: int, version: str | None = None) -> list[int]:
+        return self._read("sampling users", self._reads.random_users, n, version)
+
+    def ping(self) -> bool:
+        return self._read("pinging", lambda conn: conn.execute("SELECT 1").fetchone()[0] == 1)
+
+    def memory_info(self) -> dict[str, Any]:
+        return SqliteReads.memory_info(self.path)
+
+    def versions(self) -> list[dict[str, Any]]:
+        return self._read("listing versions", SqliteReads.versions)
+
+    def pending_versions(self) -> list[str]:
+        return self._read("listing pending versions", SqliteReads.pending_versions)
+
+    def rollback(self) -> str:
+        with self._lock, sqlite_errors("rolling back"):
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = SqliteReads.pointer(conn, "current")
+                previous = SqliteReads.pointer(conn, "previous")
+                if current is None or previous is None:
+                    raise NothingToRollBack(
+                        "nothing to roll back to: no previous version is kept"
+                        + (" (nothing is published yet)" if current is None else f" (current is {current})")
+                    )
+                if not conn.execute(
+                    "SELECT 1 FROM versions WHERE name = ? AND state = 'published'", (previous,)
+                ).fetchone():
+                    raise NothingToRollBack(f"previous version {previous} no longer exists")
+                conn.execute("INSERT OR REPLACE INTO pointers VALUES ('current', ?)", (previous,))
+                conn.execute("INSERT OR REPLACE INTO pointers VALUES ('previous', ?)", (current,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return previous
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class AsyncSqliteReader(AsyncStoreReader):
+    """Runs the read queries in a small thread pool, one SQLite connection per thread (WAL: never blocked)."""
+
+    backend = "sqlite"
+
+    def __init__(self, url: str, path: Path, timeout: float = 2.0, pool_size: int = 4) -> None:
+        self.url = url
+        self.path = path
+        self.timeout = timeout
+        self._reads = SqliteReads()
+        self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="bookrec-sqlite")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.timeout)
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    async def _run(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+        def job() -> T:
+            with sqlite_errors(action):
+                return fn(self._connection(), *args)
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._executor, job), self.timeout)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"sqlite store did not answer within {self.timeout} s while {action}") from exc
+
+    async def current_version(self) -> str | None:
+        return await self._run("reading the current version", SqliteReads.pointer, "current")
+
+    async def previous_version(self) -> str | None:
+        return await self._run("reading the previous version", SqliteReads.pointer, "previous")
+
+    async def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None:
+        return await self._run("reading recommendations", SqliteReads.get_recommendations, user_id, version)
+
+    async def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
+        return await self._run("reading a book", SqliteReads.get_book, isbn, version)
+
+    async def get_blob(self, name: str, version: str | None = None) -> bytes | None:
+        return await self._run("reading a blob", SqliteReads.get_blob, name, version)
+
+    async def count_users(self, version: str | None = None) -> int:
+        return await self._run("counting users", SqliteReads.count_users, version)
+
+    async def count_books(self, version: str | None = None) -> int:
+        return await self._run("counting books", SqliteReads.count_books, version)
+
+    async def list_users(self, after: int | None = None, limit: int = 100, version: str | None = None):
+        return await self._run("listing users", SqliteReads.list_users, after, limit, version)
+
+    async def random_users(self, n: int, version: str | None = None) -> list[int]:
+        return await self._run("sampling users", self._reads.random_users, n, version)
+
+    async def ping(self) -> bool:
+        return await self._run("pinging", lambda conn: conn.execute("SELECT 1").fetchone()[0] == 1)
+
+    async def memory_info(self) -> dict[str, Any]:
+        return SqliteReads.memory_info(self.path)
+
+    async def versions(self) -> list[dict[str, Any]]:
+        return await self._run("listing versions", SqliteReads.versions)
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()

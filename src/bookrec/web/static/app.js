@@ -1,0 +1,126 @@
+// bookrec web page: tabs, hash routing, the service-health banner and the footer.
+// Routes: #/readers[/id], #/new, #/book[/isbn], #/model, #/system.
+
+import { h, fmt } from "./js/dom.js";
+import { api } from "./js/api.js";
+import { state } from "./js/state.js";
+import { createKnownView } from "./js/views/known.js";
+import { createNewReaderView } from "./js/views/newreader.js";
+import { createBookView } from "./js/views/book.js";
+import { createModelView } from "./js/views/model.js";
+import { createSystemView } from "./js/views/system.js";
+
+const TABS = [
+  ["readers", "Readers", createKnownView],
+  ["new", "New reader", createNewReaderView],
+  ["book", "Books", createBookView],
+  ["model", "Model", createModelView],
+  ["system", "System", createSystemView],
+];
+
+const tablist = document.getElementById("tabs");
+const main = document.getElementById("main");
+const banner = document.getElementById("banner");
+const footerStatus = document.getElementById("footer-status");
+
+const views = new Map();
+const buttons = new Map();
+
+for (const [key, label, create] of TABS) {
+  const tabId = `tab-${key}`;
+  const panelId = `panel-${key}`;
+  const button = h("button", {
+    type: "button", role: "tab", id: tabId, class: "tab", "aria-selected": "false", "aria-controls": panelId, tabindex: "-1",
+  }, label);
+  button.addEventListener("click", () => { location.hash = `#/${key}`; });
+  tablist.append(button);
+  buttons.set(key, button);
+  const view = create();
+  const panel = h("section", { role: "tabpanel", id: panelId, "aria-labelledby": tabId, class: "panel-host", hidden: true, tabindex: "-1" }, view.root);
+  main.append(panel);
+  views.set(key, { view, panel });
+}
+
+// Arrow keys move between tabs (WAI-ARIA tabs pattern, automatic activation).
+tablist.addEventListener("keydown", (ev) => {
+  const keys = [...buttons.keys()];
+  const index = keys.indexOf(ev.target.id.replace(/^tab-/, ""));
+  if (index < 0) return;
+  let next = null;
+  if (ev.key === "ArrowRight") next = (index + 1) % keys.length;
+  else if (ev.key === "ArrowLeft") next = (index - 1 + keys.length) % keys.length;
+  else if (ev.key === "Home") next = 0;
+  else if (ev.key === "End") next = keys.length - 1;
+  if (next === null) return;
+  ev.preventDefault();
+  location.hash = `#/${keys[next]}`;
+  buttons.get(keys[next]).focus();
+});
+
+function route() {
+  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  let key = parts[0] || "readers";
+  if (!views.has(key)) key = "readers";
+  let param = null;
+  if (parts.length > 1) {
+    try {
+      param = decodeURIComponent(parts.slice(1).join("/"));
+    } catch {
+      param = null;
+    }
+  }
+  for (const [k, { panel }] of views) {
+    const active = k === key;
+    panel.hidden = !active;
+    const button = buttons.get(k);
+    button.setAttribute("aria-selected", active ? "true" : "false");
+    button.tabIndex = active ? 0 : -1;
+  }
+  const { view } = views.get(key);
+  view.show(param);
+  document.title = `${buttons.get(key).textContent} · bookrec`;
+}
+
+window.addEventListener("hashchange", route);
+
+// ---- health: a banner while the service is not ready, rechecked until it is ----------------
+
+let healthTimer = null;
+
+function showBanner(title, message) {
+  banner.replaceChildren(h("strong", null, title), " ", h("span", null, message));
+  banner.hidden = false;
+}
+
+async function checkHealth() {
+  clearTimeout(healthTimer);
+  let retryIn = 10;
+  try {
+    const health = await api.health();
+    banner.hidden = true;
+    state.modelVersion = health.model_version || null;
+    footerStatus.textContent = `Model ${fmt(health.model_version)} · store ${fmt(health.store)}`;
+    return;
+  } catch (err) {
+    const body = err.detail && typeof err.detail === "object" ? err.detail : {};
+    const reason = typeof body.reason === "string" ? body.reason : "";
+    // 503 with the store answering means nothing has been published yet.
+    if (err.status === 503 && body.store === "ok") {
+      showBanner("No model published yet.", `Recommendations appear once a model is trained and published (run “bookrec batch”). ${reason}`);
+    } else if (err.status === 503) {
+      showBanner("The service is temporarily unavailable.", reason || "The store is not answering; the page will keep trying.");
+    } else {
+      showBanner("Can't reach the service.", err.message || "");
+    }
+    footerStatus.textContent = "Service unavailable";
+    if (err.retryAfter) retryIn = Math.max(2, err.retryAfter);
+  }
+  healthTimer = setTimeout(checkHealth, retryIn * 1000);
+}
+
+route();
+checkHealth();
+// The interval level of stored recommendations lives in the model's meta; fetch it quietly.
+api.modelInfo().then((meta) => {
+  if (typeof meta.interval_level === "number") state.intervalLevel = meta.interval_level;
+}).catch(() => {});

@@ -1,0 +1,226 @@
+// Pieces shared by the views: status messages, covers, basis badges, recommendation cards,
+// and the type-ahead book search (a WAI-ARIA combobox).
+
+import { h, fmt, isNum, hueOf, initials, debounce, DASH } from "./dom.js";
+import { intervalBar } from "./charts.js";
+import { api } from "./api.js";
+
+// ---- status: loading, empty, error --------------------------------------------------
+
+export function loading(text = "Loading…") {
+  return h("div", { class: "status status-loading", role: "status", "aria-live": "polite" },
+    h("span", { class: "spinner", "aria-hidden": "true" }), text);
+}
+
+export function empty(text) {
+  return h("div", { class: "status status-empty", role: "status" }, text);
+}
+
+export function errorBox(err, { title = "Something went wrong", retry } = {}) {
+  const message = err && err.name === "ApiError" ? err.message : "Something unexpected happened. Please try again.";
+  if (!(err && err.name === "ApiError")) console.warn(err); // keep the details for developers only
+  return h("div", { class: "status status-error", role: "alert" },
+    h("strong", { class: "status-title" }, title),
+    h("p", { class: "status-message" }, message),
+    retry ? h("button", { type: "button", class: "button button-quiet", onclick: retry }, "Try again") : null);
+}
+
+// ---- covers -----------------------------------------------------------------------------
+
+function placeholder(title) {
+  return h("div", { class: "cover cover-placeholder", "aria-hidden": "true", vars: { "--hue": hueOf(title) } },
+    h("span", null, initials(title)));
+}
+
+function safeImageUrl(url) {
+  if (typeof url !== "string" || !url) return null;
+  try {
+    const parsed = new URL(url, document.baseURI);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The cover image, replaced by a coloured tile with initials when the URL is dead. */
+export function cover(item, size = "") {
+  const src = safeImageUrl(item && item.image_url);
+  const title = (item && item.title) || "";
+  const box = h("div", { class: `cover-box ${size}`.trim() });
+  if (!src) {
+    box.append(placeholder(title));
+    return box;
+  }
+  const img = h("img", { class: "cover", alt: "", decoding: "async", referrerpolicy: "no-referrer" });
+  const fallBack = () => {
+    if (img.isConnected || img.parentNode) img.replaceWith(placeholder(title));
+  };
+  img.addEventListener("error", fallBack, { once: true });
+  // Some image hosts answer a dead link with a 1x1 pixel instead of an error.
+  img.addEventListener("load", () => { if (img.naturalWidth <= 1) fallBack(); }, { once: true });
+  img.src = src;
+  box.append(img);
+  return box;
+}
+
+// ---- basis badges -----------------------------------------------------------------------
+
+const BASIS = {
+  personal: ["personal", "From this reader's own ratings in the trained model"],
+  folded_in: ["folded-in", "From ratings folded into the trained model without retraining"],
+  similar_reading: ["similar reading", "From books this reader interacted with, via similar books"],
+  popular: ["popular", "Popular, well-rated books: too little is known about this reader"],
+};
+
+export function basisBadge(basis) {
+  const [text, help] = BASIS[basis] || [basis ? String(basis).replace(/_/g, " ") : "unknown", "How this recommendation was made"];
+  return h("span", { class: `badge basis basis-${BASIS[basis] ? basis : "other"}`, title: help }, text);
+}
+
+// ---- a recommendation / book card --------------------------------------------------------
+
+export function bookLink(isbn, text) {
+  if (!isbn) return h("span", null, text);
+  return h("a", { href: `#/book/${encodeURIComponent(isbn)}` }, text);
+}
+
+function byline(item) {
+  const parts = [];
+  if (item.author) parts.push(item.author);
+  if (isNum(item.year) && item.year > 0) parts.push(String(item.year));
+  return parts.join(" · ") || DASH;
+}
+
+/** A card for one recommendation: rank, cover, title, author, year, prediction, interval, basis. */
+export function recommendationCard(item, { level = 0.9, fallbackRank } = {}) {
+  const rank = isNum(item.rank) ? item.rank : fallbackRank;
+  const ci = Array.isArray(item.confidence_interval) ? item.confidence_interval : null;
+  const pct = Math.round(level * 100);
+  return h("li", { class: "card", "data-isbn": item.isbn || "" },
+    h("span", { class: "rank", "aria-label": `Rank ${rank}` }, `${rank}`),
+    cover(item),
+    h("div", { class: "card-body" },
+      h("h3", { class: "card-title" }, bookLink(item.isbn, item.title || "Untitled")),
+      h("p", { class: "card-meta" }, byline(item)),
+      h("div", { class: "card-rating" },
+        h("span", { class: "predicted" }, h("span", { class: "predicted-value" }, fmt(item.predicted_rating, 1)), h("span", { class: "predicted-scale" }, " / 10")),
+        ci ? h("span", { class: "ci-text" }, `${pct}% interval ${fmt(ci[0], 1)}–${fmt(ci[1], 1)}`) : null),
+      intervalBar(item.predicted_rating, ci, { level }),
+      h("div", { class: "card-foot" }, basisBadge(item.basis))));
+}
+
+export function cardList(items, opts = {}) {
+  return h("ol", { class: "cards" }, items.map((item, i) => recommendationCard(item, { ...opts, fallbackRank: i + 1 })));
+}
+
+// ---- type-ahead search ----------------------------------------------------------------------
+
+let comboboxCount = 0;
+
+/**
+ * A combobox that searches the whole catalogue through the API as you type (debounced; stale
+ * answers are aborted). `onPick(book)` runs on Enter or click.
+ */
+export function bookSearch({ label, placeholder = "Title or author", onPick, limit = 8 }) {
+  comboboxCount += 1;
+  const id = `search-${comboboxCount}`;
+  const input = h("input", {
+    id, type: "search", class: "input", autocomplete: "off", spellcheck: "false",
+    role: "combobox", "aria-autocomplete": "list", "aria-expanded": "false", "aria-controls": `${id}-list`,
+    placeholder,
+  });
+  const list = h("ul", { id: `${id}-list`, class: "search-results", role: "listbox", "aria-label": "Matching books", hidden: true });
+  const note = h("p", { class: "search-note", "aria-live": "polite" });
+  let results = [];
+  let active = -1;
+  let controller = null;
+
+  function close() {
+    list.hidden = true;
+    input.setAttribute("aria-expanded", "false");
+    input.removeAttribute("aria-activedescendant");
+    active = -1;
+  }
+
+  function setActive(i) {
+    const options = list.querySelectorAll("[role=option]");
+    options.forEach((o, k) => o.setAttribute("aria-selected", k === i ? "true" : "false"));
+    active = i;
+    if (i >= 0 && options[i]) {
+      input.setAttribute("aria-activedescendant", options[i].id);
+      options[i].scrollIntoView({ block: "nearest" });
+    } else input.removeAttribute("aria-activedescendant");
+  }
+
+  function pick(i) {
+    const book = results[i];
+    if (!book) return;
+    onPick(book);
+    input.value = "";
+    note.textContent = `Picked “${book.title || book.isbn}”.`;
+    results = [];
+    list.replaceChildren();
+    close();
+  }
+
+  function show(found, query) {
+    results = found;
+    list.replaceChildren(
+      ...found.map((book, i) => h("li", {
+        id: `${id}-opt-${i}`, role: "option", class: "search-option", "aria-selected": "false",
+        onmousedown: (ev) => { ev.preventDefault(); pick(i); },
+      },
+      cover(book, "cover-tiny"),
+      h("span", { class: "option-text" },
+        h("span", { class: "option-title" }, book.title || book.isbn || "Untitled"),
+        h("span", { class: "option-meta" }, byline(book))))));
+    note.textContent = found.length ? `${found.length} match${found.length === 1 ? "" : "es"}; use the arrow keys and Enter to pick.` : `No books match “${query}”.`;
+    if (found.length) {
+      list.hidden = false;
+      input.setAttribute("aria-expanded", "true");
+      setActive(0);
+    } else close();
+  }
+
+  const run = debounce(async (query) => {
+    if (controller) controller.abort();
+    if (query.length < 2) {
+      note.textContent = query ? "Type at least 2 characters." : "";
+      close();
+      return;
+    }
+    controller = new AbortController();
+    note.textContent = "Searching…";
+    try {
+      const data = await api.search(query, limit, controller.signal);
+      if (input.value.trim() !== query) return; // typed on meanwhile
+      show(Array.isArray(data.results) ? data.results : [], query);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      close();
+      note.textContent = err.name === "ApiError" ? err.message : "Search failed; please try again.";
+    }
+  }, 220);
+
+  input.addEventListener("input", () => run(input.value.trim()));
+  input.addEventListener("keydown", (ev) => {
+    if (ev.key === "ArrowDown" && results.length) {
+      ev.preventDefault();
+      if (list.hidden) { list.hidden = false; input.setAttribute("aria-expanded", "true"); }
+      setActive((active + 1) % results.length);
+    } else if (ev.key === "ArrowUp" && results.length) {
+      ev.preventDefault();
+      setActive((active - 1 + results.length) % results.length);
+    } else if (ev.key === "Enter") {
+      if (!list.hidden && active >= 0) { ev.preventDefault(); pick(active); }
+    } else if (ev.key === "Escape") {
+      close();
+    }
+  });
+  input.addEventListener("blur", () => setTimeout(close, 120));
+
+  return h("div", { class: "search" },
+    h("label", { for: id, class: "label" }, label),
+    h("div", { class: "search-box" }, input, list),
+    note);
+}

@@ -1,0 +1,41 @@
+// Page-wide state: the credible level of stored intervals (from the model's meta) and the
+// new reader's ratings, kept in localStorage so they survive a reload.
+
+const STORAGE_KEY = "bookrec.new-reader.ratings.v1";
+
+export const state = {
+  intervalLevel: 0.9,
+  modelVersion: null,
+};
+
+function validRating(r) {
+  return Number.isInteger(r) && r >= 1 && r <= 10;
+}
+
+export function loadRatings() {
+  try {
+    const parsed = JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]");
+    if (!Array.isArray(parsed)) return [];
+    // Stored data is untrusted too: keep only well-formed entries.
+    return parsed
+      .filter((r) => r && typeof r.isbn === "string" && r.isbn && validRating(r.rating))
+      .map((r) => ({
+        isbn: r.isbn,
+        title: typeof r.title === "string" ? r.title : "",
+        author: typeof r.author === "string" ? r.author : "",
+        year: Number.isInteger(r.year) ? r.year : null,
+        image_url: typeof r.image_url === "string" ? r.image_url : null,
+        rating: r.rating,
+      }));
+  } catch {
+    return [];
+  }
+}
+
+export function saveRatings(ratings) {
+  try {
+    localStorage.setItem(STORAGE_KEY, JSON.stringify(ratings));
+  } catch {
+    // Private mode or a full quota: the list still works for this visit.
+  }
+}

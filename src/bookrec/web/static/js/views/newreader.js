@@ -1,0 +1,157 @@
+// New readers: search the whole catalogue, rate a few books 1-10, and get recommendations
+// folded in from those ratings. The list is kept in localStorage across reloads.
+
+import { h, clear, fmt, isNum } from "../dom.js";
+import { api } from "../api.js";
+import { loading, empty, errorBox, cardList, basisBadge, bookSearch, cover, bookLink } from "../components.js";
+import { state, loadRatings, saveRatings } from "../state.js";
+
+const DEFAULT_RATING = 8;
+export const ADD_BOOK_EVENT = "bookrec:add-book";
+
+export function createNewReaderView() {
+  let ratings = loadRatings();
+  let controller = null;
+
+  const list = h("ol", { class: "rated", "aria-label": "Your rated books" });
+  const listEmpty = empty("No books yet. Search above and add a few you have read.");
+  const countLine = h("p", { class: "muted rated-count", "aria-live": "polite" });
+  const topK = h("select", { id: "cold-top-k", class: "input input-small" },
+    [5, 10, 15, 20].map((n) => h("option", { value: n, selected: n === 10 }, String(n))));
+  const submit = h("button", { type: "button", class: "button button-primary", id: "cold-start-submit" }, "Get recommendations");
+  const clearButton = h("button", { type: "button", class: "button button-quiet", id: "clear-ratings" }, "Clear list");
+  const results = h("section", { class: "results", "aria-live": "polite", "aria-label": "Recommendations for you" });
+
+  function persist() {
+    saveRatings(ratings);
+    renderList();
+  }
+
+  function add(book) {
+    if (!book || !book.isbn) return;
+    if (ratings.some((r) => r.isbn === book.isbn)) {
+      countLine.textContent = `“${book.title || book.isbn}” is already in your list.`;
+      return;
+    }
+    ratings.push({
+      isbn: String(book.isbn),
+      title: book.title || "",
+      author: book.author || "",
+      year: Number.isInteger(book.year) ? book.year : null,
+      image_url: typeof book.image_url === "string" ? book.image_url : null,
+      rating: DEFAULT_RATING,
+    });
+    persist();
+  }
+
+  function ratingSelect(entry, index) {
+    const id = `rating-${index}`;
+    const select = h("select", { id, class: "input input-small rating-select", "aria-label": `Your rating for ${entry.title || entry.isbn}` },
+      Array.from({ length: 10 }, (_, k) => k + 1).map((v) => h("option", { value: v, selected: v === entry.rating }, String(v))));
+    select.addEventListener("change", () => {
+      entry.rating = Number(select.value);
+      saveRatings(ratings);
+    });
+    return select;
+  }
+
+  function renderList() {
+    clear(list);
+    ratings.forEach((entry, index) => {
+      const remove = h("button", { type: "button", class: "button button-icon remove", "aria-label": `Remove ${entry.title || entry.isbn}` }, "×");
+      remove.addEventListener("click", () => {
+        ratings = ratings.filter((r) => r !== entry);
+        persist();
+        submit.focus();
+      });
+      list.append(h("li", { class: "rated-item", "data-isbn": entry.isbn },
+        cover(entry, "cover-tiny"),
+        h("span", { class: "rated-text" },
+          h("span", { class: "rated-title" }, bookLink(entry.isbn, entry.title || entry.isbn)),
+          h("span", { class: "option-meta" }, [entry.author, entry.year].filter(Boolean).join(" · "))),
+        h("span", { class: "rated-score" }, ratingSelect(entry, index), h("span", { class: "muted" }, "/ 10")),
+        remove));
+    });
+    listEmpty.hidden = ratings.length > 0;
+    list.hidden = ratings.length === 0;
+    submit.disabled = ratings.length === 0;
+    clearButton.hidden = ratings.length === 0;
+    countLine.textContent = ratings.length
+      ? `${ratings.length} book${ratings.length === 1 ? "" : "s"} rated. ${ratings.length < 3 ? "Three or more give better results." : ""}`
+      : "";
+  }
+
+  async function recommend() {
+    if (!ratings.length) return;
+    if (controller) controller.abort();
+    controller = new AbortController();
+    clear(results).append(loading("Folding your ratings into the model…"));
+    const payload = ratings.map((r) => ({ isbn: r.isbn, title: r.title || undefined, rating: r.rating }));
+    try {
+      const data = await api.coldStart(payload, Number(topK.value), controller.signal);
+      render(data);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      const title = err.status === 400 ? "None of these books are known to the model" : "Couldn't get recommendations";
+      clear(results).append(errorBox(err, { title, retry: err.status === 400 ? null : recommend }));
+    }
+  }
+
+  function render(data) {
+    clear(results);
+    const items = Array.isArray(data.recommendations) ? data.recommendations : [];
+    const recognized = Array.isArray(data.recognized) ? data.recognized : [];
+    const unrecognized = Array.isArray(data.unrecognized) ? data.unrecognized : [];
+    const n = isNum(data.n_recognized) ? data.n_recognized : recognized.length;
+    results.append(h("header", { class: "results-head" },
+      h("h2", null, "Recommended for you"),
+      basisBadge(data.basis || "folded_in"),
+      h("span", { class: "muted" }, `from ${n} of ${ratings.length} rated book${ratings.length === 1 ? "" : "s"}`)));
+
+    const recognisedBlock = h("details", { class: "recognised", open: unrecognized.length > 0 },
+      h("summary", null, `Recognised ${n} of ${recognized.length + unrecognized.length || ratings.length}`),
+      h("ul", { class: "recognised-list" },
+        recognized.map((r) => h("li", { class: "ok" }, h("span", { class: "mark", "aria-hidden": "true" }, "✓"),
+          `${r.title || r.isbn || fmt(r.input)}`, h("span", { class: "muted" }, ` rated ${fmt(r.rating, 0)}`))),
+        unrecognized.map((r) => h("li", { class: "missing" }, h("span", { class: "mark", "aria-hidden": "true" }, "✗"),
+          `${describeInput(r)} `, h("span", { class: "muted" }, `left out: ${r && typeof r.reason === "string" ? r.reason : "not known to the model"}`)))));
+    results.append(recognisedBlock);
+    if (data.note) results.append(h("p", { class: "notice" }, data.note));
+    if (!items.length) {
+      results.append(empty("No recommendations came back for these ratings."));
+      return;
+    }
+    results.append(cardList(items, { level: state.intervalLevel }));
+  }
+
+  function describeInput(r) {
+    if (!r) return "?";
+    if (typeof r === "string") return r;
+    // Show the title the reader picked when the API only echoes the ISBN it was sent.
+    const mine = ratings.find((x) => x.isbn === r.input || x.isbn === r.isbn);
+    return r.title || (mine && mine.title) || (r.input !== undefined ? String(r.input) : r.isbn || "?");
+  }
+
+  submit.addEventListener("click", recommend);
+  clearButton.addEventListener("click", () => {
+    ratings = [];
+    persist();
+    clear(results);
+  });
+  window.addEventListener(ADD_BOOK_EVENT, (ev) => add(ev.detail));
+
+  const search = bookSearch({ label: "Find books you have read", onPick: add });
+
+  renderList();
+  const root = h("div", { class: "view view-new" },
+    h("p", { class: "intro" }, "New here? Rate a few books you know, from 1 (disliked) to 10 (loved), and the model folds you in as a reader. Your list stays in this browser."),
+    h("div", { class: "controls" }, search),
+    h("section", { class: "rated-section", "aria-label": "Your ratings" },
+      h("h2", { class: "section-title" }, "Your ratings"),
+      listEmpty, list, countLine,
+      h("div", { class: "inline actions" },
+        h("label", { for: "cold-top-k", class: "label label-inline" }, "How many"), topK, submit, clearButton)),
+    results);
+
+  return { root, show() {} };
+}

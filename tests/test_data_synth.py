@@ -1,0 +1,191 @@
+"""The generator: shapes, ground truth, determinism, and raw layouts round-tripping through import."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bookrec.cli import app
+from bookrec.config import Settings
+from bookrec.data.importer import import_path
+from bookrec.data.io import is_dataset_dir, load_dataset, write_dataset
+from bookrec.data.prep import explicit, kcore, attach_work_keys, average_per_work
+from bookrec.data.synth import PRESETS, REAL_EXPLICIT_SHARE, generate, truth_mean, write_synthetic
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def small():
+    return generate("small", seed=11)
+
+
+@pytest.fixture(scope="module")
+def small_continuous():
+    return generate("small", seed=12, continuous=True)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_counts_match_the_preset(preset, small):
+    result = small if preset == "small" else generate("tiny", seed=11)
+    p = PRESETS[preset]
+    c = result.dataset.counts()
+    assert (c["users"], c["books"], c["ratings"], c["implicit"]) == (p.n_users, p.n_books, p.n_ratings, p.n_implicit)
+    r = result.dataset.ratings
+    assert not r.duplicated(["user_id", "isbn"]).any()
+    assert set(np.unique(r["rating"])) <= set(range(11))
+    assert result.dataset.books["isbn"].is_unique and result.dataset.users["user_id"].is_unique
+
+
+def test_explicit_distribution_matches_real_within_one_point(small):
+    ex = explicit(small.dataset.ratings)["rating"].to_numpy().astype(int)
+    share = np.bincount(ex, minlength=11)[1:] / len(ex)
+    # thresholds sit at the quantiles of the latent ratings, so shares match up to ties (none:
+    # the latent is continuous) -> far inside the 1-point requirement
+    assert np.abs(share - REAL_EXPLICIT_SHARE).max() < 0.01
+
+
+def test_bookcrossing_quirks_are_present(small):
+    d = small.dataset
+    p = PRESETS["small"]
+    missing_isbn = (~d.ratings["isbn"].isin(d.books["isbn"])).mean()
+    # ghost ISBNs get exactly 10% of the popularity mass; the preference tilt moves the share a
+    # little (measured spread across seeds is about 1 point), so 7-13% is the accepted band
+    assert 0.07 < missing_isbn < 0.13
+    # ages: 40% NULL + 0.6% junk, binomial sd over 8,000 users = 0.0055, 5 sd = 0.028
+    age_null = d.users["age"].isna().mean()
+    assert abs(age_null - (p.age_missing + p.age_junk)) < 0.028
+    # editions: some works have several ISBNs
+    editions = d.books.groupby("work_key").size()
+    assert (editions >= 2).sum() > 50
+    # junk years became nulls; a few titles had HTML entities that were decoded
+    assert d.books["year"].isna().sum() > 0
+    assert not d.books["title"].str.contains("&amp;").any() and d.books["title"].str.contains("&").any()
+    # free-text locations parsed into parts, some missing
+    assert d.users["country"].notna().mean() > 0.8 and d.users["state"].isna().sum() > 0
+    # heavy tails: top 1% of users produce far more than 1% of interactions
+    per_user = d.ratings.groupby("user_id").size().sort_values(ascending=False)
+    assert per_user.iloc[: len(per_user) // 100].sum() > 0.05 * per_user.sum()
+
+
+def test_small_has_a_dense_kcore(small):
+    d = small.dataset
+    core = kcore(average_per_work(attach_work_keys(explicit(d.ratings), d.books)), 5, 10)
+    assert core["user_id"].nunique() > 1000 and 500 < core["work_key"].nunique() < 2500 and len(core) > 20_000
+
+
+def test_same_seed_same_data_different_seed_different_data():
+    a, b, c = generate("tiny", seed=5).dataset, generate("tiny", seed=5).dataset, generate("tiny", seed=6).dataset
+    for t in ("ratings", "books", "users"):
+        pd.testing.assert_frame_equal(getattr(a, t), getattr(b, t))
+    assert not a.ratings.equals(c.ratings)
+    np.testing.assert_array_equal(a.truth["user_factors"], b.truth["user_factors"])
+
+
+def test_continuous_ratings_are_mean_plus_gaussian_noise(small_continuous):
+    d = small_continuous.dataset
+    ex = explicit(d.ratings)
+    assert not np.all(ex["rating"] == np.round(ex["rating"]))
+    assert ex["rating"].between(1, 10).all()
+    m = truth_mean(d.truth, ex["user_id"].to_numpy(), isbns=ex["isbn"].to_numpy())
+    assert not np.isnan(m).any()
+    # Where the true mean is in [4, 7], clipping at 1 or 10 needs |noise| > 3 = 3.3 sd
+    # (probability 0.001), so residuals there are N(0, noise_sd^2). With n > 20,000 residuals,
+    # the mean has sd noise_sd / sqrt(n) < 0.0064 and the sample sd has sd < noise_sd / sqrt(2n)
+    # = 0.0045; tolerances 0.03 are > 4.5 sd of each.
+    sel = (m >= 4) & (m <= 7)
+    resid = ex["rating"].to_numpy()[sel] - m[sel]
+    assert sel.sum() > 20_000
+    sd = d.truth["noise_sd"]
+    assert abs(resid.mean()) < 0.03
+    assert abs(resid.std() - sd) < 0.03
+    # 90% central interval of the noise covers 90% of residuals: binomial sd sqrt(.09/n) < 0.0021
+    assert abs(np.mean(np.abs(resid) <= 1.6449 * sd) - 0.90) < 0.011
+    assert d.truth["clip_fraction"] < 0.03
+
+
+def test_integer_ratings_follow_the_recorded_thresholds(small):
+    truth = small.dataset.truth
+    thr = np.array(truth["mapping"]["thresholds"])
+    assert truth["mapping"]["kind"] == "thresholds" and np.all(np.diff(thr) > 0)
+    ex = explicit(small.dataset.ratings)
+    m = truth_mean(truth, ex["user_id"].to_numpy(), isbns=ex["isbn"].to_numpy())
+    # the rating is monotone in the latent: mean true-mean rises with the rating value
+    by_value = pd.Series(m).groupby(ex["rating"].to_numpy()).mean()
+    assert by_value.is_monotonic_increasing
+
+
+def test_books_by_one_author_are_alike(small):
+    t = small.dataset.truth
+    f = t["work_factors"][: len(t["work_author"])]
+    author = t["work_author"]
+    order = np.argsort(author, kind="stable")
+    a_sorted, f_sorted = author[order], f[order]
+    same = a_sorted[1:] == a_sorted[:-1]
+    var = f.var()
+    within = np.mean(np.sum(f_sorted[1:][same] * f_sorted[:-1][same], axis=1)) / (f.shape[1] * var)
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, len(f), (2, 5000))
+    across = np.mean(np.sum(f[i] * f[j], axis=1)) / (f.shape[1] * var)
+    # the author's share of the factor variance is 0.6 (plus a little from shared publishers)
+    assert within > 0.45 and abs(across) < 0.1
+
+
+def test_truth_is_written_and_loaded(tmp_path):
+    result = generate("tiny", seed=1, continuous=True)
+    write_dataset(result.dataset, tmp_path / "d")
+    loaded = load_dataset(tmp_path / "d")
+    assert loaded.truth["noise_sd"] == result.dataset.truth["noise_sd"] and loaded.truth["continuous"] is True
+    np.testing.assert_array_equal(loaded.truth["work_factors"], result.dataset.truth["work_factors"])
+    assert loaded.truth["work_keys"].dtype.kind == "U"
+    pd.testing.assert_frame_equal(loaded.ratings, result.dataset.ratings)
+    pd.testing.assert_frame_equal(loaded.books, result.dataset.books)
+    pd.testing.assert_frame_equal(loaded.users, result.dataset.users)
+    assert loaded.ratings["rating"].dtype == np.float32 and str(loaded.books["year"].dtype) == "Int16"
+
+
+@pytest.mark.parametrize("fmt", ["bx", "kaggle"])
+@pytest.mark.parametrize("continuous", [False, True])
+def test_raw_layouts_import_back_to_the_same_tables(tmp_path, fmt, continuous):
+    result = generate("tiny", seed=4, continuous=continuous)
+    write_synthetic(result, tmp_path, fmt)
+    imported = import_path(tmp_path)
+    assert imported.source == fmt
+    for t in ("ratings", "books", "users"):
+        pd.testing.assert_frame_equal(getattr(imported, t), getattr(result.dataset, t))
+    report = imported.manifest["report"]["tables"]["books"]
+    assert report["repaired"] == {"shifted_columns": int(result.raw.shifted_books.sum())}
+    assert report["rejected"] == {}
+
+
+def test_cli_synth_and_stats_json(tmp_path):
+    out = tmp_path / "d"
+    res = runner.invoke(app, ["data", "synth", "--preset", "tiny", "--seed", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert is_dataset_dir(out) and (out / "truth.npz").is_file() and (out / "truth.json").is_file()
+    res = runner.invoke(app, ["data", "stats", str(out), "--json", "--min-user", "2", "--min-book", "2"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.output)
+    p = PRESETS["tiny"]
+    assert stats["counts"]["ratings"] == p.n_ratings and stats["counts"]["implicit"] == p.n_implicit
+    assert sum(stats["rating_distribution"].values()) == p.n_ratings
+    assert stats["kcore"]["min_user"] == 2 and stats["kcore"]["users"] > 0
+    assert 0 < stats["explicit_joined"]["sparsity"] < 1
+
+
+def test_ensure_data_synthesises_then_reuses(tmp_path):
+    from bookrec.data.cli import ensure_data_and_report
+
+    s = Settings(data_dir=tmp_path / "data", seed=1)
+    first = ensure_data_and_report(s, "tiny")
+    assert is_dataset_dir(tmp_path / "data") and first.source == "synthetic"
+    # a real import placed there wins over synthesising again
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    manifest["source"] = "bx"
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(manifest))
+    second = ensure_data_and_report(s, "small")
+    assert second.source == "bx" and len(second.ratings) == len(first.ratings)

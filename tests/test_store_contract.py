@@ -1,0 +1,303 @@
+"""The store contract, run against both backends: a real redis-server (started by the suite)
+and the embedded SQLite store in tmp_path. Same tests, same expectations."""
+
+from __future__ import annotations
+
+import io
+import random
+import sqlite3
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from bookrec.store import NothingToRollBack, StoreError, open_async_reader, open_store
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def store_url(request, tmp_path):
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    return f"sqlite:///{tmp_path}/store.sqlite3"
+
+
+@pytest.fixture()
+def store(store_url):
+    with open_store(store_url, lease_seconds=2.0) as s:
+        yield s
+
+
+def rec_payload(user_id: int, tag: str) -> bytes:
+    return orjson.dumps({"user_id": user_id, "basis": "personal", "tag": tag, "recommendations": []})
+
+
+def publish(store, user_ids, tag: str, n_books: int = 5) -> str:
+    user_ids = list(user_ids)
+    with store.begin_publish() as pub:
+        assert pub.put_recommendations((u, rec_payload(u, tag)) for u in user_ids) == len(user_ids)
+        assert pub.put_books(
+            (f"isbn-{i}", orjson.dumps({"isbn": f"isbn-{i}", "tag": tag})) for i in range(n_books)) == n_books
+        pub.put_blob("meta", orjson.dumps({"version_tag": tag}))
+    assert pub.stats["users"] == len(set(user_ids)) and pub.stats["books"] == n_books
+    return pub.version
+
+
+def tag_of(payload: bytes | None) -> str | None:
+    return None if payload is None else orjson.loads(payload)["tag"]
+
+
+def leftovers(url: str, version: str) -> int:
+    """Data of ``version`` still physically in the store (KEYS is fine in a test, never on request paths)."""
+    if url.startswith("redis"):
+        return len(redis.Redis.from_url(url).keys(f"bookrec:v:{version}:*"))
+    con = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        orphans = sum(
+            con.execute(f"SELECT count(*) FROM {t} WHERE vid NOT IN (SELECT vid FROM versions)").fetchone()[0]
+            for t in ("recs", "user_ranks", "books", "blobs")
+        )
+        rows = con.execute("SELECT count(*) FROM versions WHERE name = ?", (version,)).fetchone()[0]
+        return orphans + rows
+    finally:
+        con.close()
+
+
+# 3,001 sparse ids: more than one pipeline chunk for Redis, gaps between ids for the cursor.
+USERS = sorted(random.Random(7).sample(range(1, 10**7), 3001))
+
+
+def test_empty_store_answers_nothing(store):
+    assert store.current_version() is None and store.previous_version() is None
+    assert store.get_recommendations(1) is None
+    assert store.get_book("isbn-0") is None and store.get_blob("meta") is None
+    assert store.count_users() == 0 and store.count_books() == 0
+    assert store.list_users(None, 10) == ([], None)
+    assert store.random_users(5) == []
+    assert store.versions() == [] and store.ping() is True
+    with pytest.raises(NothingToRollBack):
+        store.rollback()
+
+
+def test_publish_then_read_everything(store, store_url):
+    version = publish(store, USERS, "v1", n_books=1200)
+    assert store.current_version() == version
+    for user_id in USERS[:50] + USERS[-50:]:
+        assert orjson.loads(store.get_recommendations(user_id)) == {
+            "user_id": user_id, "basis": "personal", "tag": "v1", "recommendations": []}
+    assert store.get_recommendations(0) is None  # not in the version
+    assert orjson.loads(store.get_book("isbn-1199")) == {"isbn": "isbn-1199", "tag": "v1"}
+    assert store.get_book("isbn-1200") is None
+    assert orjson.loads(store.get_blob("meta")) == {"version_tag": "v1"}
+    assert store.get_blob("catalog") is None
+    assert store.count_users() == len(USERS) and store.count_books() == 1200
+    (info,) = store.versions()
+    assert info["version"] == version and info["current"] and not info["previous"]
+    assert info["users"] == len(USERS) and info["books"] == 1200 and info["blobs"] == 1
+    assert info["bytes"] == sum(len(rec_payload(u, "v1")) for u in USERS) + sum(
+        len(orjson.dumps({"isbn": f"isbn-{i}", "tag": "v1"})) for i in range(1200)) + len(
+        orjson.dumps({"version_tag": "v1"}))
+    assert store.memory_info()["used_memory"] > 0
+    status = store.status()
+    assert status["current"] == version and status["pending"] == [] and status["backend"] in store_url
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100, 3001, 5000])
+def test_pagination_covers_every_user_exactly_once(store, limit):
+    publish(store, USERS, "v1")
+    seen, after, pages = [], None, 0
+    while True:
+        page, after = store.list_users(after, limit)
+        assert len(page) <= limit
+        seen.extend(page)
+        pages += 1
+        if after is None:
+            break
+        assert after == page[-1]
+    assert seen == USERS  # ascending, complete, no duplicates
+    assert pages == -(-len(USERS) // limit)  # no empty trailing page
+
+
+def test_random_users_are_distinct_members(store):
+    publish(store, USERS, "v1")
+    members = set(USERS)
+    for n in (1, 10, 500):
+        picks = store.random_users(n)
+        assert len(picks) == n and len(set(picks)) == n and set(picks) <= members
+    assert sorted(store.random_users(10_000)) == USERS  # asking for more than exist returns everyone
+
+
+def test_random_users_are_uniform(store):
+    # 10 users, 2,000 single draws: each count ~ Binomial(2000, 0.1), mean 200, sd sqrt(2000*0.1*0.9) = 13.4.
+    # A bound of +-6 sd (120..280) fails a correct sampler with probability < 10 * 2e-9; a sampler
+    # that favoured one user twice as much (count ~ 364) or never picked the last rank fails it.
+    publish(store, range(10), "v1")
+    counts = {u: 0 for u in range(10)}
+    for _ in range(2000):
+        (pick,) = store.random_users(1)
+        counts[pick] += 1
+    assert all(200 - 6 * 13.4 <= c <= 200 + 6 * 13.4 for c in counts.values()), counts
+
+
+def test_rollback_swaps_current_and_previous(store):
+    v1 = publish(store, range(100), "v1")
+    with pytest.raises(NothingToRollBack, match="no previous version"):
+        store.rollback()
+    v2 = publish(store, range(50, 150), "v2")
+    assert (store.current_version(), store.previous_version()) == (v2, v1)
+    assert store.rollback() == v1
+    assert (store.current_version(), store.previous_version()) == (v1, v2)
+    assert tag_of(store.get_recommendations(10)) == "v1" and store.count_users() == 100
+    assert orjson.loads(store.get_blob("meta")) == {"version_tag": "v1"}
+    assert store.rollback() == v2
+    assert tag_of(store.get_recommendations(120)) == "v2" and store.get_recommendations(10) is None
+    # after a rollback, the next publish keeps what was serving as previous
+    store.rollback()
+    v3 = publish(store, range(5), "v3")
+    assert (store.current_version(), store.previous_version()) == (v3, v1)
+    assert [v["version"] for v in store.versions()] == [v1, v3]
+
+
+def test_exception_inside_publish_keeps_previous_serving(store, store_url):
+    v1 = publish(store, USERS[:1000], "v1")
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with store.begin_publish() as pub:
+            aborted = pub.version
+            pub.put_recommendations((u, rec_payload(u, "broken")) for u in USERS)
+            pub.put_blob("meta", b"{}")
+            raise Boom
+    assert store.current_version() == v1 and store.previous_version() is None
+    assert [v["version"] for v in store.versions()] == [v1] and store.pending_versions() == []
+    assert all(tag_of(store.get_recommendations(u)) == "v1" for u in USERS[:1000:37])
+    assert store.get_recommendations(USERS[2000]) is None and store.count_users() == 1000
+    assert store.get_recommendations(USERS[0], version=aborted) is None
+    assert leftovers(store_url, aborted) == 0
+
+
+def test_failed_write_raises_and_keeps_previous(store):
+    v1 = publish(store, range(10), "v1")
+    with pytest.raises(StoreError, match="must be bytes"):
+        with store.begin_publish() as pub:
+            pub.put_recommendations([(1, b"{}"), (2, "not bytes")])
+    with pytest.raises(StoreError, match="integer"):
+        with store.begin_publish() as pub:
+            pub.put_recommendations([("abc", b"{}")])
+    with pytest.raises(StoreError, match="blob name"):
+        with store.begin_publish() as pub:
+            pub.put_blob("has space", b"")
+    assert store.current_version() == v1 and store.pending_versions() == []
+    assert [v["version"] for v in store.versions()] == [v1]
+
+
+def test_stale_users_disappear_after_new_publish(store):
+    publish(store, range(0, 100), "v1")
+    publish(store, range(50, 150), "v2")
+    assert store.get_recommendations(10) is None
+    assert tag_of(store.get_recommendations(60)) == "v2" and tag_of(store.get_recommendations(149)) == "v2"
+    assert store.count_users() == 100
+    users, nxt = store.list_users(None, 1000)
+    assert users == list(range(50, 150)) and nxt is None
+    assert min(store.random_users(100)) >= 50
+
+
+def test_only_two_versions_are_kept(store, store_url):
+    published = [publish(store, range(i, i + 20), f"v{i}") for i in range(4)]
+    assert [v["version"] for v in store.versions()] == published[2:]
+    assert store.current_version() == published[3] and store.previous_version() == published[2]
+    for old in published[:2]:
+        assert store.get_recommendations(5, version=old) is None
+        assert leftovers(store_url, old) == 0
+    assert tag_of(store.get_recommendations(2, version=published[2])) == "v2"
+    assert leftovers(store_url, published[2]) > 0  # the check above can see data when it is there
+
+
+def test_readers_see_the_old_version_until_the_flip(store, store_url):
+    v1 = publish(store, range(100), "v1")
+    with open_store(store_url) as reader, store.begin_publish() as pub:
+        pub.put_recommendations((u, rec_payload(u, "v2")) for u in range(100, 3000))
+        # mid-publish: another connection still reads v1, complete, and is not blocked by the writer
+        assert reader.current_version() == v1 and reader.count_users() == 100
+        assert tag_of(reader.get_recommendations(5)) == "v1" and reader.get_recommendations(200) is None
+        assert reader.list_users(None, 1000) == (list(range(100)), None)
+    assert reader_after(store_url, 200) == "v2"
+
+
+def reader_after(url, user_id):
+    with open_store(url) as reader:
+        return tag_of(reader.get_recommendations(user_id))
+
+
+def test_second_publisher_waits_then_gives_up(store_url):
+    with open_store(store_url, lease_seconds=2.0, lock_wait=0.3) as first, \
+            open_store(store_url, lease_seconds=2.0, lock_wait=0.3) as second:
+        with first.begin_publish() as pub:
+            pub.put_recommendations([(1, b"{}")])
+            with pytest.raises(StoreError):
+                with second.begin_publish():
+                    pass
+        assert first.current_version() == pub.version == second.current_version()
+
+
+async def test_async_reader_equals_sync_reader(store, store_url):
+    publish(store, USERS[:1000], "v1")
+    v2 = publish(store, USERS, "v2", n_books=50)
+    reader = open_async_reader(store_url, timeout=5.0, pool_size=4)
+    async with reader:
+        assert await reader.current_version() == store.current_version() == v2
+        assert await reader.previous_version() == store.previous_version()
+        for user_id in USERS[::97] + [0, -5]:
+            assert await reader.get_recommendations(user_id) == store.get_recommendations(user_id)
+        old = store.previous_version()
+        assert await reader.get_recommendations(USERS[0], version=old) == store.get_recommendations(USERS[0], old)
+        for isbn in ("isbn-0", "isbn-49", "isbn-50"):
+            assert await reader.get_book(isbn) == store.get_book(isbn)
+        assert await reader.get_blob("meta") == store.get_blob("meta")
+        assert await reader.count_users() == store.count_users() == len(USERS)
+        assert await reader.count_books() == store.count_books() == 50
+        assert await reader.count_users(version=old) == 1000
+        after_a = after_s = None
+        while True:
+            page_a, after_a = await reader.list_users(after_a, 250)
+            page_s, after_s = store.list_users(after_s, 250)
+            assert page_a == page_s and after_a == after_s
+            if after_a is None:
+                break
+        picks = await reader.random_users(100)
+        assert len(set(picks)) == 100 and set(picks) <= set(USERS)
+        assert await reader.versions() == store.versions()
+        assert await reader.ping() is True
+        assert (await reader.memory_info())["used_memory"] > 0
+
+
+async def test_async_reader_picks_up_new_version(store, store_url):
+    publish(store, range(10), "v1")
+    # even when trusting its cached pointer for a minute, a miss makes the reader look again
+    async with open_async_reader(store_url, version_cache_seconds=60.0) as reader:
+        assert tag_of(await reader.get_recommendations(5)) == "v1"
+        publish(store, range(100, 110), "v2")
+        assert tag_of(await reader.get_recommendations(105)) == "v2"
+        assert tag_of(await reader.get_recommendations(5)) is None
+
+
+def test_publish_fixture_helper_round_trips(store_url):
+    """tests/support/publish.py (test data for API/web tests) writes what it says it wrote."""
+    from tests.support.publish import isbn10, publish_fixture
+
+    assert isbn10(31666634) == "0316666343"  # a real ISBN-10 (check digit 3)
+    fixture = publish_fixture(store_url, n_users=40, n_books=30, top_n=10)
+    with open_store(store_url) as store:
+        assert store.current_version() == fixture.version and store.count_users() == 40
+        assert store.count_books() == len(fixture.isbns) > 30  # some works have two editions
+        for user_id in fixture.user_ids:
+            assert orjson.loads(store.get_recommendations(user_id)) == fixture.recommendations[user_id]
+        assert orjson.loads(store.get_blob("meta"))["version"] == fixture.version
+        assert {r["basis"] for r in fixture.recommendations.values()} == {
+            "personal", "folded_in", "similar_reading", "popular"}
+        npz = np.load(io.BytesIO(store.get_blob("serving_model")), allow_pickle=False)
+        assert npz["item_factors"].shape == (8, 30, 4) and list(npz["item_keys"]) == [w["work_key"] for w in fixture.works]
