@@ -96,7 +96,7 @@ def test_publish_then_read_everything(store, store_url):
     (info,) = store.versions()
     assert info["version"] == version and info["current"] and not info["previous"]
     assert info["users"] == len(USERS) and info["books"] == 1200 and info["blobs"] == 1
-    assert info["bytes"] == sum(len(rec_payload(u, "v1")) for u in USERS) + sum(
+    assert info["raw_bytes"] == info["bytes"] == sum(len(rec_payload(u, "v1")) for u in USERS) + sum(
         len(orjson.dumps({"isbn": f"isbn-{i}", "tag": "v1"})) for i in range(1200)) + len(
         orjson.dumps({"version_tag": "v1"}))
     assert store.memory_info()["used_memory"] > 0
@@ -238,7 +238,7 @@ def test_second_publisher_waits_then_gives_up(store_url):
             open_store(store_url, lease_seconds=2.0, lock_wait=0.3) as second:
         with first.begin_publish() as pub:
             pub.put_recommendations([(1, b"{}")])
-            with pytest.raises(StoreError):
+            with pytest.raises(StoreError, match="another publish"):
                 with second.begin_publish():
                     pass
         assert first.current_version() == pub.version == second.current_version()
@@ -271,6 +271,8 @@ async def test_async_reader_equals_sync_reader(store, store_url):
         picks = await reader.random_users(100)
         assert len(set(picks)) == 100 and set(picks) <= set(USERS)
         assert await reader.versions() == store.versions()
+        status = await reader.status()
+        assert (status["current"], status["previous"], status["versions"]) == (v2, old, store.versions())
         assert await reader.ping() is True
         assert (await reader.memory_info())["used_memory"] > 0
 
@@ -301,3 +303,34 @@ def test_publish_fixture_helper_round_trips(store_url):
             "personal", "folded_in", "similar_reading", "popular"}
         npz = np.load(io.BytesIO(store.get_blob("serving_model")), allow_pickle=False)
         assert npz["item_factors"].shape == (8, 30, 4) and list(npz["item_keys"]) == [w["work_key"] for w in fixture.works]
+
+
+@pytest.mark.parametrize("compress", [True, False])
+async def test_large_payloads_round_trip_compressed_or_not(store_url, compress):
+    big = {u: orjson.dumps({"user_id": u, "recommendations": [{"rank": r, "title": f"Book {u}-{r}",
+           "image_url": f"http://images.example.org/P/{u:05d}{r:05d}.jpg"} for r in range(20)]}) for u in range(300)}
+    book = orjson.dumps({"isbn": "0316666343", "editions": [f"{i:010d}" for i in range(100)]})
+    with open_store(store_url, compress=compress) as store:
+        with store.begin_publish() as pub:
+            pub.put_recommendations(big.items())
+            pub.put_books([("0316666343", book), ("small", b"{}")])
+        raw = sum(map(len, big.values())) + len(book) + 2
+        assert pub.stats["raw_bytes"] == raw
+        if compress:  # this repetitive JSON shrinks at least 2x with LZ4
+            assert pub.stats["bytes"] < raw / 2
+        else:
+            assert pub.stats["bytes"] == raw
+        assert all(store.get_recommendations(u) == payload for u, payload in big.items())
+        assert store.get_book("0316666343") == book and store.get_book("small") == b"{}"
+        async with open_async_reader(store_url) as reader:
+            assert await reader.get_recommendations(123) == big[123]
+            assert await reader.get_book("0316666343") == book
+        with pytest.raises(StoreError, match="compression mark"):
+            with store.begin_publish() as pub:
+                pub.put_recommendations([(1, b"\x00zzz")])
+    # payloads written zlib-compressed (by an earlier release of this module) still read back
+    import zlib
+
+    from bookrec.store.base import ZLIB_MARK, expand_payload
+
+    assert expand_payload(ZLIB_MARK + zlib.compress(big[5])) == big[5]

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from bookrec.store import StoreUnavailable, open_async_reader, open_store
+from bookrec.store import StoreError, StoreUnavailable, open_async_reader, open_store
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -163,3 +163,31 @@ def test_sqlite_unusable_path_is_unavailable(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StoreUnavailable):
         open_store(f"sqlite:///{blocker}/store.sqlite3")
+
+
+def test_heartbeat_keeps_a_slow_publishers_lease(redis_url):
+    # the lease is 0.6 s, the publish takes 1.5 s: only the heartbeat (every 0.2 s) keeps it
+    with open_store(redis_url, lease_seconds=0.6) as slow, open_store(redis_url, lock_wait=0.1) as other:
+        with slow.begin_publish() as pub:
+            pub.put_recommendations([(1, b'{"slow": true}')])
+            time.sleep(1.5)
+            with pytest.raises(StoreError, match="another publish holds the lease"):
+                with other.begin_publish():
+                    pass
+            pub.put_recommendations([(2, b'{"slow": true}')])
+        assert slow.current_version() == pub.version and slow.count_users() == 2
+
+
+def test_publisher_that_lost_its_lease_cannot_flip(redis_url):
+    raw = redis.Redis.from_url(redis_url)
+    with open_store(redis_url, lease_seconds=5.0) as first, open_store(redis_url) as second:
+        with pytest.raises(StoreError, match="lost its lease"):
+            with first.begin_publish() as stale:
+                stale.put_recommendations([(1, b'{"from": "stale"}')])
+                raw.delete("bookrec:publish_lock")  # as if the lease expired while this process was paused
+                with second.begin_publish() as fresh:  # takes the lease and collects the "dead" version
+                    fresh.put_recommendations([(1, b'{"from": "fresh"}')])
+                assert stale.version in fresh.stats["removed"]
+        assert first.current_version() == fresh.version
+        assert first.get_recommendations(1) == b'{"from": "fresh"}'
+        assert raw.keys(f"bookrec:v:{stale.version}:*") == [] and first.pending_versions() == []

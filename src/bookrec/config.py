@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     store_publish_lease_seconds: float = Field(
         15.0, gt=0, description="Store: a publisher's lease, renewed while it runs; a killed publisher blocks the next this long"
     )
+    store_compress: bool = Field(True, description="Store recommendation/book payloads LZ4-compressed (reads expand them)")
     environment: Environment = Field(
         "development",
         validation_alias=AliasChoices("BOOKREC_ENVIRONMENT", "ENVIRONMENT", "environment"),
@@ -109,6 +110,14 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(5, ge=1)
     version_refresh_seconds: float = Field(1.0, ge=0, description="How long the API trusts its cached current-version pointer")
     serve_static: bool = True
+    store_pool_size: int = Field(64, ge=1, le=1024, description="Store connections per API worker")
+    max_page_size: int = Field(500, ge=1, le=10_000, description="Largest `limit` of /users and /books")
+    max_random_users: int = Field(100, ge=1, le=1000)
+    max_search_results: int = Field(50, ge=1, le=500)
+    serving_max_samples: int | None = Field(
+        None, ge=1, description="Posterior samples the API keeps for fold-in and similarity (None = all published)"
+    )
+    api_access_log: bool = Field(False, description="uvicorn access log (off: it costs ~15% throughput)")
 
     @classmethod
     def settings_customise_sources(

@@ -1,10 +1,68 @@
-"""CLI command of bookrec.api."""
+"""`bookrec serve`: run the API (and the web page at /app/) with uvicorn."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Annotated, Optional
 
 import typer
 
 
-def serve() -> None:
-    """Serve the API (not yet built)."""
-    raise typer.Exit(code=2)
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind (default: settings.api_host)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: settings.api_port)")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes (default: settings.api_workers)")] = None,
+    store_url: Annotated[
+        Optional[str], typer.Option("--store-url", help="Store URL (default: settings.store_url / BOOKREC_STORE_URL)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    access_log: Annotated[
+        Optional[bool], typer.Option("--access-log/--no-access-log", help="Log every request (default: settings.api_access_log)")
+    ] = None,
+) -> None:
+    """Serve the API on http://HOST:PORT (the web page at /app/, docs at /docs)."""
+    import uvicorn
+
+    from bookrec.config import get_settings
+
+    if store_url:
+        # Workers build their settings from the environment, so pass the override that way.
+        os.environ["BOOKREC_STORE_URL"] = store_url
+        get_settings.cache_clear()
+    settings = get_settings()
+    host = host or settings.api_host
+    port = port or settings.api_port
+    workers = workers or settings.api_workers
+    from bookrec.store import StoreError, parse_store_url
+
+    try:
+        parse_store_url(settings.store_url)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker writes its metrics here; /metrics on any worker adds them up.
+        metrics_dir = tempfile.mkdtemp(prefix="bookrec-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    typer.echo(f"bookrec API on http://{host}:{port} ({workers} worker(s), store {parse_store_url(settings.store_url).redacted})")
+    try:
+        uvicorn.run(
+            "bookrec.api.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=settings.api_access_log if access_log is None else access_log,
+            http="httptools",
+            loop="uvloop",
+            proxy_headers=False,
+            server_header=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -51,6 +51,7 @@ class VersionTracker:
         self._bundle: ServingBundle | None = None
         self._loading: dict[str, asyncio.Task[ServingBundle]] = {}
         self._meta: tuple[str, bytes, dict[str, Any]] | None = None
+        self._failed: dict[str, float] = {}  # version -> when its load failed (retried after Retry-After)
 
     # --- the pointer -------------------------------------------------------------------------
     async def current(self, fresh: bool = False) -> str:
@@ -91,7 +92,9 @@ class VersionTracker:
         if exc is not None:
             # Logged here and retried by the next request that needs the bundle.
             log.warning("could not load serving bundle of version %s: %s", version, type(exc).__name__)
+            self._failed[version] = time.monotonic()
             return
+        self._failed.pop(version, None)
         bundle = task.result()
         if self._bundle is None or version == self._version:
             self._bundle = bundle
@@ -112,7 +115,14 @@ class VersionTracker:
         bundle = self._bundle
         if bundle is not None and bundle.version == version:
             return bundle
-        task = self._loading.get(version) or self._start_loading(version)
+        task = self._loading.get(version)
+        if task is None:
+            failed_at = self._failed.get(version)
+            if failed_at is not None and time.monotonic() - failed_at < self.settings.retry_after_seconds:
+                if bundle is not None:
+                    return bundle
+                raise ServiceUnavailable("the published model version could not be loaded; retrying shortly")
+            task = self._start_loading(version)
         if bundle is not None:
             return bundle  # stale while the new one loads (see the class docstring)
         try:

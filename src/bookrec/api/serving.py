@@ -9,6 +9,7 @@ Also the model computations the API does in-process: cold-start fold-in (via
 from __future__ import annotations
 
 import io
+import zipfile
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bookrec.api.catalog import Catalog
+from bookrec.api.catalog import Catalog, CatalogFormatError
 from bookrec.api.search import SearchIndex
 
 log = logging.getLogger(__name__)
@@ -72,34 +73,51 @@ class ServingBundle:
         bundle = cls(version=version)
         if meta and isinstance(meta.get("interval_level"), (int, float)):
             bundle.interval_level = float(meta["interval_level"])
+        # A broken part disables the endpoints that need it (503 with the reason), not the others.
         if catalog_blob is None:
             bundle.problems.append("the published version has no catalogue")
         else:
-            bundle.catalog = Catalog.from_blob(catalog_blob)
-            c = bundle.catalog
-            bundle.search = SearchIndex(c.title, c.author, c.n_ratings, groups=c.work_key)
+            try:
+                bundle.catalog = Catalog.from_blob(catalog_blob)
+                c = bundle.catalog
+                bundle.search = SearchIndex(c.title, c.author, c.n_ratings, groups=c.work_key)
+            except CatalogFormatError as exc:
+                log.error("version %s: %s", version, exc)
+                bundle.catalog = bundle.search = None
+                bundle.problems.append("the published catalogue is unreadable")
         if model_blob is None:
             bundle.problems.append("the published version has no serving model")
         else:
-            model = load_serving_arrays(model_blob, max_samples)
-            bundle.model = model
-            keys = [str(k) for k in model.get("item_keys", np.zeros(0, dtype=str)).tolist()]
-            bundle.item_of_work = {key: i for i, key in enumerate(keys)}
-            v = model["item_factors"]
-            bundle.unit_factors = (v / np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)).astype(np.float32)
+            try:
+                model = load_serving_arrays(model_blob, max_samples)
+                keys = [str(k) for k in model["item_keys"].tolist()]
+                v = model["item_factors"]
+                if v.ndim != 3 or len(keys) != v.shape[1]:
+                    raise ValueError("item_keys do not match item_factors")
+                bundle.unit_factors = (v / np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)).astype(
+                    np.float32
+                )
+                bundle.item_of_work = {key: i for i, key in enumerate(keys)}
+                bundle.model = model
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                log.error("version %s: unreadable serving model (%s)", version, type(exc).__name__)
+                bundle.problems.append("the published serving model is unreadable")
         bundle.load_seconds = time.perf_counter() - started
         log.info("loaded serving bundle for version %s in %.2f s", version, bundle.load_seconds)
         return bundle
 
     # --- lookups -----------------------------------------------------------------------------
+    def _problem(self, part: str, default: str) -> str:
+        return next((p for p in self.problems if part in p), default)
+
     def need_catalog(self) -> tuple[Catalog, SearchIndex]:
         if self.catalog is None or self.search is None:
-            raise BundleUnavailable("the published model version has no book catalogue")
+            raise BundleUnavailable(self._problem("catalogue", "the published model version has no book catalogue"))
         return self.catalog, self.search
 
     def need_model(self) -> dict[str, np.ndarray]:
         if self.model is None:
-            raise BundleUnavailable("the published model version has no serving model")
+            raise BundleUnavailable(self._problem("serving model", "the published model version has no serving model"))
         return self.model
 
     def work_isbn(self, item: int) -> str | None:

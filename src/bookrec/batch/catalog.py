@@ -206,6 +206,9 @@ class RatingModel:
         else:
             tau2_user = 0.0
         tau2_user = max(tau2_user, 0.01 * sigma2)
+        # The within-book spread holds the readers' offsets too; predictions add the offset
+        # variance separately, so take it out of the noise (else it is counted twice).
+        sigma2 = max(sigma2 - tau2_user, 0.25 * sigma2)
         return cls(m, sigma2, tau2, tau2_user, post_mean, post_var, rating_min, rating_max)
 
     def user_offsets(self, interactions: Interactions, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

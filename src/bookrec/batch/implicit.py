@@ -38,8 +38,8 @@ _TOKEN = re.compile(r"[a-z0-9]{3,}")
 @dataclass
 class HybridWeights:
     cooccurrence: float = 1.0
-    factors: float = 0.5
-    content: float = 0.3
+    factors: float = 0.1
+    content: float = 0.1
     popularity: float = 0.05
     neighbours: int = 50
     shrink: float = 5.0

@@ -18,11 +18,25 @@ def store(
     books: int = typer.Option(271_379, help="Book payloads to publish"),
     reads: int = typer.Option(5_000, help="Single reads to time (the async run does 5x this)"),
     concurrency: int = typer.Option(32, help="Concurrent async readers"),
+    compress: bool = typer.Option(True, help="Store payloads zlib-compressed (the default of BOOKREC_STORE_COMPRESS)"),
 ) -> None:
     """Publish a full-size version and time reads (store backends; a benchmark, not a test)."""
     from bookrec.store.bench import bench_store
 
-    bench_store(store_url, backend, users, top_n, books, reads, concurrency)
+    bench_store(store_url, backend, users, top_n, books, reads, concurrency, compress)
+
+
+@app.command("data")
+def data(
+    preset: str = typer.Option("full", "--preset", help="Synthetic data preset: tiny, small or full"),
+    seed: int = typer.Option(0, "--seed", help="Generator seed"),
+    workdir: Path = typer.Option(None, "--workdir", help="Keep the generated/imported files here (default: a temporary directory)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+) -> None:
+    """Generation time, bx import time and peak memory of each (full preset by default)."""
+    from bookrec.bench.data import bench_data
+
+    bench_data(preset, seed, workdir, as_json)
 
 
 @app.command("optimize")

@@ -70,6 +70,7 @@ def bench_optimize(
     from bookrec.config import Settings
     from bookrec.data.prep import prepare_training
     from bookrec.optimize.objective import TuningData, objective_options_from_settings
+    from bookrec.optimize.space import from_bpmf_kwargs
     from bookrec.optimize.study import run_optimization, summary_tables
 
     console = Console()
@@ -115,6 +116,8 @@ def bench_optimize(
         pruner=pruner,  # type: ignore[arg-type]
         sampler_seed=sampler_seed,
         config_path=None,
+        # the search starts from the default (as `bookrec optimize` does), keeping all its draws
+        start_points=[from_bpmf_kwargs(defaults)],
         show_progress=console.is_terminal,
     )
     study_seconds = time.perf_counter() - study_started

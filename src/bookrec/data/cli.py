@@ -79,8 +79,9 @@ def import_(
 
     console = Console()
     try:
-        with console.status("importing"):
-            dataset = import_path(path)
+        with console.status("importing") as status:
+            dataset = import_path(path, progress=lambda s: status.update(f"importing: {s}"))
+            status.update(f"writing {out}")
             write_dataset(dataset, out)
     except DataImportError as exc:
         _fail(str(exc))

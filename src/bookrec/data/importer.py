@@ -243,19 +243,25 @@ def _unshift_books(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return frame, int(mask.sum())
 
 
-def import_path(path: Path | str) -> Dataset:
+def import_path(path: Path | str, progress=None) -> Dataset:
     """Read a BookCrossing copy (zip or folder, either layout) into a normalised :class:`Dataset`.
 
     ``dataset.manifest["report"]`` holds the import report: per table rows read, kept,
     repaired and rejected by reason, plus ratings whose ISBN is not in the books file.
-    Raises :class:`DataImportError` when the input is unusable.
+    Raises :class:`DataImportError` when the input is unusable. ``progress`` (optional) receives
+    stage names.
     """
+    say = progress or (lambda _msg: None)
+    say("opening")
     layout, blobs = _find_sources(Path(path))
     files = PRETTY_NAMES[layout]
     parsed = {}
     for table in TABLES:
-        text = _decode(blobs[table], layout)
+        say(f"reading {files[table]} ({layout} layout)")
+        text = _decode(blobs.pop(table), layout)
         parsed[table] = _parse(table, text, layout, files[table])
+        del text
+    say("normalising")
     ratings, books, users, norm = normalize_tables(parsed["ratings"].frame, parsed["books"].frame, parsed["users"].frame)
     report: dict = {"layout": layout, "tables": {}}
     kept = {"ratings": len(ratings), "books": len(books), "users": len(users)}

@@ -65,8 +65,9 @@ def decode_entities(values: pd.Series) -> pd.Series:
 
 
 def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in text if not unicodedata.combining(c))
+    # accents become their base letters; other non-ASCII characters are dropped (the keys keep
+    # only [0-9a-z] anyway)
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
@@ -82,11 +83,36 @@ def normalize_author_key(author: str) -> str:
     return _NON_ALNUM.sub("", _fold(author).lower())
 
 
+def _folded_lower(values: pd.Series) -> pd.Series:
+    """Lower-case text with accents stripped; the slow Unicode path only for non-ASCII rows."""
+    s = values.fillna("").astype("str")
+    non_ascii = ~s.str.isascii().fillna(True).astype(bool)
+    if non_ascii.any():
+        s = s.copy()
+        s.loc[non_ascii] = [_fold(x) for x in s.loc[non_ascii]]
+    return s.str.lower()
+
+
 def work_keys(titles: pd.Series, authors: pd.Series) -> pd.Series:
-    """The work key of each book: ``normalised title|normalised author`` (editions share it)."""
-    t = [normalize_title_key(x) for x in titles.fillna("").astype(str)]
-    a = [normalize_author_key(x) for x in authors.fillna("").astype(str)]
-    return pd.Series([f"{x}|{y}" for x, y in zip(t, a)], index=titles.index, dtype="str")
+    """The work key of each book: ``normalised title|normalised author`` (editions share it).
+
+    Vectorised equivalent of :func:`normalize_title_key` + ``"|"`` + :func:`normalize_author_key`.
+    """
+    t = _folded_lower(titles).str.replace(_NON_ALNUM.pattern, " ", regex=True).str.strip()
+    a = _folded_lower(authors).str.replace(_NON_ALNUM.pattern, "", regex=True)
+    return (t + "|" + a).astype("str")
+
+
+def isin(values: pd.Series, allowed) -> np.ndarray:
+    """Fast membership test for string or integer columns (pyarrow's hash set, not a Python loop)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(np.asarray(values, dtype=object) if values.dtype == object else values)
+    value_set = pa.array(np.asarray(allowed, dtype=object) if getattr(allowed, "dtype", None) == object else allowed)
+    if arr.type != value_set.type:
+        value_set = value_set.cast(arr.type)
+    return pc.is_in(arr, value_set=value_set).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def parse_year(values: pd.Series) -> tuple[pd.Series, int]:
@@ -116,7 +142,7 @@ _LOCATION_NULLS = {"", "n/a", "na", "none", "null", "unknown", "-", "."}
 
 def _clean_location_part(s: pd.Series) -> pd.Series:
     s = s.astype("str").str.strip().str.strip('"').str.strip()
-    return s.where(~s.str.lower().isin(_LOCATION_NULLS) & s.notna())
+    return s.where(~isin(s.str.lower().fillna(""), list(_LOCATION_NULLS)) & s.notna())
 
 
 def parse_location(values: pd.Series) -> pd.DataFrame:
@@ -126,11 +152,10 @@ def parse_location(values: pd.Series) -> pd.DataFrame:
     is the state (extra commas are common: 'portland, oregon, usa, ').
     """
     text = values.fillna("").astype("str").str.strip().str.rstrip(",").str.strip()
-    parts = text.str.split(",")
-    n = parts.str.len()
-    city = parts.str[0]
-    country = parts.str[-1].where(n >= 2)
-    state = parts.str[1:-1].str.join(",").where(n >= 3)
+    n = text.str.count(",") + 1
+    city = text.str.replace(r",.*$", "", regex=True)
+    country = text.str.replace(r"^.*,", "", regex=True).where(n >= 2)
+    state = text.str.replace(r"^[^,]*,", "", regex=True).str.replace(r",[^,]*$", "", regex=True).where(n >= 3)
     return pd.DataFrame(
         {
             "city": _clean_location_part(city),
@@ -229,8 +254,8 @@ def normalize_tables(
     ratings_out = _typed_ratings(
         ratings_out.sort_values(["user_id", "isbn"], kind="stable").reset_index(drop=True)
     )
-    in_books = ratings_out["isbn"].isin(books_out["isbn"])
-    known_users = ratings_out["user_id"].isin(users_out["user_id"])
+    in_books = isin(ratings_out["isbn"], books_out["isbn"])
+    known_users = isin(ratings_out["user_id"], users_out["user_id"])
     report["ratings"] = {
         "rejected_bad_user_id": int(bad_uid.sum()),
         "rejected_bad_rating": int(bad_rating.sum()),

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from bookrec.data.io import Dataset
+from bookrec.data.normalize import isin
 from bookrec.data.prep import attach_work_keys, average_per_work, explicit, kcore
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
@@ -31,7 +32,7 @@ def compute_stats(dataset: Dataset, min_user: int = 5, min_book: int = 10) -> di
     binned = np.clip(np.round(rating), 0, 10).astype(int)
     dist = np.bincount(binned, minlength=11)
     ex_total = int(is_explicit.sum())
-    in_books = r["isbn"].isin(dataset.books["isbn"]).to_numpy()
+    in_books = isin(r["isbn"], dataset.books["isbn"])
 
     per_user = r.groupby("user_id").size()
     per_book = r.groupby("isbn").size()

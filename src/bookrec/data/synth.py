@@ -300,7 +300,9 @@ def activity_w_full(per_user: np.ndarray, room: np.ndarray) -> np.ndarray:
     return per_user[room > 0].astype(np.float64) + 1.0
 
 
-def _capped_counts(rng: np.random.Generator, weights: np.ndarray, total: int, cap: int | None, minimum: int = 1) -> np.ndarray:
+def _capped_counts(
+    rng: np.random.Generator, weights: np.ndarray, total: int, cap: int | np.ndarray | None, minimum: int = 1
+) -> np.ndarray:
     """Like :func:`_exact_counts` but no count exceeds ``cap`` (the excess goes to the others)."""
     counts = _exact_counts(rng, weights, total, minimum)
     if cap is None:
@@ -392,9 +394,26 @@ def generate(
     isbn_w = np.r_[work_pop, ghost_pop][isbn_work] * share
     book_mass = isbn_w[: p.n_books].sum()
     ghost_mass = isbn_w[p.n_books :].sum()
-    isbn_w[p.n_books :] *= (p.missing_isbn_share / (1 - p.missing_isbn_share)) * book_mass / ghost_mass
+    # every ISBN gets one "discovery" interaction (the crawl found books through ratings, so
+    # nearly every book is rated and most only once); the remaining interactions follow
+    # popularity, with the ghost ISBNs' mass set so ~missing_isbn_share of all ratings miss
+    n_isbns = len(isbn_work)
+    n_rest = p.n_ratings - n_isbns
+    if n_rest <= 0:
+        raise ValueError("preset has fewer ratings than ISBNs")
+    ghost_target = max(p.missing_isbn_share * p.n_ratings - n_ghost, 0.01 * n_rest) / n_rest
+    isbn_w[p.n_books :] *= (ghost_target / (1 - ghost_target)) * book_mass / ghost_mass
     isbn_w /= isbn_w.sum()
-    isbns = _unique_isbns(rng, len(isbn_work))
+    isbns = _unique_isbns(rng, len(isbn_work)).astype(object)
+    # ISBNs readers typed that no books row has: some in 13-digit form, a few outright junk
+    # (ASIN-like codes); both stay distinct after normalisation
+    ghost_pos = np.arange(p.n_books, len(isbn_work))
+    form = rng.random(n_ghost)
+    as13 = ghost_pos[form < 0.03]
+    isbns[as13] = ["978" + x[:9] + str(d) for x, d in zip(isbns[as13], rng.integers(0, 10, len(as13)))]
+    junk = ghost_pos[form > 0.995]
+    isbns[junk] = [f"B{int(x[:9]):09d}" for x in isbns[junk]]
+    isbns = isbns.astype(str)
 
     # ---- users and who reads what -------------------------------------------------------
     say("interactions")
@@ -404,14 +423,26 @@ def generate(
     active = np.sort(rng.choice(p.n_users, n_active, replace=False))
     per_user = np.zeros(p.n_users, dtype=np.int64)
     activity_w = rng.lognormal(0, p.activity_sigma, n_active)
-    per_user[active] = _capped_counts(rng, activity_w, p.n_ratings, cap=len(isbn_work) // 2)
     item_f_isbn = all_f[isbn_work]
     item_b_isbn = all_b[isbn_work]
 
     def pref(u: np.ndarray, i: np.ndarray) -> np.ndarray:
         return item_b_isbn[i] + np.einsum("ij,ij->i", user_f[u], item_f_isbn[i])
 
-    ru, ri = _choose_interactions(rng, per_user, isbn_w, pref, p.preference_tilt)
+    # discovery: each ISBN goes to the best-liking of 3 readers drawn by activity
+    n_cand = 3
+    cover_u = active[_sample_by_weight(rng, np.cumsum(activity_w), n_isbns * n_cand)]
+    cover_i = np.repeat(np.arange(n_isbns), n_cand)
+    cover_score = (p.preference_tilt * pref(cover_u, cover_i) + rng.gumbel(size=len(cover_u))).reshape(n_isbns, n_cand)
+    cover_u = cover_u.reshape(n_isbns, n_cand)[np.arange(n_isbns), cover_score.argmax(axis=1)]
+    cover_i = np.arange(n_isbns)
+    covered = np.bincount(cover_u, minlength=p.n_users)
+    per_user[active] = _capped_counts(
+        rng, activity_w, n_rest, cap=np.maximum(n_isbns // 2 - covered[active], 1), minimum=1
+    )
+    ru, ri = _choose_interactions(rng, per_user, isbn_w, pref, p.preference_tilt, exclude=(cover_u, cover_i))
+    ru, ri = np.r_[cover_u, ru], np.r_[cover_i, ri]
+    per_user += covered
     for _attempt in range(5):
         # a reader can run out of distinct books; hand the shortfall to readers with room
         short = p.n_ratings - len(ru)

@@ -49,11 +49,11 @@ class BPMF:
         seed: int = 0,
         rating_range: tuple[float, float] = (1.0, 10.0),
         warm_start: bool = True,
-        beta0: float = 2.0,
+        beta0: float = 100.0,
         w0_scale: float = 1.0,
         bias_prior: tuple[float, float] = (1.0, 1.0),
         alpha_prior: tuple[float, float] = (1.0, 1.0),
-        mu_prior_precision: float = 0.01,
+        mu_prior_precision: float = 1.0,
         n_tracked: int = 20,
         min_ess: float = 100.0,
         chain_mode: str = "auto",
@@ -104,11 +104,14 @@ class BPMF:
         if self.chain_mode not in ("auto", "sweep", "threads"):
             raise ValueError("chain_mode must be auto, sweep or threads")
 
-    def _priors(self) -> Priors:
-        lo, hi = self.rating_range
+    def _priors(self, train_mean: float) -> Priors:
+        # mu ~ N(training mean, 1 / mu_prior_precision): an empirical-Bayes prior. mu is only weakly
+        # identified (it trades places with mu_U . mu_V along a flat ridge of the likelihood), so
+        # this prior decides where on the ridge it sits; a vague one (precision 0.01) left mu
+        # drifting a rating point away from the data mean for hundreds of sweeps.
         return Priors(
             beta0=self.beta0, w0_scale=self.w0_scale, a_bias=self.bias_prior[0], b_bias=self.bias_prior[1],
-            a_alpha=self.alpha_prior[0], b_alpha=self.alpha_prior[1], mu_prior_mean=0.5 * (lo + hi),
+            a_alpha=self.alpha_prior[0], b_alpha=self.alpha_prior[1], mu_prior_mean=train_mean,
             mu_prior_precision=self.mu_prior_precision,
         )
 
@@ -146,7 +149,7 @@ class BPMF:
         data = RatingMatrix.build(u, i, r, n_users, n_items)
         seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
         aux_rng = np.random.default_rng(seqs[-1])
-        chains = [Chain(data, k, self._priors(), seq) for seq in seqs[:-1]]
+        chains = [Chain(data, k, self._priors(float(r.mean())), seq) for seq in seqs[:-1]]
         for chain in chains:
             chain.initialise(self.warm_start)
 

@@ -175,32 +175,59 @@ residual_sums_par = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_
 residual_sums_ser = njit(fastmath=True, cache=True, nogil=True)(_residual_sums)
 
 
-def _interaction_sums(indptr, indices, ratings, rows, cols, mu):
-    """A = sum p^2 and B = sum e p over all ratings, p = u_i . v_j, e = r - mu - b_i - c_j."""
+def _interaction_stats(indptr, indices, ratings, rows, cols, mu):
+    """Per latent dimension a, with q_a = u_ia v_ja and e = r - (mu + b_i + c_j + u_i . v_j):
+    C[a, b] = sum q_a q_b and R[a] = sum e q_a over all ratings."""
     n_rows = indptr.shape[0] - 1
     k = rows.shape[1] - 1
-    n_chunks = min(n_rows, 512)
+    n_chunks = min(n_rows, 256)
     chunk = (n_rows + n_chunks - 1) // max(n_chunks, 1)
-    part_a = np.zeros(n_chunks)
-    part_b = np.zeros(n_chunks)
+    part_c = np.zeros((n_chunks, k, k))
+    part_r = np.zeros((n_chunks, k))
     for c in prange(n_chunks):
-        sa = 0.0
-        sb = 0.0
+        q = np.empty(k)
+        cc = np.zeros((k, k))
+        rr = np.zeros(k)
         for i in range(c * chunk, min(n_rows, (c + 1) * chunk)):
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
-                dot = 0.0
+                e = ratings[p] - mu - rows[i, k] - cols[j, k]
                 for a in range(k):
-                    dot += rows[i, a] * cols[j, a]
-                sa += dot * dot
-                sb += (ratings[p] - mu - rows[i, k] - cols[j, k]) * dot
-        part_a[c] = sa
-        part_b[c] = sb
-    return part_a.sum(), part_b.sum()
+                    q[a] = rows[i, a] * cols[j, a]
+                    e -= q[a]
+                for a in range(k):
+                    rr[a] += e * q[a]
+                    for b in range(a + 1):
+                        cc[a, b] += q[a] * q[b]
+        for a in range(k):
+            part_r[c, a] = rr[a]
+            for b in range(a + 1):
+                part_c[c, a, b] = cc[a, b]
+                part_c[c, b, a] = cc[a, b]
+    return part_c.sum(axis=0), part_r.sum(axis=0)
 
 
-interaction_sums_par = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_interaction_sums)
-interaction_sums_ser = njit(fastmath=True, cache=True, nogil=True)(_interaction_sums)
+interaction_stats_par = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_interaction_stats)
+interaction_stats_ser = njit(fastmath=True, cache=True, nogil=True)(_interaction_stats)
+
+
+def _row_residual_sums(indptr, indices, ratings, rows, cols, mu, out):
+    """out[i] = sum over row i's ratings of e = r - (mu + b_i + c_j + u_i . v_j)."""
+    n_rows = indptr.shape[0] - 1
+    k = rows.shape[1] - 1
+    for i in prange(n_rows):
+        acc = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            e = ratings[p] - mu - rows[i, k] - cols[j, k]
+            for a in range(k):
+                e -= rows[i, a] * cols[j, a]
+            acc += e
+        out[i] = acc
+
+
+row_residual_sums_par = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_row_residual_sums)
+row_residual_sums_ser = njit(fastmath=True, cache=True, nogil=True)(_row_residual_sums)
 
 
 def _predict_pairs(rows, cols, mu, users, items, out):

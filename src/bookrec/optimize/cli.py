@@ -36,6 +36,10 @@ def optimize(
         None, "--output", help="Where to write the best parameters (default: settings.tuned_config_path)."
     ),
     no_write: bool = typer.Option(False, "--no-write", help="Do not write the tuned-parameters file."),
+    start_from_default: bool = typer.Option(
+        True, "--start-from-default/--no-start-from-default",
+        help="When this worker creates the study, make the model's default configuration its first trial.",
+    ),
 ) -> None:
     """Tune BPMF hyperparameters with Optuna on the validation split and write the best ones for `bookrec batch`."""
     from rich.console import Console
@@ -44,6 +48,7 @@ def optimize(
     from bookrec.data.io import DatasetError
     from bookrec.logging import setup_logging
     from bookrec.optimize.objective import OBJECTIVES, ObjectiveOptions
+    from bookrec.optimize.space import default_bpmf_kwargs, from_bpmf_kwargs
     from bookrec.optimize.study import redact_url, run_optimization, summary_tables
     from bookrec.optimize.objective import load_tuning_data, objective_options_from_settings
 
@@ -82,10 +87,16 @@ def optimize(
             pruner=pruner,  # type: ignore[arg-type]
             sampler_seed=seed,
             config_path=None if no_write else (output or settings.tuned_config_path),
+            start_points=[from_bpmf_kwargs(default_bpmf_kwargs(options.space.n_chains))] if start_from_default else (),
             show_progress=console.is_terminal,
         )
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=1) from None
+    except Exception as exc:  # storage unreachable, bad credentials: say which storage, not the password
+        if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg"}:
+            raise
+        console.print(f"[red]cannot use Optuna storage {redact_url(storage_url)}: {type(exc).__name__}[/red]")
         raise typer.Exit(code=1) from None
     for table in summary_tables(result):
         console.print(table)

@@ -35,7 +35,7 @@ class SearchSpace:
     """Bounds of each dimension (inclusive). Positive scale parameters are searched on a log scale."""
 
     n_factors: tuple[int, int] = (2, 32)
-    beta0: tuple[float, float] = (0.01, 100.0)
+    beta0: tuple[float, float] = (0.01, 1000.0)
     w0_scale: tuple[float, float] = (0.01, 10.0)
     bias_prior_shape: tuple[float, float] = (0.1, 100.0)
     bias_prior_rate: tuple[float, float] = (0.01, 100.0)

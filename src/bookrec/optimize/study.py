@@ -103,7 +103,25 @@ def make_storage(url: str, *, heartbeat_seconds: int | None = 60) -> optuna.stor
                 "grace_period": 3 * heartbeat_seconds,
                 "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             }
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        return _rdb_storage_with_retry(url, engine_kwargs, kwargs)
+
+
+def _rdb_storage_with_retry(url: str, engine_kwargs: dict[str, Any], kwargs: dict[str, Any], attempts: int = 6):
+    """RDBStorage, retried: workers started together on an empty database all try to create
+    Optuna's tables (and PostgreSQL enum types) at once, and all but one lose that race with a
+    duplicate-object error. A retry finds the tables and goes on (creation is check-first)."""
+    import random
+
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+    raise AssertionError("unreachable")
 
 
 # --- sampler, pruner, study ----------------------------------------------------------------
@@ -146,18 +164,26 @@ def open_study(
     eval_every: int = 5,
     seed: int | None = None,
     storage: optuna.storages.BaseStorage | None = None,
-) -> optuna.Study:
-    """Create the study, or load it when another worker created it first (same name, same storage)."""
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when another worker created it first (same name, same storage).
+
+    Returns ``(study, created)``; ``created`` is True in the one worker that created it.
+    """
     directions = ["minimize", "minimize"] if multi_objective else ["minimize"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own summary replaces Optuna's per-trial lines
-    study = optuna.create_study(
-        storage=storage if storage is not None else make_storage(storage_url),
-        study_name=study_name,
-        directions=directions,
-        sampler=make_sampler(seed, multi_objective),
-        pruner=make_pruner(pruner, max_steps, eval_every),
-        load_if_exists=True,
-    )
+    storage = storage if storage is not None else make_storage(storage_url)
+    sampler = make_sampler(seed, multi_objective)
+    pruner_obj = make_pruner(pruner, max_steps, eval_every)
+    try:
+        # Exactly one worker succeeds here (the storage enforces unique study names); it alone
+        # seeds the study with its starting points, so simultaneous workers never duplicate them.
+        study = optuna.create_study(
+            storage=storage, study_name=study_name, directions=directions, sampler=sampler, pruner=pruner_obj
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner_obj)
+        created = False
     expected = [optuna.study.StudyDirection.MINIMIZE] * len(directions)
     if list(study.directions) != expected:
         raise ValueError(
@@ -175,7 +201,7 @@ def open_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([objective, "train_seconds"] if multi_objective else [objective])
-    return study
+    return study, created
 
 
 # --- choosing the result ---------------------------------------------------------------------
@@ -278,6 +304,7 @@ def run_optimization(
     sampler_seed: int | None = None,
     config_path: Path | None = None,
     enqueue: Sequence[dict[str, Any]] = (),
+    start_points: Sequence[dict[str, Any]] = (),
     show_progress: bool = False,
     storage: optuna.storages.BaseStorage | None = None,
 ) -> OptimizationResult:
@@ -285,11 +312,13 @@ def run_optimization(
     then write the chosen parameters to ``config_path`` (when given).
 
     ``data`` holds only the train and validation splits: the test split cannot be reached from here.
+    ``start_points`` (trial parameters, e.g. the current default configuration) are enqueued as the
+    first trials when this call creates the study; ``enqueue`` is enqueued unless already present.
     """
     options = options or ObjectiveOptions()
     if options.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}")
-    study = open_study(
+    study, created = open_study(
         storage_url,
         study_name,
         multi_objective=options.multi_objective,
@@ -302,6 +331,9 @@ def run_optimization(
     )
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
+    if created:
+        for params in start_points:
+            study.enqueue_trial(params)
     started = time.perf_counter()
     before = {t.number for t in study.get_trials(deepcopy=False)}
     study.optimize(

@@ -38,6 +38,7 @@ def open_store(
     timeout: float = 30.0,
     lease_seconds: float = 15.0,
     lock_wait: float | None = None,
+    compress: bool = True,
 ) -> Store:
     """The synchronous store for ``url`` (used by the batch and the CLI).
 
@@ -46,17 +47,23 @@ def open_store(
     publisher killed with SIGKILL blocks the next one for at most this long.
     ``lock_wait``: how long ``begin_publish`` waits for another publisher (default: one lease + 5 s
     for Redis, 60 s for SQLite).
+    ``compress``: store recommendation and book payloads of 512 bytes or more LZ4-compressed
+    (~3x less memory and transfer); reads expand them, so callers always get back what they stored.
     """
     parsed = parse_store_url(url)
     if parsed.backend == "sqlite":
         from bookrec.store.sqlite_store import SqliteStore
 
         assert parsed.path is not None
-        return SqliteStore(parsed.url, parsed.path, timeout=timeout, lock_wait=60.0 if lock_wait is None else lock_wait)
+        return SqliteStore(
+            parsed.url, parsed.path, timeout=timeout, lock_wait=60.0 if lock_wait is None else lock_wait,
+            compress=compress,
+        )
     from bookrec.store.redis_store import RedisStore
 
     return RedisStore(
-        parsed.url, parsed.redacted, prefix=prefix, timeout=timeout, lease_seconds=lease_seconds, lock_wait=lock_wait
+        parsed.url, parsed.redacted, prefix=prefix, timeout=timeout, lease_seconds=lease_seconds, lock_wait=lock_wait,
+        compress=compress,
     )
 
 
@@ -96,5 +103,6 @@ def open_store_from_settings(settings: "Settings | None" = None, url: str | None
 
     settings = settings or get_settings()
     return open_store(
-        url or settings.store_url, settings.store_prefix, lease_seconds=settings.store_publish_lease_seconds
+        url or settings.store_url, settings.store_prefix, lease_seconds=settings.store_publish_lease_seconds,
+        compress=settings.store_compress,
     )

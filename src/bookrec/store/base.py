@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import struct
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +22,31 @@ from typing import Any
 from bookrec.store.errors import StoreError
 
 log = logging.getLogger(__name__)
+
+# Recommendation and book payloads of at least COMPRESS_MIN_BYTES are stored LZ4-compressed
+# (pyarrow's codec; measured on realistic recommendation JSON: 2.9x smaller, about 5x cheaper to
+# compress than zlib level 1, which saves 3.9x but costs ~15 s of CPU for 278,858 readers) behind a
+# two-byte mark and the original length; the readers expand them, so callers always get back the
+# bytes they stored. Payloads may not start with NUL (JSON never does), so nothing is ambiguous.
+LZ4_MARK = b"\x00L"
+ZLIB_MARK = b"\x00z"  # also understood on read
+COMPRESS_MIN_BYTES = 512
+_LENGTH = struct.Struct("<I")
+_codec = None
+
+
+def _lz4():
+    global _codec
+    if _codec is None:
+        import pyarrow
+
+        _codec = pyarrow.Codec("lz4_raw")
+    return _codec
+
+
+def compress_payload(payload: bytes) -> bytes:
+    return LZ4_MARK + _LENGTH.pack(len(payload)) + _lz4().compress(payload, asbytes=True)
+
 
 # Scores of the Redis users zset are doubles: ids beyond 2**53 would lose their exact order.
 MAX_USER_ID = 2**53
@@ -54,6 +81,17 @@ def check_bytes(data: Any, what: str) -> bytes:
     raise StoreError(f"{what} must be bytes (encode JSON with orjson.dumps), got {type(data).__name__}")
 
 
+def expand_payload(stored: bytes | None) -> bytes | None:
+    if stored is None or stored[:1] != b"\x00":
+        return stored
+    if stored[:2] == LZ4_MARK:
+        (size,) = _LENGTH.unpack_from(stored, 2)
+        return _lz4().decompress(stored[2 + _LENGTH.size:], decompressed_size=size, asbytes=True)
+    if stored[:2] == ZLIB_MARK:
+        return zlib.decompress(stored[2:])
+    raise StoreError("stored payload has an unknown compression mark")
+
+
 def check_isbn(isbn: Any) -> str:
     if not isinstance(isbn, str) or not isbn:
         raise StoreError(f"isbn must be a non-empty string, got {isbn!r}")
@@ -77,11 +115,32 @@ class Publisher(ABC):
 
     version: str
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, compress: bool = True) -> None:
         self.version = version
+        self.compress = compress
         self.started = time.monotonic()
-        self.stats: dict[str, Any] = {"version": version, "users": 0, "books": 0, "blobs": 0, "bytes": 0}
+        # bytes: as stored (after compression); raw_bytes: as handed to the publisher
+        self.stats: dict[str, Any] = {
+            "version": version, "users": 0, "books": 0, "blobs": 0, "bytes": 0, "raw_bytes": 0,
+        }
         self._closed = False
+
+    def _encode(self, payload: Any, what: str) -> bytes:
+        """Check a recommendation/book payload, compress it when worthwhile, count its bytes."""
+        payload = check_bytes(payload, what)
+        if payload[:1] == b"\x00":  # cannot happen for JSON; refuse rather than corrupt it on read
+            raise StoreError(f"{what} must not start with a NUL byte (the store's compression mark)")
+        self.stats["raw_bytes"] += len(payload)
+        if self.compress and len(payload) >= COMPRESS_MIN_BYTES:
+            packed = compress_payload(payload)
+            if len(packed) < len(payload):
+                payload = packed
+        self.stats["bytes"] += len(payload)
+        return payload
+
+    def _count_blob(self, data: bytes) -> None:
+        self.stats["bytes"] += len(data)
+        self.stats["raw_bytes"] += len(data)
 
     @abstractmethod
     def put_recommendations(self, items: Iterable[tuple[int, bytes]]) -> int:
@@ -250,6 +309,17 @@ class AsyncStoreReader(ABC):
 
     @abstractmethod
     async def versions(self) -> list[dict[str, Any]]: ...
+
+    async def status(self) -> dict[str, Any]:
+        """Like ``Store.status()`` minus the pending list: backend, redacted url, pointers, versions, memory."""
+        return {
+            "backend": self.backend,
+            "url": self.url,
+            "current": await self.current_version(),
+            "previous": await self.previous_version(),
+            "versions": await self.versions(),
+            "memory": await self.memory_info(),
+        }
 
     @abstractmethod
     async def aclose(self) -> None: ...

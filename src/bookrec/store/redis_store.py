@@ -48,6 +48,7 @@ from bookrec.store.base import (
     check_isbn,
     check_limit,
     check_user_id,
+    expand_payload,
     new_version_id,
 )
 from bookrec.store.errors import NothingToRollBack, StoreError, StoreUnavailable
@@ -147,7 +148,7 @@ def _describe_versions(
         out.append({
             "version": name, "created_at": info.get("created_at"), "published_at": info.get("published_at", score),
             "users": info.get("users", 0), "books": info.get("books", 0), "blobs": info.get("blobs", 0),
-            "bytes": info.get("bytes", 0), "current": name == current, "previous": name == previous,
+            "bytes": info.get("bytes", 0), "raw_bytes": info.get("raw_bytes", 0), "current": name == current, "previous": name == previous,
         })
     return out
 
@@ -165,7 +166,7 @@ def delete_version(client: redis.Redis, keys: Keys, version: str) -> None:
 
 class RedisPublisher(Publisher):
     def __init__(self, store: "RedisStore") -> None:
-        super().__init__(new_version_id())
+        super().__init__(new_version_id(), compress=store.compress)
         self._store = store
         self._client = store.client
         self._keys = store.keys
@@ -298,12 +299,11 @@ class RedisPublisher(Publisher):
         written = 0
         for user_id, payload in items:
             field = b"%d" % check_user_id(user_id)
-            payload = check_bytes(payload, "recommendation payload")
+            payload = self._encode(payload, "recommendation payload")
             hset += (field, payload)
             zadd += (field, field)  # score = member = user id
             written += 1
             self._buffered_bytes += len(payload)
-            self.stats["bytes"] += len(payload)
             if len(hset) >= 2 + 2 * FIELDS_PER_COMMAND:
                 self._queue(*hset)
                 self._queue(*zadd)
@@ -323,11 +323,10 @@ class RedisPublisher(Publisher):
         written = 0
         for isbn, payload in items:
             field = check_isbn(isbn).encode()
-            payload = check_bytes(payload, "book payload")
+            payload = self._encode(payload, "book payload")
             hset += (field, payload)
             written += 1
             self._buffered_bytes += len(payload)
-            self.stats["bytes"] += len(payload)
             if len(hset) >= 2 + 2 * FIELDS_PER_COMMAND:
                 self._queue(*hset)
                 self._buffered_items += FIELDS_PER_COMMAND
@@ -346,7 +345,7 @@ class RedisPublisher(Publisher):
         # The name goes into the blobs set first, so even a killed publisher leaves no unlisted key.
         self._queue(b"SADD", self._keys.blobs(self.version).encode(), name.encode())
         self._queue(b"SET", self._keys.blob(self.version, name).encode(), data)
-        self.stats["bytes"] += len(data)
+        self._count_blob(data)
         self._flush(force=True)
 
     # --- flip --------------------------------------------------------------------------------------
@@ -365,6 +364,7 @@ class RedisPublisher(Publisher):
                 published_at = time.time()
                 self._client.hset(keys.info(version), mapping={
                     "users": users, "books": books, "blobs": blobs, "bytes": self.stats["bytes"],
+                    "raw_bytes": self.stats["raw_bytes"],
                     "published_at": published_at,
                 })
                 self._flip(published_at)
@@ -434,8 +434,10 @@ class RedisStore(Store):
         timeout: float = 30.0,
         lease_seconds: float = 15.0,
         lock_wait: float | None = None,
+        compress: bool = True,
     ) -> None:
         self.url = redacted_url
+        self.compress = compress
         self.keys = Keys(prefix)
         self.timeout = timeout
         self.lease_seconds = lease_seconds
@@ -478,12 +480,14 @@ class RedisStore(Store):
 
     def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None:
         field = str(check_user_id(user_id))
-        return self._read_versioned(
+        return expand_payload(self._read_versioned(
             "reading recommendations", version, lambda v: self.client.hget(self.keys.recs(v), field)
-        )
+        ))
 
     def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
-        return self._read_versioned("reading a book", version, lambda v: self.client.hget(self.keys.books(v), isbn))
+        return expand_payload(
+            self._read_versioned("reading a book", version, lambda v: self.client.hget(self.keys.books(v), isbn))
+        )
 
     def get_blob(self, name: str, version: str | None = None) -> bytes | None:
         return self._read_versioned("reading a blob", version, lambda v: self.client.get(self.keys.blob(v, name)))
@@ -630,14 +634,14 @@ class AsyncRedisReader(AsyncStoreReader):
 
     async def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None:
         field = str(check_user_id(user_id))
-        return await self._read_versioned(
+        return expand_payload(await self._read_versioned(
             "reading recommendations", version, lambda v: self.client.hget(self.keys.recs(v), field)
-        )
+        ))
 
     async def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
-        return await self._read_versioned(
+        return expand_payload(await self._read_versioned(
             "reading a book", version, lambda v: self.client.hget(self.keys.books(v), isbn)
-        )
+        ))
 
     async def get_blob(self, name: str, version: str | None = None) -> bytes | None:
         return await self._read_versioned(

@@ -31,6 +31,7 @@ from bookrec.store.base import (
     check_isbn,
     check_limit,
     check_user_id,
+    expand_payload,
     new_version_id,
 )
 from bookrec.store.errors import NothingToRollBack, StoreError, StoreUnavailable
@@ -44,7 +45,7 @@ CREATE TABLE IF NOT EXISTS versions (
     vid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
     created_at REAL NOT NULL, published_at REAL,
     users INTEGER NOT NULL DEFAULT 0, books INTEGER NOT NULL DEFAULT 0,
-    blobs INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0);
+    blobs INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, raw_bytes INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS recs (vid INTEGER NOT NULL, user_id INTEGER NOT NULL, payload BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS recs_key ON recs (vid, user_id);
 CREATE TABLE IF NOT EXISTS user_ranks (
@@ -82,6 +83,9 @@ def connect(path: Path, timeout: float) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+    # 16 kB pages hold several compressed payloads (~2 kB) each instead of one per 4 kB page; this
+    # only takes effect on a new, empty file and must come before WAL mode is switched on.
+    conn.execute("PRAGMA page_size = 16384")
     # Changing the journal mode takes a lock: only do it when the file is not in WAL mode yet.
     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         conn.execute("PRAGMA journal_mode = WAL")
@@ -89,6 +93,9 @@ def connect(path: Path, timeout: float) -> sqlite3.Connection:
     has_schema = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blobs'").fetchone()
     if not has_schema:
         conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+    elif "raw_bytes" not in {row[1] for row in conn.execute("PRAGMA table_info(versions)")}:
+        # files written before raw_bytes existed (the development days of this module)
+        conn.execute("ALTER TABLE versions ADD COLUMN raw_bytes INTEGER NOT NULL DEFAULT 0")
     return conn
 
 
@@ -112,12 +119,12 @@ class SqliteReads:
     def get_recommendations(conn: sqlite3.Connection, user_id: int, version: str | None) -> bytes | None:
         user_id = check_user_id(user_id)
         row = conn.execute(f"SELECT payload FROM recs WHERE vid = {VID} AND user_id = ?", (version, user_id)).fetchone()
-        return bytes(row[0]) if row else None
+        return expand_payload(bytes(row[0])) if row else None
 
     @staticmethod
     def get_book(conn: sqlite3.Connection, isbn: str, version: str | None) -> bytes | None:
         row = conn.execute(f"SELECT payload FROM books WHERE vid = {VID} AND isbn = ?", (version, isbn)).fetchone()
-        return bytes(row[0]) if row else None
+        return expand_payload(bytes(row[0])) if row else None
 
     @staticmethod
     def get_blob(conn: sqlite3.Connection, name: str, version: str | None) -> bytes | None:
@@ -171,7 +178,7 @@ class SqliteReads:
         try:
             pointers = dict(conn.execute("SELECT name, version FROM pointers").fetchall())
             rows = conn.execute(
-                "SELECT name, created_at, published_at, users, books, blobs, bytes FROM versions "
+                "SELECT name, created_at, published_at, users, books, blobs, bytes, raw_bytes FROM versions "
                 "WHERE state = 'published' ORDER BY published_at, vid"
             ).fetchall()
         finally:
@@ -179,10 +186,10 @@ class SqliteReads:
         return [
             {
                 "version": name, "created_at": created, "published_at": published, "users": users,
-                "books": books, "blobs": blobs, "bytes": nbytes,
+                "books": books, "blobs": blobs, "bytes": nbytes, "raw_bytes": raw,
                 "current": name == pointers.get("current"), "previous": name == pointers.get("previous"),
             }
-            for name, created, published, users, books, blobs, nbytes in rows
+            for name, created, published, users, books, blobs, nbytes, raw in rows
         ]
 
     @staticmethod
@@ -228,7 +235,7 @@ def _collect_garbage(conn: sqlite3.Connection) -> list[str]:
 
 class SqlitePublisher(Publisher):
     def __init__(self, store: "SqliteStore") -> None:
-        super().__init__(new_version_id())
+        super().__init__(new_version_id(), compress=store.compress)
         self._store = store
         with sqlite_errors("starting a publish"):
             self._conn = connect(store.path, store.lock_wait)
@@ -236,6 +243,14 @@ class SqlitePublisher(Publisher):
             try:
                 # IMMEDIATE: take the write lock now (waiting up to lock_wait for another publisher)
                 self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                self._conn.close()
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise StoreError(
+                        f"another publish (or rollback) holds the SQLite write lock on {store.path}; "
+                        f"waited {store.lock_wait:g} s"
+                    ) from exc
+                raise
             except BaseException:
                 self._conn.close()
                 raise
@@ -254,8 +269,7 @@ class SqlitePublisher(Publisher):
     def _rows(self, items: Iterable[tuple[Any, Any]], key_check: Callable[[Any], Any], what: str) -> Iterator[tuple]:
         for key, payload in items:
             key = key_check(key)
-            payload = check_bytes(payload, what)
-            self.stats["bytes"] += len(payload)
+            payload = self._encode(payload, what)
             yield (self._vid, key, payload)
 
     def put_recommendations(self, items: Iterable[tuple[int, bytes]]) -> int:
@@ -272,7 +286,7 @@ class SqlitePublisher(Publisher):
         data = check_bytes(data, f"blob {name!r}")
         with sqlite_errors(f"writing blob {name!r}"):
             self._conn.execute("INSERT OR REPLACE INTO blobs (vid, name, data) VALUES (?, ?, ?)", (self._vid, name, data))
-        self.stats["bytes"] += len(data)
+        self._count_blob(data)
 
     def _insert(self, target: str, rows: Iterator[tuple]) -> int:
         written = 0
@@ -301,8 +315,8 @@ class SqlitePublisher(Publisher):
                 self.stats.update(users=users, books=books, blobs=blobs)
                 conn.execute(
                     "UPDATE versions SET state = 'published', published_at = ?, users = ?, books = ?, blobs = ?, "
-                    "bytes = ? WHERE vid = ?",
-                    (time.time(), users, books, blobs, self.stats["bytes"], vid),
+                    "bytes = ?, raw_bytes = ? WHERE vid = ?",
+                    (time.time(), users, books, blobs, self.stats["bytes"], self.stats["raw_bytes"], vid),
                 )
                 old = SqliteReads.pointer(conn, "current")
                 if old is not None:
@@ -340,8 +354,11 @@ class SqlitePublisher(Publisher):
 class SqliteStore(Store):
     backend = "sqlite"
 
-    def __init__(self, url: str, path: Path, timeout: float = 10.0, lock_wait: float = 60.0) -> None:
+    def __init__(
+        self, url: str, path: Path, timeout: float = 10.0, lock_wait: float = 60.0, compress: bool = True
+    ) -> None:
         self.url = url
+        self.compress = compress
         self.path = path
         self.timeout = timeout
         self.lock_wait = lock_wait

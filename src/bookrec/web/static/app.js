@@ -2,7 +2,7 @@
 // Routes: #/readers[/id], #/new, #/book[/isbn], #/model, #/system.
 
 import { h, fmt } from "./js/dom.js";
-import { api } from "./js/api.js";
+import { api, onAvailability } from "./js/api.js";
 import { state } from "./js/state.js";
 import { createKnownView } from "./js/views/known.js";
 import { createNewReaderView } from "./js/views/newreader.js";
@@ -57,6 +57,8 @@ tablist.addEventListener("keydown", (ev) => {
   buttons.get(keys[next]).focus();
 });
 
+let currentKey = null;
+
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/");
   let key = parts[0] || "readers";
@@ -76,6 +78,8 @@ function route() {
     button.setAttribute("aria-selected", active ? "true" : "false");
     button.tabIndex = active ? 0 : -1;
   }
+  if (currentKey !== null && currentKey !== key) window.scrollTo(0, 0);
+  currentKey = key;
   const { view } = views.get(key);
   view.show(param);
   document.title = `${buttons.get(key).textContent} · bookrec`;
@@ -86,6 +90,12 @@ window.addEventListener("hashchange", route);
 // ---- health: a banner while the service is not ready, rechecked until it is ----------------
 
 let healthTimer = null;
+
+function sentence(text) {
+  const t = String(text || "").trim();
+  if (!t) return "";
+  return t.charAt(0).toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".");
+}
 
 function showBanner(title, message) {
   banner.replaceChildren(h("strong", null, title), " ", h("span", null, message));
@@ -106,9 +116,9 @@ async function checkHealth() {
     const reason = typeof body.reason === "string" ? body.reason : "";
     // 503 with the store answering means nothing has been published yet.
     if (err.status === 503 && body.store === "ok") {
-      showBanner("No model published yet.", `Recommendations appear once a model is trained and published (run “bookrec batch”). ${reason}`);
+      showBanner("No model published yet.", sentence(reason) || "Recommendations appear once a model is trained and published (bookrec batch).");
     } else if (err.status === 503) {
-      showBanner("The service is temporarily unavailable.", reason || "The store is not answering; the page will keep trying.");
+      showBanner("The service is temporarily unavailable.", `${sentence(reason) || "The store is not answering."} The page keeps checking.`);
     } else {
       showBanner("Can't reach the service.", err.message || "");
     }
@@ -117,6 +127,14 @@ async function checkHealth() {
   }
   healthTimer = setTimeout(checkHealth, retryIn * 1000);
 }
+
+// Any failed call rechecks health at once; the first success after an outage clears the banner.
+let recheckQueued = false;
+onAvailability((available) => {
+  if ((available && banner.hidden) || recheckQueued) return;
+  recheckQueued = true;
+  setTimeout(() => { recheckQueued = false; checkHealth(); }, 50);
+});
 
 route();
 checkHealth();

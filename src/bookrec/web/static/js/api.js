@@ -52,7 +52,7 @@ function friendlyMessage(status, body, retryAfter) {
   const detail = detailText(body);
   if (status === 503) {
     const wait = retryAfter ? ` Please try again in ${retryAfter} s.` : " Please try again shortly.";
-    return `The service is temporarily unavailable${detail ? ` (${detail})` : ""}.${wait}`;
+    return `The service is temporarily unavailable${detail ? ` (${detail.replace(/[.\s]+$/, "")})` : ""}.${wait}`;
   }
   if (status === 404) return detail || "Not found.";
   if (status === 400 || status === 422) return detail || "The request was not valid.";
@@ -61,7 +61,20 @@ function friendlyMessage(status, body, retryAfter) {
   return detail || `Unexpected response (${status}).`;
 }
 
-async function request(path, { params, method = "GET", body, signal } = {}) {
+// Listeners told whether the service looked available on each answer (the page rechecks
+// /health when that changes, so the banner follows outages and recoveries quickly).
+const availabilityListeners = new Set();
+
+export function onAvailability(listener) {
+  availabilityListeners.add(listener);
+}
+
+function report(available, enabled) {
+  if (!enabled) return;
+  for (const listener of availabilityListeners) listener(available);
+}
+
+async function request(path, { params, method = "GET", body, signal, reportAvailability = true } = {}) {
   const init = { method, signal, headers: { Accept: "application/json" } };
   if (body !== undefined) {
     init.body = JSON.stringify(body);
@@ -72,6 +85,7 @@ async function request(path, { params, method = "GET", body, signal } = {}) {
     response = await fetch(apiUrl(path, params), init);
   } catch (err) {
     if (err && err.name === "AbortError") throw err;
+    report(false, reportAvailability);
     throw new ApiError(0, "Can't reach the service. Check that it is running and try again.");
   }
   let data = null;
@@ -83,22 +97,25 @@ async function request(path, { params, method = "GET", body, signal } = {}) {
   if (!response.ok) {
     const retry = Number.parseInt(response.headers.get("Retry-After") || "", 10);
     const retryAfter = Number.isFinite(retry) ? retry : null;
+    if (response.status === 503 || response.status === 502 || response.status === 504) report(false, reportAvailability);
     throw new ApiError(response.status, friendlyMessage(response.status, data, retryAfter), {
       retryAfter,
       detail: data,
     });
   }
   if (data === null) throw new ApiError(response.status, "The service sent an answer the page could not read.");
+  report(true, reportAvailability);
   return data;
 }
 
 export const api = {
-  health: (opts) => request("health", opts),
+  // /health itself never triggers a recheck of /health.
+  health: (opts) => request("health", { ...opts, reportAvailability: false }),
   recommend: (userId, { topK, rankBy, signal } = {}) =>
     request(`recommend/${encodeURIComponent(userId)}`, { params: { top_k: topK, rank_by: rankBy }, signal }),
   randomUser: (signal) => request("users", { params: { random: 1 }, signal }),
-  coldStart: (ratings, topK, signal) =>
-    request("recommend/cold-start", { method: "POST", body: { ratings, top_k: topK }, signal }),
+  coldStart: (ratings, { topK, rankBy = "mean", signal } = {}) =>
+    request("recommend/cold-start", { method: "POST", body: { ratings, top_k: topK, rank_by: rankBy }, signal }),
   search: (q, limit, signal) => request("books/search", { params: { q, limit }, signal }),
   book: (isbn, signal) => request(`books/${encodeURIComponent(isbn)}`, { signal }),
   similar: (isbn, n, signal) => request(`books/${encodeURIComponent(isbn)}/similar`, { params: { n }, signal }),

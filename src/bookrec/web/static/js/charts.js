@@ -135,9 +135,9 @@ export function traceChart(name, chains) {
 
 /** Nominal vs observed coverage of the credible intervals; the diagonal is perfect calibration. */
 export function calibrationChart(points) {
-  const W = 300;
-  const H = 280;
-  const m = { l: 46, r: 14, t: 14, b: 40 };
+  const W = 250;
+  const H = 240;
+  const m = { l: 40, r: 12, t: 12, b: 38 };
   const pts = (Array.isArray(points) ? points : [])
     .filter((p) => p && isNum(p.nominal) && isNum(p.observed))
     .sort((a, b) => a.nominal - b.nominal);

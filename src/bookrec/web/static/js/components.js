@@ -173,7 +173,8 @@ export function bookSearch({ label, placeholder = "Title or author", onPick, lim
       cover(book, "cover-tiny"),
       h("span", { class: "option-text" },
         h("span", { class: "option-title" }, book.title || book.isbn || "Untitled"),
-        h("span", { class: "option-meta" }, byline(book))))));
+        h("span", { class: "option-meta" }, byline(book),
+          book.in_model === false ? h("span", { class: "option-flag" }, " · too few ratings to learn from") : null)))));
     note.textContent = found.length ? `${found.length} match${found.length === 1 ? "" : "es"}; use the arrow keys and Enter to pick.` : `No books match “${query}”.`;
     if (found.length) {
       list.hidden = false;

@@ -59,11 +59,13 @@ export function isNum(x) {
   return typeof x === "number" && Number.isFinite(x);
 }
 
-export function fmt(x, digits = 2) {
+/** A value as text; numbers get `digits` decimals (without `digits`: whole numbers stay whole). */
+export function fmt(x, digits) {
   if (x === undefined || x === null || x === "") return DASH;
   if (typeof x === "number") {
     if (!Number.isFinite(x)) return DASH;
-    return Number.isInteger(x) && Math.abs(x) < 1e15 ? String(x) : x.toFixed(digits);
+    if (digits === undefined) return Number.isInteger(x) ? String(x) : x.toFixed(2);
+    return x.toFixed(digits);
   }
   if (typeof x === "boolean") return x ? "yes" : "no";
   return String(x);

@@ -68,11 +68,11 @@ export function createBookView() {
       h("div", { class: "book-info" },
         h("h2", { class: "book-title" }, book.title || "Untitled"),
         h("dl", { class: "facts" }, facts.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [h("dt", null, k), h("dd", null, v)])),
-        h("div", { class: "inline" }, addButton, h("a", { href: "#/new", class: "muted" }, "Go to your ratings")))),
-    entries.some(([, v]) => v > 0)
-      ? h("figure", { class: "figure" }, barChart(entries, { label: `Explicit ratings of this book: ${entries.map(([k, v]) => `${v} rated ${k}`).join(", ")}`, xLabel: "rating" }),
-        h("figcaption", null, "How readers rated this book (explicit ratings)"))
-      : null);
+        h("div", { class: "inline" }, addButton, h("a", { href: "#/new", class: "muted" }, "Go to your ratings"))),
+      entries.some(([, v]) => v > 0)
+        ? h("figure", { class: "figure book-ratings" }, barChart(entries, { label: `Explicit ratings of this book: ${entries.map(([k, v]) => `${v} rated ${k}`).join(", ")}`, xLabel: "rating" }),
+          h("figcaption", null, "How readers rated this book"))
+        : null));
   }
 
   function renderSimilar(data) {

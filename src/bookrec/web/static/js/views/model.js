@@ -7,9 +7,12 @@ import { loading, empty, errorBox } from "../components.js";
 import { traceChart, calibrationChart, barChart, stackedShare, CHAIN_COLOURS } from "../charts.js";
 import { state } from "../state.js";
 
-// Vehtari et al. (2021): R-hat below 1.01 and a bulk/tail ESS of at least 100 per chain.
-const RHAT_OK = 1.01;
-const ESS_PER_CHAIN = 100;
+// The model's own convergence rule (bookrec.model.diagnostics): every R-hat below 1.05 and every
+// bulk and tail ESS at least 100, unless the published meta names other thresholds.
+const RHAT_DEFAULT = 1.05;
+const MIN_ESS_DEFAULT = 100;
+// Per-prediction diagnostics (pred_0, pred_1, ...) are summarised in one row.
+const PRED_PATTERN = /^pred_\d+$/;
 
 function card(title, ...children) {
   return h("section", { class: "panel" }, h("h2", { class: "panel-title" }, title), ...children);
@@ -36,25 +39,50 @@ function convergencePanel(meta) {
   const rhat = conv.rhat || {};
   const bulk = conv.ess_bulk || {};
   const tail = conv.ess_tail || {};
+  const rhatMax = isNum(conv.rhat_threshold) ? conv.rhat_threshold : RHAT_DEFAULT;
+  const minEss = isNum(conv.min_ess) ? conv.min_ess : MIN_ESS_DEFAULT;
   const names = [...new Set([...Object.keys(rhat), ...Object.keys(bulk), ...Object.keys(tail)])];
+  const preds = names.filter((n) => PRED_PATTERN.test(n));
+  const params = names.filter((n) => !PRED_PATTERN.test(n));
+  const failing = Array.isArray(conv.failing) ? [...new Set(conv.failing.map(String))] : null;
+  const failingPreds = failing ? failing.filter((n) => PRED_PATTERN.test(n)).length : 0;
+  const failingParams = failing ? failing.filter((n) => !PRED_PATTERN.test(n)) : [];
+
   const converged = conv.converged === true;
+  let detail = "";
+  if (conv.converged === undefined) detail = "";
+  else if (converged) detail = `: every R-hat is below ${rhatMax} and every effective sample size is at least ${fmtInt(minEss)}, so the ${chains} chains agree.`;
+  else {
+    const parts = [...failingParams];
+    if (failingPreds) parts.push(`${failingPreds} of ${preds.length} sampled predictions`);
+    detail = `${parts.length ? ` (${parts.join(", ")})` : ""}: treat the intervals with caution; more samples or a longer burn-in are needed.`;
+  }
   const verdict = h("p", { class: `verdict ${converged ? "verdict-ok" : "verdict-warn"}`, role: "status" },
     h("strong", null, conv.converged === undefined ? "No convergence check recorded" : converged ? "Chains converged" : "Chains have not converged"),
-    " ",
-    conv.converged === undefined ? "" : converged
-      ? `: every R-hat is close to 1 and the effective sample sizes are large enough, so the ${chains} chains agree.`
-      : ": treat the intervals with caution; more samples or a longer burn-in are needed.");
-  const minEss = ESS_PER_CHAIN * chains;
+    detail);
+
   const cell = (v, good) => h("td", { class: isNum(v) ? (good(v) ? "ok" : "warn") : "" }, isNum(v) ? (v >= 100 ? fmtInt(v) : fmt(v, 3)) : "—");
-  const table = names.length
+  const rows = params.map((n) => h("tr", null,
+    h("th", { scope: "row" }, n),
+    cell(rhat[n], (v) => v < rhatMax),
+    cell(bulk[n], (v) => v >= minEss),
+    cell(tail[n], (v) => v >= minEss)));
+  if (preds.length) {
+    const worst = (obj, pick) => {
+      const values = preds.map((n) => obj[n]).filter(isNum);
+      return values.length ? pick(...values) : null;
+    };
+    rows.push(h("tr", null,
+      h("th", { scope: "row" }, `${preds.length} predictions (worst)`),
+      cell(worst(rhat, Math.max), (v) => v < rhatMax),
+      cell(worst(bulk, Math.min), (v) => v >= minEss),
+      cell(worst(tail, Math.min), (v) => v >= minEss)));
+  }
+  const table = rows.length
     ? h("table", { class: "table" },
-      h("caption", { class: "muted" }, `Good: R-hat < ${RHAT_OK}, ESS ≥ ${minEss} (${ESS_PER_CHAIN} per chain).`),
+      h("caption", { class: "muted" }, `Good: R-hat < ${rhatMax}, ESS ≥ ${fmtInt(minEss)} (over ${chains} chain${chains === 1 ? "" : "s"}).`),
       h("thead", null, h("tr", null, h("th", { scope: "col" }, "Quantity"), h("th", { scope: "col" }, "R-hat"), h("th", { scope: "col" }, "ESS bulk"), h("th", { scope: "col" }, "ESS tail"))),
-      h("tbody", null, names.map((n) => h("tr", null,
-        h("th", { scope: "row" }, n),
-        cell(rhat[n], (v) => v < RHAT_OK),
-        cell(bulk[n], (v) => v >= minEss),
-        cell(tail[n], (v) => v >= minEss)))))
+      h("tbody", null, rows))
     : null;
   return card("Convergence", verdict, table);
 }
@@ -78,9 +106,12 @@ function calibrationPanel(meta) {
   let table = null;
   const rows = points.filter((p) => p && isNum(p.nominal));
   if (rows.length) {
+    const widths = rows.some((p) => isNum(p.width));
     table = h("table", { class: "table table-compact" },
-      h("thead", null, h("tr", null, h("th", { scope: "col" }, "Interval"), h("th", { scope: "col" }, "Covers"))),
-      h("tbody", null, rows.map((p) => h("tr", null, h("th", { scope: "row" }, fmtPercent(p.nominal)), h("td", null, fmtPercent(p.observed, 1))))));
+      h("thead", null, h("tr", null, h("th", { scope: "col" }, "Interval"), h("th", { scope: "col" }, "Covers"),
+        widths ? h("th", { scope: "col" }, "Mean width") : null)),
+      h("tbody", null, rows.map((p) => h("tr", null, h("th", { scope: "row" }, fmtPercent(p.nominal)), h("td", null, fmtPercent(p.observed, 1)),
+        widths ? h("td", null, fmt(p.width, 2)) : null))));
   } else if (coverage && typeof coverage === "object") {
     table = keyValues(Object.entries(coverage));
   }
@@ -89,18 +120,30 @@ function calibrationPanel(meta) {
     h("div", { class: "split" }, rows.length ? figure(calibrationChart(rows), "nominal vs observed coverage") : empty("No calibration recorded."), table));
 }
 
+const METRIC_NAMES = { rmse: "RMSE", mae: "MAE", nll: "Log loss (NLL)", crps: "CRPS" };
+// Counts that travel with the metrics; shown in the caption, not as rows.
+const METRIC_COUNTS = new Set(["n", "ranking_users"]);
+
+function metricName(key) {
+  if (METRIC_NAMES[key]) return METRIC_NAMES[key];
+  return key.startsWith("ndcg") ? `nDCG${key.slice(4)}` : humanise(key);
+}
+
 function metricsPanel(meta) {
   const metrics = meta.test_metrics && typeof meta.test_metrics === "object" ? meta.test_metrics : {};
   const baselines = meta.baselines && typeof meta.baselines === "object" ? meta.baselines : {};
-  const scalar = Object.entries(metrics).filter(([, v]) => isNum(v));
+  const scalar = Object.entries(metrics).filter(([k, v]) => isNum(v) && !METRIC_COUNTS.has(k));
   const baseNames = Object.keys(baselines).filter((b) => baselines[b] && typeof baselines[b] === "object");
   if (!scalar.length) return card("Accuracy on the test split", empty("No test metrics recorded."));
   return card("Accuracy on the test split",
     h("table", { class: "table" },
+      isNum(metrics.n)
+        ? h("caption", { class: "muted" }, `On ${fmtInt(metrics.n)} held-out ratings${isNum(metrics.ranking_users) ? `; ranking metrics over ${fmtInt(metrics.ranking_users)} readers` : ""}. Lower is better for RMSE, MAE, NLL and CRPS.`)
+        : null,
       h("thead", null, h("tr", null, h("th", { scope: "col" }, "Metric"), h("th", { scope: "col" }, "BPMF"),
         baseNames.map((b) => h("th", { scope: "col" }, humanise(b))))),
       h("tbody", null, scalar.map(([k, v]) => h("tr", null,
-        h("th", { scope: "row" }, k.toUpperCase().length <= 5 ? k.toUpperCase() : humanise(k)),
+        h("th", { scope: "row" }, metricName(k)),
         h("td", null, fmt(v, 3)),
         baseNames.map((b) => h("td", null, fmt(baselines[b][k], 3))))))));
 }
@@ -125,16 +168,23 @@ function dataPanel(meta) {
 
 function trainingPanel(meta) {
   const params = meta.parameters && typeof meta.parameters === "object" ? meta.parameters : {};
+  const sources = meta.parameter_sources && typeof meta.parameter_sources === "object" ? meta.parameter_sources : {};
+  const ratingModel = meta.rating_model && typeof meta.rating_model === "object" ? meta.rating_model : {};
+  const paramRows = Object.entries(params)
+    .filter(([, v]) => v !== null && v !== undefined && typeof v !== "object")
+    .map(([k, v]) => [h("dt", null, humanise(k)), h("dd", null, fmt(v), sources[k] ? h("span", { class: "muted" }, ` · ${sources[k]}`) : null)]);
   const stages = meta.stage_seconds && typeof meta.stage_seconds === "object" ? meta.stage_seconds : {};
   return card("Training run",
     h("dl", { class: "facts facts-grid" },
       [["Version", meta.version], ["Published", fmtDate(meta.created_at)], ["Environment", meta.environment],
+        ["Tuned parameters", meta.tuned === undefined ? null : meta.tuned ? "yes (bookrec optimize)" : "no"],
         ["Code version", meta.code_version], ["Training time", fmtSeconds(meta.training_time_seconds)],
         ["Samples / burn-in", `${fmt(meta.n_samples)} / ${fmt(meta.burn_in)}`], ["Chains", fmt(meta.n_chains)],
         ["Thinning", fmt(meta.thin)], ["Kept draws", fmt(meta.n_kept)], ["Stored top-N", fmt(meta.top_n)],
         ["Interval level", fmtPercent(meta.interval_level)]]
         .map(([k, v]) => [h("dt", null, k), h("dd", null, v === undefined || v === null ? "—" : String(v))])),
-    Object.keys(params).length ? h("div", null, h("h3", { class: "sub-title" }, "Parameters"), keyValues(Object.entries(params))) : null,
+    paramRows.length ? h("div", null, h("h3", { class: "sub-title" }, "Parameters"), h("dl", { class: "facts facts-grid" }, paramRows)) : null,
+    Object.keys(ratingModel).length ? h("div", null, h("h3", { class: "sub-title" }, "Rating model"), keyValues(Object.entries(ratingModel))) : null,
     Object.keys(stages).length ? h("div", null, h("h3", { class: "sub-title" }, "Time per stage"),
       keyValues(Object.entries(stages).map(([k, v]) => [k, fmtSeconds(v)]))) : null);
 }

@@ -18,6 +18,8 @@ export function createNewReaderView() {
   const countLine = h("p", { class: "muted rated-count", "aria-live": "polite" });
   const topK = h("select", { id: "cold-top-k", class: "input input-small" },
     [5, 10, 15, 20].map((n) => h("option", { value: n, selected: n === 10 }, String(n))));
+  const rankBy = h("select", { id: "cold-rank-by", class: "input input-small" },
+    [["mean", "Expected rating"], ["lower", "Safe bets"], ["sample", "Explore"]].map(([v, t]) => h("option", { value: v }, t)));
   const submit = h("button", { type: "button", class: "button button-primary", id: "cold-start-submit" }, "Get recommendations");
   const clearButton = h("button", { type: "button", class: "button button-quiet", id: "clear-ratings" }, "Clear list");
   const results = h("section", { class: "results", "aria-live": "polite", "aria-label": "Recommendations for you" });
@@ -88,7 +90,7 @@ export function createNewReaderView() {
     clear(results).append(loading("Folding your ratings into the model…"));
     const payload = ratings.map((r) => ({ isbn: r.isbn, title: r.title || undefined, rating: r.rating }));
     try {
-      const data = await api.coldStart(payload, Number(topK.value), controller.signal);
+      const data = await api.coldStart(payload, { topK: Number(topK.value), rankBy: rankBy.value, signal: controller.signal });
       render(data);
     } catch (err) {
       if (err.name === "AbortError") return;
@@ -150,7 +152,9 @@ export function createNewReaderView() {
       h("h2", { class: "section-title" }, "Your ratings"),
       listEmpty, list, countLine,
       h("div", { class: "inline actions" },
-        h("label", { for: "cold-top-k", class: "label label-inline" }, "How many"), topK, submit, clearButton)),
+        h("label", { for: "cold-top-k", class: "label label-inline" }, "How many"), topK,
+        h("label", { for: "cold-rank-by", class: "label label-inline" }, "Rank by"), rankBy),
+      h("div", { class: "inline actions" }, submit, clearButton)),
     results);
 
   return { root, show() {} };

@@ -6,7 +6,8 @@ import { loading, errorBox } from "../components.js";
 import { stackedShare } from "../charts.js";
 
 function figureTile(label, value, hint) {
-  return h("div", { class: "tile" }, h("span", { class: "tile-value" }, value), h("span", { class: "tile-label" }, label), hint ? h("span", { class: "tile-hint muted" }, hint) : null);
+  const small = String(value).length > 10; // a version id, not a count
+  return h("div", { class: "tile" }, h("span", { class: small ? "tile-value tile-value-small" : "tile-value" }, value), h("span", { class: "tile-label" }, label), hint ? h("span", { class: "tile-hint muted" }, hint) : null);
 }
 
 function flatEntries(obj, prefix = "") {

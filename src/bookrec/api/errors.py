@@ -1,0 +1,100 @@
+"""Exception handlers: every error is `{"detail": "<human-readable message>"}`, never exception text.
+
+- store unreachable / nothing published / a part of the version missing -> 503 + Retry-After
+- invalid parameters or body -> 422 with one sentence naming each bad field (and a list)
+- HTTPException (404, 400, 413, 405...) -> its status and message
+- anything else -> 500 "internal error", with the traceback in the server log only
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
+
+from bookrec.api import metrics
+from bookrec.api.deps import ServiceUnavailable
+from bookrec.api.serving import BundleUnavailable
+from bookrec.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+STORE_DOWN = "the recommendation store is unavailable; retry shortly"
+
+
+def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _route_template(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "<unmatched>")
+
+
+def _retry_after(request: Request) -> dict[str, str]:
+    return {"Retry-After": str(request.app.state.api.settings.retry_after_seconds)}
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    metrics.STORE_ERRORS.labels(_route_template(request)).inc()
+    log.warning("store unavailable on %s: %s", request.url.path, exc)  # the store's message is redacted
+    return json_response(503, {"detail": STORE_DOWN}, _retry_after(request))
+
+
+async def service_unavailable(request: Request, exc: Exception) -> Response:
+    reason = getattr(exc, "reason", None) or str(exc)  # our own messages, written for users
+    return json_response(503, {"detail": reason}, _retry_after(request))
+
+
+def _location(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("query", "path", "body", "header")]
+    return ".".join(parts) if parts else (str(loc[0]) if loc else "request")
+
+
+async def validation_failed(request: Request, exc: RequestValidationError) -> Response:
+    errors = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid value"))
+        # Pydantic prefixes messages from our validators with "Value error, ".
+        msg = msg.removeprefix("Value error, ")
+        errors.append({"loc": [p if isinstance(p, (str, int)) else str(p) for p in loc], "msg": msg})
+    detail = "; ".join(f"{_location(tuple(e['loc']))}: {e['msg']}" for e in errors) or "invalid request"
+    return json_response(422, {"detail": detail, "errors": errors})
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\0"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return json_response(exc.status_code, {"detail": detail}, headers or None)
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return json_response(500, {"detail": "internal error; it has been logged"})
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_exception_handler(ServiceUnavailable, service_unavailable)
+    app.add_exception_handler(BundleUnavailable, service_unavailable)
+    app.add_exception_handler(RequestValidationError, validation_failed)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, unexpected)

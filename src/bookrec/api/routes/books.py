@@ -1,0 +1,140 @@
+"""The catalogue: search (typo-tolerant, title and author), pages, one book, similar books."""
+
+
+import asyncio
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import Field, create_model
+from starlette.responses import Response
+
+from bookrec.api.catalog import normalize_isbn
+from bookrec.api.deps import BundleDep
+from bookrec.api.schemas import (
+    Book,
+    BooksPage,
+    SearchRequest,
+    SearchResponse,
+    SimilarResponse,
+    error_responses,
+)
+from bookrec.api.serving import ServingBundle
+from bookrec.config import Settings
+
+ISBN_PATH = Path(min_length=1, max_length=40, description="ISBN-10 or ISBN-13; dashes and spaces are ignored")
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _search(bundle: ServingBundle, query: str, limit: int) -> dict[str, Any]:
+    catalog, index = bundle.need_catalog()
+    exact = []
+    as_isbn = normalize_isbn(query)
+    if len(as_isbn) in (10, 13) and (row := catalog.row_of_isbn.get(as_isbn)) is not None:
+        exact.append(row)
+    hits = index.search(query, limit=limit, exact_rows=exact)
+    return {"query": query, "results": [{**catalog.summary(h.row), "score": h.score} for h in hits]}
+
+
+def build_router(settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["books"])
+    max_results = settings.max_search_results
+
+    SearchBody = create_model(  # noqa: N806 - a class
+        "SearchRequest",
+        __base__=SearchRequest,
+        limit=(int, Field(10, ge=1, le=max_results)),
+    )
+
+    @router.get(
+        "/books/search",
+        response_model=SearchResponse,
+        summary="Search the whole catalogue by title and author (typos tolerated)",
+        responses=error_responses(422, 503),
+    )
+    async def search_get(
+        bundle: BundleDep,
+        q: Annotated[str, Query(min_length=1, max_length=200, description="Words of the title and/or author")],
+        limit: Annotated[int, Query(ge=1, le=max_results)] = 10,
+    ) -> Response:
+        # Off the event loop: a long query scores a few hundred candidates (a few ms to ~20 ms).
+        return _json(await asyncio.to_thread(_search, bundle, q, limit))
+
+    @router.post(
+        "/books/search",
+        response_model=SearchResponse,
+        summary="Search the catalogue (JSON body, as in the original API)",
+        responses=error_responses(413, 422, 503),
+    )
+    async def search_post(bundle: BundleDep, body: SearchBody) -> Response:  # type: ignore[valid-type]
+        return _json(await asyncio.to_thread(_search, bundle, body.query, body.limit))
+
+    @router.get(
+        "/books",
+        response_model=BooksPage,
+        summary="The catalogue, one page at a time",
+        responses=error_responses(422, 503),
+    )
+    async def books(
+        bundle: BundleDep,
+        limit: Annotated[int, Query(ge=1, le=settings.max_page_size)] = 50,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    ) -> Response:
+        catalog, _ = bundle.need_catalog()
+        rows = range(offset, min(offset + limit, len(catalog)))
+        return _json({"books": [catalog.summary(r) for r in rows], "total": len(catalog), "limit": limit, "offset": offset})
+
+    @router.get(
+        "/books/{isbn}",
+        response_model=Book,
+        summary="One book: details, editions and its rating summary",
+        responses=error_responses(404, 422, 503),
+    )
+    async def book(request: Request, isbn: Annotated[str, ISBN_PATH]) -> Response:
+        state = request.app.state.api
+        key = normalize_isbn(isbn)
+        if not key:
+            raise HTTPException(404, f"{isbn!r} is not an ISBN; search by title with GET /books/search?q=")
+        version = await state.versions.current()
+        payload = await state.reader.get_book(key, version)
+        if payload is None:
+            raise HTTPException(404, f"no book with ISBN {key} in the catalogue; search with GET /books/search?q=")
+        return Response(payload, media_type="application/json")
+
+    @router.get(
+        "/books/{isbn}/similar",
+        response_model=SimilarResponse,
+        summary="Books whose posterior factors are closest (with the uncertainty of that similarity)",
+        responses=error_responses(404, 422, 503),
+    )
+    async def similar(
+        bundle: BundleDep,
+        isbn: Annotated[str, ISBN_PATH],
+        n: Annotated[int, Query(ge=1, le=settings.max_top_k)] = 10,
+    ) -> Response:
+        catalog, _ = bundle.need_catalog()
+        bundle.need_model()
+        key = normalize_isbn(isbn)
+        row = catalog.row_of_isbn.get(key) if key else None
+        if row is None:
+            raise HTTPException(404, f"no book with ISBN {key or isbn!r} in the catalogue; search with GET /books/search?q=")
+        work = catalog.work_key[row] or ""
+        item = bundle.item_of_work.get(work)
+        if item is None:
+            raise HTTPException(
+                404, f"book {key} has too few ratings to be part of the model, so it has no similar books yet"
+            )
+        found = await asyncio.to_thread(bundle.similar, item, n)
+        out = []
+        for other, mean, sd in found:
+            d = bundle.describe_item(other)
+            out.append({
+                "isbn": d["isbn"] or "", "work_key": d["work_key"], "title": d["title"], "author": d["author"],
+                "year": d["year"], "image_url": d["image_url"], "similarity": round(mean, 4), "similarity_sd": round(sd, 4),
+            })
+        return _json({"isbn": key, "work_key": work, "similar": out, "model_version": bundle.version})
+
+    return router

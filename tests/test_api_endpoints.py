@@ -1,0 +1,475 @@
+"""Every endpoint and every error path of the API, in-process (httpx.ASGITransport, lifespan run),
+against real stores: the suite's redis-server and the embedded SQLite store, holding a version
+published by `tests.support.publish.publish_fixture`.
+
+The expected values come from what the fixture published (decoded independently of the API),
+and fold-in / similarity results are recomputed here directly from the published serving arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from bookrec.api.main import create_app
+from bookrec.config import Settings
+from bookrec.model.foldin import fold_in_from_arrays, rank_items_for_fold_in
+from bookrec.store import open_store
+from tests.support.publish import _catalog_parquet, publish_fixture
+
+N_USERS, N_BOOKS, TOP_N = 120, 60, 20
+
+
+@pytest.fixture(scope="module", params=["redis", "sqlite"])
+def world(request, redis_server, tmp_path_factory):
+    if request.param == "redis":
+        redis_server.flush()
+        url = redis_server.url
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('store')}/bookrec.sqlite3"
+    fx = publish_fixture(url, n_users=N_USERS, n_books=N_BOOKS, top_n=TOP_N, seed=3)
+    _republish_model_of_in_model_works(url, fx)
+    return {"url": url, "fx": fx, "backend": request.param}
+
+
+def _republish_model_of_in_model_works(url, fx) -> None:
+    """The fixture's serving model covers every work; keep only those flagged `in_model`, as the batch
+    does, so books outside the model exist (and publish it as a new version, as a retrain would)."""
+    keep = np.array([w["in_model"] for w in fx.works])
+    fx.serving_model = {
+        k: (v[:, keep] if k in ("item_factors", "item_bias") else v[keep] if k in ("item_keys", "item_isbns") else v)
+        for k, v in fx.serving_model.items()
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, **fx.serving_model)
+    with open_store(url) as store:
+        with store.begin_publish() as pub:
+            fx.meta["version"] = pub.version
+            pub.put_recommendations((u, orjson.dumps(p)) for u, p in fx.recommendations.items())
+            pub.put_books((i, orjson.dumps(b)) for i, b in fx.books.items())
+            pub.put_blob("meta", orjson.dumps(fx.meta))
+            pub.put_blob("catalog", _catalog_parquet(fx.works))
+            pub.put_blob("serving_model", buffer.getvalue())
+    fx.version = pub.version
+
+
+@contextlib.asynccontextmanager
+async def serving(url: str, **settings):
+    app = create_app(Settings(store_url=url, **settings))
+    async with app.router.lifespan_context(app):
+        # Unexpected errors must come back as the 500 response a client would see, not as a raise.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture()
+async def client(world):
+    async with serving(world["url"]) as c:
+        yield c
+
+
+def _in_model(fx):
+    return [w for w in fx.works if w["work_key"] in set(fx.serving_model["item_keys"].tolist())]
+
+
+# --- service ---------------------------------------------------------------------------------
+
+
+async def test_root_describes_the_service(client):
+    r = await client.get("/")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["name"] == "bookrec"
+    assert body["links"]["health"] == "/health" and body["links"]["app"] == "/app/"
+
+
+async def test_health_ok_names_the_published_version(client, world):
+    r = await client.get("/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "store": "ok", "model_version": world["fx"].version}
+
+
+async def test_health_503_when_nothing_is_published(tmp_path):
+    async with serving(f"sqlite:///{tmp_path}/empty.sqlite3") as c:
+        r = await c.get("/health")
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "5"
+        body = r.json()
+        assert body["status"] == "unavailable" and body["store"] == "ok"
+        assert "no model version is published" in body["reason"]
+        r = await c.get(f"/recommend/1")
+        assert r.status_code == 503 and "bookrec batch" in r.json()["detail"]
+
+
+async def test_stats_counts_what_was_published(client, world):
+    fx = world["fx"]
+    body = (await client.get("/stats")).json()
+    assert body["users_with_recommendations"] == N_USERS
+    assert body["books"] == len(fx.books)
+    assert body["model_version"] == fx.version
+    assert body["coverage_by_tier"] == fx.meta["coverage_by_tier"]
+    assert body["store"]["backend"] == world["backend"]
+
+
+async def test_model_info_is_the_published_meta(client, world):
+    r = await client.get("/model/info")
+    assert r.status_code == 200
+    assert r.json() == orjson.loads(orjson.dumps(world["fx"].meta))
+
+
+# --- recommendations of known readers --------------------------------------------------------
+
+
+async def test_recommend_returns_the_stored_list_head(client, world):
+    fx = world["fx"]
+    user = fx.user_ids[5]
+    r = await client.get(f"/recommend/{user}", params={"top_k": 7})
+    assert r.status_code == 200
+    body = r.json()
+    stored = fx.recommendations[user]
+    assert body["recommendations"] == stored["recommendations"][:7]
+    assert body["user_id"] == user and body["basis"] == stored["basis"]
+    assert body["total_available"] == TOP_N and body["model_version"] == fx.version
+    assert "note" not in body
+
+
+async def test_recommend_more_than_stored_adds_a_note(client, world):
+    user = world["fx"].user_ids[0]
+    body = (await client.get(f"/recommend/{user}", params={"top_k": 50})).json()
+    assert len(body["recommendations"]) == TOP_N
+    assert "50" in body["note"] and str(TOP_N) in body["note"]
+
+
+@pytest.mark.parametrize("top_k", ["0", "-3", "101", "ten", "2.5"])
+async def test_recommend_bad_top_k_is_422_with_a_message(client, world, top_k):
+    r = await client.get(f"/recommend/{world['fx'].user_ids[0]}", params={"top_k": top_k})
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("top_k: ")
+
+
+async def test_recommend_unknown_user_is_404_with_help(client):
+    r = await client.get("/recommend/987654321")
+    assert r.status_code == 404
+    detail = r.json()["detail"]
+    assert "987654321" in detail and "/users" in detail and "cold-start" in detail
+
+
+async def test_recommend_user_id_beyond_the_store_range_is_422(client):
+    r = await client.get(f"/recommend/{2**60}")
+    assert r.status_code == 422 and r.json()["detail"].startswith("user_id: ")
+
+
+@pytest.mark.parametrize("user", ["-1", "abc"])
+async def test_recommend_non_numeric_user_id_is_not_a_resource(client, user):
+    assert (await client.get(f"/recommend/{user}")).status_code == 404
+
+
+async def test_405_lists_every_method_of_the_path(client):
+    r = await client.get("/recommend/cold-start")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = await client.put("/books/search")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
+async def test_recommend_rank_by_lower_reorders_the_stored_list(client, world):
+    fx = world["fx"]
+    user = fx.user_ids[1]
+    body = (await client.get(f"/recommend/{user}", params={"top_k": TOP_N, "rank_by": "lower"})).json()
+    lowers = [r["confidence_interval"][0] for r in body["recommendations"]]
+    assert lowers == sorted(lowers, reverse=True)
+    assert [r["rank"] for r in body["recommendations"]] == list(range(1, TOP_N + 1))
+    stored_keys = {r["work_key"] for r in fx.recommendations[user]["recommendations"]}
+    assert {r["work_key"] for r in body["recommendations"]} == stored_keys
+    assert body["rank_by"] == "lower"
+
+
+async def test_recommend_rank_by_sample_is_seeded_and_a_permutation(client, world):
+    user = world["fx"].user_ids[2]
+    params = {"top_k": TOP_N, "rank_by": "sample", "seed": 11}
+    a = (await client.get(f"/recommend/{user}", params=params)).json()["recommendations"]
+    b = (await client.get(f"/recommend/{user}", params=params)).json()["recommendations"]
+    c = (await client.get(f"/recommend/{user}", params={**params, "seed": 12})).json()["recommendations"]
+    assert [r["work_key"] for r in a] == [r["work_key"] for r in b]
+    assert sorted(r["work_key"] for r in a) == sorted(r["work_key"] for r in c)
+    # 20 items with overlapping intervals: two seeds giving the same order has negligible probability.
+    assert [r["work_key"] for r in a] != [r["work_key"] for r in c]
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+async def test_users_cursor_pages_cover_every_user_once(client, world):
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 25} | ({"cursor": cursor} if cursor is not None else {})
+        body = (await client.get("/users", params=params)).json()
+        assert body["total"] == N_USERS
+        seen += body["users"]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(world["fx"].user_ids)
+    assert pages == -(-N_USERS // 25)
+
+
+async def test_users_random_sample_is_distinct_known_users(client, world):
+    body = (await client.get("/users", params={"random": 30})).json()
+    assert set(body) == {"users", "total"}
+    assert len(body["users"]) == len(set(body["users"])) == 30
+    assert set(body["users"]) <= set(world["fx"].user_ids)
+
+
+@pytest.mark.parametrize("params", [{"random": 0}, {"random": 101}, {"limit": 0}, {"limit": 501}, {"cursor": -1}])
+async def test_users_bad_parameters_are_422(client, params):
+    r = await client.get("/users", params=params)
+    assert r.status_code == 422 and r.json()["detail"]
+
+
+# --- books -----------------------------------------------------------------------------------
+
+
+async def test_books_pages_walk_the_catalogue(client, world):
+    fx = world["fx"]
+    first = (await client.get("/books", params={"limit": 10, "offset": 0})).json()
+    second = (await client.get("/books", params={"limit": 10, "offset": 10})).json()
+    assert first["total"] == len(fx.books) and first["limit"] == 10 and first["offset"] == 0
+    isbns = [b["isbn"] for b in first["books"] + second["books"]]
+    assert len(isbns) == len(set(isbns)) == 20 and set(isbns) <= set(fx.books)
+    beyond = (await client.get("/books", params={"offset": 10_000})).json()
+    assert beyond["books"] == [] and beyond["total"] == len(fx.books)
+
+
+async def test_book_by_isbn_normalises_like_the_importer(client, world):
+    fx = world["fx"]
+    isbn = fx.isbns[3]
+    messy = f" {isbn[:1]}-{isbn[1:4]} {isbn[4:]}".lower()
+    r = await client.get(f"/books/{messy}")
+    assert r.status_code == 200
+    assert r.json() == fx.books[isbn]
+
+
+@pytest.mark.parametrize("isbn", ["0000000000", "---"])
+async def test_unknown_book_is_404(client, isbn):
+    r = await client.get(f"/books/{isbn}")
+    assert r.status_code == 404 and "/books/search" in r.json()["detail"]
+
+
+async def test_similar_books_match_a_direct_computation(client, world):
+    fx = world["fx"]
+    work = _in_model(fx)[2]
+    r = await client.get(f"/books/{work['isbn']}/similar", params={"n": 5})
+    assert r.status_code == 200
+    body = r.json()
+    keys = fx.serving_model["item_keys"].tolist()
+    i = keys.index(work["work_key"])
+    v = fx.serving_model["item_factors"].astype(np.float64)
+    v /= np.linalg.norm(v, axis=2, keepdims=True)
+    cos = np.einsum("sik,sk->si", v, v[:, i, :])
+    mean, sd = cos.mean(axis=0), cos.std(axis=0)
+    mean[i] = -np.inf
+    expected = np.argsort(-mean, kind="stable")[:5]
+    assert [s["work_key"] for s in body["similar"]] == [keys[j] for j in expected]
+    # float32 factors in the API vs float64 here: agree to ~1e-6, reported to 4 decimals.
+    assert np.allclose([s["similarity"] for s in body["similar"]], mean[expected], atol=2e-4)
+    assert np.allclose([s["similarity_sd"] for s in body["similar"]], sd[expected], atol=2e-4)
+    assert work["work_key"] not in {s["work_key"] for s in body["similar"]}
+
+
+async def test_similar_of_a_book_outside_the_model_is_404(client, world):
+    outside = next(w for w in world["fx"].works if w["work_key"] not in set(world["fx"].serving_model["item_keys"].tolist()))
+    r = await client.get(f"/books/{outside['isbn']}/similar")
+    assert r.status_code == 404 and "too few ratings" in r.json()["detail"]
+
+
+# --- search ----------------------------------------------------------------------------------
+
+
+async def test_search_finds_a_title_despite_a_typo(client, world):
+    work = world["fx"].works[10]
+    title = work["title"]
+    typo = title[:-2] + title[-1]  # drop the second-to-last letter
+    for q in (title, typo.lower()):
+        body = (await client.get("/books/search", params={"q": q, "limit": 5})).json()
+        assert body["query"] == q
+        assert work["work_key"] in [b["work_key"] for b in body["results"][:3]], q
+
+
+async def test_search_by_author_and_one_result_per_work(client, world):
+    work = world["fx"].works[4]
+    body = (await client.get("/books/search", params={"q": work["author"], "limit": 50})).json()
+    keys = [b["work_key"] for b in body["results"]]
+    assert len(keys) == len(set(keys))
+    same_author = {w["work_key"] for w in world["fx"].works if w["author"] == work["author"]}
+    assert same_author <= set(keys)
+    scores = [b["score"] for b in body["results"]]
+    assert all(0 <= s <= 100 for s in scores)
+
+
+async def test_search_post_matches_get(client, world):
+    q = world["fx"].works[7]["title"]
+    got = (await client.get("/books/search", params={"q": q, "limit": 4})).json()
+    posted = (await client.post("/books/search", json={"query": q, "limit": 4})).json()
+    assert posted == got and len(got["results"]) == 4
+
+
+@pytest.mark.parametrize("params", [{"q": ""}, {"q": "x", "limit": 0}, {"q": "x", "limit": 51}, {}])
+async def test_search_bad_parameters_are_422(client, params):
+    r = await client.get("/books/search", params=params)
+    assert r.status_code == 422 and r.json()["detail"]
+
+
+# --- cold start ------------------------------------------------------------------------------
+
+
+async def test_cold_start_folds_in_with_the_serving_model(client, world):
+    fx = world["fx"]
+    works = _in_model(fx)
+    by_isbn, by_title = works[0], works[5]
+    outside = next(w for w in fx.works if w["work_key"] not in set(fx.serving_model["item_keys"].tolist()))
+    request = {
+        "ratings": [
+            {"isbn": "-".join([by_isbn["isbn"][:3], by_isbn["isbn"][3:]]), "rating": 9},
+            {"title": by_title["title"].lower() + "s", "rating": 3},  # one letter too many
+            {"isbn": "1234567890", "rating": 7},
+            {"isbn": outside["isbn"], "rating": 8},
+        ],
+        "top_k": 6,
+    }
+    r = await client.post("/recommend/cold-start", json=request)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["n_recognized"] == 2 and body["basis"] == "folded_in" and body["model_version"] == fx.version
+    assert [x["work_key"] for x in body["recognized"]] == [by_isbn["work_key"], by_title["work_key"]]
+    reasons = {u["input"]: u["reason"] for u in body["unrecognized"]}
+    assert "no book with ISBN" in reasons["1234567890"]
+    assert "too few ratings" in reasons[outside["isbn"]]
+
+    # The same fold-in computed here, straight from the published arrays.
+    keys = fx.serving_model["item_keys"].tolist()
+    items = np.array([keys.index(by_isbn["work_key"]), keys.index(by_title["work_key"])])
+    arrays = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in fx.serving_model.items()}
+    fold = fold_in_from_arrays(arrays, items, np.array([9.0, 3.0]))
+    top, mean, lower, upper = rank_items_for_fold_in(arrays, fold, n=6, exclude=items, level=0.9)
+    recs = body["recommendations"]
+    assert [x["work_key"] for x in recs] == [keys[i] for i in top]
+    assert np.allclose([x["predicted_rating"] for x in recs], mean, atol=1e-3)
+    assert np.allclose([x["confidence_interval"] for x in recs], np.c_[lower, upper], atol=1e-3)
+    assert not {by_isbn["work_key"], by_title["work_key"]} & {x["work_key"] for x in recs}
+
+
+async def test_cold_start_empty_is_400(client):
+    r = await client.post("/recommend/cold-start", json={"ratings": []})
+    assert r.status_code == 400 and "at least one book" in r.json()["detail"]
+
+
+async def test_cold_start_nothing_recognised_is_400_with_the_list(client):
+    r = await client.post(
+        "/recommend/cold-start", json={"ratings": [{"title": "qwxz vbnm plkj", "rating": 8}, {"isbn": "999", "rating": 2}]}
+    )
+    assert r.status_code == 400
+    body = r.json()
+    assert "none of the rated books" in body["detail"]
+    assert [u["input"] for u in body["unrecognized"]] == ["qwxz vbnm plkj", "999"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"ratings": [{"isbn": "0316666343", "rating": 11}]},
+        {"ratings": [{"isbn": "0316666343", "rating": 0}]},
+        {"ratings": [{"rating": 5}]},
+        {"ratings": [{"isbn": "0316666343", "rating": 5}], "top_k": 0},
+        {"ratings": [{"isbn": "0316666343", "rating": 5}], "top_k": 101},
+        {"ratings": [{"isbn": "0316666343", "rating": 5}] * 201},
+        {"ratings": "nope"},
+        {"ratings": [{"isbn": "0316666343", "rating": 5}], "surprise": 1},
+    ],
+)
+async def test_cold_start_bad_bodies_are_422(client, payload):
+    r = await client.post("/recommend/cold-start", json=payload)
+    assert r.status_code == 422
+    assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+
+
+async def test_cold_start_invalid_json_is_422(client):
+    r = await client.post("/recommend/cold-start", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+
+
+async def test_request_body_over_the_limit_is_413(client):
+    big = {"ratings": [{"title": "x" * 200, "rating": 5}] * 400}  # ~90 kB > 64 kB
+    r = await client.post("/recommend/cold-start", json=big)
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+
+# --- corrupt published data: 500/503 with a generic message, never exception text -------------
+
+
+async def test_corrupt_payload_and_model_never_leak_internals(tmp_path, world):
+    fx = world["fx"]
+    url = f"sqlite:///{tmp_path}/corrupt.sqlite3"
+    with open_store(url) as store:
+        with store.begin_publish() as pub:
+            pub.put_recommendations([(1, b"{this is not json"), (2, orjson.dumps(fx.recommendations[fx.user_ids[0]]))])
+            pub.put_books((i, orjson.dumps(b)) for i, b in fx.books.items())
+            pub.put_blob("meta", orjson.dumps(fx.meta))
+            pub.put_blob("catalog", _catalog_parquet(fx.works))
+            pub.put_blob("serving_model", b"PK\x03\x04 definitely not an npz")
+    async with serving(url) as c:
+        r = await c.get("/recommend/1")
+        assert r.status_code == 500
+        assert r.json() == {"detail": "internal error; it has been logged"}
+        assert (await c.get("/recommend/2")).status_code == 200
+        r = await c.post("/recommend/cold-start", json={"ratings": [{"isbn": fx.isbns[0], "rating": 8}]})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json() == {"detail": "the published serving model is unreadable"}
+        # The catalogue is fine, so search still answers.
+        assert (await c.get("/books/search", params={"q": fx.works[0]["title"]})).status_code == 200
+
+
+# --- metrics and CORS ------------------------------------------------------------------------
+
+
+async def test_metrics_count_requests_per_route_template(client, world):
+    fx = world["fx"]
+    for user in fx.user_ids[:3]:
+        await client.get(f"/recommend/{user}")
+    await client.get("/recommend/987654321")
+    text = (await client.get("/metrics")).text
+
+    def value(pattern: str) -> float:
+        m = re.search(pattern + r" ([0-9.e+]+)", text)
+        assert m, pattern
+        return float(m.group(1))
+
+    ok = value(r'bookrec_http_requests_total\{method="GET",route="/recommend/\{user_id\}",status="200"\}')
+    missing = value(r'bookrec_http_requests_total\{method="GET",route="/recommend/\{user_id\}",status="404"\}')
+    assert ok >= 3 and missing >= 1
+    assert value(r'bookrec_http_request_duration_seconds_count\{method="GET",route="/recommend/\{user_id\}"\}') >= 4
+    assert value(rf'bookrec_model_version_info\{{version="{fx.version}"\}}') == 1.0
+    assert not re.search(r'route="/recommend/\d', text)  # one series per template, not per user
+
+
+async def test_cors_allows_only_configured_origins_without_credentials(world):
+    async with serving(world["url"], cors_origins=["http://allowed.example"]) as c:
+        pre = await c.options(
+            "/recommend/1",
+            headers={"Origin": "http://allowed.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == "http://allowed.example"
+        assert "access-control-allow-credentials" not in pre.headers
+        r = await c.get("/", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+        bad = await c.options(
+            "/recommend/1", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
+        )
+        assert bad.status_code == 400

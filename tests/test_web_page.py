@@ -1,0 +1,470 @@
+"""The web page in a real browser (Debian's headless Chromium driven by Playwright) against the
+real API in a subprocess, on a real redis-server holding a published fixture version.
+
+Nothing is mocked: the page fetches from the live API, which reads the store. The only thing the
+browser is denied is the outside network (the machines are offline anyway): cover images on
+other hosts are aborted, which also exercises the page's fallback covers. Screenshots land in
+artifacts/screenshots/ (see docs/screenshots/ for the README copies).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from bookrec.store import open_store
+from tests.support.live_server import LiveServer
+from tests.support.publish import PublishedFixture, _catalog_parquet, publish_fixture
+from tests.support.redis_server import RedisServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+TIMEOUT_MS = 15_000
+# A title that would run code if any view inserted it as HTML.
+EVIL_TITLE = "<script>window.__pwned=1;alert('script')</script><img src=x onerror=\"window.__pwned=2;alert('img')\"> The Night Garden"
+
+
+# ---- the world: a store with a published version, the API, a browser -------------------------
+
+
+def _republish_with_title(store_url: str, fx: PublishedFixture, work_key: str, title: str) -> None:
+    """Publish the fixture again as a new version with one work renamed (everywhere it appears)."""
+    for work in fx.works:
+        if work["work_key"] == work_key:
+            work["title"] = title
+    for payload in [*fx.recommendations.values(), {"recommendations": fx.popular}]:
+        for item in payload["recommendations"]:
+            if item["work_key"] == work_key:
+                item["title"] = title
+    for book in fx.books.values():
+        if book["work_key"] == work_key:
+            book["title"] = title
+    buffer = io.BytesIO()
+    np.savez(buffer, **fx.serving_model)
+    with open_store(store_url) as store:
+        with store.begin_publish() as pub:
+            fx.meta["version"] = pub.version
+            pub.put_recommendations((u, orjson.dumps(p)) for u, p in fx.recommendations.items())
+            pub.put_books((isbn, orjson.dumps(b)) for isbn, b in fx.books.items())
+            pub.put_blob("meta", orjson.dumps(fx.meta))
+            pub.put_blob("catalog", _catalog_parquet(fx.works))
+            pub.put_blob("popular", orjson.dumps(fx.popular))
+            pub.put_blob("serving_model", buffer.getvalue())
+    fx.version = pub.version
+
+
+@pytest.fixture(scope="module")
+def world():
+    redis = RedisServer().start()
+    try:
+        fx = publish_fixture(redis.url, n_users=120, n_books=60, seed=7)
+        # The evil title goes on the top recommendation of the first personal reader.
+        first_personal = next(u for u in fx.user_ids if fx.recommendations[u]["basis"] == "personal")
+        evil_key = fx.recommendations[first_personal]["recommendations"][0]["work_key"]
+        _republish_with_title(redis.url, fx, evil_key, EVIL_TITLE)
+        with LiveServer(redis.url) as server:
+            yield {"redis": redis, "fx": fx, "base": server.url.rstrip("/"), "evil_user": first_personal, "evil_key": evil_key}
+    finally:
+        redis.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is missing: apt-get install -y chromium (scripts/test.sh does it)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page plus what it did: dialogs, script errors, console errors, requests."""
+
+    def __init__(self, page: Page, origin: str) -> None:
+        self.page = page
+        self.origin = origin
+        self.dialogs: list[str] = []
+        self.page_errors: list[str] = []
+        self.console_errors: list[str] = []
+        self.requests: list[tuple[str, str]] = []
+
+
+def _open(browser: Browser, base: str, width: int = 1280, height: int = 900) -> Watched:
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
+    watched = Watched(page, origin)
+
+    def on_dialog(dialog):
+        watched.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def route(r):
+        watched.requests.append((r.request.resource_type, r.request.url))
+        if r.request.url.startswith(origin + "/"):
+            r.continue_()
+        else:
+            r.abort()  # offline: the outside world is unreachable
+
+    page.on("dialog", on_dialog)
+    page.on("pageerror", lambda err: watched.page_errors.append(str(err)))
+    page.on("console", lambda msg: watched.console_errors.append(msg.text) if msg.type == "error" else None)
+    context.route("**/*", route)
+    return watched
+
+
+@pytest.fixture()
+def page(browser, world):
+    watched = _open(browser, world["base"])
+    yield watched
+    # Every test: no script error, no dialog, and nothing but cover images asked of other hosts.
+    assert watched.page_errors == []
+    assert watched.dialogs == []
+    # Console errors only for failed loads (aborted covers, the API's deliberate 4xx/503).
+    assert all(text.startswith("Failed to load resource") for text in watched.console_errors), watched.console_errors
+    foreign = [(kind, url) for kind, url in watched.requests if not url.startswith(watched.origin + "/")]
+    assert all(kind == "image" for kind, _ in foreign), foreign
+    watched.page.context.close()
+
+
+def shot(page: Page, name: str, full_page: bool = True) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.wait_for_timeout(150)  # let fallback covers swap in
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def _lower_bounds(page: Page) -> list[float]:
+    texts = page.locator(".view-known .card .ci-text").all_inner_texts()
+    return [float(re.search(r"(\d+(?:\.\d+)?)\s*–", t).group(1)) for t in texts]
+
+
+def _personal_users(fx: PublishedFixture, exclude: int | None = None) -> list[int]:
+    return [u for u in fx.user_ids if fx.recommendations[u]["basis"] == "personal" and u != exclude]
+
+
+# ---- known readers -----------------------------------------------------------------------------
+
+
+def test_known_reader_shows_n_cards_with_interval_bars(page, world):
+    fx, p = world["fx"], page.page
+    user = _personal_users(fx, exclude=world["evil_user"])[0]
+    stored = fx.recommendations[user]["recommendations"]
+    p.goto(f"{world['base']}/app/")
+    expect(p.get_by_role("tab", name="Readers")).to_have_attribute("aria-selected", "true")
+
+    p.get_by_label("Reader id").fill(str(user))
+    p.get_by_label("How many books").fill("7")
+    expect(p.locator("#top-n-value")).to_have_text("7")
+    p.get_by_role("button", name="Show recommendations").click()
+
+    cards = p.locator(".view-known .card")
+    expect(cards).to_have_count(7)
+    # In stored order (rank by expected rating), with the stored titles and intervals.
+    assert p.locator(".view-known .card .card-title").all_inner_texts() == [r["title"] for r in stored[:7]]
+    expect(p.locator(".view-known .card svg.interval-bar rect.interval")).to_have_count(7)
+    expect(p.locator(".view-known .card svg.interval-bar circle.point")).to_have_count(7)
+    expect(p.locator(".view-known .results-head .basis")).to_have_text("personal")
+
+    # The bar spans exactly the stored interval on the 1-10 axis (x = 10 + (v - 1) / 9 * 220).
+    for card, item in zip(cards.all(), stored[:7]):
+        lo, hi = item["confidence_interval"]
+        rect = card.locator("rect.interval")
+        x, width = float(rect.get_attribute("x")), float(rect.get_attribute("width"))
+        assert x == pytest.approx(10 + (lo - 1) / 9 * 220, abs=0.01)
+        assert x + width == pytest.approx(10 + (hi - 1) / 9 * 220, abs=0.01)
+        cx = float(card.locator("circle.point").get_attribute("cx"))
+        assert cx == pytest.approx(10 + (item["predicted_rating"] - 1) / 9 * 220, abs=0.01)
+        expect(card.locator(".predicted-value")).to_have_text(f"{item['predicted_rating']:.1f}")
+
+    # Dead cover URLs (the outside world is offline here) and missing ones both end as initials tiles.
+    assert any(item["image_url"] for item in stored[:7]), "the fixture should include cover URLs"
+    expect(p.locator(".view-known .card .cover-placeholder")).to_have_count(7)
+    expect(p.locator(".view-known .card img")).to_have_count(0)
+    shot(p, "known-reader")
+
+    # Safe bets: re-ranked by the lower end of the interval.
+    p.get_by_role("radio", name="Safe bets").check()
+    p.wait_for_function("() => !document.querySelector('.view-known .status-loading')")
+    expect(p.locator(".view-known .card")).to_have_count(7)
+    lows = _lower_bounds(p)
+    assert lows == sorted(lows, reverse=True)
+
+
+def test_random_reader_and_input_validation(page, world):
+    fx, p = world["fx"], page.page
+    p.goto(f"{world['base']}/app/#/readers")
+    p.get_by_label("Reader id").fill("twelve")
+    p.get_by_role("button", name="Show recommendations").click()
+    expect(p.locator("#user-id-error")).to_contain_text("whole number")
+    expect(p.get_by_label("Reader id")).to_have_attribute("aria-invalid", "true")
+    expect(p.locator(".view-known .card")).to_have_count(0)
+
+    p.get_by_role("button", name="Random reader").click()
+    expect(p.locator(".view-known .card").first).to_be_visible()
+    picked = int(p.get_by_label("Reader id").input_value())
+    assert picked in fx.user_ids
+    expect(p.locator(".view-known .card")).to_have_count(10)  # the slider's default
+    assert p.url.endswith(f"#/readers/{picked}")
+
+
+def test_unknown_reader_gets_a_message(page, world):
+    fx, p = world["fx"], page.page
+    unknown = max(fx.user_ids) + 1
+    p.goto(f"{world['base']}/app/#/readers/{unknown}")
+    alert = p.locator(".view-known .status-error")
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text(str(unknown))
+    expect(p.locator(".view-known .card")).to_have_count(0)
+
+
+# ---- new readers ---------------------------------------------------------------------------------
+
+
+def _add_book(p: Page, work: dict) -> None:
+    box = p.get_by_role("combobox", name="Find books you have read")
+    box.fill(work["title"])
+    exact = re.compile(f"^{re.escape(work['title'])}$")
+    option = p.get_by_role("option").filter(has=p.locator(".option-title", has_text=exact)).filter(has_text=work["author"])
+    expect(option).to_have_count(1)
+    option.click()
+    expect(p.locator(".rated-item").filter(has=p.locator(".rated-title", has_text=exact))).to_have_count(1)
+
+
+def _distinct_works(fx: PublishedFixture, n: int, avoid: str) -> list[dict]:
+    """In-model works whose titles are unique in the catalogue and not part of each other's."""
+    titles = [w["title"] for w in fx.works]
+    picked: list[dict] = []
+    for w in fx.works:
+        if not w["in_model"] or w["work_key"] == avoid or titles.count(w["title"]) > 1:
+            continue
+        if any(w["title"] in o["title"] or o["title"] in w["title"] for o in picked):
+            continue
+        picked.append(w)
+        if len(picked) == n:
+            return picked
+    raise AssertionError("the fixture has too few distinct in-model titles")
+
+
+def test_new_reader_flow_excludes_rated_books_and_persists(page, world):
+    fx, p = world["fx"], page.page
+    chosen = _distinct_works(fx, 3, avoid=world["evil_key"])
+    p.goto(f"{world['base']}/app/#/new")
+    expect(p.get_by_role("tab", name="New reader")).to_have_attribute("aria-selected", "true")
+    expect(p.locator(".rated-item")).to_have_count(0)
+    for work in chosen:
+        _add_book(p, work)
+    for select, rating in zip(p.locator(".rating-select").all(), ("9", "3", "7")):
+        select.select_option(rating)
+
+    p.get_by_role("button", name="Get recommendations").click()
+    cards = p.locator(".view-new .card")
+    expect(cards.first).to_be_visible()
+    expect(p.locator(".recognised summary")).to_have_text("Recognised 3 of 3")
+    shown = [c.get_attribute("data-isbn") for c in cards.all()]
+    assert len(shown) == 10
+    rated_isbns = {isbn for w in chosen for isbn in w["editions"]}
+    assert not rated_isbns & set(shown), "a rated book came back as a recommendation"
+    rated_titles = {w["title"] for w in chosen}
+    assert not rated_titles & set(p.locator(".view-new .card .card-title").all_inner_texts())
+    expect(p.locator(".view-new .card svg.interval-bar rect.interval")).to_have_count(10)
+    expect(p.locator(".view-new .results-head .basis")).to_have_text("folded-in")
+    shot(p, "new-reader")
+
+    # The list survives a reload, ratings included; removing one is remembered too.
+    p.reload()
+    expect(p.locator(".rated-item")).to_have_count(3)
+    assert [s.input_value() for s in p.locator(".rating-select").all()] == ["9", "3", "7"]
+    p.get_by_role("button", name=f"Remove {chosen[1]['title']}").click()
+    expect(p.locator(".rated-item")).to_have_count(2)
+    p.reload()
+    expect(p.locator(".rated-item")).to_have_count(2)
+    assert p.locator(".rated-title").all_inner_texts() == [chosen[0]["title"], chosen[2]["title"]]
+
+
+def test_search_is_keyboard_driven(page, world):
+    fx, p = world["fx"], page.page
+    work = next(w for w in fx.works if w["work_key"] != world["evil_key"])
+    p.goto(f"{world['base']}/app/#/new")
+    box = p.get_by_role("combobox", name="Find books you have read")
+    box.focus()
+    p.keyboard.type(work["title"], delay=20)  # debounced: one search after typing stops
+    expect(box).to_have_attribute("aria-expanded", "true")
+    p.keyboard.press("Enter")  # picks the highlighted (first) match
+    expect(p.locator(".rated-item")).to_have_count(1)
+    expect(box).to_have_attribute("aria-expanded", "false")
+
+
+# ---- book view -------------------------------------------------------------------------------------
+
+
+def test_book_view_shows_details_and_similar_books(page, world):
+    fx, p = world["fx"], page.page
+    in_model = {w["work_key"] for w in fx.works if w["in_model"]}
+    user = _personal_users(fx, exclude=world["evil_user"])[1]
+    rank, first = next((i, r) for i, r in enumerate(fx.recommendations[user]["recommendations"]) if r["work_key"] in in_model)
+    p.goto(f"{world['base']}/app/#/readers/{user}")
+    p.locator(".view-known .card .card-title a").nth(rank).click()
+    expect(p.get_by_role("tab", name="Books")).to_have_attribute("aria-selected", "true")
+    expect(p.locator(".book-title")).to_have_text(first["title"])
+    book = fx.books[first["isbn"]]
+    expect(p.locator(".book-detail .facts")).to_contain_text(book["author"])
+    similar = p.locator(".similar .card")
+    expect(similar.first).to_be_visible()
+    n = similar.count()
+    assert n >= 1
+    expect(p.locator(".similar svg.similarity-bar circle.point")).to_have_count(n)
+    shot(p, "book")
+
+
+# ---- model view ---------------------------------------------------------------------------------------
+
+
+def test_model_view_draws_its_plots(page, world):
+    fx, p = world["fx"], page.page
+    meta = fx.meta
+    p.goto(f"{world['base']}/app/#/model")
+    traces = p.locator(".trace-chart")
+    expect(traces).to_have_count(len(meta["traces"]))
+    n_lines = sum(len(chains) for chains in meta["traces"].values())
+    expect(p.locator(".trace-chart path.series")).to_have_count(n_lines)
+    # One vertex per draw in each chain's line.
+    first_name = next(iter(meta["traces"]))
+    d = p.locator(".trace-chart").first.locator("path.series").first.get_attribute("d")
+    assert d.count("L") + 1 == len(meta["traces"][first_name][0])
+    expect(p.locator(".calibration-chart circle.point")).to_have_count(len(meta["calibration"]))
+    expect(p.locator(".calibration-chart path.calibration-line")).to_have_count(1)
+    explicit_values = [k for k in meta["rating_distribution"] if k != "0"]
+    expect(p.locator(".bar-chart rect.bar")).to_have_count(len(explicit_values))
+    expect(p.locator(".stacked-chart rect.seg")).to_have_count(sum(1 for v in meta["coverage_by_tier"].values() if v > 0))
+    expect(p.locator(".verdict")).to_contain_text("converged")
+    expect(p.locator(".view-model")).to_contain_text(meta["version"])
+    expect(p.locator(".view-model")).to_contain_text("1.5 s")  # training_time_seconds
+    expect(p.locator(".view-model")).not_to_contain_text("undefined")
+    expect(p.locator(".view-model")).not_to_contain_text("NaN")
+    shot(p, "model")
+
+
+def test_system_view_and_footer(page, world):
+    fx, p = world["fx"], page.page
+    p.goto(f"{world['base']}/app/#/system")
+    expect(p.locator(".view-system .verdict")).to_contain_text("Healthy")
+    expect(p.locator(".view-system .tiles")).to_contain_text(f"{len(fx.user_ids)}")
+    expect(p.locator("#footer-status")).to_contain_text(fx.version)
+    expect(p.locator(".view-system .stacked-chart rect.seg")).to_have_count(sum(1 for v in fx.meta["coverage_by_tier"].values() if v > 0))
+    for view in (".view-system", "#footer-status"):
+        expect(p.locator(view)).not_to_contain_text("undefined")
+    shot(p, "system")
+
+
+# ---- safety: a title with markup stays text -------------------------------------------------------------
+
+
+def test_script_in_a_title_is_shown_as_text_and_runs_nothing(page, world):
+    p = page.page
+    p.goto(f"{world['base']}/app/#/readers/{world['evil_user']}")
+    title = p.locator(".view-known .card .card-title").first
+    expect(title).to_have_text(EVIL_TITLE)
+
+    p.goto(f"{world['base']}/app/#/new")
+    p.get_by_role("combobox", name="Find books you have read").fill("Night Garden")
+    option = p.get_by_role("option").filter(has_text="The Night Garden").first
+    expect(option).to_contain_text("<script>")
+    option.click()
+    expect(p.locator(".rated-title")).to_have_text(EVIL_TITLE)
+
+    p.locator(".rated-title a").click()
+    expect(p.locator(".book-title")).to_have_text(EVIL_TITLE)
+
+    assert p.evaluate("() => window.__pwned") is None
+    assert p.locator("img[src='x']").count() == 0
+    assert p.locator("main script").count() == 0
+    # page fixture teardown asserts: no dialog opened, no script error.
+
+
+# ---- keyboard and phone width ----------------------------------------------------------------------------
+
+
+def test_tabs_work_from_the_keyboard(page, world):
+    p = page.page
+    p.goto(f"{world['base']}/app/#/readers")
+    p.get_by_role("tab", name="Readers").focus()
+    p.keyboard.press("ArrowRight")
+    expect(p.get_by_role("tab", name="New reader")).to_have_attribute("aria-selected", "true")
+    expect(p.get_by_role("tab", name="New reader")).to_be_focused()
+    expect(p.locator("#panel-new")).to_be_visible()
+    expect(p.locator("#panel-readers")).to_be_hidden()
+    p.keyboard.press("End")
+    expect(p.get_by_role("tab", name="System")).to_have_attribute("aria-selected", "true")
+
+
+def test_usable_at_phone_width(browser, world):
+    watched = _open(browser, world["base"], width=375, height=800)
+    p = watched.page
+    user = _personal_users(world["fx"])[2]
+    try:
+        for route, ready in ((f"#/readers/{user}", ".view-known .card"), ("#/model", ".trace-chart path"), ("#/new", ".search input")):
+            p.goto(f"{world['base']}/app/{route}")
+            expect(p.locator(ready).first).to_be_visible()
+            assert p.evaluate("() => document.documentElement.scrollWidth") <= 375, f"{route} scrolls sideways"
+            if route.startswith("#/readers"):
+                shot(p, "known-reader-phone")
+        assert watched.page_errors == []
+    finally:
+        p.context.close()
+
+
+# ---- errors: no model yet, store down, recovery -------------------------------------------------------------
+
+
+def test_page_explains_missing_model_and_store_outage(browser):
+    redis = RedisServer().start()
+    try:
+        with LiveServer(redis.url) as server:
+            base = server.url.rstrip("/")
+            watched = _open(browser, base)
+            p = watched.page
+            p.goto(f"{base}/app/#/readers")
+            expect(p.locator("#banner")).to_contain_text("No model published yet")
+            p.get_by_label("Reader id").fill("8")
+            p.get_by_role("button", name="Show recommendations").click()
+            expect(p.locator(".view-known .status-error")).to_be_visible()
+            shot(p, "error-no-model", full_page=False)
+
+            fx = publish_fixture(redis.url, n_users=40, n_books=40, seed=3)
+            user = fx.user_ids[0]
+            redis.stop()  # the store goes down
+            p.get_by_label("Reader id").fill(str(user))
+            p.get_by_role("button", name="Show recommendations").click()
+            alert = p.locator(".view-known .status-error")
+            expect(alert).to_contain_text("temporarily unavailable")
+            # The failed call made the page recheck /health: the banner now names the outage.
+            expect(p.locator("#banner")).to_contain_text("temporarily unavailable")
+            shot(p, "error-store-down", full_page=False)
+
+            redis.start()  # and comes back (empty: it keeps nothing on disk), the batch republishes,
+            publish_fixture(redis.url, n_users=40, n_books=40, seed=3)
+            # and "Try again" works without reloading the page.
+            alert.get_by_role("button", name="Try again").click()
+            expect(p.locator(".view-known .card")).to_have_count(10)
+            expect(p.locator("#banner")).to_be_hidden()
+            expect(p.locator("#footer-status")).to_contain_text("Model ")
+            assert watched.page_errors == []
+            assert watched.dialogs == []
+            p.context.close()
+    finally:
+        redis.stop()
