@@ -18,7 +18,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def small_fit():
     training = prepare_training(generate("small", seed=42).dataset, Settings())
-    model = BPMF(n_factors=3, burn_in=300, n_samples=500, seed=0, show_progress=False)
+    # k = 3 with 2 chains x (300 burn-in + 1,000 draws): the slowest mode (the train RMSE, i.e. how
+    # the variance splits between signal and noise) has an autocorrelation time of ~15-30 sweeps
+    # here, so 1,000 draws per chain are needed for split R-hat to settle below 1.05.
+    model = BPMF(n_factors=3, burn_in=300, n_samples=1_000, seed=0, show_progress=False)
     model.fit(*training.train, training.n_users, training.n_items)
     return training, model
 

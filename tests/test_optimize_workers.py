@@ -17,7 +17,7 @@ from bookrec.data.synth import generate
 from bookrec.optimize.space import default_bpmf_kwargs, from_bpmf_kwargs
 from bookrec.optimize.study import make_storage
 
-TRIALS_PER_WORKER = 3
+TRIALS_PER_WORKER = 2
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 

@@ -72,6 +72,12 @@ def world():
         # The evil title goes on the top recommendation of the first personal reader.
         first_personal = next(u for u in fx.user_ids if fx.recommendations[u]["basis"] == "personal")
         evil_key = fx.recommendations[first_personal]["recommendations"][0]["work_key"]
+        # The real batch also checks sampled predictions (pred_0, ...) and lists what failed; make
+        # this version one whose chains did not converge, so the page has to say so.
+        conv = fx.meta["convergence"]
+        for i, (rhat, ess) in enumerate([(1.002, 380.0), (1.09, 41.0), (1.01, 250.0)]):
+            conv["rhat"][f"pred_{i}"], conv["ess_bulk"][f"pred_{i}"], conv["ess_tail"][f"pred_{i}"] = rhat, ess, ess + 20
+        conv.update(converged=False, failing=["pred_1"], rhat_threshold=1.05, min_ess=100.0)
         _republish_with_title(redis.url, fx, evil_key, EVIL_TITLE)
         with LiveServer(redis.url) as server:
             yield {"redis": redis, "fx": fx, "base": server.url.rstrip("/"), "evil_user": first_personal, "evil_key": evil_key}
@@ -296,6 +302,22 @@ def test_new_reader_flow_excludes_rated_books_and_persists(page, world):
     assert p.locator(".rated-title").all_inner_texts() == [chosen[0]["title"], chosen[2]["title"]]
 
 
+def test_new_reader_with_only_unknown_books_gets_told_why(page, world):
+    fx, p = world["fx"], page.page
+    # A list saved in the browser under an older catalogue: its one book is gone now.
+    gone = {"isbn": "0000000000", "title": "A Book From Last Year", "author": "Someone", "year": 1999, "rating": 8}
+    assert gone["isbn"] not in fx.books
+    p.goto(f"{world['base']}/app/#/new")
+    p.evaluate("(entry) => localStorage.setItem('bookrec.new-reader.ratings.v1', JSON.stringify([entry]))", gone)
+    p.reload()
+    expect(p.locator(".rated-item")).to_have_count(1)
+    p.get_by_role("button", name="Get recommendations").click()
+    alert = p.locator(".view-new .status-error")
+    expect(alert).to_contain_text("None of these books are known to the model")
+    expect(p.locator(".view-new .missing")).to_contain_text(gone["title"])
+    expect(p.locator(".view-new .card")).to_have_count(0)
+
+
 def test_search_is_keyboard_driven(page, world):
     fx, p = world["fx"], page.page
     work = next(w for w in fx.works if w["work_key"] != world["evil_key"])
@@ -351,7 +373,15 @@ def test_model_view_draws_its_plots(page, world):
     explicit_values = [k for k in meta["rating_distribution"] if k != "0"]
     expect(p.locator(".bar-chart rect.bar")).to_have_count(len(explicit_values))
     expect(p.locator(".stacked-chart rect.seg")).to_have_count(sum(1 for v in meta["coverage_by_tier"].values() if v > 0))
-    expect(p.locator(".verdict")).to_contain_text("converged")
+    verdict = p.locator(".view-model .verdict")
+    expect(verdict).to_contain_text("Chains have not converged")
+    expect(verdict).to_contain_text("1 of 3 sampled predictions")
+    # Named quantities get a row each; the three predictions share one row with their worst values.
+    panel = p.locator(".view-model .panel", has=p.locator("h2", has_text="Convergence"))
+    expect(panel.locator("tbody tr")).to_have_count(len([n for n in meta["convergence"]["rhat"] if not n.startswith("pred_")]) + 1)
+    worst = panel.locator("tr", has_text="3 predictions (worst)")
+    expect(worst.locator("td")).to_have_text(["1.090", "41.000", "61.000"])
+    expect(worst.locator("td.warn")).to_have_count(3)
     expect(p.locator(".view-model")).to_contain_text(meta["version"])
     expect(p.locator(".view-model")).to_contain_text("1.5 s")  # training_time_seconds
     expect(p.locator(".view-model")).not_to_contain_text("undefined")

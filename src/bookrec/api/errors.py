@@ -15,7 +15,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
 
 from bookrec.api import metrics
 from bookrec.api.deps import ServiceUnavailable
@@ -33,7 +32,7 @@ def json_response(status: int, body: dict, headers: dict[str, str] | None = None
 
 def _route_template(request: Request) -> str:
     route = request.scope.get("route")
-    return getattr(route, "path", "<unmatched>")
+    return getattr(route, "path_format", None) or getattr(route, "path", "<unmatched>")
 
 
 def _retry_after(request: Request) -> dict[str, str]:
@@ -70,11 +69,8 @@ async def validation_failed(request: Request, exc: RequestValidationError) -> Re
 
 def _allowed_methods(request: Request) -> str:
     """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "\0"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    path = request.scope["path"]
+    methods = {m for regex, route_methods in request.app.state.route_methods if regex.match(path) for m in route_methods}
     return ", ".join(sorted(methods))
 
 

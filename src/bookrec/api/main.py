@@ -65,8 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    route_methods = []  # (path regex, methods) of every API route, for the Allow header of a 405
     for module in (root, health, recommend, users, books, stats, metrics):
-        app.include_router(module.build_router(settings))
+        router = module.build_router(settings)
+        app.include_router(router)
+        route_methods += [(r.path_regex, r.methods or set()) for r in router.routes if hasattr(r, "path_regex")]
+    app.state.route_methods = route_methods
     if settings.serve_static:
         # The web page (bookrec/web/static); check_dir=False so the API still starts without it.
         app.mount("/app", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False), name="app")

@@ -88,7 +88,7 @@ class MetricsMiddleware:
             method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
             route = scope.get("route")  # set by the router on a match (FastAPI routes)
             if route is not None:
-                template = getattr(route, "path", "<unknown>")
+                template = getattr(route, "path_format", None) or getattr(route, "path", "<unknown>")
             elif scope["path"].startswith("/app"):
                 template = "/app"
             else:

@@ -108,15 +108,28 @@ class RecommendationsResponse(BaseModel):
 
 
 class RatingIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what the validator checks: an isbn or a title (a string) must be present.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["isbn"], "properties": {"isbn": {"type": "string"}}},
+                {"required": ["title"], "properties": {"title": {"type": "string"}}},
+            ]
+        },
+    )
 
-    isbn: str | None = Field(None, max_length=40, description="ISBN-10 or ISBN-13, dashes and spaces allowed")
-    title: str | None = Field(None, max_length=300, description="A title (typos tolerated) when the ISBN is unknown")
+    isbn: str | None = Field(
+        None, min_length=1, max_length=40, description="ISBN-10 or ISBN-13, dashes and spaces allowed"
+    )
+    title: str | None = Field(
+        None, min_length=1, max_length=300, description="A title (typos tolerated) when the ISBN is unknown"
+    )
     rating: float = Field(ge=1, le=10, description="The reader's rating on the 1-10 scale")
 
     @model_validator(mode="after")
     def _isbn_or_title(self) -> "RatingIn":
-        if not (self.isbn and self.isbn.strip()) and not (self.title and self.title.strip()):
+        if self.isbn is None and self.title is None:
             raise ValueError("each rating needs an isbn or a title")
         return self
 

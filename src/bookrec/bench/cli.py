@@ -54,3 +54,18 @@ def optimize(
     from bookrec.bench.optimize import bench_optimize
 
     bench_optimize(preset, trials, seed, sampler_seed, storage, objective, pruner, data)
+
+
+@app.command("model")
+def model(
+    factors: int = typer.Option(10, "--factors", min=1, help="Latent factors k (all models)"),
+    burn_in: int = typer.Option(200, "--burn-in", min=0, help="Burn-in sweeps (all models)"),
+    samples: int = typer.Option(500, "--samples", min=1, help="Post-burn-in sweeps (all models)"),
+    seed: int = typer.Option(42, "--seed", help="Data, split and sampler seed"),
+    peers: list[str] = typer.Option(["myfm", "smurff"], "--peer", help="Peers to run (myfm, smurff); repeat the option"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+) -> None:
+    """BPMF vs myfm and smurff on the full preset (explicit ratings and 5/10-core): s/iteration, peak memory, RMSE, coverage."""
+    from bookrec.bench.model import bench_model
+
+    bench_model(factors, burn_in, samples, seed, tuple(peers), as_json)

@@ -202,6 +202,12 @@ def _repair_row(table: str, line: str, layout: str) -> tuple[list[str] | None, s
         return fields, "trailing_separator"
     if table == "books" and len(fields) == n - 1 and _GLUE.search(fields[1] or ""):
         return fields + [""], "short_row"  # unshifted later, with the 8-field ones
+    if layout == "bx" and "\\" in line:
+        # a field that really ends in a backslash ("C:\";) swallows its closing quote when
+        # backslash is the escape character; read without escapes, the row may be whole
+        plain = list(csv.reader(io.StringIO(line), delimiter=";", quotechar='"', doublequote=True, strict=False))
+        if len(plain) == 1 and len(plain[0]) == n:
+            return plain[0], "backslash_before_quote"
     if table == "users" and len(fields) > n and fields[0].strip().isdigit():
         # separators inside an unquoted location: the id is first, the age last
         return [fields[0], layout_join(layout).join(fields[1:-1]), fields[-1]], "separator_in_location"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -342,6 +343,9 @@ def run_optimization(
         timeout=timeout,
         gc_after_trial=False,
         show_progress_bar=show_progress,
+        # An extreme prior can make a Cholesky factorisation fail: that trial is recorded as
+        # failed and the search goes on; any other exception is a bug and stops the worker.
+        catch=(np.linalg.LinAlgError, FloatingPointError),
     )
     wall = time.perf_counter() - started
     run_here = len({t.number for t in study.get_trials(deepcopy=False)} - before)

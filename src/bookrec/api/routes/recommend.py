@@ -148,7 +148,7 @@ def _resolve(bundle: ServingBundle, rating: RatingIn) -> tuple[int | None, dict[
     """Find the book a rating is about: (model item or None, recognized/unrecognized entry)."""
     catalog, search = bundle.need_catalog()
     rows: list[int] = []
-    if rating.isbn and rating.isbn.strip():
+    if rating.isbn is not None:
         text = rating.isbn
         row = catalog.find_isbn(text)
         if row is None:

@@ -72,8 +72,15 @@ export function createKnownView() {
       render(data, userId);
     } catch (err) {
       if (err.name === "AbortError") return;
-      const title = err.status === 404 ? `No reader ${userId}` : "Couldn't load recommendations";
-      clear(results).append(errorBox(err, { title, retry: err.status === 404 ? null : () => load(userId) }));
+      clear(results);
+      if (err.status === 404) {
+        results.append(h("div", { class: "status status-error", role: "alert" },
+          h("strong", { class: "status-title" }, `No reader ${userId}`),
+          h("p", { class: "status-message" }, `Reader ${userId} is not in the published data. Try “Random reader”, or `,
+            h("a", { href: "#/new" }, "rate a few books as a new reader"), ".")));
+      } else {
+        results.append(errorBox(err, { title: "Couldn't load recommendations", retry: () => load(userId) }));
+      }
     }
   }
 

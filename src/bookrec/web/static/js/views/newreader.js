@@ -96,6 +96,12 @@ export function createNewReaderView() {
       if (err.name === "AbortError") return;
       const title = err.status === 400 ? "None of these books are known to the model" : "Couldn't get recommendations";
       clear(results).append(errorBox(err, { title, retry: err.status === 400 ? null : recommend }));
+      const missing = err.detail && Array.isArray(err.detail.unrecognized) ? err.detail.unrecognized : [];
+      if (missing.length) {
+        results.append(h("ul", { class: "recognised-list recognised" }, missing.map((r) => h("li", { class: "missing" },
+          h("span", { class: "mark", "aria-hidden": "true" }, "✗"), `${describeInput(r)} `,
+          h("span", { class: "muted" }, r && typeof r.reason === "string" ? r.reason : "not known to the model")))));
+      }
     }
   }
 

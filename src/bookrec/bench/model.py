@@ -1,0 +1,223 @@
+"""`bookrec bench model`: BPMF against the Gibbs-sampling peers myfm and smurff.
+
+Data: the `full` synthetic preset's explicit ratings (works, editions averaged) and its
+k-core (5 per user, 10 per book); one seeded per-user split (10% test) shared by every model.
+Every model runs in its own subprocess so that its peak memory (ru_maxrss) is its own.
+Peers (`pip install bookrec[bench-peers]`): myfm 0.4.0 (Bayesian FM, user + item one-hot,
+rank k) and smurff 1.1 (BPMF on centred ratings, sampled noise). A peer that is not installed
+is reported as such, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+Z90 = 1.6448536269514722
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _coverage90_gaussian(y, mean, var):
+    half = Z90 * np.sqrt(var)
+    return float(np.mean((y >= np.clip(mean - half, 1, 10)) & (y <= np.clip(mean + half, 1, 10))))
+
+
+def _run_bookrec(d, k, burn_in, n_samples, seed):
+    from bookrec.model import BPMF
+
+    model = BPMF(n_factors=k, burn_in=burn_in, n_samples=n_samples, seed=seed, show_progress=False)
+    t0 = time.perf_counter()
+    model.fit(d["tr_u"], d["tr_i"], d["tr_r"], int(d["n_users"]), int(d["n_items"]))
+    fit = time.perf_counter() - t0
+    mean, lo, hi = model.predict_interval(d["te_u"], d["te_i"], level=0.9)
+    y = d["te_r"]
+    return {"fit_seconds": fit, "rmse": float(np.sqrt(np.mean((mean - y) ** 2))),
+            "coverage90": float(np.mean((y >= lo) & (y <= hi))), "chains": model.n_chains,
+            "converged": bool(model.diagnostics_["converged"]), "max_rhat": model.diagnostics_["max_rhat"]}
+
+
+def _run_myfm(d, k, burn_in, n_samples, seed):
+    import myfm
+    import scipy.sparse as sp
+
+    n_users, n_items = int(d["n_users"]), int(d["n_items"])
+
+    def onehot(u, i):
+        rows = np.repeat(np.arange(u.size), 2)
+        cols = np.column_stack([u, n_users + i]).ravel()
+        return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(u.size, n_users + n_items))
+
+    x_train, x_test = onehot(d["tr_u"], d["tr_i"]), onehot(d["te_u"], d["te_i"])
+    # myfm keeps every kept sample in memory (n_features x k doubles each), so it keeps the
+    # last 100 of its burn_in + n_samples iterations (same iteration count, bounded memory:
+    # BPMF keeps 100 samples too).
+    kept = min(100, n_samples)
+    fm = myfm.MyFMRegressor(rank=k, random_seed=seed)
+    t0 = time.perf_counter()
+    fm.fit(x_train, d["tr_r"].astype(np.float64), n_iter=burn_in + n_samples, n_kept_samples=kept)
+    fit = time.perf_counter() - t0
+    y = d["te_r"]
+    mean = np.clip(fm.predict(x_test), 1, 10)
+    # Posterior predictive per kept sample: w0 + w_u + w_i + <V_u, V_i>, noise 1/alpha.
+    w0, w, v = np.asarray(fm.w0_samples), np.asarray(fm.w_samples), np.asarray(fm.V_samples)
+    uu, ii = d["te_u"], n_users + d["te_i"]
+    preds = (w0[:, None] + w[:, uu] + w[:, ii] + np.einsum("suk,suk->su", v[:, uu], v[:, ii]))
+    alpha = fm.get_hyper_trace()["alpha"].to_numpy()[-preds.shape[0]:]
+    var = preds.var(axis=0) + np.mean(1.0 / alpha)
+    return {"fit_seconds": fit, "rmse": float(np.sqrt(np.mean((mean - y) ** 2))),
+            "coverage90": _coverage90_gaussian(y, preds.mean(axis=0), var), "chains": 1,
+            "coverage_note": "Gaussian approximation of the mixture"}
+
+
+def _run_smurff(d, k, burn_in, n_samples, seed):
+    import scipy.sparse as sp
+    import smurff
+
+    n_users, n_items = int(d["n_users"]), int(d["n_items"])
+    centre = float(d["tr_r"].mean())
+    y_train = sp.coo_matrix((d["tr_r"].astype(np.float64) - centre, (d["tr_u"], d["tr_i"])), shape=(n_users, n_items))
+    y_test = sp.coo_matrix((d["te_r"].astype(np.float64) - centre, (d["te_u"], d["te_i"])), shape=(n_users, n_items))
+    session = smurff.TrainSession(priors=["normal", "normal"], num_latent=k, burnin=burn_in, nsamples=n_samples,
+                                  seed=seed, verbose=0, num_threads=2)
+    session.addTrainAndTest(y_train.tocsr(), y_test.tocsr(), smurff.SampledNoise())
+    t0 = time.perf_counter()
+    session.init()
+    while session.step():
+        pass
+    fit = time.perf_counter() - t0
+    preds = session.getTestPredictions()
+    coords = np.array([p.coords for p in preds])
+    pred = np.array([p.pred_avg for p in preds]) + centre
+    lookup = {(int(a), int(b)): float(v) for (a, b), v in zip(coords, pred)}
+    mean = np.clip(np.array([lookup[(int(a), int(b))] for a, b in zip(d["te_u"], d["te_i"])]), 1, 10)
+    y = d["te_r"]
+    return {"fit_seconds": fit, "rmse": float(np.sqrt(np.mean((mean - y) ** 2))), "coverage90": None,
+            "chains": 1, "coverage_note": "smurff exposes no noise samples: no predictive interval"}
+
+
+RUNNERS = {"bookrec": _run_bookrec, "myfm": _run_myfm, "smurff": _run_smurff}
+
+
+def _child(name, path, k, burn_in, n_samples, seed, queue):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            d = {key: f[key] for key in f.files}
+        base = _peak_mb()
+        out = RUNNERS[name](d, k, burn_in, n_samples, seed)
+        out["peak_mb"] = _peak_mb()
+        out["baseline_mb"] = base
+        queue.put(json.dumps(out))
+    except ImportError as exc:
+        queue.put(json.dumps({"error": f"not installed ({exc}); pip install 'bookrec[bench-peers]'"}))
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        queue.put(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def run_one(name, path, k, burn_in, n_samples, seed) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(name, str(path), k, burn_in, n_samples, seed, queue))
+    proc.start()
+    try:
+        result = json.loads(queue.get())
+    finally:
+        proc.join()
+    if "fit_seconds" in result:
+        result["seconds_per_iteration"] = result["fit_seconds"] / (burn_in + n_samples)
+    return result
+
+
+def prepare_sets(seed: int, test_fraction: float = 0.1, min_user: int = 5, min_item: int = 10, progress=print):
+    from bookrec.data.prep import attach_work_keys, average_per_work, explicit, kcore, split_per_user
+    from bookrec.data.synth import generate
+
+    t0 = time.perf_counter()
+    dataset = generate("full", seed=seed).dataset
+    progress(f"generated the full preset in {time.perf_counter() - t0:.0f} s")
+    per_work = average_per_work(attach_work_keys(explicit(dataset.ratings), dataset.books))
+    sets = {}
+    for label, frame in (("explicit", per_work), (f"{min_user}/{min_item}-core", kcore(per_work, min_user, min_item))):
+        split = split_per_user(frame.reset_index(drop=True), 0.0, test_fraction, seed)
+        users = np.unique(frame["user_id"].to_numpy())
+        items = np.unique(frame["work_key"].to_numpy().astype(str))
+
+        def enc(df):
+            return (np.searchsorted(users, df["user_id"].to_numpy()),
+                    np.searchsorted(items, df["work_key"].to_numpy().astype(str)),
+                    df["rating"].to_numpy(dtype=np.float32))
+
+        tr, te = enc(split.train), enc(split.test)
+        sets[label] = {"tr_u": tr[0], "tr_i": tr[1], "tr_r": tr[2], "te_u": te[0], "te_i": te[1], "te_r": te[2],
+                       "n_users": np.int64(users.size), "n_items": np.int64(items.size)}
+    return sets
+
+
+def bench_model(k: int = 10, burn_in: int = 200, n_samples: int = 500, seed: int = 42,
+                peers: tuple[str, ...] = ("myfm", "smurff"), as_json: bool = False) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    say = (lambda *_: None) if as_json else console.print
+    sets = prepare_sets(seed, progress=say)
+    report = {"k": k, "burn_in": burn_in, "n_samples": n_samples, "sets": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, d in sets.items():
+            path = Path(tmp) / f"{label.replace('/', '_')}.npz"
+            np.savez(path, **d)
+            rows = {}
+            for name in ("bookrec", *peers):
+                say(f"[{label}] {name}: {len(d['tr_r']):,} train / {len(d['te_r']):,} test ratings ...")
+                rows[name] = run_one(name, path, k, burn_in, n_samples, seed)
+                say(f"  {rows[name]}")
+            report["sets"][label] = {"n_train": int(len(d["tr_r"])), "n_test": int(len(d["te_r"])),
+                                     "n_users": int(d["n_users"]), "n_items": int(d["n_items"]), "results": rows}
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return report
+    for label, block in report["sets"].items():
+        rows = block["results"]
+        ok_peers = [p for p in peers if "fit_seconds" in rows[p]]
+        table = Table(title=f"{label}: {block['n_users']:,} readers x {block['n_items']:,} works, "
+                            f"{block['n_train']:,} train / {block['n_test']:,} test; k={k}, {burn_in}+{n_samples} sweeps")
+        for col in ("model", "s/iter", "total s", "peak MB", "test RMSE", "90% cover", "note"):
+            table.add_column(col, justify="right" if col not in ("model", "note") else "left")
+        for name, r in rows.items():
+            if "error" in r:
+                table.add_row(name, "-", "-", "-", "-", "-", r["error"])
+                continue
+            cov = "n/a" if r.get("coverage90") is None else f"{r['coverage90']:.3f}"
+            note = r.get("coverage_note", "")
+            if name == "bookrec":
+                note = f"{r['chains']} chains per iteration; R-hat max {r['max_rhat']:.3f}"
+            table.add_row(name, f"{r['seconds_per_iteration']:.4f}", f"{r['fit_seconds']:.1f}", f"{r['peak_mb']:.0f}",
+                          f"{r['rmse']:.4f}", cov, note)
+        console.print(table)
+        ours = rows["bookrec"]
+        if ok_peers and "fit_seconds" in ours:
+            fastest = min(ok_peers, key=lambda p: rows[p]["seconds_per_iteration"])
+            best = min(ok_peers, key=lambda p: rows[p]["rmse"])
+            speedup = rows[fastest]["seconds_per_iteration"] / ours["seconds_per_iteration"]
+            console.print(
+                f"  speed: {speedup:.1f}x the faster peer ({fastest}) per iteration "
+                f"[{'ok' if speedup >= 5 else 'below'} target 5x]; RMSE {ours['rmse']:.4f} vs best peer "
+                f"{best} {rows[best]['rmse']:.4f} [{'ok' if ours['rmse'] <= rows[best]['rmse'] else 'worse'}]; "
+                f"90% coverage {ours['coverage90']:.3f} [{'ok' if 0.88 <= ours['coverage90'] <= 0.92 else 'outside'} 88-92%]; "
+                f"peak {ours['peak_mb']:.0f} MB [{'ok' if ours['peak_mb'] <= 2048 else 'over'} 2 GB]")
+            for p in ok_peers:
+                console.print(f"  vs {p}: time/iteration ratio {rows[p]['seconds_per_iteration'] / ours['seconds_per_iteration']:.2f}, "
+                              f"RMSE ratio {ours['rmse'] / rows[p]['rmse']:.3f}")
+        for p in peers:
+            if "error" in rows[p]:
+                console.print(f"  [yellow]{p} did not run: {rows[p]['error']}[/]")
+    return report
+
