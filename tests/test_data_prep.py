@@ -80,13 +80,19 @@ def test_index_map_round_trip_ints(values):
 
 
 @settings(max_examples=50, deadline=None)
-@given(values=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=40))
+@given(values=st.lists(st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=8), min_size=1, max_size=40))
 def test_index_map_round_trip_strings_and_unknown(values):
     m = IndexMap.from_values(values)
     assert list(m.decode(m.encode(values))) == list(values)
     assert sorted(set(m.encode(values))) == list(range(len(m)))  # contiguous 0..n-1
     unknown = "\x00never-a-key"
     assert m.encode([unknown])[0] == -1
+
+
+def test_index_map_refuses_keys_numpy_cannot_store():
+    # fixed-width numpy strings drop trailing NULs; silently merging "a" and "a\x00" would be wrong
+    with pytest.raises(ValueError):
+        IndexMap.from_values(["a", "a\x00"])
 
 
 def _ratings(n_users=300, seed=0):

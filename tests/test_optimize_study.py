@@ -231,7 +231,7 @@ def test_enqueued_default_round_trips(tiny_data, tmp_path):
     # from_bpmf_kwargs is the inverse of the mapping a trial goes through.
     from bookrec.optimize.space import default_bpmf_kwargs
 
-    defaults = default_bpmf_kwargs(2, burn_in=10, n_samples=20)
+    defaults = default_bpmf_kwargs(2, burn_in=10, n_samples=20, n_factors=4)
     result = run_optimization(
         tiny_data, n_trials=1, storage_url=f"sqlite:///{tmp_path}/optuna.db", study_name="rt",
         options=options(), enqueue=[from_bpmf_kwargs(defaults)], config_path=None,

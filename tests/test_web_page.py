@@ -24,13 +24,17 @@ from tests.support.live_server import LiveServer
 from tests.support.publish import PublishedFixture, _catalog_parquet, publish_fixture
 from tests.support.redis_server import RedisServer
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+# Generous waits: the machine is shared, and the first search or fold-in builds indexes.
 TIMEOUT_MS = 15_000
+expect.set_options(timeout=TIMEOUT_MS)
 # A title that would run code if any view inserted it as HTML.
 EVIL_TITLE = "<script>window.__pwned=1;alert('script')</script><img src=x onerror=\"window.__pwned=2;alert('img')\"> The Night Garden"
 

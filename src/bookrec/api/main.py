@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
+from threadpoolctl import threadpool_limits
 
 from bookrec import __version__
 from bookrec.api import errors
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One BLAS thread per process: requests already run in parallel (workers, thread pool), and
+        # OpenBLAS' own threads on a busy 2-core machine made a cold start 30x slower, not faster.
+        blas_limit = threadpool_limits(limits=1)
         state = ApiState(settings)
         app.state.api = state
         # Load the model in the background: the server accepts requests (and /health tells the
@@ -57,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await warm_up
             await state.aclose()
+            blas_limit.restore_original_limits()
 
     app = FastAPI(
         title="bookrec",

@@ -32,16 +32,26 @@ class BundleUnavailable(Exception):
 
 def load_serving_arrays(blob: bytes, max_samples: int | None = None) -> dict[str, np.ndarray]:
     """The `serving_model` npz (never unpickled), float arrays as float64 so fold-in does not convert
-    the whole model on every request, thinned to at most `max_samples` kept posterior samples."""
+    the whole model on every request, thinned to at most `max_samples` kept posterior samples.
+
+    `item_factors` (S, I, k) is a view of an item-major (I, S, k) array, also kept as
+    `item_factors_flat` (I, S*k): the mean-ranking of a cold start is then one matrix-vector
+    product over contiguous memory, with no second copy of the largest array.
+    """
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     n_samples = arrays["item_factors"].shape[0]
-    keep = slice(None)
+    keep: slice | np.ndarray = slice(None)
     if max_samples is not None and n_samples > max_samples:
         # Evenly spaced samples: the chains are thinned further, their mixture is still the posterior.
         keep = np.unique(np.linspace(0, n_samples - 1, max_samples).round().astype(np.int64))
     for name in _FLOAT_KEYS:
-        if name in arrays and name != "rating_range":
+        if name == "item_factors":
+            v = arrays[name][keep]
+            item_major = np.ascontiguousarray(np.transpose(v, (1, 0, 2)), dtype=np.float64)
+            arrays[name] = np.transpose(item_major, (1, 0, 2))
+            arrays["item_factors_flat"] = item_major.reshape(item_major.shape[0], -1)
+        elif name in arrays and name != "rating_range":
             arrays[name] = np.ascontiguousarray(arrays[name][keep], dtype=np.float64)
         elif name in arrays:
             arrays[name] = np.asarray(arrays[name], dtype=np.float64)
@@ -58,6 +68,7 @@ class ServingBundle:
     unit_factors: np.ndarray | None = None  # (S, I, k) item factors scaled to unit length, for similarity
     interval_level: float = 0.9
     load_seconds: float = 0.0
+    _mean_offset: np.ndarray | None = None  # per-work mean of mu + item bias over samples (computed once)
     problems: list[str] = field(default_factory=list)
 
     @classmethod
@@ -98,6 +109,7 @@ class ServingBundle:
                     np.float32
                 )
                 bundle.item_of_work = {key: i for i, key in enumerate(keys)}
+                bundle._mean_offset = model["item_bias"].mean(axis=0) + float(model["mu"].mean())
                 bundle.model = model
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
                 log.error("version %s: unreadable serving model (%s)", version, type(exc).__name__)
@@ -142,6 +154,24 @@ class ServingBundle:
         return out
 
     # --- model computations (run in a worker thread; numpy releases the GIL) -----------------
+    def _top_by_mean(self, fold: Any, exclude: np.ndarray, n: int) -> np.ndarray:
+        """Works with the highest predictive mean for a folded-in reader, rated ones excluded.
+
+        mean_j = 1/S sum_s (mu_s + c_sj + b_s + v_sj . u_s), the mixture mean of
+        bookrec.model.foldin.fold_in_components; ties go to the lower index, as there.
+        """
+        model = self.need_model()
+        n_samples, n_items, k = model["item_factors"].shape
+        u = fold.mean[:, :k]  # (S, k)
+        assert self._mean_offset is not None
+        scores = self._mean_offset + float(fold.mean[:, k].mean()) + model["item_factors_flat"] @ (u.ravel() / n_samples)
+        scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        n = min(n, n_items - len(set(np.asarray(exclude).tolist())))
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        top = np.argpartition(-scores, n - 1)[:n]
+        return top[np.lexsort((top, -scores[top]))]
+
     def similar(self, item: int, n: int) -> list[tuple[int, float, float]]:
         """Works most similar to `item`: posterior mean and sd of the cosine of their factor vectors."""
         assert self.unit_factors is not None
@@ -160,13 +190,20 @@ class ServingBundle:
         self, items: np.ndarray, ratings: np.ndarray, n: int, rank_by: str, seed: int | None = None
     ) -> list[dict[str, Any]]:
         """Exact Bayesian fold-in of a new reader and their top `n` works (rated ones excluded)."""
-        from bookrec.model.foldin import fold_in_from_arrays, rank_items_for_fold_in
+        from bookrec.model.foldin import fold_in_from_arrays, predict_fold_in, rank_items_for_fold_in
 
         model = self.need_model()
         fold = fold_in_from_arrays(model, items, ratings, seed=seed)
-        top, mean, lower, upper = rank_items_for_fold_in(
-            model, fold, n=n, exclude=items, rank_by=rank_by, level=self.interval_level, seed=seed
-        )
+        if rank_by == "mean":
+            # Ranking by the predictive mean needs no variances: score every work with one
+            # matrix-vector product, then compute the exact mixture intervals of the top n only
+            # (rank_items_for_fold_in would compute S x I variances first: ~20x the work).
+            top = self._top_by_mean(fold, items, n)
+            mean, lower, upper = predict_fold_in(model, fold, top, level=self.interval_level)
+        else:
+            top, mean, lower, upper = rank_items_for_fold_in(
+                model, fold, n=n, exclude=items, rank_by=rank_by, level=self.interval_level, seed=seed
+            )
         out = []
         for rank, (item, m, lo, hi) in enumerate(zip(top.tolist(), mean.tolist(), lower.tolist(), upper.tolist()), 1):
             entry = self.describe_item(item)

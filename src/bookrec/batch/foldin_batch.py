@@ -20,7 +20,58 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
+from bookrec.batch.topn import topn_dense
 from bookrec.model import kernels
+
+
+@njit(cache=True)
+def _cholesky_inplace(a):
+    """Lower Cholesky factor of a symmetric positive-definite matrix, written over `a` (upper part zeroed)."""
+    d = a.shape[0]
+    for j in range(d):
+        acc = a[j, j]
+        for k in range(j):
+            acc -= a[j, k] * a[j, k]
+        a[j, j] = np.sqrt(acc)
+        for i in range(j + 1, d):
+            acc = a[i, j]
+            for k in range(j):
+                acc -= a[i, k] * a[j, k]
+            a[i, j] = acc / a[j, j]
+        for i in range(j):
+            a[i, j] = 0.0
+
+
+@njit(cache=True)
+def _chol_solve(lower, b):
+    d = lower.shape[0]
+    y = np.empty(d)
+    for i in range(d):
+        acc = b[i]
+        for k in range(i):
+            acc -= lower[i, k] * y[k]
+        y[i] = acc / lower[i, i]
+    x = np.empty(d)
+    for i in range(d - 1, -1, -1):
+        acc = y[i]
+        for k in range(i + 1, d):
+            acc -= lower[k, i] * x[k]
+        x[i] = acc / lower[i, i]
+    return x
+
+
+@njit(cache=True)
+def _lower_inverse(lower):
+    d = lower.shape[0]
+    inv = np.zeros((d, d))
+    for c in range(d):
+        inv[c, c] = 1.0 / lower[c, c]
+        for i in range(c + 1, d):
+            acc = 0.0
+            for k in range(c, i):
+                acc -= lower[i, k] * inv[k, c]
+            inv[i, c] = acc / lower[i, i]
+    return inv
 
 
 @njit(parallel=True, cache=True)
@@ -60,16 +111,15 @@ def fold_in_many(indptr, items, ratings, item_factors, item_bias, mu, alpha, lam
                     lin[i] += alpha[s] * f[i] * t
                     for j in range(d):
                         prec[i, j] += alpha[s] * f[i] * f[j]
-            # P = L L^T; mean = P^-1 h; covariance = P^-1 = L^-T L^-1, whose lower Cholesky factor
-            # we need: compute the covariance explicitly (d is ~11) and factor it.
-            lp = np.linalg.cholesky(prec)
-            y = np.linalg.solve(lp, lin)
-            m = np.linalg.solve(lp.T, y)
-            inv_l = np.linalg.solve(lp, np.eye(d))
+            # P = L L^T (in place, d ~ 11); mean = P^-1 h by two triangular solves;
+            # covariance P^-1 = L^-T L^-1, whose own lower Cholesky factor is then taken.
+            _cholesky_inplace(prec)
+            m = _chol_solve(prec, lin)
+            inv_l = _lower_inverse(prec)
             cov = inv_l.T @ inv_l
-            cov = 0.5 * (cov + cov.T)
+            _cholesky_inplace(cov)
             means[u, s] = m
-            chols[u, s] = np.linalg.cholesky(cov)
+            chols[u, s] = cov
     return means, chols
 
 
@@ -168,17 +218,8 @@ class BatchFoldIn:
             means, chols = self.fold(rated[a:b])
             score = means.reshape(b - a, -1) @ self.stacked / n_s + self.constant[None, :]
             ex = exclude[a:b]
-            rr, cc = ex.nonzero()
-            score[rr, cc] = -np.inf
-            top = np.argpartition(-score, n_eff - 1, axis=1)[:, :n_eff]
-            top_score = np.take_along_axis(score, top, axis=1)
-            # order per row by descending mean, ties by item index (deterministic)
-            by_idx = np.argsort(top, axis=1, kind="stable")
-            top = np.take_along_axis(top, by_idx, axis=1)
-            top_score = np.take_along_axis(top_score, by_idx, axis=1)
-            by_score = np.argsort(-top_score, axis=1, kind="stable")
-            top = np.take_along_axis(top, by_score, axis=1)
-            top_score = np.take_along_axis(top_score, by_score, axis=1)
+            top, top_score = topn_dense(score, ex.indptr.astype(np.int64), ex.indices.astype(np.int64), n_eff)
+            top = np.maximum(top, 0)
             valid = np.isfinite(top_score)
             local = np.repeat(np.arange(b - a), n_eff)
             m, lo, hi = self.predict(means, chols, local, top.ravel())

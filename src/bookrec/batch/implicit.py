@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
 from bookrec.batch.catalog import Catalog, Interactions, RatingModel
+from bookrec.batch.topn import topk_csr_rows, topn_sparse_with_prior
 
 _STOPWORDS = frozenset(
     "the a an and of in on to for with from by at de la le el los las les der die das und is my your "
@@ -62,36 +62,10 @@ class RecommendationBlock:
     from_similarity: np.ndarray  # (n_users, n) bool: False = filled by the popularity prior
 
 
-@numba.njit(parallel=True, cache=True)
-def _topk_rows(indptr, indices, data, k):
-    n_rows = len(indptr) - 1
-    counts = np.empty(n_rows, dtype=np.int64)
-    for r in range(n_rows):
-        counts[r] = min(k, indptr[r + 1] - indptr[r])
-    out_ptr = np.zeros(n_rows + 1, dtype=np.int64)
-    for r in range(n_rows):
-        out_ptr[r + 1] = out_ptr[r] + counts[r]
-    out_idx = np.empty(out_ptr[-1], dtype=indices.dtype)
-    out_val = np.empty(out_ptr[-1], dtype=data.dtype)
-    for r in numba.prange(n_rows):
-        a, b = indptr[r], indptr[r + 1]
-        if b - a <= k:
-            out_idx[out_ptr[r]:out_ptr[r + 1]] = indices[a:b]
-            out_val[out_ptr[r]:out_ptr[r + 1]] = data[a:b]
-        else:
-            order = np.argsort(-data[a:b], kind="mergesort")[:k]
-            order = np.sort(order)  # keep column order inside the row
-            for t in range(k):
-                out_idx[out_ptr[r] + t] = indices[a + order[t]]
-                out_val[out_ptr[r] + t] = data[a + order[t]]
-    return out_ptr, out_idx, out_val
-
-
 def topk_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """Keep the k largest entries of each row (ties: the smaller column first)."""
     m = matrix.tocsr()
-    m.sort_indices()
-    ptr, idx, val = _topk_rows(m.indptr.astype(np.int64), m.indices, m.data, k)
+    ptr, idx, val = topk_csr_rows(m.indptr.astype(np.int64), m.indices, m.data, k)
     return sp.csr_matrix((val, idx, ptr), shape=m.shape)
 
 
@@ -213,18 +187,24 @@ class ImplicitRecommender:
         n_cand = len(self.candidates)
         parts = []
 
-        # Co-occurrence over all interactions, heavy readers subsampled.
+        # Co-occurrence over all interactions, heavy readers subsampled; in chunks of source
+        # works so the unpruned product never exists whole.
         x = _cap_rows(self.interactions.seen, w.max_items_per_user, self.seed).tocsc()
-        col_n = np.asarray(x.sum(axis=0)).ravel()
-        xs, xc = x[:, sources], x[:, self.candidates]
-        co = (xs.T @ xc).tocsr().astype(np.float32)
-        co = co.tocoo()
-        if w.normalisation == "cosine":
-            denom = np.sqrt(col_n[sources][co.row] * col_n[self.candidates][co.col]) + w.shrink
-        else:
-            denom = col_n[sources][co.row] + w.shrink
-        co = sp.csr_matrix((co.data / denom, (co.row, co.col)), shape=(len(sources), n_cand), dtype=np.float32)
-        parts.append(w.cooccurrence * topk_per_row(co, w.neighbours))
+        col_n = np.diff(x.indptr).astype(np.float32)
+        xc = x[:, self.candidates].tocsr()
+        chunks = []
+        step = 4096
+        for a in range(0, len(sources), step):
+            src = sources[a:a + step]
+            co = (x[:, src].T.tocsr() @ xc).tocsr()
+            rows = np.repeat(np.arange(len(src)), np.diff(co.indptr))
+            if w.normalisation == "cosine":
+                denom = np.sqrt(col_n[src][rows] * col_n[self.candidates][co.indices]) + w.shrink
+            else:
+                denom = col_n[src][rows] + w.shrink
+            co.data = (co.data / denom).astype(np.float32)
+            chunks.append(topk_per_row(co, w.neighbours))
+        parts.append(w.cooccurrence * sp.vstack(chunks, format="csr") if chunks else sp.csr_matrix((0, n_cand), dtype=np.float32))
 
         # Book-factor similarity among the model's works.
         if self.item_factors is not None and self.core_works is not None and w.factors > 0:
@@ -235,7 +215,7 @@ class ImplicitRecommender:
             feats = content_features(self.catalog, self.candidates, w.max_feature_df)
             fs, fc = feats[sources], feats[self.candidates].T.tocsc()
             chunks = []
-            step = 20_000
+            step = 4096
             for a in range(0, len(sources), step):
                 chunks.append(topk_per_row((fs[a:a + step] @ fc).tocsr().astype(np.float32), w.neighbours))
             parts.append(w.content * sp.vstack(chunks, format="csr"))
@@ -285,41 +265,30 @@ class ImplicitRecommender:
         m.eliminate_zeros()
         return m
 
-    def scores(self, users: np.ndarray) -> np.ndarray:
-        """Dense hybrid scores (len(users), n_candidates) before masking (for evaluation)."""
-        xu = self.interactions.seen[users]
-        return (xu @ self.similarity).toarray() + self.prior[None, :]
-
-    def recommend(self, users: np.ndarray, n: int, level: float, chunk: int = 1024) -> RecommendationBlock:
+    def recommend(self, users: np.ndarray, n: int, level: float, chunk: int = 8192) -> RecommendationBlock:
         if self.similarity is None:
             self.fit(np.unique(self.interactions.seen[users].indices))
         users = np.asarray(users, dtype=np.int64)
-        n_eff = min(n, len(self.candidates))
         works = np.full((len(users), n), -1, dtype=np.int64)
         from_sim = np.zeros((len(users), n), dtype=bool)
         cand_pos = np.full(len(self.catalog), -1, dtype=np.int64)
         cand_pos[self.candidates] = np.arange(len(self.candidates))
+        prior = self.prior.astype(np.float64)
+        prior_order = np.argsort(-prior, kind="stable")
         for a in range(0, len(users), chunk):
             u = users[a:a + chunk]
             xu = self.interactions.seen[u]
-            sim = (xu @ self.similarity).toarray()
-            score = sim + self.prior[None, :]
-            # never recommend a work the reader touched, in any edition
-            rr, cc = xu.nonzero()
-            pos = cand_pos[cc]
-            ok = pos >= 0
-            score[rr[ok], pos[ok]] = -np.inf
-            sim[rr[ok], pos[ok]] = 0.0
-            top = np.argpartition(-score, n_eff - 1, axis=1)[:, :n_eff]
-            top_score = np.take_along_axis(score, top, axis=1)
-            # sort by score, ties by candidate position (deterministic)
-            order = _sort_rows(top_score, top)
-            top = np.take_along_axis(top, order, axis=1)
-            top_score = np.take_along_axis(top_score, order, axis=1)
-            valid = np.isfinite(top_score)
-            w = np.where(valid, self.candidates[top], -1)
-            works[a:a + len(u), :n_eff] = w
-            from_sim[a:a + len(u), :n_eff] = valid & (np.take_along_axis(sim, top, axis=1) > 0)
+            sim = (xu @ self.similarity).tocsr()
+            # never recommend a work the reader touched, in any edition (columns = candidates)
+            pos = cand_pos[xu.indices]
+            keep = pos >= 0
+            seen_ptr = _row_counts_ptr(xu.indptr, keep)
+            idx, fs = topn_sparse_with_prior(
+                sim.indptr.astype(np.int64), sim.indices.astype(np.int64), sim.data.astype(np.float64),
+                prior, prior_order, seen_ptr, pos[keep], n,
+            )
+            works[a:a + len(u)] = np.where(idx >= 0, self.candidates[np.maximum(idx, 0)], -1)
+            from_sim[a:a + len(u)] = fs & (idx >= 0)
         offset, offset_var = self.rating_model.user_offsets(self.interactions, users)
         safe = np.maximum(works, 0)
         pred, lo, hi = self.rating_model.predictive(safe, level, offset=offset[:, None], offset_var=offset_var[:, None])
@@ -329,10 +298,7 @@ class ImplicitRecommender:
         return RecommendationBlock(users, works, pred, lo, hi, from_sim)
 
 
-def _sort_rows(score: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Per-row order by descending score, ties by ascending index (np.lexsort is 1-D only)."""
-    # rank ties by index: a stable argsort of the index first, then a stable sort by -score
-    by_idx = np.argsort(idx, axis=1, kind="stable")
-    s = np.take_along_axis(score, by_idx, axis=1)
-    by_score = np.argsort(-s, axis=1, kind="stable")
-    return np.take_along_axis(by_idx, by_score, axis=1)
+def _row_counts_ptr(indptr: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """indptr of the CSR rows after dropping entries where ``keep`` is False."""
+    cum = np.r_[0, np.cumsum(keep, dtype=np.int64)]
+    return cum[indptr].astype(np.int64)

@@ -245,7 +245,7 @@ def _unshift_books(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     frame.loc[mask, "publisher"] = rows["year"]
     frame.loc[mask, "year"] = rows["author"]
     frame.loc[mask, "title"] = parts.str[0].str.strip()
-    frame.loc[mask, "author"] = parts.str[1].str.strip()
+    frame.loc[mask, "author"] = parts.str[1].str.strip().str.strip('"').str.strip()
     return frame, int(mask.sum())
 
 

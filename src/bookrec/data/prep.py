@@ -7,6 +7,7 @@ of one work are averaged. See docs/ARCHITECTURE.md, section 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,20 +70,35 @@ class IndexMap:
 
     @classmethod
     def from_values(cls, values) -> "IndexMap":
-        """Build from any iterable/array of values; duplicates are merged, order is sorted."""
-        uniq = pd.unique(pd.Series(np.asarray(values)))
-        arr = np.sort(np.asarray(uniq))
-        if arr.dtype == object:
-            arr = arr.astype(str)
-        return cls(arr)
+        """Build from any iterable/array of values; duplicates are merged, order is sorted.
+
+        Strings are kept as a fixed-width numpy unicode array (saveable in npz without pickle),
+        which cannot hold trailing NUL characters, so such strings are refused.
+        """
+        arr = values if isinstance(values, np.ndarray) else np.asarray(pd.Series(list(values), dtype=object))
+        if arr.dtype.kind in "iufb":
+            return cls(np.unique(arr))
+        if arr.dtype == object and len(arr) and pd.api.types.infer_dtype(arr, skipna=False) in ("integer", "floating", "boolean"):
+            return cls(np.unique(arr.astype(np.asarray(arr.tolist()).dtype)))
+        strings = [str(v) for v in pd.unique(arr.astype(object))]
+        if any(s.endswith("\x00") for s in strings):
+            raise ValueError("IndexMap keys may not end with a NUL character")
+        return cls(np.sort(np.array(strings, dtype=str)))
 
     def __len__(self) -> int:
         return len(self.values)
 
+    @cached_property
+    def _index(self) -> pd.Index:
+        return pd.Index(self.values, dtype=object if self.values.dtype.kind == "U" else None)
+
     def encode(self, values) -> np.ndarray:
         """Indices of ``values`` (int64); -1 for values not in the map."""
-        index = pd.Index(self.values)
-        return np.asarray(index.get_indexer(np.asarray(values)), dtype=np.int64)
+        kind = self.values.dtype.kind
+        query = pd.Index(np.asarray(values, dtype=object), dtype=object) if kind == "U" else np.asarray(values)
+        if len(query) == 0:
+            return np.empty(0, dtype=np.int64)
+        return np.asarray(self._index.get_indexer(query), dtype=np.int64)
 
     def decode(self, idx) -> np.ndarray:
         """Values at indices ``idx``."""
