@@ -1,4 +1,9 @@
-"""`bookrec run`: the whole system on the embedded defaults (the README's first command)."""
+"""`bookrec run`: the whole system on the embedded defaults (the README's first command).
+
+Prepare data (synthetic unless a real copy was imported) -> run the batch into the store
+(``settings.store_url``, the embedded SQLite file by default) -> report coverage -> serve the
+API and the web page on http://127.0.0.1:8000.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,38 @@ import typer
 
 def run(
     preset: str = typer.Option(None, help="Synthetic data preset when no real data was imported (tiny|small|full)"),
+    batch_preset: str = typer.Option(
+        None, "--batch-preset", help="Batch quality preset: development | staging | production (default: BOOKREC_ENVIRONMENT)"
+    ),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the API after publishing (--no-serve: stop after the batch)"),
 ) -> None:
-    """Prepare data (synthetic unless a real copy was imported) and show its statistics."""
+    """Prepare data, train and publish recommendations for every reader, then serve them."""
+    from rich.console import Console
+
+    from bookrec.batch.pipeline import BatchError, run_batch
+    from bookrec.batch.presets import PresetError
     from bookrec.config import get_settings
     from bookrec.data.cli import ensure_data_and_report
+    from bookrec.logging import setup_logging
+    from bookrec.store import StoreError
 
     settings = get_settings()
-    ensure_data_and_report(settings, preset or settings.synth_preset)
+    setup_logging(settings.log_level)
+    console = Console()
+    dataset = ensure_data_and_report(settings, preset or settings.synth_preset)
+    try:
+        report = run_batch(settings, preset=batch_preset, dataset=dataset)
+    except (BatchError, PresetError, StoreError) as exc:
+        Console(stderr=True).print(f"[red]batch failed:[/red] {exc}")
+        raise typer.Exit(code=1) from None
+    share = 100.0 * report.users_published / max(report.n_users, 1)
+    tiers = ", ".join(f"{name} {n:,}" for name, n in report.coverage_by_tier.items())
+    console.print(
+        f"[bold]{report.users_published:,} of {report.n_users:,} readers ({share:.1f}%) have recommendations[/bold] "
+        f"({tiers}); version {report.version} in {settings.store_url}"
+    )
+    if not serve:
+        return
+    from bookrec.api.cli import serve as serve_api
+
+    serve_api(host=settings.api_host, port=settings.api_port, workers=settings.api_workers, store_url=None)

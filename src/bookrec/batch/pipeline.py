@@ -553,7 +553,7 @@ def run_batch(
         with open_store(store_url or settings.store_url, settings.store_prefix) as store:
             with timer.stage("publish"):
                 version, stats = publish(store, counted(), book_payloads(ctx.catalog, in_model), blobs)
-    timer.seconds["encode"] = encode_seconds[0]
+    timer.seconds["encode (within publish)"] = encode_seconds[0]
     meta_doc = build_meta(ctx, evaluation, coverage, dict(timer.seconds), version)
     report = BatchReport(
         version=version, preset=params.preset, parameters=params.as_dict(), coverage_by_tier=coverage,

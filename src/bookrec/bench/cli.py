@@ -69,3 +69,25 @@ def model(
     from bookrec.bench.model import bench_model
 
     bench_model(factors, burn_in, samples, seed, tuple(peers), as_json)
+
+
+@app.command("api")
+def api(
+    source: str = typer.Option("batch", "--source", help="batch (full synthetic data through the real batch) or synthetic (a full-scale made-up publish, fast)"),
+    data: Path = typer.Option(None, "--data", help="Normalised data directory for --source batch (default: generate the full preset)"),
+    batch_preset: str = typer.Option("development", "--batch-preset", help="Batch preset for --source batch"),
+    store_url: str = typer.Option(None, "--store", help="Load an already published store instead of publishing one"),
+    workers: int = typer.Option(2, "--workers", min=1, help="API worker processes"),
+    duration: int = typer.Option(30, "--duration", min=1, help="Seconds of load for GET / and GET /recommend"),
+    cold_duration: int = typer.Option(15, "--cold-duration", min=1, help="Seconds of load for the cold start"),
+    connections: int = typer.Option(64, "--connections", min=1, help="wrk connections (GET scenarios)"),
+    cold_connections: int = typer.Option(8, "--cold-connections", min=1, help="wrk connections (cold start)"),
+    threads: int = typer.Option(1, "--threads", min=1, help="wrk threads"),
+    json_out: Path = typer.Option(None, "--json-out", help="Also write the figures here as JSON"),
+) -> None:
+    """Throughput and latency of the API under wrk: GET /, GET /recommend/{random}, cold start (a benchmark)."""
+    from bookrec.bench.api import bench_api
+
+    bench_api(source=source, data_dir=data, batch_preset=batch_preset, store_url=store_url, workers=workers,
+              duration=duration, cold_duration=cold_duration, connections=connections,
+              cold_connections=cold_connections, threads=threads, json_out=json_out)

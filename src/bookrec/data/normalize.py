@@ -15,8 +15,6 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -26,17 +24,6 @@ import pandas as pd
 YEAR_MIN, YEAR_MAX = 1000, 2006
 AGE_MIN, AGE_MAX = 1, 100
 ISBN_VALID = re.compile(r"^(?:[0-9]{9}[0-9X]|97[89][0-9]{10})$")
-
-
-@dataclass
-class NormalizeReport:
-    """Counts of what normalisation changed or dropped, merged into the import report."""
-
-    counts: Counter = field(default_factory=Counter)
-
-    def add(self, key: str, n: int) -> None:
-        if n:
-            self.counts[key] += int(n)
 
 
 def normalize_isbn(values: pd.Series) -> pd.Series:

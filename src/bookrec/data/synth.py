@@ -79,7 +79,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 # Model scales on the rating scale (chosen so continuous ratings are rarely clipped).
-MU = 6.2
+MU = 5.6  # readers pick books they like, so observed means sit about 0.6 higher
 USER_BIAS_SD = 0.6
 WORK_BIAS_SD = 0.6
 INTERACTION_SD = 0.8  # sd of <U, V>
@@ -295,7 +295,7 @@ def _choose_interactions(
     return np.concatenate(chosen_u), np.concatenate(chosen_i)
 
 
-def activity_w_full(per_user: np.ndarray, room: np.ndarray) -> np.ndarray:
+def _shortfall_weights(per_user: np.ndarray, room: np.ndarray) -> np.ndarray:
     """Weights for handing out a shortfall: proportional to the activity already planned."""
     return per_user[room > 0].astype(np.float64) + 1.0
 
@@ -451,7 +451,7 @@ def generate(
         have = np.bincount(ru, minlength=p.n_users)
         room = np.where(per_user > 0, len(isbn_work) // 2 - have, 0)
         more = np.zeros(p.n_users, dtype=np.int64)
-        more[room > 0] = _capped_counts(rng, activity_w_full(per_user, room), short, cap=None, minimum=0)
+        more[room > 0] = _capped_counts(rng, _shortfall_weights(per_user, room), short, cap=None, minimum=0)
         more = np.minimum(more, np.maximum(room, 0))
         extra_u, extra_i = _choose_interactions(rng, more, isbn_w, pref, p.preference_tilt, exclude=(ru, ri))
         ru, ri = np.r_[ru, extra_u], np.r_[ri, extra_i]
@@ -669,8 +669,6 @@ def write_synthetic(result: SynthResult, out: Path | str, fmt: str = "normalized
 
     Raw layouts get the ground truth too (truth.npz/json) so benchmarks can score imported data.
     """
-    from bookrec.data.io import TRUTH_ARRAYS_FILE, TRUTH_JSON_FILE  # noqa: F401
-
     out = Path(out)
     if fmt == "normalized":
         return write_dataset(result.dataset, out)

@@ -1,0 +1,178 @@
+"""The whole batch against both real stores (a redis-server started by the suite, and SQLite):
+every reader served, nothing already read recommended, payloads as documented, a repeated run
+gives the same recommendations, and a publish that fails half-way leaves the previous version
+serving, complete.
+
+Training is kept short (20 + 20 sweeps): these tests check the pipeline, not the sampler.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from bookrec.batch.pipeline import TIERS, iter_recommendations, publish, run_batch
+from bookrec.batch.payloads import PayloadEncoder, book_payloads
+from bookrec.config import Settings
+from bookrec.data.io import load_dataset, write_dataset
+from bookrec.data.synth import generate
+from bookrec.store import open_store
+
+TOP_N = 10
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small-data")
+    write_dataset(generate("small", seed=3).dataset, out)
+    return out
+
+
+def quick_settings(tmp_path) -> Settings:
+    return Settings(
+        n_samples=20, burn_in=20, max_kept_samples=20, n_chains=2, top_n=TOP_N,
+        tuned_config_path=tmp_path / "absent.json", seed=11,
+    )
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def two_runs(request, small_dir, tmp_path_factory):
+    """Two identical batches published into one store, the first kept as `previous`."""
+    tmp = tmp_path_factory.mktemp(f"batch-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp}/store.sqlite3"
+    else:
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        url = server.url
+    settings = quick_settings(tmp)
+    first = run_batch(settings, small_dir, url, "development", show_progress=False, keep_context=True)
+    second = run_batch(settings, small_dir, url, "development", show_progress=False)
+    return url, first, second
+
+
+def read_works(dataset) -> dict[int, set[str]]:
+    """Every work each reader touched, in any edition, explicit or implicit (computed here, independently)."""
+    joined = dataset.ratings.merge(dataset.books[["isbn", "work_key"]], on="isbn", how="inner")
+    return joined.groupby("user_id")["work_key"].agg(set).to_dict()
+
+
+def test_every_reader_is_served_and_nothing_read_is_recommended(two_runs, small_dir):
+    url, first, second = two_runs
+    dataset = load_dataset(small_dir)
+    everyone = set(dataset.users["user_id"].tolist()) | set(dataset.ratings["user_id"].tolist())
+    read = read_works(dataset)
+    assert second.n_users == len(everyone) and second.users_published == len(everyone)
+    assert sum(second.coverage_by_tier.values()) == len(everyone)
+    assert all(second.coverage_by_tier[t] > 0 for t in TIERS), second.coverage_by_tier
+
+    per_basis = {t: 0 for t in TIERS}
+    with open_store(url) as store:
+        assert store.current_version() == second.version
+        assert store.count_users() == len(everyone)
+        for uid in sorted(everyone):
+            raw = store.get_recommendations(uid)
+            assert raw is not None, f"reader {uid} has no recommendations"
+            doc = orjson.loads(raw)
+            assert doc["user_id"] == uid and doc["basis"] in TIERS
+            per_basis[doc["basis"]] += 1
+            recs = doc["recommendations"]
+            assert len(recs) == TOP_N
+            assert [r["rank"] for r in recs] == list(range(1, TOP_N + 1))
+            keys = [r["work_key"] for r in recs]
+            assert len(set(keys)) == TOP_N, "a work is recommended twice"
+            assert not set(keys) & read.get(uid, set()), f"reader {uid} is offered a work already read"
+            for r in recs:
+                lo, hi = r["confidence_interval"]
+                assert 1.0 <= lo <= r["predicted_rating"] <= hi <= 10.0
+                assert r["uncertainty"] == pytest.approx((hi - lo) / 2, abs=0.011)
+                assert r["isbn"] and r["title"] is not None and "image_url" in r and "year" in r and "author" in r
+                assert r["basis"] in TIERS
+                if doc["basis"] in ("personal", "folded_in", "popular"):
+                    assert r["basis"] == doc["basis"]
+    assert per_basis == second.coverage_by_tier
+
+
+def test_published_blobs_and_books(two_runs, small_dir):
+    url, first, second = two_runs
+    dataset = load_dataset(small_dir)
+    with open_store(url) as store:
+        meta = orjson.loads(store.get_blob("meta"))
+        for key in ("version", "created_at", "code_version", "environment", "training_time_seconds", "parameters",
+                    "n_samples", "burn_in", "n_chains", "thin", "n_kept", "convergence", "traces", "test_metrics",
+                    "baselines", "calibration", "rating_distribution", "dataset", "coverage_by_tier", "top_n",
+                    "interval_level", "stage_seconds"):
+            assert key in meta, key
+        assert meta["version"] == second.version
+        assert meta["coverage_by_tier"] == second.coverage_by_tier
+        assert set(meta["test_metrics"]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"}
+        assert "ndcg@10" in meta["test_metrics"] and len(meta["baselines"]) == 2
+        assert len(meta["traces"]["alpha"]) == 2 and len(meta["traces"]["alpha"][0]) == 20
+        assert {"rhat", "ess_bulk", "converged"} <= set(meta["convergence"])
+        assert sum(meta["rating_distribution"].values()) == len(dataset.ratings)
+        assert [c["nominal"] for c in meta["calibration"]] == sorted(c["nominal"] for c in meta["calibration"])
+
+        with np.load(io.BytesIO(store.get_blob("serving_model")), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        n_items = meta["dataset"]["core_books"]
+        assert arrays["item_factors"].shape[1] == n_items == len(arrays["item_keys"]) == len(arrays["item_isbns"])
+        assert set(arrays["item_isbns"]) <= set(dataset.books["isbn"])
+
+        catalog = pq.read_table(io.BytesIO(store.get_blob("catalog"))).to_pandas()
+        assert len(catalog) == len(dataset.books) and int(catalog["in_model"].sum()) >= n_items
+        popular = orjson.loads(store.get_blob("popular"))
+        assert len(popular) >= TOP_N and all(p["basis"] == "popular" for p in popular)
+
+        # a book of a work with several editions lists them all and knows it is in the model
+        multi = dataset.books.groupby("work_key")["isbn"].agg(list)
+        multi = multi[multi.map(len) > 1]
+        work, isbns = multi.index[0], multi.iloc[0]
+        book = orjson.loads(store.get_book(isbns[0]))
+        assert book["work_key"] == work and set(book["editions"]) == set(isbns)
+        assert book["n_ratings"] >= book["n_explicit"] and sum(book["rating_counts"].values()) == book["n_explicit"]
+        assert store.count_books() == len(dataset.books)
+
+
+def test_a_repeated_run_publishes_the_same_recommendations(two_runs, small_dir):
+    url, first, second = two_runs
+    assert first.version != second.version
+    dataset = load_dataset(small_dir)
+    with open_store(url) as store:
+        assert store.previous_version() == first.version
+        for uid in dataset.users["user_id"].tolist()[::7]:
+            assert store.get_recommendations(uid, version=first.version) == store.get_recommendations(uid, version=second.version)
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_a_publish_failing_half_way_leaves_the_previous_version_serving(two_runs):
+    url, first, second = two_runs
+    ctx, pre = first.context, first.precomputed
+    encoder = PayloadEncoder(ctx.catalog)
+    everyone = ctx.interactions.users.values
+
+    def dies_half_way():
+        for n, item in enumerate(iter_recommendations(ctx, pre, encoder)):
+            if n == len(everyone) // 2:
+                raise Boom("the batch died while writing")
+            # a poisoned half: if this leaked into the serving version, reads would show it
+            yield item[0], b'{"poisoned": true}'
+
+    with open_store(url) as store:
+        before = store.current_version()
+        with pytest.raises(Boom):
+            publish(store, dies_half_way(), book_payloads(ctx.catalog, ctx.in_model), {"meta": b"{}"})
+        assert store.current_version() == before == second.version
+        assert store.count_users() == len(everyone)
+        for uid in everyone[::5].tolist():
+            raw = store.get_recommendations(int(uid))
+            assert raw is not None and b"poisoned" not in raw
+        assert orjson.loads(store.get_blob("meta"))["version"] == second.version
+        assert before in [v["version"] for v in store.versions()]

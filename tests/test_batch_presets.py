@@ -1,0 +1,83 @@
+"""Which parameters a batch runs with: preset < tuned file < explicit BOOKREC_* settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from bookrec.batch.presets import PRESETS, PresetError, resolve_parameters
+from bookrec.config import Settings
+
+
+def _settings(tmp_path, **kw) -> Settings:
+    return Settings(tuned_config_path=tmp_path / "tuned.json", **kw)
+
+
+def _write_tuned(tmp_path, params: dict) -> None:
+    (tmp_path / "tuned.json").write_text(
+        json.dumps({"params": params, "study": "bookrec", "n_trials": 12, "best_value": 1.42})
+    )
+
+
+def test_preset_values_are_used_when_nothing_overrides(tmp_path, monkeypatch):
+    for name in ("N_FACTORS", "N_SAMPLES", "BURN_IN", "THIN", "N_CHAINS", "MAX_KEPT_SAMPLES", "WARM_START", "TOP_N"):
+        monkeypatch.delenv(f"BOOKREC_{name}", raising=False)
+    for name, preset in PRESETS.items():
+        resolved = resolve_parameters(_settings(tmp_path), name)
+        assert resolved.preset == name
+        assert resolved.model_kwargs() == {k: v for k, v in preset.parameters().items() if k != "top_n"}
+        assert resolved.top_n == preset.top_n
+        assert set(resolved.sources.values()) == {f"preset:{name}"}
+        assert resolved.tuned is None
+
+
+def test_preset_defaults_to_the_environment_setting(tmp_path):
+    assert resolve_parameters(_settings(tmp_path, environment="staging")).preset == "staging"
+    assert resolve_parameters(_settings(tmp_path, environment="production")).burn_in == PRESETS["production"].burn_in
+
+
+def test_presets_grow_in_effort():
+    dev, stg, prod = PRESETS["development"], PRESETS["staging"], PRESETS["production"]
+    assert dev.burn_in + dev.n_samples < stg.burn_in + stg.n_samples < prod.burn_in + prod.n_samples
+    assert prod.burn_in >= 500 and prod.n_samples >= 1000 and prod.max_kept_samples == 200
+
+
+def test_tuned_file_overrides_preset_and_is_logged(tmp_path, caplog):
+    _write_tuned(tmp_path, {"n_factors": 14, "n_samples": 321, "alpha_prior": [1, 1]})
+    with caplog.at_level(logging.INFO, logger="bookrec.batch.presets"):
+        resolved = resolve_parameters(_settings(tmp_path), "development")
+    assert resolved.n_factors == 14 and resolved.n_samples == 321
+    assert resolved.sources["n_factors"] == "tuned" and resolved.sources["burn_in"] == "preset:development"
+    assert resolved.burn_in == PRESETS["development"].burn_in
+    assert resolved.tuned["study"] == "bookrec" and resolved.tuned["n_trials"] == 12
+    assert resolved.tuned["params_used"] == {"n_factors": 14, "n_samples": 321}  # unknown names ignored
+    assert any("using tuned parameters from" in r.getMessage() and "tuned.json" in r.getMessage() for r in caplog.records)
+
+
+def test_explicit_environment_variables_override_the_tuned_file(tmp_path, monkeypatch):
+    _write_tuned(tmp_path, {"n_factors": 14, "burn_in": 250})
+    monkeypatch.setenv("BOOKREC_N_FACTORS", "7")
+    monkeypatch.setenv("BOOKREC_TOP_N", "15")
+    resolved = resolve_parameters(_settings(tmp_path), "production")
+    assert resolved.n_factors == 7 and resolved.sources["n_factors"] == "env"
+    assert resolved.top_n == 15 and resolved.sources["top_n"] == "env"
+    assert resolved.burn_in == 250 and resolved.sources["burn_in"] == "tuned"
+    assert resolved.n_samples == PRESETS["production"].n_samples
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", json.dumps({"n_factors": 3}), json.dumps({"params": {"n_factors": "many"}}),
+     json.dumps({"params": {"burn_in": -5}}), json.dumps({"params": {"warm_start": "yes"}})],
+)
+def test_a_bad_tuned_file_is_a_clear_error(tmp_path, content):
+    (tmp_path / "tuned.json").write_text(content)
+    with pytest.raises(PresetError, match="tuned.json"):
+        resolve_parameters(_settings(tmp_path), "development")
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path):
+    with pytest.raises(PresetError, match="unknown preset 'fast'"):
+        resolve_parameters(_settings(tmp_path), "fast")
