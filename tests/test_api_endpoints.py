@@ -365,6 +365,22 @@ async def test_cold_start_folds_in_with_the_serving_model(client, world):
     assert not {by_isbn["work_key"], by_title["work_key"]} & {x["work_key"] for x in recs}
 
 
+async def test_cold_start_rank_by_lower_matches_the_model(client, world):
+    fx = world["fx"]
+    works = _in_model(fx)[:3]
+    request = {"ratings": [{"isbn": w["isbn"], "rating": r} for w, r in zip(works, (8, 9, 2))], "top_k": 8,
+               "rank_by": "lower"}
+    body = (await client.post("/recommend/cold-start", json=request)).json()
+    keys = fx.serving_model["item_keys"].tolist()
+    items = np.array([keys.index(w["work_key"]) for w in works])
+    arrays = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in fx.serving_model.items()}
+    fold = fold_in_from_arrays(arrays, items, np.array([8.0, 9.0, 2.0]))
+    top, _, lower, _ = rank_items_for_fold_in(arrays, fold, n=8, exclude=items, rank_by="lower", level=0.9)
+    assert [x["work_key"] for x in body["recommendations"]] == [keys[i] for i in top]
+    lowers = [x["confidence_interval"][0] for x in body["recommendations"]]
+    assert lowers == sorted(lowers, reverse=True) and np.allclose(lowers, lower, atol=1e-3)
+
+
 async def test_cold_start_empty_is_400(client):
     r = await client.post("/recommend/cold-start", json={"ratings": []})
     assert r.status_code == 400 and "at least one book" in r.json()["detail"]

@@ -4,17 +4,18 @@ pruning, and the test split being out of the optimizer's reach."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
+from rich.console import Console
 
 from bookrec.config import Settings
 from bookrec.data.io import write_dataset
@@ -23,7 +24,7 @@ from bookrec.data.synth import generate
 from bookrec.model import BPMF
 from bookrec.optimize.objective import ObjectiveOptions, TuningData
 from bookrec.optimize.space import SearchSpace, from_bpmf_kwargs
-from bookrec.optimize.study import read_tuned_config, redact_url, run_optimization
+from bookrec.optimize.study import read_tuned_config, redact_url, run_optimization, summary_tables
 
 # Short chains keep a trial well under a second on `tiny`; the noise-prior bounds are wide so the
 # pruning test can enqueue a deliberately bad prior from inside the space.
@@ -78,6 +79,14 @@ def test_short_study_completes_and_writes_the_config(tmp_path, tiny_data):
     # The recorded attributes are the ones the issue asks for.
     for t in complete:
         assert {"rmse", "nll", "crps", "coverage90", "train_seconds"} <= set(t.user_attrs)
+    # The summary names every finished trial and the chosen parameters.
+    assert result.trials_run_here == 4
+    console = Console(file=io.StringIO(), width=200)
+    for table in summary_tables(result):
+        console.print(table)
+    text = console.file.getvalue()
+    assert f"chosen parameters (trial {best.number})" in text and "4 trials" in text
+    assert all(f"{t.number}" in text for t in complete)
 
 
 def _tuned_and_resolved(tmp_path, tiny_data):
@@ -156,6 +165,11 @@ def test_multi_objective_mode_reports_the_pareto_front(tmp_path, tiny_data):
         assert dominated == (t.number not in front)
     for t in done:  # second objective is the measured training time
         assert t.values[1] == pytest.approx(t.user_attrs["train_seconds"])
+    console = Console(file=io.StringIO(), width=200)
+    for table in summary_tables(result):
+        console.print(table)
+    text = console.file.getvalue()
+    assert "pareto" in text and text.count(" yes ") == len(front)
 
 
 def test_pruning_stops_a_bad_trial(tmp_path, tiny_data):

@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     route_methods = []  # (path regex, methods) of every API route, for the Allow header of a 405
-    for module in (root, health, recommend, users, books, stats, metrics):
+    for module in (recommend, root, health, users, books, stats, metrics):  # the hot route first
         router = module.build_router(settings)
         app.include_router(router)
         route_methods += [(r.path_regex, r.methods or set()) for r in router.routes if hasattr(r, "path_regex")]

@@ -80,6 +80,7 @@ class LoadResult:
     max_ms: float
     errors: int  # socket errors + non-2xx/3xx responses + timeouts
     non_2xx: int
+    load_before: float  # 1-minute load average when the run started (other work on the machine)
 
 
 def _free_port() -> int:
@@ -89,6 +90,7 @@ def _free_port() -> int:
 
 
 def run_wrk(url: str, name: str, duration: int, connections: int, threads: int, script: Path) -> LoadResult:
+    load_before = round(os.getloadavg()[0], 2)
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
@@ -100,7 +102,7 @@ def run_wrk(url: str, name: str, duration: int, connections: int, threads: int, 
     return LoadResult(
         name=name, requests=s["requests"], seconds=round(seconds, 2), rps=round(s["requests"] / seconds, 1),
         p50_ms=s["p50"] / 1000, p95_ms=s["p95"] / 1000, p99_ms=s["p99"] / 1000, max_ms=s["max"] / 1000,
-        errors=errors, non_2xx=s["status"],
+        errors=errors, non_2xx=s["status"], load_before=load_before,
     )
 
 
@@ -364,12 +366,14 @@ def bench_api(
     results.update(runs=[asdict(r) for r in runs], recommend_to_root_ratio=round(ratio, 3), targets_met=checks)
 
     table = Table(title=f"bookrec API under wrk ({workers} worker(s), {connections} connections, {os.cpu_count()} CPUs)")
-    for col in ("scenario", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "requests"):
+    for col in ("scenario", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "requests", "load"):
         table.add_column(col, justify="right" if col != "scenario" else "left")
     for r in runs:
         table.add_row(r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p95_ms:.2f}", f"{r.p99_ms:.2f}",
-                      f"{r.max_ms:.1f}", str(r.errors), f"{r.requests:,}")
+                      f"{r.max_ms:.1f}", str(r.errors), f"{r.requests:,}", f"{r.load_before:.1f}")
     console.print(table)
+    console.print("load = the machine's 1-minute load average as the scenario started (2 CPUs: above 2, "
+                  "other processes were competing with the server, redis-server and wrk)")
     console.print(
         f"/recommend = {ratio:.0%} of GET / throughput. Targets: /recommend >= {TARGETS['recommend_rps']:,.0f} req/s "
         f"with p99 <= {TARGETS['recommend_p99_ms']} ms and zero errors, >= {TARGETS['ratio']:.0%} of GET /; "

@@ -26,6 +26,22 @@ def store(
     bench_store(store_url, backend, users, top_n, books, reads, concurrency, compress)
 
 
+@app.command("batch")
+def batch(
+    data: Path = typer.Option(None, "--data", help="Normalised data directory (default: generate the synthetic --synth-preset)"),
+    synth_preset: str = typer.Option("full", "--synth-preset", help="Synthetic data when --data is not given: tiny, small or full"),
+    seed: int = typer.Option(0, "--seed", help="Generator seed"),
+    batch_preset: str = typer.Option("development", "--preset", help="Batch preset: development, staging or production"),
+    store_url: str = typer.Option(None, "--store", help="Publish here (default: a redis-server started for the run)"),
+    workdir: Path = typer.Option(None, "--workdir", help="Keep the generated data here (default: a temporary directory)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+) -> None:
+    """The whole batch on the full data: time per stage, peak memory, bytes per reader, coverage, publish to Redis."""
+    from bookrec.bench.batch import bench_batch
+
+    bench_batch(data, synth_preset, seed, batch_preset, store_url, workdir, as_json)
+
+
 @app.command("data")
 def data(
     preset: str = typer.Option("full", "--preset", help="Synthetic data preset: tiny, small or full"),
@@ -91,3 +107,23 @@ def api(
     bench_api(source=source, data_dir=data, batch_preset=batch_preset, store_url=store_url, workers=workers,
               duration=duration, cold_duration=cold_duration, connections=connections,
               cold_connections=cold_connections, threads=threads, json_out=json_out)
+
+
+@app.command("resources")
+def resources(
+    preset: list[str] = typer.Option(
+        ["development", "staging", "production"], "--preset", help="Batch presets to measure on the small data (repeat the option; none: skip)"
+    ),
+    full_preset: str = typer.Option("development", "--full-preset", help="Batch preset to run on the full data, or 'none'"),
+    workers: int = typer.Option(2, "--workers", min=1, help="API worker processes (docker-compose.yml runs 2)"),
+    duration: int = typer.Option(20, "--duration", min=1, help="Seconds of GET /recommend load (cold start: half)"),
+    connections: int = typer.Option(64, "--connections", min=1, help="wrk connections for GET /recommend (cold start: 1/8)"),
+    store_top_n: int = typer.Option(30, "--store-top-n", min=0, help="Items per reader in the full-scale store publish (0: skip)"),
+    workdir: Path = typer.Option(None, "--workdir", help="Keep generated data and logs here (default: a temporary directory)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+) -> None:
+    """Memory on this machine: batch peak RSS per preset, API RSS at rest and under load, store memory (full preset)."""
+    from bookrec.bench.resources import bench_resources
+
+    bench_resources(preset, None if full_preset == "none" else full_preset, workers, duration, connections,
+                    store_top_n, workdir, as_json)

@@ -75,7 +75,7 @@ def _warm_up(fixed: dict[str, Any]) -> None:
 
     u = np.arange(60) % 6
     i = np.arange(60) % 5
-    BPMF(n_factors=2, n_samples=3, burn_in=1, show_progress=False, **fixed).fit(u, i, np.full(60, 5.0))
+    BPMF(n_factors=2, n_samples=4, burn_in=1, show_progress=False, **fixed).fit(u, i, np.full(60, 5.0))
 
 
 def bench_optimize(

@@ -175,59 +175,46 @@ residual_sums_par = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_
 residual_sums_ser = njit(fastmath=True, cache=True, nogil=True)(_residual_sums)
 
 
-def _interaction_stats(indptr, indices, ratings, rows, cols, mu):
-    """Per latent dimension a, with q_a = u_ia v_ja and e = r - (mu + b_i + c_j + u_i . v_j):
-    C[a, b] = sum q_a q_b and R[a] = sum e q_a over all ratings."""
+def _move_stats(indptr, indices, ratings, rows, cols, mu):
+    """Sufficient statistics of the scale moves, one pass over the ratings.
+
+    With z = [u_i1 v_j1, ..., u_ik v_jk, b_i, c_j] (the additive parts of a prediction) and
+    e = r - mu - sum(z) the residual: G = sum z z^T ((k+2) x (k+2)) and R = sum e z.
+    """
     n_rows = indptr.shape[0] - 1
     k = rows.shape[1] - 1
+    m = k + 2
     n_chunks = min(n_rows, 256)
     chunk = (n_rows + n_chunks - 1) // max(n_chunks, 1)
-    part_c = np.zeros((n_chunks, k, k))
-    part_r = np.zeros((n_chunks, k))
+    part_g = np.zeros((n_chunks, m, m))
+    part_r = np.zeros((n_chunks, m))
     for c in prange(n_chunks):
-        q = np.empty(k)
-        cc = np.zeros((k, k))
-        rr = np.zeros(k)
+        z = np.empty(m)
+        gg = np.zeros((m, m))
+        rr = np.zeros(m)
         for i in range(c * chunk, min(n_rows, (c + 1) * chunk)):
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
-                e = ratings[p] - mu - rows[i, k] - cols[j, k]
+                z[k] = rows[i, k]
+                z[k + 1] = cols[j, k]
+                e = ratings[p] - mu - z[k] - z[k + 1]
                 for a in range(k):
-                    q[a] = rows[i, a] * cols[j, a]
-                    e -= q[a]
-                for a in range(k):
-                    rr[a] += e * q[a]
+                    z[a] = rows[i, a] * cols[j, a]
+                    e -= z[a]
+                for a in range(m):
+                    rr[a] += e * z[a]
                     for b in range(a + 1):
-                        cc[a, b] += q[a] * q[b]
-        for a in range(k):
+                        gg[a, b] += z[a] * z[b]
+        for a in range(m):
             part_r[c, a] = rr[a]
             for b in range(a + 1):
-                part_c[c, a, b] = cc[a, b]
-                part_c[c, b, a] = cc[a, b]
-    return part_c.sum(axis=0), part_r.sum(axis=0)
+                part_g[c, a, b] = gg[a, b]
+                part_g[c, b, a] = gg[a, b]
+    return part_g.sum(axis=0), part_r.sum(axis=0)
 
 
-interaction_stats_par = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_interaction_stats)
-interaction_stats_ser = njit(fastmath=True, cache=True, nogil=True)(_interaction_stats)
-
-
-def _row_residual_sums(indptr, indices, ratings, rows, cols, mu, out):
-    """out[i] = sum over row i's ratings of e = r - (mu + b_i + c_j + u_i . v_j)."""
-    n_rows = indptr.shape[0] - 1
-    k = rows.shape[1] - 1
-    for i in prange(n_rows):
-        acc = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            e = ratings[p] - mu - rows[i, k] - cols[j, k]
-            for a in range(k):
-                e -= rows[i, a] * cols[j, a]
-            acc += e
-        out[i] = acc
-
-
-row_residual_sums_par = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_row_residual_sums)
-row_residual_sums_ser = njit(fastmath=True, cache=True, nogil=True)(_row_residual_sums)
+move_stats_par = njit(parallel=True, fastmath=True, cache=True, nogil=True)(_move_stats)
+move_stats_ser = njit(fastmath=True, cache=True, nogil=True)(_move_stats)
 
 
 def _predict_pairs(rows, cols, mu, users, items, out):

@@ -90,7 +90,7 @@ def interval_metrics(y, means, sds, levels=LEVELS, rating_range=None) -> dict:
     return {"coverage": coverage, "width": width}
 
 
-def ranking_metrics(user_idx, item_idx, y, score, k: int = 10, relevant: float = 8.0) -> dict:
+def ranking_metrics(user_idx, item_idx, y, score, k: int = 10, relevant: float = 8.0, per_user: bool = False) -> dict:
     """Precision, recall and NDCG at k, ranking each user's held-out items by ``score``.
 
     Protocol (explicit feedback): for each held-out user with at least one relevant item
@@ -117,12 +117,15 @@ def ranking_metrics(user_idx, item_idx, y, score, k: int = 10, relevant: float =
         ideal = discounts[: int(min(n_rel, k))].sum()
         ndcg.append(float((top * discounts[: top.shape[0]]).sum() / ideal))
     nan = float("nan")
-    return {
+    out = {
         f"precision@{k}": float(np.mean(precision)) if precision else nan,
         f"recall@{k}": float(np.mean(recall)) if recall else nan,
         f"ndcg@{k}": float(np.mean(ndcg)) if ndcg else nan,
         "ranking_users": len(ndcg),
     }
+    if per_user:  # same user order for any score: allows paired comparisons between models
+        out[f"ndcg@{k}_per_user"] = np.asarray(ndcg)
+    return out
 
 
 def catalogue_coverage(recommended_items: np.ndarray, n_items: int) -> float:

@@ -197,9 +197,8 @@ class Chain:
         block(d.item_indptr, d.item_users, d.item_ratings, st.users, st.mu, st.alpha, prec, h, st.items,
               int(self.rng.integers(2**63)), True)
 
-        self._rescale_factors(parallel)
+        self._rescale(parallel)
         self._shift_factors()
-        self._rescale_biases(parallel)
         self._translate_biases()
         s1, s2 = sums(d.user_indptr, d.user_items, d.user_ratings, st.users, st.items)
         n = d.n_ratings
@@ -211,84 +210,70 @@ class Chain:
         st.train_rmse = float(np.sqrt(sse / max(n, 1)))
         return st
 
-    def _rescale_factors(self, parallel: bool) -> None:
-        """Exact group moves along the slow "signal strength" directions of BPMF: for each latent
-        dimension a, (U[:, a], mu_U[a], Lambda_U[a, :], Lambda_U[:, a]) -> (s U[:, a], s mu_U[a],
-        Lambda_U[a, :] / s, Lambda_U[:, a] / s); then the same for the items.
+    def _rescale(self, parallel: bool) -> None:
+        """Exact group moves along the slow "signal strength" directions of the model.
 
-        The Gaussian prior of U given its hyperparameters is invariant under this map (the Jacobian
-        cancels the normaliser), so with t = log s the conditional is (Liu & Sabatti 2000)
-            log pi(t) = -alpha/2 (A e^2t - 2 B e^t) - nu0 t - (W0^-1)_aa Lambda_aa / 2 e^-2t,
-        A = sum q_a^2, B = sum (e + q_a) q_a, q_a = u_ia v_ja, e the residual. Drawn by an
-        independence Metropolis-Hastings step with a Laplace proposal. Without it each dimension's
-        scale and Lambda random-walk together and the chains drift for hundreds of sweeps
-        (R-hat of alpha and of the train RMSE >> 1.05 on sparse data).
+        For each latent dimension a of the users: (U[:, a], mu_U[a], Lambda_U[a, :], Lambda_U[:, a])
+        -> (s U[:, a], s mu_U[a], Lambda_U[a, :] / s, Lambda_U[:, a] / s); the same for the items;
+        and for the biases (b, tau_b) -> (s b, tau_b / s^2), (c, tau_c) -> (s c, tau_c / s^2).
+        Each prior given its hyperparameters is invariant under these maps (the Jacobian cancels
+        the normaliser), so with t = log s the conditional is (Liu & Sabatti 2000)
+            log pi(t) = -alpha/2 (A e^2t - 2 B e^t) - p t - d e^-2t,
+        A = sum z_m^2, B = sum (e + z_m) z_m over the ratings (z_m the part of a prediction being
+        scaled, e the residual), p = nu0 and d = (W0^-1)_aa Lambda_aa / 2 for a factor dimension,
+        p = 2 a_bias and d = b_bias tau for a bias. Drawn by independence Metropolis-Hastings with
+        a Laplace proposal. The statistics come from one pass and are updated exactly after each
+        move. Without these moves the scales and their precisions random-walk together and the
+        chains drift for hundreds of sweeps (R-hat of alpha and of the train RMSE >> 1.05).
         """
         st = self.state
         d = self.data
         k = self.k
-        fn = kernels.interaction_stats_par if parallel else kernels.interaction_stats_ser
-        cross, resid = fn(d.user_indptr, d.user_items, d.user_ratings, st.users, st.items, st.mu)
+        p = self.priors
+        fn = kernels.move_stats_par if parallel else kernels.move_stats_ser
+        gram, resid = fn(d.user_indptr, d.user_items, d.user_ratings, st.users, st.items, st.mu)
         w0_inv_diag = np.diag(self.w0_inv)
+
+        def apply(m: int, power: float, prior_d: float) -> float:
+            nonlocal gram, resid
+            s = self._draw_scale(st.alpha, gram[m, m], resid[m] + gram[m, m], power, prior_d)
+            if s != 1.0:
+                resid -= (s - 1.0) * gram[m]
+                resid[m] *= s
+                gram[m, :] *= s
+                gram[:, m] *= s
+            return s
+
         for side in ("users", "items"):
             lam = (st.lambda_user if side == "users" else st.lambda_item).copy()
             own = st.users if side == "users" else st.items
             mean = (st.mu_user if side == "users" else st.mu_item).copy()
             for a in range(k):
-                s = self._draw_scale(st.alpha, cross[a, a], resid[a] + cross[a, a], self.nu0,
-                                     0.5 * w0_inv_diag[a] * lam[a, a])
-                if s == 1.0:
-                    continue
-                # Residuals lose (s - 1) q_a; statistics updated exactly.
-                resid -= (s - 1.0) * cross[a]
-                resid[a] *= s
-                cross[a, :] *= s
-                cross[:, a] *= s
+                s = apply(a, self.nu0, 0.5 * w0_inv_diag[a] * lam[a, a])
                 own[:, a] *= s
                 mean[a] *= s
                 lam[a, :] /= s
                 lam[:, a] /= s
             if side == "users":
                 st.lambda_user, st.mu_user = lam, mean
+                s = apply(k, 2.0 * p.a_bias, p.b_bias * st.tau_user_bias)
+                st.tau_user_bias /= s * s
             else:
                 st.lambda_item, st.mu_item = lam, mean
-
-    def _rescale_biases(self, parallel: bool) -> None:
-        """Exact group move (b, tau_b) -> (s b, tau_b / s^2) (then the same for the item biases):
-        the bias "funnel". With t = log s, log pi(t) = -alpha/2 (A e^2t - 2 B e^t) - 2 a_bias t
-        - b_bias tau e^-2t, A = sum over ratings of b_i^2, B = sum (e + b_i) b_i (e the residual).
-        """
-        st = self.state
-        d = self.data
-        k = self.k
-        p = self.priors
-        fn = kernels.row_residual_sums_par if parallel else kernels.row_residual_sums_ser
-        for side in ("users", "items"):
-            if side == "users":
-                own, other, indptr, idx, rat, tau = st.users, st.items, d.user_indptr, d.user_items, d.user_ratings, st.tau_user_bias
-            else:
-                own, other, indptr, idx, rat, tau = st.items, st.users, d.item_indptr, d.item_users, d.item_ratings, st.tau_item_bias
-            row_e = np.empty(own.shape[0])
-            fn(indptr, idx, rat, own, other, st.mu, row_e)
-            bias = own[:, k]
-            counts = np.diff(indptr)
-            big_a = float(counts @ (bias * bias))
-            big_b = float(row_e @ bias) + big_a
-            s = self._draw_scale(st.alpha, big_a, big_b, 2.0 * p.a_bias, p.b_bias * tau)
+                s = apply(k + 1, 2.0 * p.a_bias, p.b_bias * st.tau_item_bias)
+                st.tau_item_bias /= s * s
             own[:, k] *= s
-            if side == "users":
-                st.tau_user_bias = tau / (s * s)
-            else:
-                st.tau_item_bias = tau / (s * s)
 
     def _draw_scale(self, alpha, big_a, big_b, power, d) -> float:
+        """One draw of s = e^t for log pi(t) = -alpha/2 (A e^2t - 2 B e^t) - power t - d e^-2t,
+        by two independence Metropolis-Hastings steps from t = 0 with a Laplace proposal."""
         def logp(t):
             return -0.5 * alpha * (big_a * np.exp(2 * t) - 2 * big_b * np.exp(t)) - power * t - d * np.exp(-2 * t)
 
         if big_a <= 0:
             return 1.0
         t = 0.0
-        for _ in range(30):  # Newton for the mode of the (log-concave near its mode) target
+        for _ in range(30):  # Newton for the mode (the target is log-concave near it)
             e1, e2, em2 = np.exp(t), np.exp(2 * t), np.exp(-2 * t)
             g = -alpha * (big_a * e2 - big_b * e1) - power + 2 * d * em2
             h = -alpha * (2 * big_a * e2 - big_b * e1) - 4 * d * em2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -47,13 +48,18 @@ def optimize(
     from bookrec.config import get_settings
     from bookrec.data.io import DatasetError
     from bookrec.logging import setup_logging
-    from bookrec.optimize.objective import OBJECTIVES, ObjectiveOptions
+    from bookrec.optimize.objective import (
+        OBJECTIVES,
+        ObjectiveOptions,
+        load_tuning_data,
+        objective_options_from_settings,
+    )
     from bookrec.optimize.space import default_bpmf_kwargs, from_bpmf_kwargs
     from bookrec.optimize.study import redact_url, run_optimization, summary_tables
-    from bookrec.optimize.objective import load_tuning_data, objective_options_from_settings
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    logging.getLogger("arviz").setLevel(logging.WARNING)  # its import-time notes are not ours to show
     console = Console()
     if objective not in OBJECTIVES:
         raise typer.BadParameter(f"choose one of {', '.join(OBJECTIVES)}", param_hint="--objective")

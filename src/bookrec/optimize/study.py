@@ -336,7 +336,7 @@ def run_optimization(
         for params in start_points:
             study.enqueue_trial(params)
     started = time.perf_counter()
-    before = {t.number for t in study.get_trials(deepcopy=False)}
+    finished_here: list[int] = []
     study.optimize(
         make_objective(data, options),
         n_trials=n_trials,
@@ -346,9 +346,10 @@ def run_optimization(
         # An extreme prior can make a Cholesky factorisation fail: that trial is recorded as
         # failed and the search goes on; any other exception is a bug and stops the worker.
         catch=(np.linalg.LinAlgError, FloatingPointError),
+        callbacks=[lambda _study, trial: finished_here.append(trial.number)],
     )
     wall = time.perf_counter() - started
-    run_here = len({t.number for t in study.get_trials(deepcopy=False)} - before)
+    run_here = len(finished_here)
     chosen = None
     payload = None
     written = None
@@ -367,6 +368,8 @@ def run_optimization(
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v, digits) for v in value) + "]"
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
@@ -385,31 +388,31 @@ def summary_tables(result: OptimizationResult, top: int = 10):
     for t in trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     title = (
-        f"study {study.study_name!r}: {len(trials)} trials "
+        f"study {study.study_name!r} (minimising validation {objective}{' and training time' if len(study.directions) > 1 else ''}): "
+        f"{len(trials)} trials "
         + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         + f" ({result.trials_run_here} run here in {result.wall_seconds:.1f}s)"
     )
     table = Table(title=title)
-    for col in ("trial", "state", f"val {objective}", "val rmse", "val nll", "val cov90", "train s", "pareto"):
+    multi = len(study.directions) > 1
+    columns = ["trial", "state", "val nll", "val crps", "val rmse", "val cov90", "train s"]
+    for col in columns + (["pareto"] if multi else []):
         table.add_column(col, justify="right")
     done = finished_trials(study)
     front_numbers = {t.number for t in result.pareto_front}
-    if len(study.directions) > 1:
-        shown = sorted(result.pareto_front, key=lambda t: t.values[0])
-    else:
-        shown = sorted(done, key=lambda t: t.values[0])[:top]
+    shown = sorted(result.pareto_front if multi else done, key=lambda t: t.values[0])[: None if multi else top]
     for t in shown:
         marker = "*" if result.chosen is not None and t.number == result.chosen.number else ""
-        table.add_row(
+        row = [
             f"{t.number}{marker}",
             t.state.name.lower(),
-            _fmt(t.values[0]),
-            _fmt(t.user_attrs.get("rmse")),
             _fmt(t.user_attrs.get("nll")),
+            _fmt(t.user_attrs.get("crps")),
+            _fmt(t.user_attrs.get("rmse")),
             _fmt(t.user_attrs.get("coverage90"), 3),
             _fmt(t.user_attrs.get("train_seconds"), 3),
-            "yes" if t.number in front_numbers else "",
-        )
+        ]
+        table.add_row(*row, *(["yes" if t.number in front_numbers else ""] if multi else []))
     tables = [table]
     if result.chosen is not None:
         params = Table(title=f"chosen parameters (trial {result.chosen.number})")
