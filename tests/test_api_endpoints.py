@@ -420,6 +420,11 @@ async def test_cold_start_invalid_json_is_422(client):
     assert r.status_code == 422 and "JSON" in r.json()["detail"]
 
 
+async def test_unreadable_body_is_400(client):
+    r = await client.post("/books/search", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json() == {"detail": "There was an error parsing the body"}
+
+
 async def test_request_body_over_the_limit_is_413(client):
     big = {"ratings": [{"title": "x" * 200, "rating": 5}] * 400}  # ~90 kB > 64 kB
     r = await client.post("/recommend/cold-start", json=big)

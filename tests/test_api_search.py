@@ -130,3 +130,10 @@ def test_catalog_blob_formats(encode):
 def test_unreadable_catalog_is_a_clear_error():
     with pytest.raises(CatalogFormatError):
         Catalog.from_blob(gzip.compress(b"{not json"))
+
+
+def test_weak_fuzzy_matches_are_not_shown():
+    # "harry" is one edit from "hardy": alone it would list every Hardy for a Harry Potter query.
+    index = SearchIndex(["Far from the Madding Crowd", "Tess of the d'Urbervilles"], ["Thomas Hardy", "Thomas Hardy"])
+    assert index.search("harry potter", limit=5) == []
+    assert len(index.search("hardy", limit=5)) == 2

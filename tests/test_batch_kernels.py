@@ -11,7 +11,9 @@ import scipy.sparse as sp
 from bookrec.batch import pipeline as P
 from bookrec.batch.foldin_batch import BatchFoldIn
 from bookrec.batch.presets import resolve_parameters
-from bookrec.batch.topn import topk_csr_rows, topn_dense, topn_sparse_with_prior
+from bookrec.batch.topn import mixture_quantiles_fast, topk_csr_rows, topn_dense, topn_sparse_with_prior
+from bookrec.model import kernels
+from scipy.stats import norm
 from bookrec.config import Settings
 from bookrec.data.synth import generate
 from bookrec.model.foldin import fold_in_from_arrays, predict_fold_in, rank_items_for_fold_in
@@ -94,3 +96,14 @@ def test_compiled_top_n_equals_sorting():
         ref = np.lexsort((np.arange(400), -score))[:6]
         assert list(idx[r]) == list(ref)
         assert list(from_sim[r]) == list(dense[r, ref] > 0)
+
+
+def test_fast_mixture_quantiles_equal_the_model_kernel():
+    rng = np.random.default_rng(5)
+    means = rng.normal(7, rng.uniform(0.01, 2.0, (3000, 1)), (3000, 40))  # narrow to wide spreads
+    sds = rng.uniform(0.3, 2.0, (3000, 40))
+    means[:5] = 8.0  # degenerate: all components equal
+    probs = np.array([0.025, 0.05, 0.5, 0.95, 0.975])
+    fast = mixture_quantiles_fast(means, sds, probs, norm.ppf(probs))
+    ref = kernels.mixture_quantiles(means, sds, probs)
+    np.testing.assert_allclose(fast, ref, atol=1e-7)

@@ -133,7 +133,7 @@ def stores(tmp_path_factory):
     published = server.url
     env = {
         **CLI_ENV, "BOOKREC_HOME": str(workdir), "BOOKREC_TUNED_CONFIG_PATH": str(workdir / "no-tuned-params.json"),
-        "ENVIRONMENT": "development", "BOOKREC_BURN_IN": "20", "BOOKREC_N_SAMPLES": "30",
+        "ENVIRONMENT": "development", "BOOKREC_BURN_IN": "10", "BOOKREC_N_SAMPLES": "10",
     }
     result = subprocess.run([sys.executable, "-m", "bookrec.cli", "batch", "--data", str(data), "--store", published,
                              "--quiet"], capture_output=True, text=True, env=env, cwd=workdir, timeout=600)
@@ -349,28 +349,44 @@ def assert_quoted(printed: str) -> None:
     assert normalise(line) in normalise(GUIDE), f"the guide does not quote what the system prints:\n{line}"
 
 
+def run_in_process(*args: str):
+    """The CLI in this process (typer's runner; stderr kept apart), for commands that need no isolation."""
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "400", "NO_COLOR": "1"}, terminal_width=400)
+
+
 def test_rollback_messages_are_quoted_verbatim(stores):
-    workdir = stores["workdir"]
-    one_version = run_cli("store", "rollback", "--store", stores["published"], cwd=workdir)
-    assert one_version.returncode == 1
+    one_version = run_in_process("store", "rollback", "--store", stores["published"])
+    assert one_version.exit_code == 1
     assert_quoted(one_version.stderr)
-    nothing = run_cli("store", "rollback", "--store", stores["empty"], cwd=workdir)
-    assert nothing.returncode == 1
+    nothing = run_in_process("store", "rollback", "--store", stores["empty"])
+    assert nothing.exit_code == 1
     assert_quoted(nothing.stderr)
 
 
-def test_store_unreachable_message_is_quoted_verbatim(stores):
+def test_store_unreachable_message_is_quoted_verbatim():
     port = free_port()
-    result = run_cli("store", "status", "--store", f"redis://127.0.0.1:{port}/0", cwd=stores["workdir"])
-    assert result.returncode == 1
+    result = run_in_process("store", "status", "--store", f"redis://127.0.0.1:{port}/0")
+    assert result.exit_code == 1
     # The guide shows it for the default Redis port.
     assert_quoted(result.stderr.replace(f"127.0.0.1:{port}", "127.0.0.1:6379"))
 
 
 def test_missing_data_message_is_quoted_verbatim(stores, tmp_path):
+    # A subprocess: the batch reads its settings (tuned file, preset) from a clean environment.
     missing = tmp_path / "normalized"
     result = run_cli("batch", "--data", str(missing), "--store", stores["empty"], "--quiet", cwd=tmp_path,
                      BOOKREC_TUNED_CONFIG_PATH=str(tmp_path / "none.json"))
     assert result.returncode == 1
     # In the containers the data directory is /data/normalized.
     assert_quoted(result.stderr.replace(str(missing), "/data/normalized"))
+
+
+def test_docker_build_lines_use_real_files_and_the_base_tag_compose_expects():
+    builds = [shlex.split(line) for line in bash_lines() if line.startswith("docker build")]
+    assert builds, "the guide shows no `docker build`"
+    base_image = {s.get("build", {}).get("args", {}).get("BASE_IMAGE") for s in COMPOSE["services"].values()} - {None}
+    for words in builds:
+        dockerfile = words[words.index("-f") + 1]
+        assert (ROOT / dockerfile).is_file(), f"{dockerfile} does not exist"
+        if dockerfile == "Dockerfile.base":
+            assert {words[words.index("-t") + 1]} == base_image, "the base image tag differs from docker-compose.yml"

@@ -40,7 +40,7 @@ class ValidationErrorResponse(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can answer (all share the `{detail}` shape)."""
     text = {
-        400: "The request is well-formed but cannot be answered (the message says why)",
+        400: "The request cannot be answered (the message says why), or its body is not readable JSON text",
         404: "Not found (the message says what to try instead)",
         413: "Request body too large",
         422: "Invalid parameters or body",

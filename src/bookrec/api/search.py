@@ -41,6 +41,9 @@ MIN_FUZZY_LEN = 4
 PREFIX_QUALITY = 0.9
 FUZZY_QUALITY = 0.8
 MAX_QUERY_WORDS = 12
+# Results scoring below this are not shown: e.g. "harry potter" over a catalogue without it would
+# otherwise list every "Hardy" (one fuzzy word of two: coverage ~0.2, score ~34).
+MIN_SCORE = 40.0
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,8 @@ class SearchIndex:
                 scored.append((score + self.pop_bonus[row], score, row, float(coverage[row])))
             scored.sort(reverse=True)
             for _, score, row, cov in scored:
-                hits.append(SearchHit(row, round(score, 2), cov))
+                if score >= MIN_SCORE:
+                    hits.append(SearchHit(row, round(score, 2), cov))
         out: list[SearchHit] = []
         seen_rows: set[int] = set()
         seen_groups: set[str] = set()

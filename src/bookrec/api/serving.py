@@ -114,9 +114,23 @@ class ServingBundle:
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
                 log.error("version %s: unreadable serving model (%s)", version, type(exc).__name__)
                 bundle.problems.append("the published serving model is unreadable")
+        if bundle.model is not None:
+            bundle._warm_up()
         bundle.load_seconds = time.perf_counter() - started
         log.info("loaded serving bundle for version %s in %.2f s", version, bundle.load_seconds)
         return bundle
+
+    def _warm_up(self) -> None:
+        """Run one fold-in per ranking mode now, so the numba kernels are compiled (or loaded from
+        their cache) while the version loads, not during the first reader's request."""
+        assert self.model is not None
+        lo, hi = (float(x) for x in self.model["rating_range"])
+        for rank_by in ("mean", "lower"):
+            try:
+                self.fold_in_recommend(np.array([0]), np.array([(lo + hi) / 2]), 1, rank_by, seed=0)
+            except Exception:  # a model that cannot fold in is reported by the first real request
+                log.exception("fold-in warm-up failed for version %s", self.version)
+                return
 
     # --- lookups -----------------------------------------------------------------------------
     def _problem(self, part: str, default: str) -> str:

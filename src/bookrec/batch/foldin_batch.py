@@ -8,8 +8,10 @@ for each kept sample s the reader's x = [u, b] has the Gaussian conditional
 
 and the predictive of item j is the mixture over s of N(mu_s + c_sj + f_sj . m_s,
 f_sj^T P_s^-1 f_sj + 1/alpha_s). Here the per-(reader, sample) solves run in one numba kernel
-over all readers, the predictive means of every item come from one BLAS product per chunk of
-readers, and the exact mixture quantiles are computed only for each reader's top n.
+over all readers (storing W = L^-1 of the precision's Cholesky factor, so f^T Cov f = ||W f||^2),
+the predictive means of every item come from one BLAS product per chunk of readers, and the
+exact mixture quantiles are computed only for each reader's top n. The model's own readers
+(tier 1) go through the same product with their kept posterior draws in place of the fold-in.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.stats import norm
 from numba import njit, prange
 
-from bookrec.batch.topn import topn_dense
-from bookrec.model import kernels
+from bookrec.batch.topn import mixture_quantiles_fast, topn_dense
 
 
 @njit(cache=True)
@@ -43,50 +45,51 @@ def _cholesky_inplace(a):
 
 
 @njit(cache=True)
-def _chol_solve(lower, b):
+def _chol_solve(lower, b, y, x):
+    """x = (L L^T)^-1 b with y as scratch (no allocation)."""
     d = lower.shape[0]
-    y = np.empty(d)
     for i in range(d):
         acc = b[i]
         for k in range(i):
             acc -= lower[i, k] * y[k]
         y[i] = acc / lower[i, i]
-    x = np.empty(d)
     for i in range(d - 1, -1, -1):
         acc = y[i]
         for k in range(i + 1, d):
             acc -= lower[k, i] * x[k]
         x[i] = acc / lower[i, i]
-    return x
 
 
 @njit(cache=True)
-def _lower_inverse(lower):
+def _lower_inverse(lower, inv):
+    """inv = L^-1 (lower triangular), written into `inv` (no allocation)."""
     d = lower.shape[0]
-    inv = np.zeros((d, d))
     for c in range(d):
+        for i in range(c):
+            inv[i, c] = 0.0
         inv[c, c] = 1.0 / lower[c, c]
         for i in range(c + 1, d):
             acc = 0.0
             for k in range(c, i):
                 acc -= lower[i, k] * inv[k, c]
             inv[i, c] = acc / lower[i, i]
-    return inv
 
 
 @njit(parallel=True, cache=True)
 def fold_in_many(indptr, items, ratings, item_factors, item_bias, mu, alpha, lambda_user, mu_user, tau_user_bias):
-    """Posterior mean (U, S, k+1) and lower Cholesky factor of the covariance (U, S, k+1, k+1)."""
+    """Posterior mean (U, S, k+1) and W = L^-1 (U, S, k+1, k+1), lower triangular, where
+    P = L L^T is the posterior precision: the covariance is W^T W, so f^T Cov f = ||W f||^2."""
     n_users = indptr.shape[0] - 1
     n_s, _, k = item_factors.shape
     d = k + 1
     means = np.empty((n_users, n_s, d))
-    chols = np.empty((n_users, n_s, d, d))
+    inv_chols = np.empty((n_users, n_s, d, d))
     for u in prange(n_users):
         a, b = indptr[u], indptr[u + 1]
         prec = np.empty((d, d))
         lin = np.empty(d)
         f = np.empty(d)
+        y = np.empty(d)
         for s in range(n_s):
             for i in range(d):
                 for j in range(d):
@@ -109,22 +112,19 @@ def fold_in_many(indptr, items, ratings, item_factors, item_bias, mu, alpha, lam
                 t = ratings[p] - mu[s] - item_bias[s, j_item]
                 for i in range(d):
                     lin[i] += alpha[s] * f[i] * t
-                    for j in range(d):
+                    for j in range(i + 1):
                         prec[i, j] += alpha[s] * f[i] * f[j]
-            # P = L L^T (in place, d ~ 11); mean = P^-1 h by two triangular solves;
-            # covariance P^-1 = L^-T L^-1, whose own lower Cholesky factor is then taken.
+            for i in range(d):  # only the lower triangle was accumulated
+                for j in range(i + 1, d):
+                    prec[i, j] = prec[j, i]
             _cholesky_inplace(prec)
-            m = _chol_solve(prec, lin)
-            inv_l = _lower_inverse(prec)
-            cov = inv_l.T @ inv_l
-            _cholesky_inplace(cov)
-            means[u, s] = m
-            chols[u, s] = cov
-    return means, chols
+            _chol_solve(prec, lin, y, means[u, s])
+            _lower_inverse(prec, inv_chols[u, s])
+    return means, inv_chols
 
 
 @njit(parallel=True, cache=True)
-def pair_components(means, chols, local_user, items, item_factors, item_bias, mu, alpha):
+def pair_components(means, inv_chols, local_user, items, item_factors, item_bias, mu, alpha):
     """Mixture components (P, S) means and sds of the predictive for (folded reader, item) pairs."""
     n_pairs = local_user.shape[0]
     n_s, _, k = item_factors.shape
@@ -142,12 +142,12 @@ def pair_components(means, chols, local_user, items, item_factors, item_bias, mu
             m = mu[s] + item_bias[s, j]
             for i in range(d):
                 m += f[i] * means[u, s, i]
-            # f^T C C^T f = || C^T f ||^2
+            # f^T Cov f = || W f ||^2 with W = L^-1 lower triangular
             var = 1.0 / alpha[s]
-            for c in range(d):
+            for r in range(d):
                 acc = 0.0
-                for r in range(c, d):
-                    acc += chols[u, s, r, c] * f[r]
+                for c in range(r + 1):
+                    acc += inv_chols[u, s, r, c] * f[c]
                 var += acc * acc
             out_m[p, s] = m
             out_s[p, s] = math.sqrt(var)
@@ -188,6 +188,7 @@ class BatchFoldIn:
         self.rating_range = tuple(float(x) for x in arrays["rating_range"])
         self.level = level
         self.probs = np.array([(1 - level) / 2, (1 + level) / 2])
+        self.z = norm.ppf(self.probs)
         n_s, n_items, k = self.item_factors.shape
         # (S*(k+1), I): per sample the item factors transposed and a row of ones (for the bias),
         # so that [m_s1, ..., m_sS] @ stacked / S is the predictive mean minus the constant part.
@@ -214,7 +215,7 @@ class BatchFoldIn:
             means, chols, np.asarray(local_user, dtype=np.int64), np.asarray(items, dtype=np.int64),
             self.item_factors, self.item_bias, self.mu, self.alpha,
         )
-        q = kernels.mixture_quantiles(comp_m, comp_s, self.probs)
+        q = mixture_quantiles_fast(comp_m, comp_s, self.probs, self.z)
         lo, hi = self.rating_range
         return np.clip(comp_m.mean(axis=1), lo, hi), np.clip(q[:, 0], lo, hi), np.clip(q[:, 1], lo, hi)
 
@@ -260,7 +261,7 @@ class BatchFoldIn:
                                                    self.mu, self.alpha)
         else:
             comp_m, comp_s = self.components(means, chols, local, top.ravel())
-        q = kernels.mixture_quantiles(comp_m, comp_s, self.probs)
+        q = mixture_quantiles_fast(comp_m, comp_s, self.probs, self.z)
         lo_r, hi_r = self.rating_range
         shape = (n_rows, n_eff)
         raw = comp_m.mean(axis=1).reshape(shape)

@@ -52,7 +52,7 @@ PRESETS: dict[str, Preset] = {
     # Sized so `bookrec run` (synthetic `small` data) finishes in a few minutes on 2 cores.
     "development": Preset(
         "development", n_factors=10, n_samples=100, burn_in=100, thin=1, n_chains=2,
-        max_kept_samples=50, warm_start=True, top_n=10,
+        max_kept_samples=50, warm_start=True, top_n=20,
         description="quick: 100 burn-in + 100 samples, 2 chains, k=10",
     ),
     "staging": Preset(

@@ -3,9 +3,13 @@
 Each row keeps a small descending buffer of its best n entries; a new entry is inserted only
 when it beats the current n-th, so a row of C scores costs about C comparisons. Ties are
 broken by the smaller column index, so results never depend on thread scheduling.
+Also: quantiles of Gaussian mixtures started from the moment-matched normal (the intervals of
+every stored recommendation).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -134,3 +138,67 @@ def topn_sparse_with_prior(sim_indptr, sim_indices, sim_data, prior, prior_order
             for p in range(sim_indptr[r], sim_indptr[r + 1]):
                 has_sim[sim_indices[p]] = False
     return idx, from_sim
+
+
+_SQRT2 = 1.4142135623730951
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+@njit(parallel=True, cache=True)
+def mixture_quantiles_fast(means, sds, probs, z):
+    """Quantiles (n, len(probs)) of equally weighted Gaussian mixtures, one mixture per row.
+
+    The same root as ``bookrec.model.kernels.mixture_quantiles`` (safeguarded Newton inside the
+    bracket [min mean - 9 max sd, max mean + 9 max sd], same stopping rule), but started at the
+    moment-matched normal quantile mean + z_p * sd (``z`` = standard normal quantiles of
+    ``probs``), which is usually within a few hundredths: 2-3 Newton steps instead of ~10.
+    """
+    n, n_s = means.shape
+    n_probs = probs.shape[0]
+    out = np.empty((n, n_probs))
+    for row in prange(n):
+        lo_b = np.inf
+        hi_b = -np.inf
+        smax = 0.0
+        m = 0.0
+        sq = 0.0
+        for s in range(n_s):
+            lo_b = min(lo_b, means[row, s])
+            hi_b = max(hi_b, means[row, s])
+            smax = max(smax, sds[row, s])
+            m += means[row, s]
+            sq += means[row, s] * means[row, s] + sds[row, s] * sds[row, s]
+        m /= n_s
+        sd = math.sqrt(max(sq / n_s - m * m, 1e-300))
+        lo_b -= 9.0 * smax
+        hi_b += 9.0 * smax
+        for q in range(n_probs):
+            prob = probs[q]
+            a = lo_b
+            b = hi_b
+            x = min(max(m + z[q] * sd, a), b)
+            for _ in range(100):
+                cdf = 0.0
+                pdf = 0.0
+                for s in range(n_s):
+                    t = (x - means[row, s]) / sds[row, s]
+                    cdf += 0.5 * math.erfc(-t / _SQRT2)
+                    pdf += math.exp(-0.5 * t * t) * _INV_SQRT_2PI / sds[row, s]
+                cdf /= n_s
+                pdf /= n_s
+                f = cdf - prob
+                if abs(f) < 1e-10:
+                    break
+                if f > 0.0:
+                    b = x
+                else:
+                    a = x
+                if b - a < 1e-9 * (1.0 + abs(x)):
+                    x = 0.5 * (a + b)
+                    break
+                xn = x - f / pdf if pdf > 1e-300 else a - 1.0
+                if xn <= a or xn >= b:
+                    xn = 0.5 * (a + b)
+                x = xn
+            out[row, q] = x
+    return out

@@ -96,8 +96,8 @@ def api(
     workers: int = typer.Option(2, "--workers", min=1, help="API worker processes"),
     duration: int = typer.Option(30, "--duration", min=1, help="Seconds of load for GET / and GET /recommend"),
     cold_duration: int = typer.Option(15, "--cold-duration", min=1, help="Seconds of load for the cold start"),
-    connections: int = typer.Option(64, "--connections", min=1, help="wrk connections (GET scenarios)"),
-    cold_connections: int = typer.Option(8, "--cold-connections", min=1, help="wrk connections (cold start)"),
+    connections: int = typer.Option(16, "--connections", min=1, help="wrk connections (GET scenarios; latency = connections / throughput)"),
+    cold_connections: int = typer.Option(4, "--cold-connections", min=1, help="wrk connections (cold start)"),
     threads: int = typer.Option(1, "--threads", min=1, help="wrk threads"),
     json_out: Path = typer.Option(None, "--json-out", help="Also write the figures here as JSON"),
 ) -> None:

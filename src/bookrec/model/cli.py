@@ -97,6 +97,9 @@ def train(
 
 def evaluation_report(model, training, k: int = 10, relevant: float = 8.0) -> dict:
     """Test metrics of the model and of the two baselines (all fitted on the same training split)."""
+    import numpy as np
+    import scipy.sparse as sp
+
     from bookrec.model.baselines import BiasBaseline, GlobalMean
     from bookrec.model.metrics import catalogue_coverage, evaluate_predictive
 
@@ -106,8 +109,6 @@ def evaluation_report(model, training, k: int = 10, relevant: float = 8.0) -> di
             "bias": BiasBaseline(rating_range=rr).fit(u, i, r, training.n_users, training.n_items),
             "global_mean": GlobalMean(rating_range=rr).fit(u, i, r)}
     report = {name: evaluate_predictive(m, *training.test, k=k, relevant=relevant) for name, m in rows.items()}
-    import scipy.sparse as sp
-
     seen = sp.csr_matrix((np.ones_like(r), (u, i)), shape=(training.n_users, training.n_items))
     users = np.unique(training.test[0])
     items, *_ = model.recommend_all(users, n=k, exclude_csr=seen)
@@ -157,5 +158,3 @@ def evaluate(
     c = report["convergence"]
     Console().print(f"convergence: {'converged' if c['converged'] else 'NOT converged'} (max R-hat {c['max_rhat']:.3f})")
 
-
-import numpy as np  # noqa: E402  (numpy is light; used by evaluation_report)

@@ -19,6 +19,9 @@ import numpy as np
 
 from bookrec.model import kernels
 
+# Everything here runs on request paths (possibly several threads at once): only single-threaded,
+# GIL-free kernels are used (numba's workqueue threading layer is not re-entrant across threads).
+
 SERVING_KEYS = ("item_factors", "item_bias", "mu", "alpha", "mu_user", "lambda_user", "tau_user_bias", "rating_range")
 
 
@@ -117,29 +120,35 @@ def rank_items_for_fold_in(arrays: dict, fold: FoldIn, n: int = 10, exclude=None
     """
     if rank_by not in ("mean", "lower", "sample"):
         raise ValueError("rank_by must be mean, lower or sample")
-    means, sds = fold_in_components(arrays, fold)
-    n_items, n_s = means.shape
+    k = arrays["item_factors"].shape[2]
+    n_s, n_items = arrays["item_bias"].shape
     excluded = np.zeros(n_items, dtype=bool)
     excluded[fold.item_idx if exclude is None else np.asarray(exclude, dtype=np.int64)] = True
-    mean = means.mean(axis=1)
-    if rank_by == "mean":
-        score = mean
-    elif rank_by == "lower":
+    if rank_by == "lower":  # the screening score needs every item's mixture variance
+        means, sds = fold_in_components(arrays, fold)
+        mean = means.mean(axis=1)
         from statistics import NormalDist
 
         z = NormalDist().inv_cdf((1 + level) / 2)
         var = (means**2 + sds**2).mean(axis=1) - mean**2
         score = mean - z * np.sqrt(np.maximum(var, 0))
-    else:
-        rng = np.random.default_rng(seed)
-        s = int(rng.integers(n_s))
-        k = arrays["item_factors"].shape[2]
-        x = fold.draws[s]
-        score = (float(arrays["mu"][s]) + arrays["item_bias"][s].astype(np.float64) + x[k]
-                 + arrays["item_factors"][s].astype(np.float64) @ x[:k])
+    else:  # only the predictive means (S x I x k), variances for the n winners below
+        mu = np.asarray(arrays["mu"], dtype=np.float64)
+        per_sample = (mu[:, None] + fold.mean[:, k][:, None] + arrays["item_bias"]
+                      + np.einsum("sik,sk->si", arrays["item_factors"], fold.mean[:, :k].astype(np.float32)))
+        mean = per_sample.mean(axis=0)
+        if rank_by == "mean":
+            score = mean
+        else:
+            rng = np.random.default_rng(seed)
+            s = int(rng.integers(n_s))
+            x = fold.draws[s]
+            score = (float(arrays["mu"][s]) + arrays["item_bias"][s].astype(np.float64) + x[k]
+                     + arrays["item_factors"][s].astype(np.float64) @ x[:k])
     m_cand = n if rank_by != "lower" else (n_candidates or 4 * n + 50)
     cand = kernels.top_n(np.ascontiguousarray(score, dtype=np.float64), int(m_cand), excluded)
-    q = kernels.mixture_quantiles(means[cand], sds[cand], np.array([(1 - level) / 2, (1 + level) / 2]))
+    cand_means, cand_sds = fold_in_components(arrays, fold, cand)
+    q = kernels.mixture_quantiles_ser(cand_means, cand_sds, np.array([(1 - level) / 2, (1 + level) / 2]))
     if rank_by == "lower":
         order = np.lexsort((cand, -q[:, 0]))[:n]
         cand, q = cand[order], q[order]
@@ -151,6 +160,6 @@ def predict_fold_in(arrays: dict, fold: FoldIn, items, level: float = 0.9):
     """Mean, lower, upper of the folded-in reader's predictive for the given items (clipped)."""
     items = np.asarray(items, dtype=np.int64)
     means, sds = fold_in_components(arrays, fold, items)
-    q = kernels.mixture_quantiles(means, sds, np.array([(1 - level) / 2, (1 + level) / 2]))
+    q = kernels.mixture_quantiles_ser(means, sds, np.array([(1 - level) / 2, (1 + level) / 2]))
     lo, hi = (float(x) for x in arrays["rating_range"])
     return np.clip(means.mean(axis=1), lo, hi), np.clip(q[:, 0], lo, hi), np.clip(q[:, 1], lo, hi)

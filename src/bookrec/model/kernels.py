@@ -299,8 +299,7 @@ def _mixture_quantile_one(means, sds, prob, lo, hi):
     return x
 
 
-@njit(parallel=True, cache=True)
-def mixture_quantiles(means, sds, probs):
+def _mixture_quantiles(means, sds, probs):
     """Quantiles of equally weighted Gaussian mixtures, one mixture per row.
 
     means, sds: (n, S) (sds may be a broadcast view); probs: (m,) -> (n, m).
@@ -325,6 +324,12 @@ def mixture_quantiles(means, sds, probs):
         for q in range(n_probs):
             out[p, q] = _mixture_quantile_one(row_m, row_s, probs[q], lo, hi)
     return out
+
+
+mixture_quantiles = njit(parallel=True, cache=True)(_mixture_quantiles)
+# Single-threaded twin for request paths: numba's default (workqueue) threading layer must not be
+# entered by two Python threads at once, and a few thousand mixtures take milliseconds anyway.
+mixture_quantiles_ser = njit(cache=True, nogil=True)(_mixture_quantiles)
 
 
 @njit(parallel=True, cache=True)

@@ -268,7 +268,9 @@ class Chain:
         """One draw of s = e^t for log pi(t) = -alpha/2 (A e^2t - 2 B e^t) - power t - d e^-2t,
         by two independence Metropolis-Hastings steps from t = 0 with a Laplace proposal."""
         def logp(t):
-            return -0.5 * alpha * (big_a * np.exp(2 * t) - 2 * big_b * np.exp(t)) - power * t - d * np.exp(-2 * t)
+            with np.errstate(over="ignore", invalid="ignore"):  # far-out proposals: -inf/nan = reject
+                value = -0.5 * alpha * (big_a * np.exp(2 * t) - 2 * big_b * np.exp(t)) - power * t - d * np.exp(-2 * t)
+            return value if np.isfinite(value) else -np.inf
 
         if big_a <= 0:
             return 1.0

@@ -131,9 +131,10 @@ def _rdb_storage_with_retry(url: str, engine_kwargs: dict[str, Any], kwargs: dic
 def make_pruner(name: PrunerName, max_steps: int, eval_every: int) -> optuna.pruners.BasePruner:
     """Median or Hyperband pruning over Gibbs sweeps (the step reported is the sweep number)."""
     if name == "median":
-        # Judge a trial only after its chain has left the first few sweeps (noisy start) and
-        # only once 3 trials have finished, so the median means something.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2 * eval_every, interval_steps=1)
+        # Judge a trial only once 5 trials have finished (the sampler's random start-up trials,
+        # so the median is over diverse points) and only after 4 reports: the running NLL of the
+        # first few kept draws is noisy, and a trial with heavy thinning has fewer draws then.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=4 * eval_every, interval_steps=1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=2 * eval_every, max_resource=max(max_steps, 4 * eval_every))
     if name == "none":

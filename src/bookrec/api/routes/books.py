@@ -67,7 +67,7 @@ def build_router(settings: Settings) -> APIRouter:
         "/books/search",
         response_model=SearchResponse,
         summary="Search the catalogue (JSON body, as in the original API)",
-        responses=error_responses(413, 422, 503),
+        responses=error_responses(400, 413, 422, 503),
     )
     async def search_post(bundle: BundleDep, body: SearchBody) -> Response:  # type: ignore[valid-type]
         return _json(await asyncio.to_thread(_search, bundle, body.query, body.limit))
