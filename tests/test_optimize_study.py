@@ -265,6 +265,10 @@ def test_storage_urls(tmp_path):
     # a fresh checkout: the sqlite file's folder is created
     make_storage(f"sqlite:///{tmp_path}/new/dir/optuna.db", heartbeat_seconds=None)
     assert (tmp_path / "new" / "dir" / "optuna.db").exists()
+    # a journal file on a shared file system
+    journal = make_storage(f"journal://{tmp_path}/journal/optuna.log")
+    optuna.create_study(storage=journal, study_name="j").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="j", storage=make_storage(f"journal://{tmp_path}/journal/optuna.log")).trials) == 2
 
 
 def test_reopening_a_study_with_another_objective_is_refused(tmp_path, tiny_data):

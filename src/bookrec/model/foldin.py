@@ -135,7 +135,7 @@ def rank_items_for_fold_in(arrays: dict, fold: FoldIn, n: int = 10, exclude=None
     else:  # only the predictive means (S x I x k), variances for the n winners below
         mu = np.asarray(arrays["mu"], dtype=np.float64)
         per_sample = (mu[:, None] + fold.mean[:, k][:, None] + arrays["item_bias"]
-                      + np.einsum("sik,sk->si", arrays["item_factors"], fold.mean[:, :k].astype(np.float32)))
+                      + np.matmul(arrays["item_factors"], fold.mean[:, :k, None].astype(np.float32))[:, :, 0])
         mean = per_sample.mean(axis=0)
         if rank_by == "mean":
             score = mean
