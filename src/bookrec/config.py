@@ -118,6 +118,9 @@ class Settings(BaseSettings):
         None, ge=1, description="Posterior samples the API keeps for fold-in and similarity (None = all published)"
     )
     api_access_log: bool = Field(False, description="uvicorn access log (off: it costs ~15% throughput)")
+    batch_store_reads: bool = Field(
+        True, description="Serve concurrent GET /recommend reads with one multi-get per event-loop turn"
+    )
 
     @classmethod
     def settings_customise_sources(

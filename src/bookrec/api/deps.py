@@ -18,6 +18,7 @@ import orjson
 from fastapi import Depends, Request
 
 from bookrec.api import metrics
+from bookrec.api.batching import RecommendationBatcher, multi_get
 from bookrec.api.serving import BundleUnavailable, ServingBundle
 from bookrec.config import Settings
 from bookrec.store import AsyncStoreReader, StoreUnavailable, open_async_reader
@@ -169,6 +170,13 @@ def _parse_json(blob: bytes | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _single_reads(reader: AsyncStoreReader):
+    async def fetch(user_ids: list[int], version: str) -> list[bytes | None]:
+        return list(await asyncio.gather(*(reader.get_recommendations(u, version) for u in user_ids)))
+
+    return fetch
+
+
 class ApiState:
     """Everything the app holds for its lifetime (created by the lifespan in `main.py`)."""
 
@@ -179,6 +187,10 @@ class ApiState:
             pool_size=settings.store_pool_size,
         )
         self.versions = VersionTracker(settings, self.reader)
+        # GET /recommend reads go through the batcher: concurrent requests share one round trip.
+        self.recommendations = RecommendationBatcher(
+            multi_get(self.reader) if settings.batch_store_reads else _single_reads(self.reader), max_batch=128
+        )
 
     async def warm_up(self) -> None:
         """Load the current version's bundle at startup; a store that is down is not an error here."""

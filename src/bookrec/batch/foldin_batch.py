@@ -154,23 +154,117 @@ def pair_components(means, inv_chols, local_user, items, item_factors, item_bias
     return out_m, out_s
 
 
+@njit(inline="always", cache=True)
+def _posterior_precision(prec, lin, a, b, items, ratings, item_factors, item_bias, mu, alpha, lambda_user,
+                         prior_h, tau_user_bias, s, f):
+    """Fill prec (lower triangle + mirrored) and lin = h for reader rows a..b under sample s."""
+    k = item_factors.shape[2]
+    d = k + 1
+    for i in range(d):
+        for j in range(d):
+            prec[i, j] = 0.0
+    for i in range(k):
+        for j in range(k):
+            prec[i, j] = lambda_user[s, i, j]
+        lin[i] = prior_h[s, i]
+    prec[k, k] = tau_user_bias[s]
+    lin[k] = 0.0
+    for p in range(a, b):
+        j_item = items[p]
+        for i in range(k):
+            f[i] = item_factors[s, j_item, i]
+        f[k] = 1.0
+        t = ratings[p] - mu[s] - item_bias[s, j_item]
+        for i in range(d):
+            lin[i] += alpha[s] * f[i] * t
+            for j in range(i + 1):
+                prec[i, j] += alpha[s] * f[i] * f[j]
+    for i in range(d):
+        for j in range(i + 1, d):
+            prec[i, j] = prec[j, i]
+
+
 @njit(parallel=True, cache=True)
-def pair_components_known(x, local_user, items, item_factors, item_bias, mu, alpha):
-    """Components for readers whose per-sample factors+bias ``x (U, S, k+1)`` are posterior draws
-    themselves (the model's own readers): mean_s = mu_s + c_sj + x_s . [v_sj, 1], sd_s = alpha_s^-1/2."""
-    n_pairs = local_user.shape[0]
+def fold_means(indptr, items, ratings, item_factors, item_bias, mu, alpha, lambda_user, prior_h, tau_user_bias):
+    """Posterior means only (U, S, k+1): what the screening product needs."""
+    n_users = indptr.shape[0] - 1
     n_s, _, k = item_factors.shape
-    out_m = np.empty((n_pairs, n_s))
-    out_s = np.empty((n_pairs, n_s))
-    for p in prange(n_pairs):
-        u = local_user[p]
-        j = items[p]
+    d = k + 1
+    means = np.empty((n_users, n_s, d))
+    for u in prange(n_users):
+        prec = np.empty((d, d))
+        lin = np.empty(d)
+        f = np.empty(d)
+        y = np.empty(d)
         for s in range(n_s):
-            m = mu[s] + item_bias[s, j] + x[u, s, k]
-            for i in range(k):
-                m += item_factors[s, j, i] * x[u, s, i]
-            out_m[p, s] = m
-            out_s[p, s] = 1.0 / math.sqrt(alpha[s])
+            _posterior_precision(prec, lin, indptr[u], indptr[u + 1], items, ratings, item_factors, item_bias, mu,
+                                 alpha, lambda_user, prior_h, tau_user_bias, s, f)
+            _cholesky_inplace(prec)
+            _chol_solve(prec, lin, y, means[u, s])
+    return means
+
+
+@njit(parallel=True, cache=True)
+def fold_top_components(indptr, items, ratings, means, top, item_factors, item_bias, factors_by_item, bias_by_item,
+                        mu, alpha, lambda_user, prior_h, tau_user_bias):
+    """Mixture components (U * n, S) of each reader's top-n items, recomputing each (reader,
+    sample) Cholesky factor L instead of storing covariances: f^T P^-1 f = ||L^-1 f||^2 by one
+    forward substitution per item. ``factors_by_item (I, S, k)`` / ``bias_by_item (I, S)`` are the
+    item-major copies, so the inner loop over samples reads memory in order."""
+    n_users, n = top.shape
+    n_s, _, k = item_factors.shape
+    d = k + 1
+    out_m = np.empty((n_users * n, n_s))
+    out_s = np.empty((n_users * n, n_s))
+    for u in prange(n_users):
+        chol = np.empty((n_s, d, d))
+        lin = np.empty(d)
+        f = np.empty(d)
+        w = np.empty(d)
+        for s in range(n_s):
+            _posterior_precision(chol[s], lin, indptr[u], indptr[u + 1], items, ratings, item_factors, item_bias,
+                                 mu, alpha, lambda_user, prior_h, tau_user_bias, s, f)
+            _cholesky_inplace(chol[s])
+        for t in range(n):
+            j = top[u, t]
+            row = u * n + t
+            for s in range(n_s):
+                for i in range(k):
+                    f[i] = factors_by_item[j, s, i]
+                f[k] = 1.0
+                m = mu[s] + bias_by_item[j, s]
+                for i in range(d):
+                    m += f[i] * means[u, s, i]
+                var = 1.0 / alpha[s]
+                for i in range(d):
+                    acc = f[i]
+                    for q in range(i):
+                        acc -= chol[s, i, q] * w[q]
+                    w[i] = acc / chol[s, i, i]
+                    var += w[i] * w[i]
+                out_m[row, s] = m
+                out_s[row, s] = math.sqrt(var)
+    return out_m, out_s
+
+
+@njit(parallel=True, cache=True)
+def known_top_components(x, top, factors_by_item, bias_by_item, mu, alpha):
+    """Components for the model's own readers (per-sample draws x (U, S, k+1)) of their top n."""
+    n_users, n = top.shape
+    n_s = mu.shape[0]
+    k = factors_by_item.shape[2]
+    out_m = np.empty((n_users * n, n_s))
+    out_s = np.empty((n_users * n, n_s))
+    for u in prange(n_users):
+        for t in range(n):
+            j = top[u, t]
+            row = u * n + t
+            for s in range(n_s):
+                m = mu[s] + bias_by_item[j, s] + x[u, s, k]
+                for i in range(k):
+                    m += factors_by_item[j, s, i] * x[u, s, i]
+                out_m[row, s] = m
+                out_s[row, s] = 1.0 / math.sqrt(alpha[s])
     return out_m, out_s
 
 
@@ -199,6 +293,9 @@ class BatchFoldIn:
         # and intervals of the chosen items are recomputed in float64 from the components.
         self.stacked = np.ascontiguousarray(stacked.reshape(n_s * (k + 1), n_items), dtype=np.float32)
         self.constant = (self.mu[:, None] + self.item_bias).mean(axis=0)
+        self.factors_by_item = np.ascontiguousarray(np.transpose(self.item_factors, (1, 0, 2)))
+        self.bias_by_item = np.ascontiguousarray(self.item_bias.T)
+        self.prior_h = np.einsum("sab,sb->sa", self.lambda_user, self.mu_user)
 
     def fold(self, rated: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """rated: (n_readers, n_items) explicit ratings on model items -> (means, chols)."""
@@ -229,21 +326,36 @@ class BatchFoldIn:
         """Fold in readers from their ratings, then top n by predictive mean per reader:
         (items, mean, lower, upper), each (n_readers, n), -1 / NaN where nothing is left."""
         rated = rated.tocsr()
+        rated.sort_indices()
         exclude = exclude.tocsr()
         out = _empty_result(rated.shape[0], n)
         for a in range(0, rated.shape[0], chunk):
             b = min(a + chunk, rated.shape[0])
-            means, chols = self.fold(rated[a:b])
-            self._top(means, chols, exclude[a:b], n, out, a)
+            part = rated[a:b]
+            args = (part.indptr.astype(np.int64), part.indices.astype(np.int64), part.data.astype(np.float64))
+            means = fold_means(*args, self.item_factors, self.item_bias, self.mu, self.alpha, self.lambda_user,
+                               self.prior_h, self.tau)
+
+            def components(top, means=means, args=args):
+                return fold_top_components(*args, means, top, self.item_factors, self.item_bias, self.factors_by_item,
+                                           self.bias_by_item, self.mu, self.alpha, self.lambda_user, self.prior_h,
+                                           self.tau)
+
+            self._top(means, components, exclude[a:b], n, out, a)
         return out
 
     def recommend_known(self, x: np.ndarray, exclude: sp.csr_matrix, n: int, out=None, offset: int = 0):
         """Top n for readers given by per-sample draws ``x (U, S, k+1)`` (factors then bias)."""
         out = out if out is not None else _empty_result(x.shape[0], n)
-        self._top(np.ascontiguousarray(x, dtype=np.float64), None, exclude.tocsr(), n, out, offset)
+        x = np.ascontiguousarray(x, dtype=np.float64)
+
+        def components(top):
+            return known_top_components(x, top, self.factors_by_item, self.bias_by_item, self.mu, self.alpha)
+
+        self._top(x, components, exclude.tocsr(), n, out, offset)
         return out
 
-    def _top(self, means, chols, exclude, n, out, a):
+    def _top(self, means, components, exclude, n, out, a):
         items, mean, lower, upper = out
         n_s = self.mu.shape[0]
         n_rows = means.shape[0]
@@ -253,14 +365,10 @@ class BatchFoldIn:
         score /= n_s
         score += self.constant[None, :].astype(np.float32)
         top, top_score = topn_dense(score, exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64), n_eff)
+        del score
         valid = top >= 0
         top = np.maximum(top, 0)
-        local = np.repeat(np.arange(n_rows), n_eff)
-        if chols is None:
-            comp_m, comp_s = pair_components_known(means, local, top.ravel(), self.item_factors, self.item_bias,
-                                                   self.mu, self.alpha)
-        else:
-            comp_m, comp_s = self.components(means, chols, local, top.ravel())
+        comp_m, comp_s = components(top)
         q = mixture_quantiles_fast(comp_m, comp_s, self.probs, self.z)
         lo_r, hi_r = self.rating_range
         shape = (n_rows, n_eff)

@@ -109,13 +109,13 @@ def build_router(settings: Settings) -> APIRouter:
         top_k, rank_by, seed = query.top_k, query.rank_by, query.seed
         state = request.app.state.api
         version = await state.versions.current()
-        payload = await state.reader.get_recommendations(user_id, version)
+        payload = await state.recommendations.get(user_id, version)
         if payload is None:
             # The pointer may have moved since we cached it: check once before saying 404.
             fresh = await state.versions.current(fresh=True)
             if fresh != version:
                 version = fresh
-                payload = await state.reader.get_recommendations(user_id, version)
+                payload = await state.recommendations.get(user_id, version)
         if payload is None:
             raise HTTPException(
                 404,
