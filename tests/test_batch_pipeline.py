@@ -12,7 +12,6 @@ import io
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 

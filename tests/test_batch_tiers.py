@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from bookrec.batch import pipeline as P
 from bookrec.batch.foldin_batch import BatchFoldIn

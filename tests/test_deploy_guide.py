@@ -130,17 +130,19 @@ def stores(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "bookrec.cli", "data", "synth", "--preset", "small", "--seed", "0",
                     "--out", str(data)], check=True, capture_output=True, env=CLI_ENV, cwd=workdir)
     server = RedisServer().start()
-    published = server.url
-    env = {
-        **CLI_ENV, "BOOKREC_HOME": str(workdir), "BOOKREC_TUNED_CONFIG_PATH": str(workdir / "no-tuned-params.json"),
-        "ENVIRONMENT": "development", "BOOKREC_BURN_IN": "10", "BOOKREC_N_SAMPLES": "10",
-    }
-    result = subprocess.run([sys.executable, "-m", "bookrec.cli", "batch", "--data", str(data), "--store", published,
-                             "--quiet"], capture_output=True, text=True, env=env, cwd=workdir, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    yield {"published": published, "empty": published[: -len("/0")] + "/1",
-           "down": f"redis://127.0.0.1:{free_port()}/0", "workdir": workdir}
-    server.stop()
+    try:  # stop the server even when the batch fails
+        published = server.url
+        env = {
+            **CLI_ENV, "BOOKREC_HOME": str(workdir), "BOOKREC_TUNED_CONFIG_PATH": str(workdir / "no-tuned-params.json"),
+            "ENVIRONMENT": "development", "BOOKREC_BURN_IN": "10", "BOOKREC_N_SAMPLES": "10",
+        }
+        result = subprocess.run([sys.executable, "-m", "bookrec.cli", "batch", "--data", str(data), "--store",
+                                 published, "--quiet"], capture_output=True, text=True, env=env, cwd=workdir, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield {"published": published, "empty": published[: -len("/0")] + "/1",
+               "down": f"redis://127.0.0.1:{free_port()}/0", "workdir": workdir}
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

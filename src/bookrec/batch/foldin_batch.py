@@ -328,7 +328,7 @@ class BatchFoldIn:
         rated = rated.tocsr()
         rated.sort_indices()
         exclude = exclude.tocsr()
-        out = _empty_result(rated.shape[0], n)
+        out = empty_result(rated.shape[0], n)
         for a in range(0, rated.shape[0], chunk):
             b = min(a + chunk, rated.shape[0])
             part = rated[a:b]
@@ -346,7 +346,7 @@ class BatchFoldIn:
 
     def recommend_known(self, x: np.ndarray, exclude: sp.csr_matrix, n: int, out=None, offset: int = 0):
         """Top n for readers given by per-sample draws ``x (U, S, k+1)`` (factors then bias)."""
-        out = out if out is not None else _empty_result(x.shape[0], n)
+        out = out if out is not None else empty_result(x.shape[0], n)
         x = np.ascontiguousarray(x, dtype=np.float64)
 
         def components(top):
@@ -386,7 +386,7 @@ class BatchFoldIn:
         upper[a:b, :n_eff] = np.where(valid, hi, np.nan)
 
 
-def _empty_result(n_readers: int, n: int):
+def empty_result(n_readers: int, n: int):
     return (np.full((n_readers, n), -1, dtype=np.int64), np.full((n_readers, n), np.nan),
             np.full((n_readers, n), np.nan), np.full((n_readers, n), np.nan))
 

@@ -33,7 +33,7 @@ import orjson
 import scipy.sparse as sp
 
 from bookrec.batch.catalog import Catalog, Interactions, RatingModel, build_catalog_and_interactions
-from bookrec.batch.foldin_batch import BatchFoldIn, _empty_result
+from bookrec.batch.foldin_batch import BatchFoldIn, empty_result
 from bookrec.batch.implicit import ImplicitRecommender, RecommendationBlock
 from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parquet
 from bookrec.batch.popularity import PopularityResult, popularity_lists, user_segments
@@ -279,7 +279,7 @@ def precompute(ctx: BatchContext, progress=None) -> Precomputed:
     t = task("personal", len(users1))
     _, exclude1 = _core_matrices(ctx, users1)  # everything they touched, not only training
     folder = BatchFoldIn(ctx.serving, level)
-    out1 = _empty_result(len(users1), n)
+    out1 = empty_result(len(users1), n)
     model = ctx.model
     for a in range(0, len(users1), chunk):
         b = min(a + chunk, len(users1))

@@ -280,7 +280,7 @@ def bench_api(
     model_items: int = 6_000,
     model_samples: int = 100,
     model_factors: int = 10,
-    workers: int = 2,
+    workers: int = 1,
     duration: int = 30,
     cold_duration: int = 15,
     connections: int = 16,

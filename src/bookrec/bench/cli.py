@@ -93,7 +93,7 @@ def api(
     data: Path = typer.Option(None, "--data", help="Normalised data directory for --source batch (default: generate the full preset)"),
     batch_preset: str = typer.Option("development", "--batch-preset", help="Batch preset for --source batch"),
     store_url: str = typer.Option(None, "--store", help="Load an already published store instead of publishing one"),
-    workers: int = typer.Option(2, "--workers", min=1, help="API worker processes"),
+    workers: int = typer.Option(1, "--workers", min=1, help="API worker processes (1 measured best on 2 cores shared with wrk and redis-server)"),
     duration: int = typer.Option(30, "--duration", min=1, help="Seconds of load for GET / and GET /recommend"),
     cold_duration: int = typer.Option(15, "--cold-duration", min=1, help="Seconds of load for the cold start"),
     connections: int = typer.Option(16, "--connections", min=1, help="wrk connections (GET scenarios; latency = connections / throughput)"),

@@ -335,7 +335,7 @@ def bench_resources(
                 return True
             except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                results.append(Measured(what=what, note=f"FAILED: {first} (logs in {workdir})"))
+                results.append(Measured(what=what, note=f"FAILED: {first} (keep the logs with --workdir)"))
                 console.print(f"[red]{what} failed:[/red] {exc}")
                 return False
 
