@@ -45,14 +45,16 @@ def test_presets_grow_in_effort():
 
 
 def test_tuned_file_overrides_preset_and_is_logged(tmp_path, caplog):
-    _write_tuned(tmp_path, {"n_factors": 14, "n_samples": 321, "alpha_prior": [1, 1]})
+    _write_tuned(tmp_path, {"n_factors": 14, "n_samples": 321, "alpha_prior": [2, 3], "not_a_parameter": 5})
     with caplog.at_level(logging.INFO, logger="bookrec.batch.presets"):
         resolved = resolve_parameters(_settings(tmp_path), "development")
     assert resolved.n_factors == 14 and resolved.n_samples == 321
     assert resolved.sources["n_factors"] == "tuned" and resolved.sources["burn_in"] == "preset:development"
     assert resolved.burn_in == PRESETS["development"].burn_in
     assert resolved.tuned["study"] == "bookrec" and resolved.tuned["n_trials"] == 12
-    assert resolved.tuned["params_used"] == {"n_factors": 14, "n_samples": 321}  # unknown names ignored
+    # Prior strengths are passed to the model too; names neither the batch nor the model knows are ignored.
+    assert resolved.tuned["params_used"] == {"n_factors": 14, "n_samples": 321, "alpha_prior": (2.0, 3.0)}
+    assert resolved.model_kwargs()["alpha_prior"] == (2.0, 3.0)
     assert any("using tuned parameters from" in r.getMessage() and "tuned.json" in r.getMessage() for r in caplog.records)
 
 

@@ -114,11 +114,6 @@ def test_the_batch_trains_with_the_tuned_schedule(tmp_path, tiny_data):
         assert resolved.sources[name] == "tuned"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bookrec.batch.presets.resolve_parameters keeps only its PARAMETER_NAMES and drops the tuned "
-    "prior strengths (beta0, w0_scale, bias_prior, alpha_prior); docs/ARCHITECTURE.md section 6 asks for all",
-)
 def test_the_batch_trains_with_the_tuned_prior_strengths(tmp_path, tiny_data):
     params, model_kwargs, _ = _tuned_and_resolved(tmp_path, tiny_data)
     for name in PRIORS:

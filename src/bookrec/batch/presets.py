@@ -30,6 +30,10 @@ PARAMETER_NAMES = (
     "top_n",
 )
 
+# Prior strengths of the model: the presets leave them at the model's defaults; the tuner's file
+# may set them, and then the batch must train with exactly those values.
+PRIOR_NAMES = ("beta0", "w0_scale", "bias_prior", "alpha_prior", "mu_prior_precision")
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -88,10 +92,13 @@ class ResolvedParameters:
     top_n: int
     sources: dict[str, str] = field(default_factory=dict)
     tuned: dict[str, Any] | None = None  # study, n_trials, best_value, path of the tuned file used
+    priors: dict[str, Any] = field(default_factory=dict)  # tuned prior strengths (empty = model defaults)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`bookrec.model.BPMF` (top_n is the batch's own)."""
-        return {name: getattr(self, name) for name in PARAMETER_NAMES if name != "top_n"}
+        kwargs = {name: getattr(self, name) for name in PARAMETER_NAMES if name != "top_n"}
+        kwargs.update(self.priors)
+        return kwargs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +143,20 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     return number
 
 
+def _coerce_prior(name: str, value: Any, origin: str) -> Any:
+    if name in ("bias_prior", "alpha_prior"):
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(float(v) > 0 for v in value)):
+            raise PresetError(f"{origin}: {name} must be a pair of positive numbers (shape, rate), got {value!r}")
+        return (float(value[0]), float(value[1]))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PresetError(f"{origin}: {name} must be a positive number, got {value!r}") from None
+    if not number > 0:
+        raise PresetError(f"{origin}: {name} must be a positive number, got {value!r}")
+    return number
+
+
 def resolve_parameters(settings: Settings, preset: str | None = None) -> ResolvedParameters:
     """Preset (default: ``settings.environment``) < tuned file < explicit ``BOOKREC_*`` settings."""
     chosen = get_preset(preset or settings.environment)
@@ -143,6 +164,7 @@ def resolve_parameters(settings: Settings, preset: str | None = None) -> Resolve
     sources = {name: f"preset:{chosen.name}" for name in PARAMETER_NAMES}
 
     tuned_info: dict[str, Any] | None = None
+    priors: dict[str, Any] = {}
     tuned_path = Path(settings.tuned_config_path)
     document = read_tuned_file(tuned_path)
     if document is not None:
@@ -150,6 +172,9 @@ def resolve_parameters(settings: Settings, preset: str | None = None) -> Resolve
         for name, value in document["params"].items():
             if name in PARAMETER_NAMES:
                 used[name] = values[name] = _coerce(name, value, str(tuned_path))
+                sources[name] = "tuned"
+            elif name in PRIOR_NAMES:
+                used[name] = priors[name] = _coerce_prior(name, value, str(tuned_path))
                 sources[name] = "tuned"
         tuned_info = {
             "path": str(tuned_path),
@@ -173,4 +198,4 @@ def resolve_parameters(settings: Settings, preset: str | None = None) -> Resolve
     if overridden:
         log.info("explicit settings override: %s", ", ".join(f"{n}={values[n]}" for n in overridden))
 
-    return ResolvedParameters(preset=chosen.name, sources=sources, tuned=tuned_info, **values)
+    return ResolvedParameters(preset=chosen.name, sources=sources, tuned=tuned_info, priors=priors, **values)
