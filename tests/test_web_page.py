@@ -465,6 +465,22 @@ def test_usable_at_phone_width(browser, world):
 # ---- errors: no model yet, store down, recovery -------------------------------------------------------------
 
 
+def _wait_until_healthy(base: str, timeout: float = 30.0) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the API did not become healthy within {timeout} s after the store came back")
+
+
 def test_page_explains_missing_model_and_store_outage(browser):
     redis = RedisServer().start()
     try:
@@ -492,6 +508,9 @@ def test_page_explains_missing_model_and_store_outage(browser):
 
             redis.start()  # and comes back (empty: it keeps nothing on disk), the batch republishes,
             publish_fixture(redis.url, n_users=40, n_books=40, seed=3)
+            # The API reconnects by itself; wait until it says so (bounded), so that a busy
+            # machine cannot turn this into a test of reconnection timing.
+            _wait_until_healthy(base)
             # and "Try again" works without reloading the page.
             alert.get_by_role("button", name="Try again").click()
             expect(p.locator(".view-known .card")).to_have_count(10)
