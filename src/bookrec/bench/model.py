@@ -194,7 +194,7 @@ def bench_model(k: int = 10, burn_in: int = 200, n_samples: int = 500, seed: int
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 140))  # the table is wide; keep it readable in logs
     say = (lambda *_, **__: None) if as_json else console.print
     sets = prepare_sets(seed, progress=say)
     report = {"k": k, "burn_in": burn_in, "n_samples": n_samples, "sets": {}}
@@ -238,19 +238,19 @@ def bench_model(k: int = 10, burn_in: int = 200, n_samples: int = 500, seed: int
             speedup = rows[fastest]["seconds_per_iteration"] / ours["seconds_per_iteration"]
             cpu_fastest = min(ok_peers, key=lambda p: rows[p]["cpu_seconds_per_iteration"])
             cpu_speedup = rows[cpu_fastest]["cpu_seconds_per_iteration"] / ours["cpu_seconds_per_iteration"]
-            console.print(f"  CPU time per iteration: {cpu_speedup:.2f}x the leanest peer ({cpu_fastest})")
+            console.print(f"  CPU time per iteration: {cpu_speedup:.2f}x the leanest peer ({cpu_fastest})", markup=False)
             console.print(
                 f"  speed: {speedup:.1f}x the faster peer ({fastest}) per iteration "
                 f"[{'ok' if speedup >= 5 else 'below'} target 5x]; RMSE {ours['rmse']:.4f} vs best peer "
                 f"{best} {rows[best]['rmse']:.4f} [{'ok' if ours['rmse'] <= rows[best]['rmse'] else 'worse'}]; "
                 f"90% coverage {ours['coverage90']:.3f} [{'ok' if 0.88 <= ours['coverage90'] <= 0.92 else 'outside'} 88-92%]; "
-                f"peak {ours['peak_mb']:.0f} MB [{'ok' if ours['peak_mb'] <= 2048 else 'over'} 2 GB]")
+                f"peak {ours['peak_mb']:.0f} MB [{'ok' if ours['peak_mb'] <= 2048 else 'over'} 2 GB]", markup=False)
             for p in ok_peers:
                 console.print(f"  vs {p}: time/iteration ratio {rows[p]['seconds_per_iteration'] / ours['seconds_per_iteration']:.2f} "
                               f"(CPU {rows[p]['cpu_seconds_per_iteration'] / ours['cpu_seconds_per_iteration']:.2f}), "
-                              f"RMSE ratio {ours['rmse'] / rows[p]['rmse']:.3f}")
+                              f"RMSE ratio {ours['rmse'] / rows[p]['rmse']:.3f}", markup=False)
         for p in peers:
             if "error" in rows[p]:
-                console.print(f"  [yellow]{p} did not run: {rows[p]['error']}[/]")
+                console.print(f"  {p} did not run: {rows[p]['error']}", markup=False, style="yellow")
     return report
 
