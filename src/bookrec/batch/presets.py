@@ -56,11 +56,11 @@ PRESETS: dict[str, Preset] = {
     # Sized so `bookrec run` (synthetic `small` data) finishes in well under a minute on 2 cores
     # and still converges: at k=5 the slowest quantities (alpha and the train RMSE, i.e. how the
     # variance splits between signal and noise) need ~2,000 draws per chain for split R-hat < 1.05
-    # and bulk ESS >= 100 on `small` (measured: R-hat 1.02, ESS 98 at 300 + 2,000).
+    # and bulk ESS >= 100 on `small` (measured: R-hat 1.02, ESS 87-98 at 300 + 2,000-2,500), so 3,500.
     "development": Preset(
-        "development", n_factors=5, n_samples=2500, burn_in=300, thin=5, n_chains=2,
+        "development", n_factors=5, n_samples=3500, burn_in=300, thin=5, n_chains=2,
         max_kept_samples=50, warm_start=True, top_n=20,
-        description="300 burn-in + 2,500 samples, 2 chains, k=5",
+        description="300 burn-in + 3,500 samples, 2 chains, k=5",
     ),
     # More factors mix more slowly (k=10 at 500 + 3,000 draws: ESS ~40), so the longer presets
     # buy their extra factors with proportionally longer chains.
