@@ -108,6 +108,8 @@ def test_published_blobs_and_books(two_runs, small_dir):
                     "interval_level", "stage_seconds"):
             assert key in meta, key
         assert meta["version"] == second.version
+        # Only finished stages are published (the publish itself is still running when meta is written).
+        assert meta["stage_seconds"] and all(value >= 0 for value in meta["stage_seconds"].values())
         assert meta["coverage_by_tier"] == second.coverage_by_tier
         assert set(meta["test_metrics"]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"}
         assert "ndcg@10" in meta["test_metrics"] and len(meta["baselines"]) == 2

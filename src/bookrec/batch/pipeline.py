@@ -565,7 +565,10 @@ def run_batch(
         stage_seconds = timer.seconds  # meta is built last, inside the publish (it needs the version)
 
         def meta(version: str) -> bytes:
-            return orjson.dumps(build_meta(ctx, evaluation, coverage, dict(stage_seconds), version, pre.seconds))
+            # The publish stage is still running while meta is written (it holds a negative
+            # start mark), so only finished stages are published.
+            finished = {name: value for name, value in stage_seconds.items() if value >= 0}
+            return orjson.dumps(build_meta(ctx, evaluation, coverage, finished, version, pre.seconds))
 
         blobs = {
             "catalog": catalog_parquet(ctx.catalog, in_model),
