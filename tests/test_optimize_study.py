@@ -90,7 +90,7 @@ def test_short_study_completes_and_writes_the_config(tmp_path, tiny_data):
 
 
 def _tuned_and_resolved(tmp_path, tiny_data):
-    presets = pytest.importorskip("bookrec.batch.presets", reason="the batch part is not built yet")
+    from bookrec.batch import presets
     config = tmp_path / "tuned.json"
     run_optimization(
         tiny_data, n_trials=2, storage_url=f"sqlite:///{tmp_path}/optuna.db", study_name="for-batch",
