@@ -75,6 +75,36 @@ def _lower_inverse(lower, inv):
             inv[i, c] = acc / lower[i, i]
 
 
+@njit(inline="always", cache=True)
+def _posterior_precision(prec, lin, a, b, items, ratings, item_factors, item_bias, mu, alpha, lambda_user,
+                         prior_h, tau_user_bias, s, f):
+    """Fill prec (lower triangle + mirrored) and lin = h for reader rows a..b under sample s."""
+    k = item_factors.shape[2]
+    d = k + 1
+    for i in range(d):
+        for j in range(d):
+            prec[i, j] = 0.0
+    for i in range(k):
+        for j in range(k):
+            prec[i, j] = lambda_user[s, i, j]
+        lin[i] = prior_h[s, i]
+    prec[k, k] = tau_user_bias[s]
+    lin[k] = 0.0
+    for p in range(a, b):
+        j_item = items[p]
+        for i in range(k):
+            f[i] = item_factors[s, j_item, i]
+        f[k] = 1.0
+        t = ratings[p] - mu[s] - item_bias[s, j_item]
+        for i in range(d):
+            lin[i] += alpha[s] * f[i] * t
+            for j in range(i + 1):
+                prec[i, j] += alpha[s] * f[i] * f[j]
+    for i in range(d):
+        for j in range(i + 1, d):
+            prec[i, j] = prec[j, i]
+
+
 @njit(parallel=True, cache=True)
 def fold_in_many(indptr, items, ratings, item_factors, item_bias, mu, alpha, lambda_user, mu_user, tau_user_bias):
     """Posterior mean (U, S, k+1) and W = L^-1 (U, S, k+1, k+1), lower triangular, where
@@ -84,39 +114,22 @@ def fold_in_many(indptr, items, ratings, item_factors, item_bias, mu, alpha, lam
     d = k + 1
     means = np.empty((n_users, n_s, d))
     inv_chols = np.empty((n_users, n_s, d, d))
+    # The prior's linear term Lambda_U mu_U depends only on the sample: computed once.
+    prior_h = np.empty((n_s, k))
+    for s in range(n_s):
+        for i in range(k):
+            acc = 0.0
+            for j in range(k):
+                acc += lambda_user[s, i, j] * mu_user[s, j]
+            prior_h[s, i] = acc
     for u in prange(n_users):
-        a, b = indptr[u], indptr[u + 1]
         prec = np.empty((d, d))
         lin = np.empty(d)
         f = np.empty(d)
         y = np.empty(d)
         for s in range(n_s):
-            for i in range(d):
-                for j in range(d):
-                    prec[i, j] = 0.0
-            for i in range(k):
-                for j in range(k):
-                    prec[i, j] = lambda_user[s, i, j]
-            prec[k, k] = tau_user_bias[s]
-            for i in range(k):
-                acc = 0.0
-                for j in range(k):
-                    acc += lambda_user[s, i, j] * mu_user[s, j]
-                lin[i] = acc
-            lin[k] = 0.0
-            for p in range(a, b):
-                j_item = items[p]
-                for i in range(k):
-                    f[i] = item_factors[s, j_item, i]
-                f[k] = 1.0
-                t = ratings[p] - mu[s] - item_bias[s, j_item]
-                for i in range(d):
-                    lin[i] += alpha[s] * f[i] * t
-                    for j in range(i + 1):
-                        prec[i, j] += alpha[s] * f[i] * f[j]
-            for i in range(d):  # only the lower triangle was accumulated
-                for j in range(i + 1, d):
-                    prec[i, j] = prec[j, i]
+            _posterior_precision(prec, lin, indptr[u], indptr[u + 1], items, ratings, item_factors, item_bias, mu,
+                                 alpha, lambda_user, prior_h, tau_user_bias, s, f)
             _cholesky_inplace(prec)
             _chol_solve(prec, lin, y, means[u, s])
             _lower_inverse(prec, inv_chols[u, s])
@@ -152,36 +165,6 @@ def pair_components(means, inv_chols, local_user, items, item_factors, item_bias
             out_m[p, s] = m
             out_s[p, s] = math.sqrt(var)
     return out_m, out_s
-
-
-@njit(inline="always", cache=True)
-def _posterior_precision(prec, lin, a, b, items, ratings, item_factors, item_bias, mu, alpha, lambda_user,
-                         prior_h, tau_user_bias, s, f):
-    """Fill prec (lower triangle + mirrored) and lin = h for reader rows a..b under sample s."""
-    k = item_factors.shape[2]
-    d = k + 1
-    for i in range(d):
-        for j in range(d):
-            prec[i, j] = 0.0
-    for i in range(k):
-        for j in range(k):
-            prec[i, j] = lambda_user[s, i, j]
-        lin[i] = prior_h[s, i]
-    prec[k, k] = tau_user_bias[s]
-    lin[k] = 0.0
-    for p in range(a, b):
-        j_item = items[p]
-        for i in range(k):
-            f[i] = item_factors[s, j_item, i]
-        f[k] = 1.0
-        t = ratings[p] - mu[s] - item_bias[s, j_item]
-        for i in range(d):
-            lin[i] += alpha[s] * f[i] * t
-            for j in range(i + 1):
-                prec[i, j] += alpha[s] * f[i] * f[j]
-    for i in range(d):
-        for j in range(i + 1, d):
-            prec[i, j] = prec[j, i]
 
 
 @njit(parallel=True, cache=True)
