@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="bench commands", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks (not tests): speed, memory and quality figures for each part, printed as tables.", no_args_is_help=True)
 
 
 @app.command("store")
