@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bookrec.api.catalog import Catalog, CatalogFormatError, normalize_isbn
+from bookrec.api.catalog import Catalog, CatalogFormatError
 from bookrec.api.search import SearchIndex
 from bookrec.data.normalize import normalize_isbn as importer_normalize_isbn
+from bookrec.data.isbn import normalize_isbn_text as normalize_isbn
 
 ROWS = [
     {"isbn": "0439064864", "work_key": "harry potter and the chamber of secrets|jkrowling",

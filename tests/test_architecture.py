@@ -16,7 +16,7 @@ ALLOWED = {
     "optimize": {"data", "model"},
     "batch": {"data", "model", "store"},
     "store": set(),
-    "api": {"model", "store"},
+    "api": {"data", "model", "store"},
     "web": set(),
 }
 SHARED = {"config", "logging"}

@@ -10,21 +10,14 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from bookrec.data.isbn import normalize_isbn_text
+
 COLUMNS = ("isbn", "work_key", "title", "author", "year", "publisher", "image_url", "n_ratings", "in_model")
-
-# The importer's rule (bookrec.data.normalize.normalize_isbn): upper-case, keep only [0-9A-Z].
-_NOT_ISBN_CHAR = re.compile(r"[^0-9A-Z]")
-
-
-def normalize_isbn(text: str) -> str:
-    """`'0-316-66634 3'` -> `'0316666343'`; `'043935806x'` -> `'043935806X'` (same rule as the importer)."""
-    return _NOT_ISBN_CHAR.sub("", text.upper())
 
 
 class CatalogFormatError(ValueError):
@@ -132,7 +125,7 @@ class Catalog:
         }
 
     def find_isbn(self, text: str) -> int | None:
-        return self.row_of_isbn.get(normalize_isbn(text))
+        return self.row_of_isbn.get(normalize_isbn_text(text))
 
     def representative_row(self, work_key: str, isbn_hint: str | None = None) -> int | None:
         """The row to show for a work: the hinted edition when it is in the catalogue, else the most rated."""

@@ -13,7 +13,6 @@ import zipfile
 import logging
 import time
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -227,8 +226,3 @@ class ServingBundle:
             )
             out.append(entry)
         return out
-
-
-def normal_quantile(level: float) -> float:
-    """z such that a normal's central `level` interval is mean +- z sd."""
-    return NormalDist().inv_cdf((1 + level) / 2)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.stats import norm
 
 from bookrec.data.prep import IndexMap
+from bookrec.model.metrics import central_z
 
 
 @dataclass
@@ -145,11 +145,6 @@ def build_catalog_and_interactions(ratings: pd.DataFrame, books: pd.DataFrame, u
     return catalog, interactions
 
 
-def z_value(level: float) -> float:
-    """Two-sided normal quantile: a central ``level`` interval is mean +- z * sd."""
-    return float(norm.ppf(0.5 + level / 2.0))
-
-
 @dataclass
 class RatingModel:
     """Normal-normal shrinkage of book means, with variances estimated by the method of moments.
@@ -230,7 +225,7 @@ class RatingModel:
         var = self.post_var[works] if mean_var is None else mean_var
         pred = mu + offset
         sd = np.sqrt(self.sigma2 + var + offset_var)
-        z = z_value(level)
+        z = central_z(level)
         lo = np.clip(pred - z * sd, self.rating_min, self.rating_max)
         hi = np.clip(pred + z * sd, self.rating_min, self.rating_max)
         return np.clip(pred, self.rating_min, self.rating_max), lo, hi

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bookrec.batch.catalog import Interactions, RatingModel, z_value
+from bookrec.batch.catalog import Interactions, RatingModel
+from bookrec.model.metrics import central_z
 
 AGE_BAND_EDGES = (0, 18, 25, 35, 45, 55, 65, 200)
 AGE_BAND_LABELS = ("<18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
@@ -79,7 +80,7 @@ def popularity_lists(
     min_segment_ratings: int,
 ) -> PopularityResult:
     """Global and segment lists, and which list each of ``request_users`` (user indices) gets."""
-    z = z_value(level)
+    z = central_z(level)
     rm = rating_model
     candidates = np.flatnonzero(np.bincount(interactions.explicit_work, minlength=len(rm.post_mean)) > 0)
     if len(candidates) == 0:

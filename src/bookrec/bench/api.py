@@ -248,7 +248,9 @@ def _cold_start_bodies(store_url: str, n: int, per_body: int, seed: int) -> list
     ]
 
 
-def _wait_ready(base: str, proc: subprocess.Popen, cold_body: bytes, timeout: float = 300.0) -> None:
+def wait_until_serving(base: str, proc: subprocess.Popen, cold_body: bytes, attempts: int = 6,
+                       request_timeout: float = 30.0, timeout: float = 300.0) -> None:
+    """Healthy, and `attempts` cold starts answered, so that every worker has loaded the serving model."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -256,11 +258,10 @@ def _wait_ready(base: str, proc: subprocess.Popen, cold_body: bytes, timeout: fl
         if proc.poll() is not None:
             raise RuntimeError(f"the API server exited with {proc.returncode}")
         try:
-            # Ready = healthy and the model loaded in every worker (a few requests reach each one).
             if httpx.get(base + "/health", timeout=2).status_code == 200 and all(
-                httpx.post(base + "/recommend/cold-start", content=cold_body, timeout=30,
+                httpx.post(base + "/recommend/cold-start", content=cold_body, timeout=request_timeout,
                            headers={"content-type": "application/json"}).status_code == 200
-                for _ in range(6)
+                for _ in range(attempts)
             ):
                 return
         except httpx.HTTPError:
@@ -343,7 +344,7 @@ def bench_api(
         )
         stack.callback(lambda: (proc.terminate(), proc.wait(timeout=20)))
         started = time.perf_counter()
-        _wait_ready(base, proc, bodies[0])
+        wait_until_serving(base, proc, bodies[0])
         results["server_ready_seconds"] = round(time.perf_counter() - started, 1)
         console.print(f"server ready in {results['server_ready_seconds']} s; loading for {duration} s per scenario")
 

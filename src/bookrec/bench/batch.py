@@ -14,43 +14,14 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 TARGETS = {"precompute": 60.0, "publish": 30.0, "total": 180.0, "peak_rss_mb": 2048.0}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    proc.terminate()
-    raise SystemExit("redis-server did not start")
 
 
 def _cpu() -> float:
@@ -66,7 +37,7 @@ def bench_batch(data_dir: Path | None, synth_preset: str, seed: int, batch_prese
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="bookrec-bench-batch-")) if workdir is None else Path(workdir)
     tmp.mkdir(parents=True, exist_ok=True)
-    redis_proc = None
+    stack = ExitStack()
     try:
         if data_dir is None:
             data_dir = tmp / f"data-{synth_preset}-{seed}"
@@ -80,7 +51,9 @@ def bench_batch(data_dir: Path | None, synth_preset: str, seed: int, batch_prese
                     check=True, stdout=subprocess.DEVNULL,
                 )
         if store_url is None:
-            redis_proc, store_url = _start_redis(tmp)
+            from bookrec.store.bench import temporary_redis
+
+            store_url = stack.enter_context(temporary_redis())
 
         from bookrec.batch.pipeline import run_batch
         from bookrec.config import Settings
@@ -122,13 +95,7 @@ def bench_batch(data_dir: Path | None, synth_preset: str, seed: int, batch_prese
             "converged": report.meta.get("convergence", {}).get("converged"),
         }
     finally:
-        if redis_proc is not None:
-            redis_proc.terminate()
-            try:
-                redis_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                redis_proc.kill()
-                redis_proc.wait()
+        stack.close()
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -188,27 +188,6 @@ def measure_store_synthetic(top_n: int) -> Measured:
 # --- the API -------------------------------------------------------------------------------------
 
 
-def _ready(base: str, proc: subprocess.Popen, cold_body: bytes, workers: int, timeout: float = 300.0) -> None:
-    """Healthy, and enough cold starts answered that every worker has loaded the serving model."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bookrec serve exited with {proc.returncode}")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200 and all(
-                httpx.post(base + "/recommend/cold-start", content=cold_body, timeout=60,
-                           headers={"content-type": "application/json"}).status_code == 200
-                for _ in range(4 * workers)
-            ):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("bookrec serve did not become ready")
-
-
 PY_LOAD = r"""
 import json, random, sys, time, httpx
 base, users_file, bodies_file, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -232,7 +211,7 @@ print(json.dumps({"requests": n}))
 def measure_api(store_url: str, workers: int, duration: int, connections: int, workdir: Path) -> list[Measured]:
     """RSS of `bookrec serve` (whole tree) at rest, and its peak and final value under load."""
     from bookrec.bench import api as api_bench
-    from bookrec.bench.api import _free_port
+    from bookrec.bench.api import _free_port, wait_until_serving
 
     user_ids = api_bench._all_user_ids(store_url)
     users_file = workdir / "users.txt"
@@ -251,7 +230,7 @@ def measure_api(store_url: str, workers: int, duration: int, connections: int, w
     )
     try:
         started = time.perf_counter()
-        _ready(base, proc, bodies[0], workers)
+        wait_until_serving(base, proc, bodies[0], attempts=4 * workers, request_timeout=60.0)
         ready_seconds = time.perf_counter() - started
         time.sleep(2.0)  # let allocations settle
         tree = psutil.Process(proc.pid)

@@ -19,6 +19,8 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
+from bookrec.data.isbn import NOT_ISBN_CHAR
+
 # Years outside this window are junk (0 for unknown, 2030/2050, typos like 1376 are kept as
 # plausible old books; the crawl was in 2004 so anything after 2006 cannot be a real edition).
 YEAR_MIN, YEAR_MAX = 1000, 2006
@@ -32,7 +34,7 @@ def normalize_isbn(values: pd.Series) -> pd.Series:
     Junk that survives (empty, wrong length) is kept as it is: a rating on a junk ISBN is
     still an interaction, and the ISBN will simply not join to a book.
     """
-    s = values.astype("str").str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
+    s = values.astype("str").str.upper().str.replace(NOT_ISBN_CHAR.pattern, "", regex=True)
     return s
 
 

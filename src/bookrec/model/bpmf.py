@@ -352,9 +352,7 @@ class BPMF:
         indices = np.asarray(indices, dtype=np.int64)
         if indptr.shape[0] < self.n_users_ + 1:
             indptr = np.concatenate([indptr, np.full(self.n_users_ + 1 - indptr.shape[0], indptr[-1])])
-        from statistics import NormalDist
-
-        z = NormalDist().inv_cdf((1 + level) / 2)
+        z = metrics.central_z(level)
         rng = np.random.default_rng(seed)
         choice = rng.integers(0, self.mu_.shape[0], size=users.size)
         n_cand = int(n_candidates or 4 * n + 50)

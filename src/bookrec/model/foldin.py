@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bookrec.model import kernels
+from bookrec.model.metrics import central_z
 
 # Everything here runs on request paths (possibly several threads at once): only single-threaded,
 # GIL-free kernels are used (numba's workqueue threading layer is not re-entrant across threads).
@@ -127,9 +128,7 @@ def rank_items_for_fold_in(arrays: dict, fold: FoldIn, n: int = 10, exclude=None
     if rank_by == "lower":  # the screening score needs every item's mixture variance
         means, sds = fold_in_components(arrays, fold)
         mean = means.mean(axis=1)
-        from statistics import NormalDist
-
-        z = NormalDist().inv_cdf((1 + level) / 2)
+        z = central_z(level)
         var = (means**2 + sds**2).mean(axis=1) - mean**2
         score = mean - z * np.sqrt(np.maximum(var, 0))
     else:  # only the predictive means (S x I x k), variances for the n winners below

@@ -7,6 +7,7 @@ baselines are scored by exactly the same code.
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Protocol
 
 import numpy as np
@@ -20,6 +21,11 @@ class Predictive(Protocol):
     def predictive_components(self, user_idx, item_idx) -> tuple[np.ndarray, np.ndarray]: ...
 
     rating_range: tuple[float, float]
+
+
+def central_z(level: float) -> float:
+    """z such that a normal's central ``level`` interval is mean +- z sd (0.9 -> 1.645)."""
+    return NormalDist().inv_cdf((1 + level) / 2)
 
 
 def rmse(y, pred) -> float:

@@ -9,7 +9,6 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import Field, create_model
 from starlette.responses import Response
 
-from bookrec.api.catalog import normalize_isbn
 from bookrec.api.deps import BundleDep
 from bookrec.api.schemas import (
     Book,
@@ -21,6 +20,7 @@ from bookrec.api.schemas import (
 )
 from bookrec.api.serving import ServingBundle
 from bookrec.config import Settings
+from bookrec.data.isbn import normalize_isbn_text
 
 ISBN_PATH = Path(min_length=1, max_length=40, description="ISBN-10 or ISBN-13; dashes and spaces are ignored")
 
@@ -32,7 +32,7 @@ def _json(body: dict[str, Any]) -> Response:
 def _search(bundle: ServingBundle, query: str, limit: int) -> dict[str, Any]:
     catalog, index = bundle.need_catalog()
     exact = []
-    as_isbn = normalize_isbn(query)
+    as_isbn = normalize_isbn_text(query)
     if len(as_isbn) in (10, 13) and (row := catalog.row_of_isbn.get(as_isbn)) is not None:
         exact.append(row)
     hits = index.search(query, limit=limit, exact_rows=exact)
@@ -95,7 +95,7 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def book(request: Request, isbn: Annotated[str, ISBN_PATH]) -> Response:
         state = request.app.state.api
-        key = normalize_isbn(isbn)
+        key = normalize_isbn_text(isbn)
         if not key:
             raise HTTPException(404, f"{isbn!r} is not an ISBN; search by title with GET /books/search?q=")
         version = await state.versions.current()
@@ -117,7 +117,7 @@ def build_router(settings: Settings) -> APIRouter:
     ) -> Response:
         catalog, _ = bundle.need_catalog()
         bundle.need_model()
-        key = normalize_isbn(isbn)
+        key = normalize_isbn_text(isbn)
         row = catalog.row_of_isbn.get(key) if key else None
         if row is None:
             raise HTTPException(404, f"no book with ISBN {key or isbn!r} in the catalogue; search with GET /books/search?q=")

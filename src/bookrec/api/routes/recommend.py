@@ -14,7 +14,6 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import Field, ValidationError, create_model
 from starlette.responses import Response
 
-from bookrec.api.catalog import normalize_isbn
 from bookrec.api.deps import BundleDep
 from bookrec.api.schemas import (
     ColdStartRequest,
@@ -24,8 +23,10 @@ from bookrec.api.schemas import (
     RecommendationsResponse,
     error_responses,
 )
-from bookrec.api.serving import ServingBundle, normal_quantile
+from bookrec.api.serving import ServingBundle
 from bookrec.config import Settings
+from bookrec.data.isbn import normalize_isbn_text
+from bookrec.model.metrics import central_z
 from bookrec.store.base import MAX_USER_ID
 
 # A typed title is accepted as a catalogue book when the match covers most of its words and reads
@@ -50,7 +51,7 @@ def rerank(items: list[dict[str, Any]], rank_by: str, level: float, seed: int | 
         order = sorted(items, key=lambda r: (-float(r["confidence_interval"][0]), -float(r["predicted_rating"])))
     else:
         rng = random.Random(seed)
-        z = normal_quantile(level)
+        z = central_z(level)
         draws = [rng.gauss(float(r["predicted_rating"]), max(float(r["uncertainty"]), 1e-9) / z) for r in items]
         order = [r for _, r in sorted(zip(draws, items), key=lambda p: -p[0])]
     return [{**r, "rank": i} for i, r in enumerate(order, 1)]
@@ -177,7 +178,7 @@ def _resolve(bundle: ServingBundle, rating: RatingIn) -> tuple[int | None, dict[
         text = rating.isbn
         row = catalog.find_isbn(text)
         if row is None:
-            return None, {"input": text, "reason": f"no book with ISBN {normalize_isbn(text) or text!r} in the catalogue"}
+            return None, {"input": text, "reason": f"no book with ISBN {normalize_isbn_text(text) or text!r} in the catalogue"}
         rows = [row]
     else:
         text = rating.title or ""
