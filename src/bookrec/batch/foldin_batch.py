@@ -106,22 +106,17 @@ def _posterior_precision(prec, lin, a, b, items, ratings, item_factors, item_bia
 
 
 @njit(parallel=True, cache=True)
-def fold_in_many(indptr, items, ratings, item_factors, item_bias, mu, alpha, lambda_user, mu_user, tau_user_bias):
-    """Posterior mean (U, S, k+1) and W = L^-1 (U, S, k+1, k+1), lower triangular, where
-    P = L L^T is the posterior precision: the covariance is W^T W, so f^T Cov f = ||W f||^2."""
+def _fold(indptr, items, ratings, item_factors, item_bias, mu, alpha, lambda_user, prior_h, tau_user_bias,
+          with_inverse):
+    """Posterior means (U, S, k+1) of every reader's (factors, bias) per sample and, when
+    ``with_inverse``, W = L^-1 (U, S, k+1, k+1) lower triangular, where P = L L^T is the
+    posterior precision: the covariance is W^T W, so f^T Cov f = ||W f||^2. Without it the
+    second array is empty (the screening product needs the means only)."""
     n_users = indptr.shape[0] - 1
     n_s, _, k = item_factors.shape
     d = k + 1
     means = np.empty((n_users, n_s, d))
-    inv_chols = np.empty((n_users, n_s, d, d))
-    # The prior's linear term Lambda_U mu_U depends only on the sample: computed once.
-    prior_h = np.empty((n_s, k))
-    for s in range(n_s):
-        for i in range(k):
-            acc = 0.0
-            for j in range(k):
-                acc += lambda_user[s, i, j] * mu_user[s, j]
-            prior_h[s, i] = acc
+    inv_chols = np.empty((n_users if with_inverse else 0, n_s, d, d))
     for u in prange(n_users):
         prec = np.empty((d, d))
         lin = np.empty(d)
@@ -132,7 +127,8 @@ def fold_in_many(indptr, items, ratings, item_factors, item_bias, mu, alpha, lam
                                  alpha, lambda_user, prior_h, tau_user_bias, s, f)
             _cholesky_inplace(prec)
             _chol_solve(prec, lin, y, means[u, s])
-            _lower_inverse(prec, inv_chols[u, s])
+            if with_inverse:
+                _lower_inverse(prec, inv_chols[u, s])
     return means, inv_chols
 
 
@@ -165,26 +161,6 @@ def pair_components(means, inv_chols, local_user, items, item_factors, item_bias
             out_m[p, s] = m
             out_s[p, s] = math.sqrt(var)
     return out_m, out_s
-
-
-@njit(parallel=True, cache=True)
-def fold_means(indptr, items, ratings, item_factors, item_bias, mu, alpha, lambda_user, prior_h, tau_user_bias):
-    """Posterior means only (U, S, k+1): what the screening product needs."""
-    n_users = indptr.shape[0] - 1
-    n_s, _, k = item_factors.shape
-    d = k + 1
-    means = np.empty((n_users, n_s, d))
-    for u in prange(n_users):
-        prec = np.empty((d, d))
-        lin = np.empty(d)
-        f = np.empty(d)
-        y = np.empty(d)
-        for s in range(n_s):
-            _posterior_precision(prec, lin, indptr[u], indptr[u + 1], items, ratings, item_factors, item_bias, mu,
-                                 alpha, lambda_user, prior_h, tau_user_bias, s, f)
-            _cholesky_inplace(prec)
-            _chol_solve(prec, lin, y, means[u, s])
-    return means
 
 
 @njit(parallel=True, cache=True)
@@ -260,7 +236,6 @@ class BatchFoldIn:
         self.mu = np.asarray(arrays["mu"], dtype=np.float64)
         self.alpha = np.asarray(arrays["alpha"], dtype=np.float64)
         self.lambda_user = np.ascontiguousarray(arrays["lambda_user"], dtype=np.float64)
-        self.mu_user = np.ascontiguousarray(arrays["mu_user"], dtype=np.float64)
         self.tau = np.asarray(arrays["tau_user_bias"], dtype=np.float64)
         self.rating_range = tuple(float(x) for x in arrays["rating_range"])
         self.level = level
@@ -278,15 +253,16 @@ class BatchFoldIn:
         self.constant = (self.mu[:, None] + self.item_bias).mean(axis=0)
         self.factors_by_item = np.ascontiguousarray(np.transpose(self.item_factors, (1, 0, 2)))
         self.bias_by_item = np.ascontiguousarray(self.item_bias.T)
-        self.prior_h = np.einsum("sab,sb->sa", self.lambda_user, self.mu_user)
+        # The prior's linear term Lambda_U mu_U, per sample: all the kernels need of mu_U.
+        self.prior_h = np.einsum("sab,sb->sa", self.lambda_user, np.asarray(arrays["mu_user"], dtype=np.float64))
 
     def fold(self, rated: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """rated: (n_readers, n_items) explicit ratings on model items -> (means, chols)."""
         rated = rated.tocsr()
         rated.sort_indices()
-        return fold_in_many(
+        return _fold(
             rated.indptr.astype(np.int64), rated.indices.astype(np.int64), rated.data.astype(np.float64),
-            self.item_factors, self.item_bias, self.mu, self.alpha, self.lambda_user, self.mu_user, self.tau,
+            self.item_factors, self.item_bias, self.mu, self.alpha, self.lambda_user, self.prior_h, self.tau, True,
         )
 
     def predict(self, means, chols, local_user, items):
@@ -316,8 +292,8 @@ class BatchFoldIn:
             b = min(a + chunk, rated.shape[0])
             part = rated[a:b]
             args = (part.indptr.astype(np.int64), part.indices.astype(np.int64), part.data.astype(np.float64))
-            means = fold_means(*args, self.item_factors, self.item_bias, self.mu, self.alpha, self.lambda_user,
-                               self.prior_h, self.tau)
+            means, _ = _fold(*args, self.item_factors, self.item_bias, self.mu, self.alpha, self.lambda_user,
+                             self.prior_h, self.tau, False)
 
             def components(top, means=means, args=args):
                 return fold_top_components(*args, means, top, self.item_factors, self.item_bias, self.factors_by_item,
