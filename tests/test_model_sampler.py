@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bookrec.model import kernels
-from bookrec.model.sampler import RatingMatrix, normal_wishart_posterior, sample_normal_wishart
+from bookrec.model.sampler import RatingMatrix, block_prior, normal_wishart_posterior, sample_normal_wishart
 
 # Tolerances: a Monte Carlo estimate from N independent draws is within 4.5 standard errors of
 # its expectation except with probability ~7e-6 per checked quantity; with at most ~40
@@ -46,24 +46,31 @@ def _closed_form(user, users, items, ratings, item_side, prior_prec, prior_mean,
     return mean, cov
 
 
-@pytest.mark.parametrize("parallel", [False, True])
-def test_user_block_matches_analytic_gaussian(parallel):
+def _run_block(kernel, data, item_side, mu, alpha, prior, out, seed, draw, few):
+    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw, few)
+
+
+# few=0: every row in precision form; few=99: every row by conditioning a prior draw (Matheron);
+# few=5: both forms in one call (the tiny problem's users have 5 or 6 ratings).
+@pytest.mark.parametrize(("parallel", "few"), [(False, 0), (True, 0), (False, 99), (True, 99), (False, 5)])
+def test_user_block_matches_analytic_gaussian(parallel, few):
     data, users, items, ratings, item_side, prior_prec, prior_mean = _tiny_problem()
+    counts = np.diff(data.user_indptr)
+    assert counts.min() <= 5 < counts.max()  # so that few=5 exercises both forms
     mu, alpha = 6.1, 0.7
     kernel = kernels.sample_block_par if parallel else kernels.sample_block_ser
     n_users, dim = data.n_users, item_side.shape[1]
+    k = dim - 1
+    prior = block_prior(prior_prec[:k, :k], prior_mean[:k], prior_prec[k, k])
     out = np.zeros((n_users, dim))
-    prior_h = prior_prec @ prior_mean
     n_draws = 20_000
     draws = np.empty((n_draws, n_users, dim))
     for t in range(n_draws):
-        kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha,
-               prior_prec, prior_h, out, 1_000 + t, True)
+        _run_block(kernel, data, item_side, mu, alpha, prior, out, 1_000 + t, True, few)
         draws[t] = out
     # With draw=False the kernel returns the conditional mean exactly (the ALS/MAP step).
     mode = np.zeros_like(out)
-    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha,
-           prior_prec, prior_h, mode, 0, False)
+    _run_block(kernel, data, item_side, mu, alpha, prior, mode, 0, False, few)
     for user in range(n_users):
         mean, cov = _closed_form(user, users, items, ratings, item_side, prior_prec, prior_mean, mu, alpha)
         np.testing.assert_allclose(mode[user], mean, rtol=1e-9, atol=1e-9)
@@ -76,16 +83,68 @@ def test_user_block_matches_analytic_gaussian(parallel):
         assert np.all(np.abs(emp_cov - cov) < Z_TOL * se_cov)
 
 
+def test_block_prior_forms_agree():
+    _, _, _, _, _, prior_prec, prior_mean = _tiny_problem()
+    k = prior_mean.size - 1
+    prec, h, mean, chol, chol_t = block_prior(prior_prec[:k, :k], prior_mean[:k], prior_prec[k, k])
+    np.testing.assert_allclose(prec, prior_prec)
+    np.testing.assert_allclose(h, prior_prec @ prior_mean)
+    np.testing.assert_allclose(chol @ chol.T, np.linalg.inv(prior_prec), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(chol_t, chol.T)
+    assert np.allclose(np.triu(chol, 1), 0.0)
+
+
 def test_kernel_streams_do_not_depend_on_threads():
     data, _, _, _, item_side, prior_prec, prior_mean = _tiny_problem(n_users=300, n_items=40)
-    args = (data.user_indptr, data.user_items, data.user_ratings, item_side, 6.0, 0.8, prior_prec, prior_prec @ prior_mean)
+    k = item_side.shape[1] - 1
+    prior = block_prior(prior_prec[:k, :k], prior_mean[:k], prior_prec[k, k])
+    args = (data.user_indptr, data.user_items, data.user_ratings, item_side, 6.0, 0.8, prior)
     a = np.zeros((data.n_users, item_side.shape[1]))
     b = np.zeros_like(a)
-    kernels.sample_block_par(*args, a, 42, True)
-    kernels.sample_block_ser(*args, b, 42, True)
+    kernels.sample_block_par(*args, a, 42, True, 3)
+    kernels.sample_block_ser(*args, b, 42, True, 3)
     np.testing.assert_array_equal(a, b)
-    kernels.sample_block_ser(*args, b, 43, True)
+    kernels.sample_block_ser(*args, b, 43, True, 3)
     assert not np.allclose(a, b)
+
+
+def test_ziggurat_normals_are_standard_normal():
+    """The kernels' N(0, 1) generator: distribution (KS), moments, and the rare paths (tail, wedges)."""
+    from scipy import stats
+
+    n = 4_000_000
+    x = np.empty(n)
+    kernels.fill_normals(kernels.row_state(7, 0), x, n)
+    # KS: the 1e-4 critical value of the statistic is ~2.0 / sqrt(n) (asymptotic Kolmogorov law).
+    assert stats.kstest(x, "norm").statistic < 2.0 / np.sqrt(n)
+    assert abs(x.mean()) < Z_TOL / np.sqrt(n)
+    assert abs(x.var() - 1.0) < Z_TOL * np.sqrt(2.0 / n)
+    assert abs(stats.skew(x)) < Z_TOL * np.sqrt(6.0 / n)
+    assert abs(stats.kurtosis(x)) < Z_TOL * np.sqrt(24.0 / n)
+    # Beyond the base edge R only the tail method produces draws; between the top layers' edges
+    # mostly the wedge test does. Binomial counts against the exact probabilities.
+    for lo, hi in ((kernels.ZIG_R, np.inf), (3.0, kernels.ZIG_R), (0.0, 0.3), (1.0, 1.02)):
+        p = 2 * (stats.norm.cdf(hi) - stats.norm.cdf(lo))
+        count = np.count_nonzero((np.abs(x) >= lo) & (np.abs(x) < hi))
+        assert abs(count - n * p) < Z_TOL * np.sqrt(n * p * (1 - p)), (lo, hi)
+
+
+def test_move_statistics_match_direct_sums():
+    """The group moves' statistics (G = sum z z^T, R = sum e z, sum e^2) against a direct computation."""
+    data, users, items, ratings, item_side, _, _ = _tiny_problem(n_users=30, n_items=12, k=3)
+    rng = np.random.default_rng(8)
+    k = item_side.shape[1] - 1
+    user_side = np.column_stack([rng.normal(0, 0.7, (data.n_users, k)), rng.normal(0, 0.4, data.n_users)])
+    mu = 5.9
+    order = np.argsort(users, kind="stable")
+    u, i, r = users[order], items[order], ratings[order]
+    z = np.column_stack([user_side[u, :k] * item_side[i, :k], user_side[u, k], item_side[i, k], np.ones(u.size)])
+    e = r - mu - z[:, :k + 2].sum(axis=1)
+    for kernel in (kernels.move_stats_ser, kernels.move_stats_par):
+        gram, resid, sum_e2 = kernel(data.user_indptr, data.user_items, data.user_ratings, user_side, item_side, mu)
+        np.testing.assert_allclose(gram, z.T @ z, rtol=1e-10)
+        np.testing.assert_allclose(resid, z.T @ e, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(sum_e2, e @ e, rtol=1e-12)
 
 
 def test_normal_wishart_update_uses_centred_scatter():
