@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from bookrec.model import kernels, metrics
 from bookrec.model.sampler import Chain, Priors, RatingMatrix
@@ -182,8 +183,10 @@ class BPMF:
         total = self.burn_in + self.n_samples
         kept = 0
         progress = _progress(self.show_progress)
+        # The sampler's BLAS calls are tiny (k x k, or one pass over an (n, k + 1) side): a second
+        # BLAS thread only spins and steals the core the other chain runs on (0.38 -> 0.21 s/iter).
         try:
-            with progress:
+            with progress, threadpool_limits(limits=1, user_api="blas"):
                 task = progress.add_task("Gibbs sampling", total=total, stats="")
                 for t in range(total):
                     if pool is not None:

@@ -127,32 +127,30 @@ def fill_normals(state, out, n):
 # ----------------------------------------------------------------------------- the Gibbs block
 @njit(inline="always", cache=True)
 def _draw_row_few(i, lo, m, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
-                  prior_chol_t, z, x0, hmat, resid, small, g, out):
+                  prior_chol_t, z, hmat, resid, small, g, out):
     """Exact draw for a row with few ratings by conditioning a prior draw (Matheron's rule):
 
         x0 ~ N(m0, S0),  e ~ N(0, I / alpha),   x = x0 + S0 F^T (F S0 F^T + I / alpha)^-1 (y - F x0 - e)
 
-    is distributed as the conditional N(P^-1 h, P^-1). With S0 = C C^T and H = C^T F^T it costs
+    is distributed as the conditional N(P^-1 h, P^-1). With S0 = C C^T, x0 = m0 + C z and
+    H = C^T F^T this is x = m0 + C (z + H w), S w = y - F m0 - H^T z - e, S = H^T H + I / alpha:
     O(m dim^2 / 2) and an m x m Cholesky instead of building and factorising the dim x dim precision.
     """
     dim = out.shape[1]
     k = dim - 1
-    for a in range(dim):
-        t = prior_mean[a]
-        for b in range(a + 1):
-            t += prior_chol[a, b] * z[b]
-        x0[a] = t
     for q in range(m):
         j = indices[lo + q]
-        fx = x0[k]
+        fm = prior_mean[k]  # f . m0 with f = [other_j[:k], 1]
         for a in range(k):
-            fx += other[j, a] * x0[a]
+            fm += other[j, a] * prior_mean[a]
+        hz = 0.0
         for a in range(dim):
             t = prior_chol_t[a, k]  # feature k is the constant 1 of the bias
             for b in range(a, k):
                 t += prior_chol_t[a, b] * other[j, b]
             hmat[a, q] = t
-        resid[q] = ratings[lo + q] - mu - other[j, k] - fx - noise_sd * z[dim + q]
+            hz += t * z[a]
+        resid[q] = ratings[lo + q] - mu - other[j, k] - fm - hz - noise_sd * z[dim + q]
     # S = H^T H + I / alpha, factorised in place; then S w = resid (w stored in resid).
     for p in range(m):
         for q in range(p + 1):
@@ -184,12 +182,12 @@ def _draw_row_few(i, lo, m, indices, ratings, other, mu, noise_sd, noise_var, pr
             t -= small[q, a] * resid[q]
         resid[a] = t / small[a, a]
     for a in range(dim):
-        t = 0.0
+        t = z[a]
         for q in range(m):
             t += hmat[a, q] * resid[q]
         g[a] = t
     for a in range(dim):
-        t = x0[a]
+        t = prior_mean[a]
         for b in range(a + 1):
             t += prior_chol[a, b] * g[b]
         out[i, a] = t
@@ -277,7 +275,6 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         lin = np.empty(dim)
         feats = np.empty((dim, max_len))
         target = np.empty(max_len)
-        x0 = np.empty(dim)
         g = np.empty(dim)
         hmat = np.empty((dim, few))
         resid = np.empty(few)
@@ -289,7 +286,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
             if draw and m <= few_max:
                 fill_normals(row_state(seed, i), z, dim + m)
                 _draw_row_few(i, lo, m, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
-                              prior_chol_t, z, x0, hmat, resid, small, g, out)
+                              prior_chol_t, z, hmat, resid, small, g, out)
             else:
                 if draw:
                     fill_normals(row_state(seed, i), z, dim)
