@@ -9,16 +9,16 @@ from bookrec.model import kernels
 from bookrec.model.sampler import RatingMatrix, block_prior, normal_wishart_posterior, sample_normal_wishart
 
 # Tolerances: a Monte Carlo estimate from N independent draws is within 4.5 standard errors of
-# its expectation except with probability ~7e-6 per checked quantity; with at most ~40
-# quantities per test the chance of a false failure is < 3e-4 (and the seeds are fixed).
+# its expectation except with probability ~7e-6 per checked quantity; with at most ~360
+# quantities per test (30 readers x 12) the chance of a false failure is < 3e-3 (and the seeds are fixed).
 Z_TOL = 4.5
 
 
-def _tiny_problem(seed=3, n_users=4, n_items=6, k=2):
+def _tiny_problem(seed=3, n_users=4, n_items=6, k=2, keep=0.8):
     rng = np.random.default_rng(seed)
     users = np.repeat(np.arange(n_users), n_items)
     items = np.tile(np.arange(n_items), n_users)
-    keep = rng.random(users.size) < 0.8
+    keep = rng.random(users.size) < keep
     users, items = users[keep], items[keep]
     ratings = rng.normal(6.0, 2.0, users.size)
     data = RatingMatrix.build(users, items, ratings, n_users, n_items)
@@ -47,16 +47,26 @@ def _closed_form(user, users, items, ratings, item_side, prior_prec, prior_mean,
 
 
 def _run_block(kernel, data, item_side, mu, alpha, prior, out, seed, draw, few):
-    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw, few)
+    groups = kernels.few_rating_groups(data.user_indptr, few)
+    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw, *groups)
 
 
-# few=0: every row in precision form; few=99: every row by conditioning a prior draw (Matheron);
-# few=5: both forms in one call (the tiny problem's users have 5 or 6 ratings).
-@pytest.mark.parametrize(("parallel", "few"), [(False, 0), (True, 0), (False, 99), (True, 99), (False, 5)])
-def test_user_block_matches_analytic_gaussian(parallel, few):
-    data, users, items, ratings, item_side, prior_prec, prior_mean = _tiny_problem()
-    counts = np.diff(data.user_indptr)
-    assert counts.min() <= 5 < counts.max()  # so that few=5 exercises both forms
+# few=0: every row in precision form; few=99: every row by conditioning a prior draw (Matheron), in
+# lanes of 8; few=5: both forms in one call. The "ragged" problem has readers with 0 to 5 ratings,
+# so that groups hold several blocks of lanes and partly filled ones.
+@pytest.mark.parametrize(("parallel", "few", "problem"), [
+    (False, 0, "tiny"), (True, 0, "tiny"), (False, 99, "tiny"), (True, 99, "tiny"), (False, 5, "tiny"),
+    (True, 99, "ragged"), (False, 3, "ragged"),
+])
+def test_user_block_matches_analytic_gaussian(parallel, few, problem):
+    if problem == "tiny":
+        data, users, items, ratings, item_side, prior_prec, prior_mean = _tiny_problem()
+        counts = np.diff(data.user_indptr)
+        assert few in (0, 99) or counts.min() <= few < counts.max()  # so that few=5 exercises both forms
+    else:
+        data, users, items, ratings, item_side, prior_prec, prior_mean = _tiny_problem(seed=0, n_users=30, keep=0.5)
+        counts = np.bincount(np.diff(data.user_indptr))
+        assert counts[0] >= 1 and counts.max() > kernels.LANES and counts.size > 5
     mu, alpha = 6.1, 0.7
     kernel = kernels.sample_block_par if parallel else kernels.sample_block_ser
     n_users, dim = data.n_users, item_side.shape[1]
@@ -101,10 +111,11 @@ def test_kernel_streams_do_not_depend_on_threads():
     args = (data.user_indptr, data.user_items, data.user_ratings, item_side, 6.0, 0.8, prior)
     a = np.zeros((data.n_users, item_side.shape[1]))
     b = np.zeros_like(a)
-    kernels.sample_block_par(*args, a, 42, True, 3)
-    kernels.sample_block_ser(*args, b, 42, True, 3)
+    groups = kernels.few_rating_groups(data.user_indptr, 3)
+    kernels.sample_block_par(*args, a, 42, True, *groups)
+    kernels.sample_block_ser(*args, b, 42, True, *groups)
     np.testing.assert_array_equal(a, b)
-    kernels.sample_block_ser(*args, b, 43, True, 3)
+    kernels.sample_block_ser(*args, b, 43, True, *groups)
     assert not np.allclose(a, b)
 
 

@@ -125,72 +125,132 @@ def fill_normals(state, out, n):
 
 
 # ----------------------------------------------------------------------------- the Gibbs block
+# Rows with few ratings are drawn LANES at a time, lane index innermost: the small dense algebra of
+# one row (11-wide loops, an m x m Cholesky) does not vectorise, the same step across 8 rows does.
+LANES = 8
+
+
+@njit(cache=True)
+def few_rating_groups(indptr, few_max):
+    """Rows with at most ``few_max`` ratings grouped by count: ``rows[ptr[m]:ptr[m + 1]]`` have m."""
+    n_rows = indptr.shape[0] - 1
+    counts = np.zeros(few_max + 2, dtype=np.int64)
+    for i in range(n_rows):
+        m = indptr[i + 1] - indptr[i]
+        if m <= few_max:
+            counts[m + 1] += 1
+    ptr = np.cumsum(counts)
+    rows = np.empty(ptr[-1], dtype=np.int64)
+    fill = ptr[:-1].copy()
+    for i in range(n_rows):
+        m = indptr[i + 1] - indptr[i]
+        if m <= few_max:
+            rows[fill[m]] = i
+            fill[m] += 1
+    return rows, ptr
+
+
 @njit(inline="always", cache=True)
-def _draw_row_few(i, lo, m, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
-                  prior_chol_t, z, hmat, resid, small, g, out):
-    """Exact draw for a row with few ratings by conditioning a prior draw (Matheron's rule):
+def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
+                prior_chol_t, seed, z, zs, feats, resid, hmat, small, g, out):
+    """Exact draws for up to LANES rows with m ratings each, by conditioning a prior draw (Matheron's rule):
 
         x0 ~ N(m0, S0),  e ~ N(0, I / alpha),   x = x0 + S0 F^T (F S0 F^T + I / alpha)^-1 (y - F x0 - e)
 
     is distributed as the conditional N(P^-1 h, P^-1). With S0 = C C^T, x0 = m0 + C z and
     H = C^T F^T this is x = m0 + C (z + H w), S w = y - F m0 - H^T z - e, S = H^T H + I / alpha:
     O(m dim^2 / 2) and an m x m Cholesky instead of building and factorising the dim x dim precision.
+    Dead lanes (n_live <= l < LANES) compute on zeros and are not written back.
     """
     dim = out.shape[1]
     k = dim - 1
+    for l in range(LANES):
+        if l < n_live:
+            i = rows[l]
+            fill_normals(row_state(seed, i), z, dim + m)
+            for a in range(dim):
+                zs[a, l] = z[a]
+            lo = indptr[i]
+            for q in range(m):
+                j = indices[lo + q]
+                for a in range(k):
+                    feats[q, a, l] = other[j, a]
+                resid[q, l] = ratings[lo + q] - mu - other[j, k] - noise_sd * z[dim + q]
+        else:
+            for a in range(dim):
+                zs[a, l] = 0.0
+            for q in range(m):
+                for a in range(k):
+                    feats[q, a, l] = 0.0
+                resid[q, l] = 0.0
     for q in range(m):
-        j = indices[lo + q]
-        fm = prior_mean[k]  # f . m0 with f = [other_j[:k], 1]
-        for a in range(k):
-            fm += other[j, a] * prior_mean[a]
-        hz = 0.0
+        # h = C^T f with f = [features, 1]; resid -= f . m0 + h . z
         for a in range(dim):
-            t = prior_chol_t[a, k]  # feature k is the constant 1 of the bias
+            c_bias = prior_chol_t[a, k]
+            for l in range(LANES):
+                hmat[q, a, l] = c_bias
             for b in range(a, k):
-                t += prior_chol_t[a, b] * other[j, b]
-            hmat[a, q] = t
-            hz += t * z[a]
-        resid[q] = ratings[lo + q] - mu - other[j, k] - fm - hz - noise_sd * z[dim + q]
-    # S = H^T H + I / alpha, factorised in place; then S w = resid (w stored in resid).
+                c = prior_chol_t[a, b]
+                for l in range(LANES):
+                    hmat[q, a, l] += c * feats[q, b, l]
+        for l in range(LANES):
+            resid[q, l] -= prior_mean[k]
+        for a in range(k):
+            c = prior_mean[a]
+            for l in range(LANES):
+                resid[q, l] -= c * feats[q, a, l]
+        for a in range(dim):
+            for l in range(LANES):
+                resid[q, l] -= hmat[q, a, l] * zs[a, l]
+    # S = H^T H + I / alpha, Cholesky in place, then S w = resid (w stored in resid).
     for p in range(m):
         for q in range(p + 1):
-            t = 0.0
+            for l in range(LANES):
+                small[p, q, l] = noise_var if p == q else 0.0
             for a in range(dim):
-                t += hmat[a, p] * hmat[a, q]
-            small[p, q] = t
-        small[p, p] += noise_var
+                for l in range(LANES):
+                    small[p, q, l] += hmat[p, a, l] * hmat[q, a, l]
     for a in range(m):
-        s = small[a, a]
         for q in range(a):
-            s -= small[a, q] * small[a, q]
-        d = math.sqrt(s)
-        small[a, a] = d
-        inv = 1.0 / d
+            for l in range(LANES):
+                small[a, a, l] -= small[a, q, l] * small[a, q, l]
+        for l in range(LANES):
+            small[a, a, l] = math.sqrt(small[a, a, l])
         for b in range(a + 1, m):
-            t = small[b, a]
             for q in range(a):
-                t -= small[b, q] * small[a, q]
-            small[b, a] = t * inv
+                for l in range(LANES):
+                    small[b, a, l] -= small[b, q, l] * small[a, q, l]
+            for l in range(LANES):
+                small[b, a, l] /= small[a, a, l]
     for a in range(m):
-        t = resid[a]
         for q in range(a):
-            t -= small[a, q] * resid[q]
-        resid[a] = t / small[a, a]
+            for l in range(LANES):
+                resid[a, l] -= small[a, q, l] * resid[q, l]
+        for l in range(LANES):
+            resid[a, l] /= small[a, a, l]
     for a in range(m - 1, -1, -1):
-        t = resid[a]
         for q in range(a + 1, m):
-            t -= small[q, a] * resid[q]
-        resid[a] = t / small[a, a]
+            for l in range(LANES):
+                resid[a, l] -= small[q, a, l] * resid[q, l]
+        for l in range(LANES):
+            resid[a, l] /= small[a, a, l]
+    # x = m0 + C (z + H w)
     for a in range(dim):
-        t = z[a]
+        for l in range(LANES):
+            g[a, l] = zs[a, l]
         for q in range(m):
-            t += hmat[a, q] * resid[q]
-        g[a] = t
+            for l in range(LANES):
+                g[a, l] += hmat[q, a, l] * resid[q, l]
     for a in range(dim):
-        t = prior_mean[a]
+        for l in range(LANES):
+            zs[a, l] = prior_mean[a]  # zs reused for x
         for b in range(a + 1):
-            t += prior_chol[a, b] * g[b]
-        out[i, a] = t
+            c = prior_chol[a, b]
+            for l in range(LANES):
+                zs[a, l] += c * g[b, l]
+    for l in range(n_live):
+        for a in range(dim):
+            out[rows[l], a] = zs[a, l]
 
 
 @njit(inline="always", cache=True)
@@ -252,22 +312,24 @@ def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, pri
         out[i, a] = lin[a]
 
 
-def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_max):
+def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr):
     """Draw (``draw=False``: set to the conditional mode) every row of ``out`` from its Gaussian conditional.
 
     ``prior`` is (precision P0, P0 m0, mean m0, C, C^T) with C C^T = P0^-1. Row i draws its
-    normals from its own stream (``seed``, i). Rows with at most ``few_max`` ratings (most of them
-    in BookCrossing) use the cheaper conditioning form.
+    normals from its own stream (``seed``, i). When drawing, the rows listed in
+    ``few_rows``/``few_ptr`` (see ``few_rating_groups``: most rows in BookCrossing) are drawn LANES
+    at a time in the conditioning form; every other row in precision form.
     """
     prior_prec, prior_h, prior_mean, prior_chol, prior_chol_t = prior
     n_rows = indptr.shape[0] - 1
     dim = out.shape[1]
+    k = dim - 1
     noise_var = 1.0 / alpha
     noise_sd = math.sqrt(noise_var)
+    few_max = few_ptr.shape[0] - 2 if draw else -1
     max_len = 1
     for i in range(n_rows):
         max_len = max(max_len, indptr[i + 1] - indptr[i])
-    few = max(few_max, 1)
     n_chunks = min(n_rows, 512)
     chunk = (n_rows + n_chunks - 1) // max(n_chunks, 1)
     for c in prange(n_chunks):
@@ -275,23 +337,36 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         lin = np.empty(dim)
         feats = np.empty((dim, max_len))
         target = np.empty(max_len)
-        g = np.empty(dim)
-        hmat = np.empty((dim, few))
-        resid = np.empty(few)
-        small = np.empty((few, few))
-        z = np.empty(dim + few)
+        z = np.empty(dim)
         for i in range(c * chunk, min(n_rows, (c + 1) * chunk)):
             lo = indptr[i]
             m = indptr[i + 1] - lo
-            if draw and m <= few_max:
-                fill_normals(row_state(seed, i), z, dim + m)
-                _draw_row_few(i, lo, m, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
-                              prior_chol_t, z, hmat, resid, small, g, out)
-            else:
-                if draw:
-                    fill_normals(row_state(seed, i), z, dim)
-                _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
-                               feats, target, prec, lin, out)
+            if m <= few_max:
+                continue
+            if draw:
+                fill_normals(row_state(seed, i), z, dim)
+            _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
+                           feats, target, prec, lin, out)
+    width = max(few_max, 1)
+    for m in range(few_max + 1):
+        start = few_ptr[m]
+        n_blocks = (few_ptr[m + 1] - start + LANES - 1) // LANES
+        n_tasks = min(n_blocks, 256)
+        per_task = (n_blocks + n_tasks - 1) // max(n_tasks, 1)
+        for task in prange(n_tasks):
+            z = np.empty(dim + width)
+            zs = np.empty((dim, LANES))
+            feats = np.empty((width, k, LANES))
+            resid = np.empty((width, LANES))
+            hmat = np.empty((width, dim, LANES))
+            small = np.empty((width, width, LANES))
+            g = np.empty((dim, LANES))
+            for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
+                b0 = start + blk * LANES
+                n_live = min(LANES, few_ptr[m + 1] - b0)
+                _draw_lanes(few_rows[b0:b0 + n_live], n_live, m, indptr, indices, ratings, other, mu, noise_sd,
+                            noise_var, prior_mean, prior_chol, prior_chol_t, seed, z, zs, feats, resid, hmat, small,
+                            g, out)
 
 
 sample_block_par = _twin(_sample_block, True, fastmath=True, nogil=True)

@@ -22,6 +22,7 @@ from bookrec.model import kernels
 
 # Rows with at most this many ratings are drawn in the conditioning form (cheaper below ~k/2 ratings).
 FEW_RATINGS = 5
+NO_GROUPS = (np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64))  # draw=False: every row in precision form
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class RatingMatrix:
     item_indptr: np.ndarray
     item_users: np.ndarray
     item_ratings: np.ndarray
+    user_groups: tuple = ()  # rows with few ratings, by count (kernels.few_rating_groups)
+    item_groups: tuple = ()
 
     @classmethod
     def build(cls, user_idx, item_idx, ratings, n_users, n_items) -> RatingMatrix:
@@ -65,6 +68,7 @@ class RatingMatrix:
             n_users, n_items,
             user_indptr, np.ascontiguousarray(item_idx[by_user]), np.ascontiguousarray(r[by_user]),
             item_indptr, np.ascontiguousarray(user_idx[by_item]), np.ascontiguousarray(r[by_item]),
+            kernels.few_rating_groups(user_indptr, FEW_RATINGS), kernels.few_rating_groups(item_indptr, FEW_RATINGS),
         )
 
     @property
@@ -186,9 +190,9 @@ class Chain:
             map_alpha = 2.0 / max(r_var, 1e-6)
             for _ in range(warm_start_sweeps):
                 kernels.sample_block_par(d.user_indptr, d.user_items, d.user_ratings, items, r_mean, map_alpha,
-                                         prior, users, 0, False, FEW_RATINGS)
+                                         prior, users, 0, False, *NO_GROUPS)
                 kernels.sample_block_par(d.item_indptr, d.item_users, d.item_ratings, users, r_mean, map_alpha,
-                                         prior, items, 0, False, FEW_RATINGS)
+                                         prior, items, 0, False, *NO_GROUPS)
             *_, sse = kernels.move_stats_par(d.user_indptr, d.user_items, d.user_ratings, users, items, r_mean)
             alpha = 1.0 / max(sse / max(d.n_ratings, 1), 1e-6)
         self.state = ChainState(
@@ -215,10 +219,10 @@ class Chain:
 
         st.mu_user, st.lambda_user, st.tau_user_bias, prior = self._side_hyper(st.users)
         block(d.user_indptr, d.user_items, d.user_ratings, st.items, st.mu, st.alpha, prior, st.users,
-              int(self.rng.integers(2**63)), True, FEW_RATINGS)
+              int(self.rng.integers(2**63)), True, *d.user_groups)
         st.mu_item, st.lambda_item, st.tau_item_bias, prior = self._side_hyper(st.items)
         block(d.item_indptr, d.item_users, d.item_ratings, st.users, st.mu, st.alpha, prior, st.items,
-              int(self.rng.integers(2**63)), True, FEW_RATINGS)
+              int(self.rng.integers(2**63)), True, *d.item_groups)
 
         sum_e, sum_e2 = self._rescale(parallel)
         self._shift_factors()
