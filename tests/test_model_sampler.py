@@ -48,7 +48,8 @@ def _closed_form(user, users, items, ratings, item_side, prior_prec, prior_mean,
 
 def _run_block(kernel, data, item_side, mu, alpha, prior, out, seed, draw, few):
     groups = kernels.few_rating_groups(data.user_indptr, few)
-    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw, *groups)
+    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw, *groups,
+           False)
 
 
 # few=0: every row in precision form; few=99: every row by conditioning a prior draw (Matheron), in
@@ -112,10 +113,10 @@ def test_kernel_streams_do_not_depend_on_threads():
     a = np.zeros((data.n_users, item_side.shape[1]))
     b = np.zeros_like(a)
     groups = kernels.few_rating_groups(data.user_indptr, 3)
-    kernels.sample_block_par(*args, a, 42, True, *groups)
-    kernels.sample_block_ser(*args, b, 42, True, *groups)
+    kernels.sample_block_par(*args, a, 42, True, *groups, False)
+    kernels.sample_block_ser(*args, b, 42, True, *groups, False)
     np.testing.assert_array_equal(a, b)
-    kernels.sample_block_ser(*args, b, 43, True, *groups)
+    kernels.sample_block_ser(*args, b, 43, True, *groups, False)
     assert not np.allclose(a, b)
 
 
@@ -189,3 +190,26 @@ def test_normal_wishart_update_uses_centred_scatter():
     # E[(beta_n Lambda)^-1] = W_n^-1 / (beta_n (nu_n - k - 1)).
     marg_cov = np.linalg.inv(w_n) / (beta_n * (nu_n - k - 1))
     assert np.all(np.abs(means.mean(axis=0) - mu_n) < Z_TOL * np.sqrt(np.diag(marg_cov) / n_draws))
+
+
+@pytest.mark.parametrize("few", [0, 3, 99])
+def test_block_returns_the_move_statistics_of_its_draw(few):
+    """The statistics a block gathers while drawing equal a separate pass over the new state,
+    whichever form (precision, lanes of conditioning draws, both) drew each row."""
+    # Rows with 0 to 5 ratings. In the sampler the block that returns statistics is the books';
+    # here the drawn rows are the tiny problem's readers, so the reference pass runs over the
+    # other side's rows: z = [v u, c_other, b_drawn, 1].
+    data, _, _, _, other_side, prior_prec, prior_mean = _tiny_problem(seed=0, n_users=30, keep=0.5)
+    k = other_side.shape[1] - 1
+    prior = block_prior(prior_prec[:k, :k], prior_mean[:k], prior_prec[k, k])
+    mu = 5.9
+    drawn = np.zeros((data.n_users, k + 1))
+    groups = kernels.few_rating_groups(data.user_indptr, few)
+    for kernel, stats_kernel in ((kernels.sample_block_ser, kernels.move_stats_ser),
+                                 (kernels.sample_block_par, kernels.move_stats_par)):
+        gram, resid, sum_e2 = kernel(data.user_indptr, data.user_items, data.user_ratings, other_side, mu, 0.8, prior,
+                                     drawn, 7, True, *groups, True)
+        ref = stats_kernel(data.item_indptr, data.item_users, data.item_ratings, other_side, drawn, mu)
+        np.testing.assert_allclose(gram, ref[0], rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(resid, ref[1], rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(sum_e2, ref[2], rtol=1e-10)

@@ -152,7 +152,8 @@ def few_rating_groups(indptr, few_max):
 
 @njit(inline="always", cache=True)
 def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
-                prior_chol_t, seed, z, zs, feats, resid, hmat, small, g, out):
+                prior_chol_t, seed, z, zs, feats, resid, hmat, small, g, out, with_stats, target, other_bias, zt, ev,
+                lane_g, lane_r, lane_e2):
     """Exact draws for up to LANES rows with m ratings each, by conditioning a prior draw (Matheron's rule):
 
         x0 ~ N(m0, S0),  e ~ N(0, I / alpha),   x = x0 + S0 F^T (F S0 F^T + I / alpha)^-1 (y - F x0 - e)
@@ -160,7 +161,9 @@ def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, 
     is distributed as the conditional N(P^-1 h, P^-1). With S0 = C C^T, x0 = m0 + C z and
     H = C^T F^T this is x = m0 + C (z + H w), S w = y - F m0 - H^T z - e, S = H^T H + I / alpha:
     O(m dim^2 / 2) and an m x m Cholesky instead of building and factorising the dim x dim precision.
-    Dead lanes (n_live <= l < LANES) compute on zeros and are not written back.
+    Dead lanes (n_live <= l < LANES) compute on zeros and are not written back. With
+    ``with_stats`` the lanes also add their ratings' move statistics (see ``_sample_block``) to
+    lane_g, lane_r, lane_e2 (lane index innermost, summed by the caller).
     """
     dim = out.shape[1]
     k = dim - 1
@@ -175,13 +178,17 @@ def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, 
                 j = indices[lo + q]
                 for a in range(k):
                     feats[q, a, l] = other[j, a]
-                resid[q, l] = ratings[lo + q] - mu - other[j, k] - noise_sd * z[dim + q]
+                other_bias[q, l] = other[j, k]
+                target[q, l] = ratings[lo + q] - mu - other[j, k]
+                resid[q, l] = target[q, l] - noise_sd * z[dim + q]
         else:
             for a in range(dim):
                 zs[a, l] = 0.0
             for q in range(m):
                 for a in range(k):
                     feats[q, a, l] = 0.0
+                other_bias[q, l] = 0.0
+                target[q, l] = 0.0
                 resid[q, l] = 0.0
     for q in range(m):
         # h = C^T f with f = [features, 1]; resid -= f . m0 + h . z
@@ -251,6 +258,30 @@ def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, 
     for l in range(n_live):
         for a in range(dim):
             out[rows[l], a] = zs[a, l]
+    if with_stats:
+        # Per rating z = [x_f * other_f, other_bias, x_bias, 1], e = target - [other_f, 1] . x;
+        # dead lanes contribute zeros.
+        for q in range(m):
+            for l in range(LANES):
+                live = 1.0 if l < n_live else 0.0
+                t = target[q, l] - zs[k, l]
+                for a in range(k):
+                    zt[a, l] = zs[a, l] * feats[q, a, l] * live
+                    t -= zs[a, l] * feats[q, a, l]
+                zt[k, l] = other_bias[q, l]
+                zt[k + 1, l] = zs[k, l] * live
+                zt[k + 2, l] = live
+                ev[l] = t * live
+            for l in range(LANES):
+                lane_e2[l] += ev[l] * ev[l]
+            pair = 0
+            for a in range(k + 3):
+                for l in range(LANES):
+                    lane_r[a, l] += ev[l] * zt[a, l]
+                for b in range(a + 1):
+                    for l in range(LANES):
+                        lane_g[pair, l] += zt[a, l] * zt[b, l]
+                    pair += 1
 
 
 @njit(inline="always", cache=True)
@@ -312,18 +343,24 @@ def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, pri
         out[i, a] = lin[a]
 
 
-def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr):
+def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr, with_stats):
     """Draw (``draw=False``: set to the conditional mode) every row of ``out`` from its Gaussian conditional.
 
     ``prior`` is (precision P0, P0 m0, mean m0, C, C^T) with C C^T = P0^-1. Row i draws its
     normals from its own stream (``seed``, i). When drawing, the rows listed in
     ``few_rows``/``few_ptr`` (see ``few_rating_groups``: most rows in BookCrossing) are drawn LANES
     at a time in the conditioning form; every other row in precision form.
+
+    Returns the move statistics of ``_move_stats`` for the new state, computed while each row's
+    ratings are at hand (with ``with_stats``; zeros otherwise), with z = [x_f * other_f,
+    other_bias, x_bias, 1]: called for the books (``other`` = readers) that is exactly
+    ``_move_stats`` over the readers' rows, without a second pass over the ratings.
     """
     prior_prec, prior_h, prior_mean, prior_chol, prior_chol_t = prior
     n_rows = indptr.shape[0] - 1
     dim = out.shape[1]
     k = dim - 1
+    n_stats = k + 3
     noise_var = 1.0 / alpha
     noise_sd = math.sqrt(noise_var)
     few_max = few_ptr.shape[0] - 2 if draw else -1
@@ -332,12 +369,23 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         max_len = max(max_len, indptr[i + 1] - indptr[i])
     n_chunks = min(n_rows, 512)
     chunk = (n_rows + n_chunks - 1) // max(n_chunks, 1)
+    max_tasks = 256
+    n_slots = (n_chunks + (few_max + 1) * max_tasks) if with_stats else 0
+    part_g = np.zeros((n_slots, n_stats, n_stats))
+    part_r = np.zeros((n_slots, n_stats))
+    part_e2 = np.zeros(n_slots)
     for c in prange(n_chunks):
         prec = np.empty((dim, dim))
         lin = np.empty(dim)
         feats = np.empty((dim, max_len))
         target = np.empty(max_len)
         z = np.empty(dim)
+        w = np.empty((n_stats, max_len))
+        ev = np.empty(max_len)
+        scale = np.empty(n_stats)
+        gg = np.zeros((n_stats, n_stats))
+        rr = np.zeros(n_stats)
+        e2 = 0.0
         for i in range(c * chunk, min(n_rows, (c + 1) * chunk)):
             lo = indptr[i]
             m = indptr[i + 1] - lo
@@ -347,11 +395,34 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 fill_normals(row_state(seed, i), z, dim)
             _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
                            feats, target, prec, lin, out)
+            if with_stats:
+                for q in range(m):
+                    t = target[q]
+                    for a in range(dim):
+                        t -= feats[a, q] * out[i, a]
+                        w[a, q] = feats[a, q]
+                    ev[q] = t
+                    e2 += t * t
+                    w[k, q] = other[indices[lo + q], k]
+                    w[k + 1, q] = 1.0
+                    w[k + 2, q] = 1.0
+                for a in range(k):
+                    scale[a] = out[i, a]
+                scale[k] = 1.0
+                scale[k + 1] = out[i, k]
+                scale[k + 2] = 1.0
+                _accumulate_row_stats(w, ev, m, scale, gg, rr)
+        if with_stats:
+            for a in range(n_stats):
+                part_r[c, a] = rr[a]
+                for b in range(a + 1):
+                    part_g[c, a, b] = gg[a, b]
+            part_e2[c] = e2
     width = max(few_max, 1)
     for m in range(few_max + 1):
         start = few_ptr[m]
         n_blocks = (few_ptr[m + 1] - start + LANES - 1) // LANES
-        n_tasks = min(n_blocks, 256)
+        n_tasks = min(n_blocks, max_tasks)
         per_task = (n_blocks + n_tasks - 1) // max(n_tasks, 1)
         for task in prange(n_tasks):
             z = np.empty(dim + width)
@@ -361,16 +432,59 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
             hmat = np.empty((width, dim, LANES))
             small = np.empty((width, width, LANES))
             g = np.empty((dim, LANES))
+            target = np.empty((width, LANES))
+            other_bias = np.empty((width, LANES))
+            zt = np.empty((n_stats, LANES))
+            ev = np.empty(LANES)
+            lane_g = np.zeros((n_stats * (n_stats + 1) // 2, LANES))  # lower triangle, row by row
+            lane_r = np.zeros((n_stats, LANES))
+            lane_e2 = np.zeros(LANES)
             for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
                 b0 = start + blk * LANES
                 n_live = min(LANES, few_ptr[m + 1] - b0)
                 _draw_lanes(few_rows[b0:b0 + n_live], n_live, m, indptr, indices, ratings, other, mu, noise_sd,
                             noise_var, prior_mean, prior_chol, prior_chol_t, seed, z, zs, feats, resid, hmat, small,
-                            g, out)
+                            g, out, with_stats, target, other_bias, zt, ev, lane_g, lane_r, lane_e2)
+            if with_stats:
+                slot = n_chunks + m * max_tasks + task
+                pair = 0
+                for a in range(n_stats):
+                    for l in range(LANES):
+                        part_r[slot, a] += lane_r[a, l]
+                    for b in range(a + 1):
+                        for l in range(LANES):
+                            part_g[slot, a, b] += lane_g[pair, l]
+                        pair += 1
+                for l in range(LANES):
+                    part_e2[slot] += lane_e2[l]
+    gram = part_g.sum(axis=0)
+    for a in range(n_stats):
+        for b in range(a):
+            gram[b, a] = gram[a, b]
+    return gram, part_r.sum(axis=0), part_e2.sum()
 
 
 sample_block_par = _twin(_sample_block, True, fastmath=True, nogil=True)
 sample_block_ser = _twin(_sample_block, False, fastmath=True, nogil=True)
+
+
+@njit(inline="always", cache=True)
+def _accumulate_row_stats(w, e, n, scale, gg, rr):
+    """gg += D (sum_q w_q w_q^T) D (lower triangle) and rr += D sum_q e_q w_q for one row's n
+    ratings, D = diag(scale); w is feature-major (features x ratings)."""
+    m = scale.shape[0]
+    # Index w[a, q] directly: a row view (w[a]) in this loop costs two atomic reference
+    # count updates in a serial kernel, which doubled its time.
+    for a in range(m):
+        acc = 0.0
+        for q in range(n):
+            acc += e[q] * w[a, q]
+        rr[a] += scale[a] * acc
+        for b in range(a + 1):
+            acc = 0.0
+            for q in range(n):
+                acc += w[a, q] * w[b, q]
+            gg[a, b] += scale[a] * scale[b] * acc
 
 
 def _move_stats(indptr, indices, ratings, rows, cols, mu):
@@ -421,18 +535,7 @@ def _move_stats(indptr, indices, ratings, rows, cols, mu):
                 w[k + 2, q] = 1.0
                 e[q] = ratings[lo + q] - mu - pred
                 e2 += e[q] * e[q]
-            # Index w[a, q] directly: a row view (w[a]) in this loop costs two atomic reference
-            # count updates in a serial kernel, which doubled its time.
-            for a in range(m):
-                acc = 0.0
-                for q in range(n):
-                    acc += e[q] * w[a, q]
-                rr[a] += scale[a] * acc
-                for b in range(a + 1):
-                    acc = 0.0
-                    for q in range(n):
-                        acc += w[a, q] * w[b, q]
-                    gg[a, b] += scale[a] * scale[b] * acc
+            _accumulate_row_stats(w, e, n, scale, gg, rr)
         for a in range(m):
             part_r[c, a] = rr[a]
             for b in range(a + 1):

@@ -190,9 +190,9 @@ class Chain:
             map_alpha = 2.0 / max(r_var, 1e-6)
             for _ in range(warm_start_sweeps):
                 kernels.sample_block_par(d.user_indptr, d.user_items, d.user_ratings, items, r_mean, map_alpha,
-                                         prior, users, 0, False, *NO_GROUPS)
+                                         prior, users, 0, False, *NO_GROUPS, False)
                 kernels.sample_block_par(d.item_indptr, d.item_users, d.item_ratings, users, r_mean, map_alpha,
-                                         prior, items, 0, False, *NO_GROUPS)
+                                         prior, items, 0, False, *NO_GROUPS, False)
             *_, sse = kernels.move_stats_par(d.user_indptr, d.user_items, d.user_ratings, users, items, r_mean)
             alpha = 1.0 / max(sse / max(d.n_ratings, 1), 1e-6)
         self.state = ChainState(
@@ -219,12 +219,13 @@ class Chain:
 
         st.mu_user, st.lambda_user, st.tau_user_bias, prior = self._side_hyper(st.users)
         block(d.user_indptr, d.user_items, d.user_ratings, st.items, st.mu, st.alpha, prior, st.users,
-              int(self.rng.integers(2**63)), True, *d.user_groups)
+              int(self.rng.integers(2**63)), True, *d.user_groups, False)
         st.mu_item, st.lambda_item, st.tau_item_bias, prior = self._side_hyper(st.items)
-        block(d.item_indptr, d.item_users, d.item_ratings, st.users, st.mu, st.alpha, prior, st.items,
-              int(self.rng.integers(2**63)), True, *d.item_groups)
+        # The book block also returns the statistics of the group moves for the new state.
+        move_stats = block(d.item_indptr, d.item_users, d.item_ratings, st.users, st.mu, st.alpha, prior, st.items,
+                           int(self.rng.integers(2**63)), True, *d.item_groups, True)
 
-        sum_e, sum_e2 = self._rescale(parallel)
+        sum_e, sum_e2 = self._rescale(*move_stats)
         self._shift_factors()
         self._translate_biases()
         # The shift and translation moves leave every prediction mu + b + c + u.v unchanged, so
@@ -240,7 +241,7 @@ class Chain:
         st.train_rmse = float(np.sqrt(sse / max(n, 1)))
         return st
 
-    def _rescale(self, parallel: bool) -> tuple[float, float]:
+    def _rescale(self, gram: np.ndarray, resid: np.ndarray, sum_e2: float) -> tuple[float, float]:
         """Exact group moves along the slow "signal strength" directions of the model.
 
         For each latent dimension a of the users: (U[:, a], mu_U[a], Lambda_U[a, :], Lambda_U[:, a])
@@ -255,14 +256,12 @@ class Chain:
         a Laplace proposal. The statistics come from one pass and are updated exactly after each
         move. Without these moves the scales and their precisions random-walk together and the
         chains drift for hundreds of sweeps (R-hat of alpha and of the train RMSE >> 1.05).
-        Returns the sums of the residuals and of their squares after the moves.
+        (gram, resid, sum_e2) are ``kernels.move_stats`` of the current state (updated in place);
+        returns the sums of the residuals and of their squares after the moves.
         """
         st = self.state
-        d = self.data
         k = self.k
         p = self.priors
-        fn = kernels.move_stats_par if parallel else kernels.move_stats_ser
-        gram, resid, sum_e2 = fn(d.user_indptr, d.user_items, d.user_ratings, st.users, st.items, st.mu)
         w0_inv_diag = np.diag(self.w0_inv)
 
         def apply(m: int, power: float, prior_d: float) -> float:
