@@ -233,9 +233,8 @@ def bench_model(k: int = 10, burn_in: int = 200, n_samples: int = 500, seed: int
             cov = "n/a" if r.get("coverage90") is None else f"{r['coverage90']:.3f}"
             note = r.get("coverage_note", "")
             if name.startswith("bookrec"):
-                rhat = r["max_rhat"]
-                note = (f"{r['chains']} chains per iteration; R-hat max {rhat:.3f}" if r["chains"] > 1
-                        else "1 chain over both cores (R-hat needs 2 chains)")
+                how = f"{r['chains']} chains per iteration" if r["chains"] > 1 else "1 chain over both cores"
+                note = f"{how}; R-hat max {r['max_rhat']:.3f}"
             table.add_row(name, f"{r['seconds_per_iteration']:.4f}", f"{r['cpu_seconds_per_iteration']:.4f}",
                           f"{r['fit_seconds']:.1f}", f"{r['peak_mb']:.0f}",
                           f"{r['rmse']:.4f}", cov, note)

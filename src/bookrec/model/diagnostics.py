@@ -10,20 +10,29 @@ import numpy as np
 RHAT_THRESHOLD = 1.05
 
 
+def _as_chains(trace) -> np.ndarray:
+    """A (chains, draws) array; a single chain becomes its first and second halves."""
+    values = np.asarray(trace, dtype=np.float64)
+    if values.ndim == 2 and values.shape[0] == 1 and values.shape[1] >= 8:
+        half = values.shape[1] // 2
+        values = np.stack([values[0, :half], values[0, half:2 * half]])
+    return values
+
+
 def convergence(traces: dict[str, np.ndarray], rhat_threshold: float = RHAT_THRESHOLD, min_ess: float = 100.0) -> dict:
     """Diagnose every trace (``(chains, draws)`` arrays) and give a verdict.
 
     Converged iff every R-hat < ``rhat_threshold`` and every bulk and tail ESS >= ``min_ess``
-    (total over chains). R-hat is ArviZ's rank-normalised split R-hat (Vehtari et al. 2021), which
-    splits each chain in half, so it is meaningful even for one chain. NaN (e.g. a constant
-    trace or too few draws) counts as not converged.
+    (total over chains). R-hat is ArviZ's rank-normalised split R-hat (Vehtari et al. 2021). ArviZ
+    refuses a single chain, so one chain is passed as its two halves (what split R-hat compares
+    anyway). NaN (e.g. a constant trace or too few draws) counts as not converged.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import arviz as az
 
         names = sorted(traces)
-        data = {name: np.asarray(traces[name], dtype=np.float64) for name in names}
+        data = {name: _as_chains(traces[name]) for name in names}
         dataset = az.convert_to_dataset(data)
         rhat = az.rhat(dataset, method="rank")
         ess_bulk = az.ess(dataset, method="bulk")
