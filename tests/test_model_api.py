@@ -38,7 +38,8 @@ def test_fitted_attributes_follow_the_contract(fitted):
 
 def test_same_seed_same_model_whatever_the_chain_mode(fitted):
     sim, m = fitted
-    other = BPMF(**{**m.get_params(), "chain_mode": "sweep"}).fit(
+    assert m.chain_mode_ == "sweep"  # "auto"
+    other = BPMF(**{**m.get_params(), "chain_mode": "threads"}).fit(
         sim.user_idx, sim.item_idx, sim.ratings, sim.n_users, sim.n_items)
     np.testing.assert_array_equal(other.user_factors_, m.user_factors_)
     np.testing.assert_array_equal(other.alpha_, m.alpha_)
