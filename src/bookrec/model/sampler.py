@@ -52,8 +52,8 @@ class RatingMatrix:
     item_indptr: np.ndarray
     item_users: np.ndarray
     item_ratings: np.ndarray
-    user_groups: tuple = ()  # rows with few ratings, by count (kernels.few_rating_groups)
-    item_groups: tuple = ()
+    user_groups: tuple  # rows with few ratings, by count (kernels.few_rating_groups)
+    item_groups: tuple
 
     @classmethod
     def build(cls, user_idx, item_idx, ratings, n_users, n_items) -> RatingMatrix:
@@ -113,7 +113,7 @@ def normal_wishart_from_moments(n, total, gram, mu0, beta0, w0_inv, nu0):
     mu_n = (beta0 * mu0 + n * xbar) / beta_n
     d = mu0 - xbar
     w_inv = w0_inv + scatter + (beta0 * n / beta_n) * np.outer(d, d)
-    w_n = np.linalg.inv(0.5 * (w_inv + w_inv.T))
+    w_n = np.linalg.inv(w_inv)
     return mu_n, beta_n, 0.5 * (w_n + w_n.T), nu_n
 
 
