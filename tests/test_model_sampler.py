@@ -49,7 +49,7 @@ def _closed_form(user, users, items, ratings, item_side, prior_prec, prior_mean,
 def _run_block(kernel, data, item_side, mu, alpha, prior, out, seed, draw, few):
     groups = kernels.few_rating_groups(data.user_indptr, few)
     kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw, *groups,
-           False)
+           kernels.LANES, False)
 
 
 # few=0: every row in precision form; few=99: every row by conditioning a prior draw (Matheron), in
@@ -113,10 +113,10 @@ def test_kernel_streams_do_not_depend_on_threads():
     a = np.zeros((data.n_users, item_side.shape[1]))
     b = np.zeros_like(a)
     groups = kernels.few_rating_groups(data.user_indptr, 3)
-    kernels.sample_block_par(*args, a, 42, True, *groups, False)
-    kernels.sample_block_ser(*args, b, 42, True, *groups, False)
+    kernels.sample_block_par(*args, a, 42, True, *groups, kernels.LANES, False)
+    kernels.sample_block_ser(*args, b, 42, True, *groups, kernels.LANES, False)
     np.testing.assert_array_equal(a, b)
-    kernels.sample_block_ser(*args, b, 43, True, *groups, False)
+    kernels.sample_block_ser(*args, b, 43, True, *groups, kernels.LANES, False)
     assert not np.allclose(a, b)
 
 
@@ -208,7 +208,7 @@ def test_block_returns_the_move_statistics_of_its_draw(few):
     for kernel, stats_kernel in ((kernels.sample_block_ser, kernels.move_stats_ser),
                                  (kernels.sample_block_par, kernels.move_stats_par)):
         gram, resid, sum_e2 = kernel(data.user_indptr, data.user_items, data.user_ratings, other_side, mu, 0.8, prior,
-                                     drawn, 7, True, *groups, True)
+                                     drawn, 7, True, *groups, kernels.LANES, True)
         ref = stats_kernel(data.item_indptr, data.item_users, data.item_ratings, other_side, drawn, mu)
         np.testing.assert_allclose(gram, ref[0], rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(resid, ref[1], rtol=1e-10, atol=1e-10)

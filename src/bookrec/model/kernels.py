@@ -127,6 +127,8 @@ def fill_normals(state, out, n):
 # ----------------------------------------------------------------------------- the Gibbs block
 # Rows with few ratings are drawn LANES at a time, lane index innermost: the small dense algebra of
 # one row (11-wide loops, an m x m Cholesky) does not vectorise, the same step across 8 rows does.
+# The kernels take the lane count as an argument: with the constant, LLVM fully unrolls each lane
+# loop into scalar code before its loop vectoriser runs (numba leaves SLP vectorisation off).
 LANES = 8
 
 
@@ -152,8 +154,8 @@ def few_rating_groups(indptr, few_max):
 
 @njit(inline="always", cache=True)
 def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
-                prior_chol_t, seed, z, zs, feats, resid, hmat, small, g, out, with_stats, target, other_bias, zt, ev,
-                lane_g, lane_r, lane_e2):
+                prior_chol_t, seed, z, zs, feats, resid, hmat, small, g, out, with_stats, target, other_bias,
+                z_rows, e_rows, n_kept):
     """Exact draws for up to LANES rows with m ratings each, by conditioning a prior draw (Matheron's rule):
 
         x0 ~ N(m0, S0),  e ~ N(0, I / alpha),   x = x0 + S0 F^T (F S0 F^T + I / alpha)^-1 (y - F x0 - e)
@@ -162,12 +164,13 @@ def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, 
     H = C^T F^T this is x = m0 + C (z + H w), S w = y - F m0 - H^T z - e, S = H^T H + I / alpha:
     O(m dim^2 / 2) and an m x m Cholesky instead of building and factorising the dim x dim precision.
     Dead lanes (n_live <= l < LANES) compute on zeros and are not written back. With
-    ``with_stats`` the lanes also add their ratings' move statistics (see ``_sample_block``) to
-    lane_g, lane_r, lane_e2 (lane index innermost, summed by the caller).
+    ``with_stats`` each live rating's z and e (see ``_sample_block``) are appended to z_rows
+    (column-wise) and e_rows after the ``n_kept`` already there; returns the new count.
     """
     dim = out.shape[1]
     k = dim - 1
-    for l in range(LANES):
+    lanes = zs.shape[1]
+    for l in range(lanes):
         if l < n_live:
             i = rows[l]
             fill_normals(row_state(seed, i), z, dim + m)
@@ -194,103 +197,95 @@ def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, 
         # h = C^T f with f = [features, 1]; resid -= f . m0 + h . z
         for a in range(dim):
             c_bias = prior_chol_t[a, k]
-            for l in range(LANES):
+            for l in range(lanes):
                 hmat[q, a, l] = c_bias
             for b in range(a, k):
                 c = prior_chol_t[a, b]
-                for l in range(LANES):
+                for l in range(lanes):
                     hmat[q, a, l] += c * feats[q, b, l]
-        for l in range(LANES):
+        for l in range(lanes):
             resid[q, l] -= prior_mean[k]
         for a in range(k):
             c = prior_mean[a]
-            for l in range(LANES):
+            for l in range(lanes):
                 resid[q, l] -= c * feats[q, a, l]
         for a in range(dim):
-            for l in range(LANES):
+            for l in range(lanes):
                 resid[q, l] -= hmat[q, a, l] * zs[a, l]
     # S = H^T H + I / alpha, Cholesky in place, then S w = resid (w stored in resid).
     for p in range(m):
         for q in range(p + 1):
-            for l in range(LANES):
+            for l in range(lanes):
                 small[p, q, l] = noise_var if p == q else 0.0
             for a in range(dim):
-                for l in range(LANES):
+                for l in range(lanes):
                     small[p, q, l] += hmat[p, a, l] * hmat[q, a, l]
     for a in range(m):
         for q in range(a):
-            for l in range(LANES):
+            for l in range(lanes):
                 small[a, a, l] -= small[a, q, l] * small[a, q, l]
-        for l in range(LANES):
+        for l in range(lanes):
             small[a, a, l] = math.sqrt(small[a, a, l])
         for b in range(a + 1, m):
             for q in range(a):
-                for l in range(LANES):
+                for l in range(lanes):
                     small[b, a, l] -= small[b, q, l] * small[a, q, l]
-            for l in range(LANES):
+            for l in range(lanes):
                 small[b, a, l] /= small[a, a, l]
     for a in range(m):
         for q in range(a):
-            for l in range(LANES):
+            for l in range(lanes):
                 resid[a, l] -= small[a, q, l] * resid[q, l]
-        for l in range(LANES):
+        for l in range(lanes):
             resid[a, l] /= small[a, a, l]
     for a in range(m - 1, -1, -1):
         for q in range(a + 1, m):
-            for l in range(LANES):
+            for l in range(lanes):
                 resid[a, l] -= small[q, a, l] * resid[q, l]
-        for l in range(LANES):
+        for l in range(lanes):
             resid[a, l] /= small[a, a, l]
     # x = m0 + C (z + H w)
     for a in range(dim):
-        for l in range(LANES):
+        for l in range(lanes):
             g[a, l] = zs[a, l]
         for q in range(m):
-            for l in range(LANES):
+            for l in range(lanes):
                 g[a, l] += hmat[q, a, l] * resid[q, l]
     for a in range(dim):
-        for l in range(LANES):
+        for l in range(lanes):
             zs[a, l] = prior_mean[a]  # zs reused for x
         for b in range(a + 1):
             c = prior_chol[a, b]
-            for l in range(LANES):
+            for l in range(lanes):
                 zs[a, l] += c * g[b, l]
     for l in range(n_live):
         for a in range(dim):
             out[rows[l], a] = zs[a, l]
     if with_stats:
-        # Per rating z = [x_f * other_f, other_bias, x_bias, 1], e = target - [other_f, 1] . x;
-        # dead lanes contribute zeros.
-        for q in range(m):
-            for l in range(LANES):
-                live = 1.0 if l < n_live else 0.0
+        for l in range(n_live):
+            for q in range(m):
                 t = target[q, l] - zs[k, l]
                 for a in range(k):
-                    zt[a, l] = zs[a, l] * feats[q, a, l] * live
+                    z_rows[a, n_kept] = zs[a, l] * feats[q, a, l]
                     t -= zs[a, l] * feats[q, a, l]
-                zt[k, l] = other_bias[q, l]
-                zt[k + 1, l] = zs[k, l] * live
-                zt[k + 2, l] = live
-                ev[l] = t * live
-            for l in range(LANES):
-                lane_e2[l] += ev[l] * ev[l]
-            pair = 0
-            for a in range(k + 3):
-                for l in range(LANES):
-                    lane_r[a, l] += ev[l] * zt[a, l]
-                for b in range(a + 1):
-                    for l in range(LANES):
-                        lane_g[pair, l] += zt[a, l] * zt[b, l]
-                    pair += 1
+                z_rows[k, n_kept] = other_bias[q, l]
+                z_rows[k + 1, n_kept] = zs[k, l]
+                z_rows[k + 2, n_kept] = 1.0
+                e_rows[n_kept] = t
+                n_kept += 1
+    return n_kept
 
 
 @njit(inline="always", cache=True)
 def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
-                   feats, target, prec, lin, out):
+                   feats, target, prec, lin, ftf, fty, out):
     """Draw (or, with ``draw=False``, set to the mode) row i from its conditional in precision form:
 
         P = prior_prec + alpha * sum_j f_j f_j^T,   h = prior_h + alpha * sum_j f_j (r_ij - mu - other_j[k]),
         x_i ~ N(P^-1 h, P^-1) drawn as  m + L^-T z  with  P = L L^T.
+
+    Leaves sum_j f_j f_j^T in ``ftf`` and sum_j f_j y_j in ``fty``, the gathered
+    features in ``feats`` and the targets y_j in ``target``, for the row's move statistics.
     """
     dim = out.shape[1]
     k = dim - 1
@@ -306,11 +301,14 @@ def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, pri
         acc = 0.0
         for q in range(m):
             acc += feats[a, q] * target[q]
+        fty[a] = acc
         lin[a] = prior_h[a] + alpha * acc
         for b in range(a + 1):
             acc = 0.0
             for q in range(m):
                 acc += feats[a, q] * feats[b, q]
+            ftf[a, b] = acc
+            ftf[b, a] = acc
             prec[a, b] = prior_prec[a, b] + alpha * acc
     for a in range(dim):  # Cholesky P = L L^T in place (lower triangle)
         s = prec[a, a]
@@ -343,12 +341,79 @@ def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, pri
         out[i, a] = lin[a]
 
 
-def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr, with_stats):
+@njit(inline="always", cache=True)
+def _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out, cf, fx, sww, syw, scale, gg, rr):
+    """Add one precision-form row's move statistics to gg, rr; returns its sum e^2.
+
+    Per rating z = D w with w = [v_j, c_j, 1, 1] and D = diag(x_f, 1, x_bias, 1), e = y_j - f_j . x,
+    f_j = [v_j, 1]. So sum z z^T = D (sum w w^T) D and sum e z = D (sum y w - sum w f^T x), all
+    from the row's F^T F (full, symmetric) and F^T y, already built for the draw, plus the sums
+    with c_j: per rating ~k + 3 multiply-adds instead of (k + 3)(k + 4) / 2. cf, fx, sww, syw,
+    scale are scratch.
+    """
+    dim = out.shape[1]
+    k = dim - 1
+    n_stats = k + 3
+    for a in range(dim):
+        cf[a] = 0.0
+    cc = 0.0
+    cy = 0.0
+    yy = 0.0
+    for q in range(m):
+        c = other[indices[lo + q], k]
+        for a in range(dim):
+            cf[a] += c * feats[a, q]
+        cc += c * c
+        cy += c * target[q]
+        yy += target[q] * target[q]
+    e2 = yy
+    cx = 0.0
+    for a in range(dim):
+        acc = 0.0
+        for b in range(dim):
+            acc += ftf[a, b] * out[i, b]
+        fx[a] = acc
+        e2 += out[i, a] * (acc - 2.0 * fty[a])
+        cx += cf[a] * out[i, a]
+    # sum w w^T, sum y w and sum w f^T x in the order of w
+    for a in range(k):
+        for b in range(k):
+            sww[a, b] = ftf[a, b]
+        sww[a, k] = cf[a]
+        sww[a, k + 1] = ftf[a, k]
+        sww[a, k + 2] = ftf[a, k]
+        syw[a] = fty[a] - fx[a]
+        scale[a] = out[i, a]
+    for a in range(k + 1, k + 3):
+        for b in range(k):
+            sww[a, b] = ftf[k, b]
+        sww[a, k] = cf[k]
+        sww[a, k + 1] = ftf[k, k]
+        sww[a, k + 2] = ftf[k, k]
+        syw[a] = fty[k] - fx[k]
+    for b in range(k):
+        sww[k, b] = cf[b]
+    sww[k, k] = cc
+    sww[k, k + 1] = cf[k]
+    sww[k, k + 2] = cf[k]
+    syw[k] = cy - cx
+    scale[k] = 1.0
+    scale[k + 1] = out[i, k]
+    scale[k + 2] = 1.0
+    for a in range(n_stats):
+        rr[a] += scale[a] * syw[a]
+        for b in range(a + 1):
+            gg[a, b] += scale[a] * scale[b] * sww[a, b]
+    return e2
+
+
+def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr, lanes,
+                  with_stats):
     """Draw (``draw=False``: set to the conditional mode) every row of ``out`` from its Gaussian conditional.
 
     ``prior`` is (precision P0, P0 m0, mean m0, C, C^T) with C C^T = P0^-1. Row i draws its
     normals from its own stream (``seed``, i). When drawing, the rows listed in
-    ``few_rows``/``few_ptr`` (see ``few_rating_groups``: most rows in BookCrossing) are drawn LANES
+    ``few_rows``/``few_ptr`` (see ``few_rating_groups``: most rows in BookCrossing) are drawn lanes
     at a time in the conditioning form; every other row in precision form.
 
     Returns the move statistics of ``_move_stats`` for the new state, computed while each row's
@@ -377,11 +442,15 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
     for c in prange(n_chunks):
         prec = np.empty((dim, dim))
         lin = np.empty(dim)
+        ftf = np.empty((dim, dim))
+        fty = np.empty(dim)
         feats = np.empty((dim, max_len))
         target = np.empty(max_len)
         z = np.empty(dim)
-        w = np.empty((n_stats, max_len))
-        ev = np.empty(max_len)
+        cf = np.empty(dim)
+        fx = np.empty(dim)
+        sww = np.empty((n_stats, n_stats))
+        syw = np.empty(n_stats)
         scale = np.empty(n_stats)
         gg = np.zeros((n_stats, n_stats))
         rr = np.zeros(n_stats)
@@ -394,24 +463,10 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
             if draw:
                 fill_normals(row_state(seed, i), z, dim)
             _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
-                           feats, target, prec, lin, out)
+                           feats, target, prec, lin, ftf, fty, out)
             if with_stats:
-                for q in range(m):
-                    t = target[q]
-                    for a in range(dim):
-                        t -= feats[a, q] * out[i, a]
-                        w[a, q] = feats[a, q]
-                    ev[q] = t
-                    e2 += t * t
-                    w[k, q] = other[indices[lo + q], k]
-                    w[k + 1, q] = 1.0
-                    w[k + 2, q] = 1.0
-                for a in range(k):
-                    scale[a] = out[i, a]
-                scale[k] = 1.0
-                scale[k + 1] = out[i, k]
-                scale[k + 2] = 1.0
-                _accumulate_row_stats(w, ev, m, scale, gg, rr)
+                e2 += _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out, cf, fx, sww, syw,
+                                           scale, gg, rr)
         if with_stats:
             for a in range(n_stats):
                 part_r[c, a] = rr[a]
@@ -421,42 +476,47 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
     width = max(few_max, 1)
     for m in range(few_max + 1):
         start = few_ptr[m]
-        n_blocks = (few_ptr[m + 1] - start + LANES - 1) // LANES
+        n_blocks = (few_ptr[m + 1] - start + lanes - 1) // lanes
         n_tasks = min(n_blocks, max_tasks)
         per_task = (n_blocks + n_tasks - 1) // max(n_tasks, 1)
         for task in prange(n_tasks):
             z = np.empty(dim + width)
-            zs = np.empty((dim, LANES))
-            feats = np.empty((width, k, LANES))
-            resid = np.empty((width, LANES))
-            hmat = np.empty((width, dim, LANES))
-            small = np.empty((width, width, LANES))
-            g = np.empty((dim, LANES))
-            target = np.empty((width, LANES))
-            other_bias = np.empty((width, LANES))
-            zt = np.empty((n_stats, LANES))
-            ev = np.empty(LANES)
-            lane_g = np.zeros((n_stats * (n_stats + 1) // 2, LANES))  # lower triangle, row by row
-            lane_r = np.zeros((n_stats, LANES))
-            lane_e2 = np.zeros(LANES)
+            zs = np.empty((dim, lanes))
+            feats = np.empty((width, k, lanes))
+            resid = np.empty((width, lanes))
+            hmat = np.empty((width, dim, lanes))
+            small = np.empty((width, width, lanes))
+            g = np.empty((dim, lanes))
+            target = np.empty((width, lanes))
+            other_bias = np.empty((width, lanes))
+            # The lanes' move statistics are gathered as columns and reduced a batch at a time: long
+            # contiguous dot products instead of a short lane loop per pair of statistics.
+            batch = max(256, lanes * width)
+            z_rows = np.empty((n_stats, batch))
+            e_rows = np.empty(batch)
+            ones = np.ones(n_stats)
+            gg = np.zeros((n_stats, n_stats))
+            rr = np.zeros(n_stats)
+            e2 = 0.0
+            n_kept = 0
             for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
-                b0 = start + blk * LANES
-                n_live = min(LANES, few_ptr[m + 1] - b0)
-                _draw_lanes(few_rows[b0:b0 + n_live], n_live, m, indptr, indices, ratings, other, mu, noise_sd,
-                            noise_var, prior_mean, prior_chol, prior_chol_t, seed, z, zs, feats, resid, hmat, small,
-                            g, out, with_stats, target, other_bias, zt, ev, lane_g, lane_r, lane_e2)
+                b0 = start + blk * lanes
+                n_live = min(lanes, few_ptr[m + 1] - b0)
+                if with_stats and n_kept + n_live * m > batch:
+                    e2 += _accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
+                    n_kept = 0
+                n_kept = _draw_lanes(few_rows[b0:b0 + n_live], n_live, m, indptr, indices, ratings, other, mu,
+                                     noise_sd, noise_var, prior_mean, prior_chol, prior_chol_t, seed, z, zs, feats,
+                                     resid, hmat, small, g, out, with_stats, target, other_bias, z_rows, e_rows,
+                                     n_kept)
             if with_stats:
+                e2 += _accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
                 slot = n_chunks + m * max_tasks + task
-                pair = 0
                 for a in range(n_stats):
-                    for l in range(LANES):
-                        part_r[slot, a] += lane_r[a, l]
+                    part_r[slot, a] = rr[a]
                     for b in range(a + 1):
-                        for l in range(LANES):
-                            part_g[slot, a, b] += lane_g[pair, l]
-                        pair += 1
-                for l in range(LANES):
-                    part_e2[slot] += lane_e2[l]
+                        part_g[slot, a, b] = gg[a, b]
+                part_e2[slot] = e2
     gram = part_g.sum(axis=0)
     for a in range(n_stats):
         for b in range(a):
@@ -464,8 +524,20 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
     return gram, part_r.sum(axis=0), part_e2.sum()
 
 
-sample_block_par = _twin(_sample_block, True, fastmath=True, nogil=True)
-sample_block_ser = _twin(_sample_block, False, fastmath=True, nogil=True)
+# error_model="numpy": no zero-divisor check (and branch) at every division in the lane loops; the
+# divisors are Cholesky pivots, positive by construction.
+sample_block_par = _twin(_sample_block, True, fastmath=True, nogil=True, error_model="numpy")
+sample_block_ser = _twin(_sample_block, False, fastmath=True, nogil=True, error_model="numpy")
+
+
+@njit(inline="always", cache=True)
+def _accumulate_columns(w, e, n, scale, gg, rr):
+    """``_accumulate_row_stats`` over the first n columns; returns their sum e^2."""
+    _accumulate_row_stats(w, e, n, scale, gg, rr)
+    e2 = 0.0
+    for q in range(n):
+        e2 += e[q] * e[q]
+    return e2
 
 
 @njit(inline="always", cache=True)

@@ -190,9 +190,9 @@ class Chain:
             map_alpha = 2.0 / max(r_var, 1e-6)
             for _ in range(warm_start_sweeps):
                 kernels.sample_block_par(d.user_indptr, d.user_items, d.user_ratings, items, r_mean, map_alpha,
-                                         prior, users, 0, False, *NO_GROUPS, False)
+                                         prior, users, 0, False, *NO_GROUPS, kernels.LANES, False)
                 kernels.sample_block_par(d.item_indptr, d.item_users, d.item_ratings, users, r_mean, map_alpha,
-                                         prior, items, 0, False, *NO_GROUPS, False)
+                                         prior, items, 0, False, *NO_GROUPS, kernels.LANES, False)
             *_, sse = kernels.move_stats_par(d.user_indptr, d.user_items, d.user_ratings, users, items, r_mean)
             alpha = 1.0 / max(sse / max(d.n_ratings, 1), 1e-6)
         self.state = ChainState(
@@ -219,11 +219,11 @@ class Chain:
 
         st.mu_user, st.lambda_user, st.tau_user_bias, prior = self._side_hyper(st.users)
         block(d.user_indptr, d.user_items, d.user_ratings, st.items, st.mu, st.alpha, prior, st.users,
-              int(self.rng.integers(2**63)), True, *d.user_groups, False)
+              int(self.rng.integers(2**63)), True, *d.user_groups, kernels.LANES, False)
         st.mu_item, st.lambda_item, st.tau_item_bias, prior = self._side_hyper(st.items)
         # The book block also returns the statistics of the group moves for the new state.
         move_stats = block(d.item_indptr, d.item_users, d.item_ratings, st.users, st.mu, st.alpha, prior, st.items,
-                           int(self.rng.integers(2**63)), True, *d.item_groups, True)
+                           int(self.rng.integers(2**63)), True, *d.item_groups, kernels.LANES, True)
 
         sum_e, sum_e2 = self._rescale(*move_stats)
         self._shift_factors()
