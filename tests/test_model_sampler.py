@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from bookrec.model import kernels
-from bookrec.model.sampler import RatingMatrix, block_prior, normal_wishart_posterior, sample_normal_wishart
+from bookrec.model.sampler import (
+    Chain, Priors, RatingMatrix, block_prior, normal_wishart_posterior, sample_normal_wishart, side_moments,
+)
 
 # Tolerances: a Monte Carlo estimate from N independent draws is within 4.5 standard errors of
 # its expectation except with probability ~7e-6 per checked quantity; with at most ~360
@@ -213,3 +215,24 @@ def test_block_returns_the_move_statistics_of_its_draw(few):
         np.testing.assert_allclose(gram, ref[0], rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(resid, ref[1], rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(sum_e2, ref[2], rtol=1e-10)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_tracked_side_moments_equal_a_pass_over_the_rows(parallel):
+    """A sweep keeps each side's moments (n, sum x, sum x x^T) up to date through the scale, shift and
+    translation moves as affine maps of the rows; they must equal a fresh pass over the final state."""
+    rng = np.random.default_rng(5)
+    n_users, n_items, n = 60, 40, 900
+    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    ratings = np.clip(np.round(rng.normal(6.5, 2.0, n)), 1, 10)
+    data = RatingMatrix.build(users, items, ratings, n_users, n_items)
+    chain = Chain(data, 3, Priors(mu_prior_mean=6.5), np.random.SeedSequence(11))
+    chain.initialise(warm_start=True)
+    for _ in range(5):
+        chain.sweep(parallel=parallel)
+        for name, side in (("users", chain.state.users), ("items", chain.state.items)):
+            tracked, direct = chain.moments[name], side_moments(side)
+            assert tracked[0] == direct[0]
+            # Relative to the size of the moments: a few affine maps lose a few ulps, not more.
+            for t, d in zip(tracked[1:], direct[1:]):
+                np.testing.assert_allclose(t, d, rtol=0, atol=1e-10 * (1.0 + np.abs(d).max()))

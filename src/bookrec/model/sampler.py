@@ -93,6 +93,14 @@ def side_moments(side: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return side.shape[0], np.ones(side.shape[0]) @ side, side.T @ side
 
 
+def affine_moments(moments, transform: np.ndarray, offset: np.ndarray):
+    """``side_moments`` of the rows T x + e, from those of the rows x (exact, O(k^3), no pass over the rows)."""
+    n, total, gram = moments
+    moved = transform @ total
+    cross = np.outer(moved, offset)
+    return n, moved + n * offset, transform @ gram @ transform.T + cross + cross.T + n * np.outer(offset, offset)
+
+
 def normal_wishart_posterior(factors: np.ndarray, mu0: np.ndarray, beta0: float, w0_inv: np.ndarray, nu0: float):
     """Parameters (mu_n, beta_n, W_n, nu_n) of the Normal-Wishart conditional given the rows of ``factors``."""
     n, total, gram = side_moments(factors)
@@ -170,6 +178,9 @@ class Chain:
         self.w0_inv = np.eye(k) / priors.w0_scale
         self.nu0 = k + priors.nu0_extra
         self.state: ChainState | None = None
+        # side_moments of each side, kept up to date through the moves (which are affine maps of
+        # the rows) so that a sweep passes over each side once for them, after its block.
+        self.moments: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ initialisation
     def initialise(self, warm_start: bool, warm_start_sweeps: int = 8) -> None:
@@ -195,6 +206,7 @@ class Chain:
                                          prior, items, 0, False, *NO_GROUPS, kernels.LANES, False)
             *_, sse = kernels.move_stats_par(d.user_indptr, d.user_items, d.user_ratings, users, items, r_mean)
             alpha = 1.0 / max(sse / max(d.n_ratings, 1), 1e-6)
+        self.moments = {}
         self.state = ChainState(
             users=users, items=items, mu=r_mean, alpha=alpha,
             mu_user=np.zeros(k), lambda_user=eye.copy(), tau_user_bias=1.0,
@@ -202,10 +214,10 @@ class Chain:
         )
 
     # ------------------------------------------------------------------ one sweep
-    def _side_hyper(self, side: np.ndarray):
+    def _side_hyper(self, moments):
         k = self.k
         p = self.priors
-        n, total, gram = side_moments(side)
+        n, total, gram = moments
         mean, lam = sample_normal_wishart_from_moments(n, total[:k], gram[:k, :k], self.mu0, p.beta0, self.w0_inv,
                                                        self.nu0, self.rng)
         tau = self.rng.gamma(p.a_bias + 0.5 * n, 1.0 / (p.b_bias + 0.5 * gram[k, k]))
@@ -217,13 +229,18 @@ class Chain:
         p = self.priors
         block = kernels.sample_block_par if parallel else kernels.sample_block_ser
 
-        st.mu_user, st.lambda_user, st.tau_user_bias, prior = self._side_hyper(st.users)
+        moments = self.moments
+        if not moments:
+            moments.update(users=side_moments(st.users), items=side_moments(st.items))
+        st.mu_user, st.lambda_user, st.tau_user_bias, prior = self._side_hyper(moments["users"])
         block(d.user_indptr, d.user_items, d.user_ratings, st.items, st.mu, st.alpha, prior, st.users,
               int(self.rng.integers(2**63)), True, *d.user_groups, kernels.LANES, False)
-        st.mu_item, st.lambda_item, st.tau_item_bias, prior = self._side_hyper(st.items)
+        moments["users"] = side_moments(st.users)
+        st.mu_item, st.lambda_item, st.tau_item_bias, prior = self._side_hyper(moments["items"])
         # The book block also returns the statistics of the group moves for the new state.
         move_stats = block(d.item_indptr, d.item_users, d.item_ratings, st.users, st.mu, st.alpha, prior, st.items,
                            int(self.rng.integers(2**63)), True, *d.item_groups, kernels.LANES, True)
+        moments["items"] = side_moments(st.items)
 
         sum_e, sum_e2 = self._rescale(*move_stats)
         self._shift_factors()
@@ -298,6 +315,7 @@ class Chain:
                 st.tau_item_bias /= s * s
             scales[k] = s
             own *= scales  # one pass over the side instead of k + 1 strided column passes
+            self.moments[side] = affine_moments(self.moments[side], np.diag(scales), np.zeros(k + 1))
         return float(resid[k + 2]), float(max(sum_e2, 0.0))
 
     def _draw_scale(self, alpha, big_a, big_b, power, d) -> float:
@@ -353,12 +371,12 @@ class Chain:
         p = self.priors
         beta0 = p.beta0
         tau0 = p.mu_prior_precision
-        for side in ("users", "items"):
+        for side, other_side in (("users", "items"), ("items", "users")):
             if side == "users":
                 own, other, lam, own_mean, tau_other = st.users, st.items, st.lambda_user, st.mu_user, st.tau_item_bias
             else:
                 own, other, lam, own_mean, tau_other = st.items, st.users, st.lambda_item, st.mu_item, st.tau_user_bias
-            n_other, total, gram = side_moments(other)
+            n_other, total, gram = self.moments[other_side]
             vbar = total[:k] / n_other
             scatter = gram[:k, :k] - n_other * np.outer(vbar, vbar)  # W^T W, W rows w_j = v_j - vbar
             w_c = gram[:k, k] - vbar * total[k]  # W^T c
@@ -367,6 +385,12 @@ class Chain:
             chol = np.linalg.cholesky(prec)
             a = np.linalg.solve(prec, lin) + np.linalg.solve(chol.T, self.rng.standard_normal(k))
             kernels.shift_apply(own, other, a, float(vbar @ a))
+            shift = np.append(a, 0.0)
+            self.moments[side] = affine_moments(self.moments[side], np.eye(k + 1), shift)
+            bias_row = np.eye(k + 1)
+            bias_row[k, :k] = -a  # other's bias -= other_f . a - a . vbar
+            self.moments[other_side] = affine_moments(self.moments[other_side], bias_row,
+                                                      float(vbar @ a) * np.eye(k + 1)[k])
             st.mu -= float(a @ vbar)
             if side == "users":
                 st.mu_user = st.mu_user + a
@@ -384,12 +408,14 @@ class Chain:
         st = self.state
         p = self.priors
         k = self.k
-        for side, tau in ((st.users, st.tau_user_bias), (st.items, st.tau_item_bias)):
+        for name, side, tau in (("users", st.users, st.tau_user_bias), ("items", st.items, st.tau_item_bias)):
             bias = side[:, k]
             prec = p.mu_prior_precision + bias.shape[0] * tau
-            mean = (p.mu_prior_precision * (st.mu - p.mu_prior_mean) - tau * float(bias.sum())) / prec
+            bias_sum = float(self.moments[name][1][k])
+            mean = (p.mu_prior_precision * (st.mu - p.mu_prior_mean) - tau * bias_sum) / prec
             g = mean + self.rng.standard_normal() / np.sqrt(prec)
             bias += g
+            self.moments[name] = affine_moments(self.moments[name], np.eye(k + 1), g * np.eye(k + 1)[k])
             st.mu -= g
 
     def predict_pairs(self, users: np.ndarray, items: np.ndarray, parallel: bool = True) -> np.ndarray:
