@@ -220,7 +220,8 @@ def test_block_returns_the_move_statistics_of_its_draw(few):
 @pytest.mark.parametrize("parallel", [False, True])
 def test_tracked_side_moments_equal_a_pass_over_the_rows(parallel):
     """A sweep keeps each side's moments (n, sum x, sum x x^T) up to date through the scale, shift and
-    translation moves as affine maps of the rows; they must equal a fresh pass over the final state."""
+    translation moves as affine maps of the rows, and applies the composed maps to the rows in one
+    pass at the end: the moments must equal a fresh pass over the final state."""
     rng = np.random.default_rng(5)
     n_users, n_items, n = 60, 40, 900
     users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)

@@ -621,18 +621,21 @@ move_stats_par = _twin(_move_stats, True, fastmath=True, nogil=True)
 move_stats_ser = _twin(_move_stats, False, fastmath=True, nogil=True)
 
 
-@njit(fastmath=True, cache=True, nogil=True)
-def shift_apply(own, other, shift, shift_dot_mean):
-    """The shift move in one pass per side: own[:, :k] += a;  other[:, k] -= other[:, :k] . a - a . mean."""
-    k = shift.shape[0]
-    for i in range(own.shape[0]):
+def _affine_rows(rows, diag, bias_row, offset):
+    """rows <- rows T^T + offset for T with a diagonal factor block: factors scaled and shifted,
+    the bias (last column) replaced by bias_row . row + offset[k]. One pass for all of a sweep's moves."""
+    k = rows.shape[1] - 1
+    for i in prange(rows.shape[0]):
+        bias = offset[k]
+        for a in range(k + 1):
+            bias += bias_row[a] * rows[i, a]
         for a in range(k):
-            own[i, a] += shift[a]
-    for j in range(other.shape[0]):
-        t = shift_dot_mean
-        for a in range(k):
-            t -= other[j, a] * shift[a]
-        other[j, k] += t
+            rows[i, a] = diag[a] * rows[i, a] + offset[a]
+        rows[i, k] = bias
+
+
+affine_rows_par = _twin(_affine_rows, True, fastmath=True, nogil=True)
+affine_rows_ser = _twin(_affine_rows, False, fastmath=True, nogil=True)
 
 
 def _predict_pairs(rows, cols, mu, users, items, out):

@@ -181,6 +181,8 @@ class Chain:
         # side_moments of each side, kept up to date through the moves (which are affine maps of
         # the rows) so that a sweep passes over each side once for them, after its block.
         self.moments: dict[str, tuple] = {}
+        # The moves of a sweep, composed per side into one map x -> T x + e, applied in one pass at the end.
+        self.pending: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ initialisation
     def initialise(self, warm_start: bool, warm_start_sweeps: int = 8) -> None:
@@ -206,7 +208,7 @@ class Chain:
                                          prior, items, 0, False, *NO_GROUPS, kernels.LANES, False)
             *_, sse = kernels.move_stats_par(d.user_indptr, d.user_items, d.user_ratings, users, items, r_mean)
             alpha = 1.0 / max(sse / max(d.n_ratings, 1), 1e-6)
-        self.moments = {}
+        self.moments, self.pending = {}, {}
         self.state = ChainState(
             users=users, items=items, mu=r_mean, alpha=alpha,
             mu_user=np.zeros(k), lambda_user=eye.copy(), tau_user_bias=1.0,
@@ -245,6 +247,7 @@ class Chain:
         sum_e, sum_e2 = self._rescale(*move_stats)
         self._shift_factors()
         self._translate_biases()
+        self._apply_moves(parallel)
         # The shift and translation moves leave every prediction mu + b + c + u.v unchanged, so
         # the residuals e (mu included) after the scale moves are final; only mu moved.
         n = d.n_ratings
@@ -257,6 +260,23 @@ class Chain:
         st.alpha = float(self.rng.gamma(p.a_alpha + 0.5 * n, 1.0 / (p.b_alpha + 0.5 * sse)))
         st.train_rmse = float(np.sqrt(sse / max(n, 1)))
         return st
+
+    def _move(self, side: str, transform: np.ndarray, offset: np.ndarray) -> None:
+        """Record the move x -> T x + e of every row of one side: its moments now, the rows at the end
+        of the sweep (``_apply_moves``). The moves only read moments and statistics, never the rows."""
+        self.moments[side] = affine_moments(self.moments[side], transform, offset)
+        t0, e0 = self.pending.get(side, (np.eye(self.k + 1), np.zeros(self.k + 1)))
+        self.pending[side] = (transform @ t0, transform @ e0 + offset)
+
+    def _apply_moves(self, parallel: bool) -> None:
+        # Every move is a scale of each column, a shift of the factors, or a change of the bias
+        # linear in the row, so the composed map has a diagonal factor block and the kernel reads
+        # only its diagonal and bias row (the tracked moments would disagree with the rows otherwise).
+        apply = kernels.affine_rows_par if parallel else kernels.affine_rows_ser
+        k = self.k
+        for side, rows in (("users", self.state.users), ("items", self.state.items)):
+            transform, offset = self.pending.pop(side, (np.eye(k + 1), np.zeros(k + 1)))
+            apply(rows, np.ascontiguousarray(np.diag(transform)), np.ascontiguousarray(transform[k]), offset)
 
     def _rescale(self, gram: np.ndarray, resid: np.ndarray, sum_e2: float) -> tuple[float, float]:
         """Exact group moves along the slow "signal strength" directions of the model.
@@ -296,7 +316,6 @@ class Chain:
 
         for side in ("users", "items"):
             lam = (st.lambda_user if side == "users" else st.lambda_item).copy()
-            own = st.users if side == "users" else st.items
             mean = (st.mu_user if side == "users" else st.mu_item).copy()
             scales = np.ones(k + 1)
             for a in range(k):
@@ -314,8 +333,7 @@ class Chain:
                 s = apply(k + 1, 2.0 * p.a_bias, p.b_bias * st.tau_item_bias)
                 st.tau_item_bias /= s * s
             scales[k] = s
-            own *= scales  # one pass over the side instead of k + 1 strided column passes
-            self.moments[side] = affine_moments(self.moments[side], np.diag(scales), np.zeros(k + 1))
+            self._move(side, np.diag(scales), np.zeros(k + 1))
         return float(resid[k + 2]), float(max(sum_e2, 0.0))
 
     def _draw_scale(self, alpha, big_a, big_b, power, d) -> float:
@@ -373,9 +391,9 @@ class Chain:
         tau0 = p.mu_prior_precision
         for side, other_side in (("users", "items"), ("items", "users")):
             if side == "users":
-                own, other, lam, own_mean, tau_other = st.users, st.items, st.lambda_user, st.mu_user, st.tau_item_bias
+                lam, own_mean, tau_other = st.lambda_user, st.mu_user, st.tau_item_bias
             else:
-                own, other, lam, own_mean, tau_other = st.items, st.users, st.lambda_item, st.mu_item, st.tau_user_bias
+                lam, own_mean, tau_other = st.lambda_item, st.mu_item, st.tau_user_bias
             n_other, total, gram = self.moments[other_side]
             vbar = total[:k] / n_other
             scatter = gram[:k, :k] - n_other * np.outer(vbar, vbar)  # W^T W, W rows w_j = v_j - vbar
@@ -384,13 +402,10 @@ class Chain:
             lin = tau0 * (st.mu - p.mu_prior_mean) * vbar - beta0 * lam @ (own_mean - self.mu0) + tau_other * w_c
             chol = np.linalg.cholesky(prec)
             a = np.linalg.solve(prec, lin) + np.linalg.solve(chol.T, self.rng.standard_normal(k))
-            kernels.shift_apply(own, other, a, float(vbar @ a))
-            shift = np.append(a, 0.0)
-            self.moments[side] = affine_moments(self.moments[side], np.eye(k + 1), shift)
+            self._move(side, np.eye(k + 1), np.append(a, 0.0))
             bias_row = np.eye(k + 1)
             bias_row[k, :k] = -a  # other's bias -= other_f . a - a . vbar
-            self.moments[other_side] = affine_moments(self.moments[other_side], bias_row,
-                                                      float(vbar @ a) * np.eye(k + 1)[k])
+            self._move(other_side, bias_row, float(vbar @ a) * np.eye(k + 1)[k])
             st.mu -= float(a @ vbar)
             if side == "users":
                 st.mu_user = st.mu_user + a
@@ -408,14 +423,12 @@ class Chain:
         st = self.state
         p = self.priors
         k = self.k
-        for name, side, tau in (("users", st.users, st.tau_user_bias), ("items", st.items, st.tau_item_bias)):
-            bias = side[:, k]
-            prec = p.mu_prior_precision + bias.shape[0] * tau
-            bias_sum = float(self.moments[name][1][k])
-            mean = (p.mu_prior_precision * (st.mu - p.mu_prior_mean) - tau * bias_sum) / prec
+        for side, tau in (("users", st.tau_user_bias), ("items", st.tau_item_bias)):
+            n, total, _ = self.moments[side]
+            prec = p.mu_prior_precision + n * tau
+            mean = (p.mu_prior_precision * (st.mu - p.mu_prior_mean) - tau * float(total[k])) / prec
             g = mean + self.rng.standard_normal() / np.sqrt(prec)
-            bias += g
-            self.moments[name] = affine_moments(self.moments[name], np.eye(k + 1), g * np.eye(k + 1)[k])
+            self._move(side, np.eye(k + 1), g * np.eye(k + 1)[k])
             st.mu -= g
 
     def predict_pairs(self, users: np.ndarray, items: np.ndarray, parallel: bool = True) -> np.ndarray:
