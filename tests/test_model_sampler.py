@@ -237,3 +237,13 @@ def test_tracked_side_moments_equal_a_pass_over_the_rows(parallel):
             # Relative to the size of the moments: a few affine maps lose a few ulps, not more.
             for t, d in zip(tracked[1:], direct[1:]):
                 np.testing.assert_allclose(t, d, rtol=0, atol=1e-10 * (1.0 + np.abs(d).max()))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("n_rows", [0, 1, 255, 257, 70_001])
+def test_side_moments_match_numpy(parallel, n_rows):
+    rows = np.random.default_rng(n_rows).normal(0.3, 1.0, (n_rows, 6))
+    n, total, square = side_moments(rows, parallel)
+    assert n == n_rows
+    np.testing.assert_allclose(total, rows.sum(axis=0), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(square, rows.T @ rows, rtol=1e-12, atol=1e-9)

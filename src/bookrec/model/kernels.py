@@ -621,6 +621,45 @@ move_stats_par = _twin(_move_stats, True, fastmath=True, nogil=True)
 move_stats_ser = _twin(_move_stats, False, fastmath=True, nogil=True)
 
 
+def _side_moments(rows):
+    """(column sums, X^T X) of an (n, k + 1) side. Each chunk of rows is transposed into a small
+    buffer first, so that every entry is a long contiguous dot product (a BLAS syrk on this
+    tall, thin shape ran at a third of the speed)."""
+    n, dim = rows.shape
+    width = 256
+    n_chunks = (n + width - 1) // width
+    n_parts = min(n_chunks, 64)
+    per_part = (n_chunks + n_parts - 1) // max(n_parts, 1)
+    part_sum = np.zeros((n_parts, dim))
+    part_sq = np.zeros((n_parts, dim, dim))
+    for part in prange(n_parts):
+        cols = np.empty((dim, width))
+        ones = np.ones(width)
+        dim_ones = np.ones(dim)
+        total = np.zeros(dim)
+        square = np.zeros((dim, dim))
+        for c in range(part * per_part, min(n_chunks, (part + 1) * per_part)):
+            lo = c * width
+            count = min(width, n - lo)
+            for q in range(count):
+                for a in range(dim):
+                    cols[a, q] = rows[lo + q, a]
+            _accumulate_row_stats(cols, ones, count, dim_ones, square, total)
+        for a in range(dim):
+            part_sum[part, a] = total[a]
+            for b in range(a + 1):
+                part_sq[part, a, b] = square[a, b]
+    square = part_sq.sum(axis=0)
+    for a in range(dim):
+        for b in range(a):
+            square[b, a] = square[a, b]
+    return part_sum.sum(axis=0), square
+
+
+side_moments_par = _twin(_side_moments, True, fastmath=True, nogil=True)
+side_moments_ser = _twin(_side_moments, False, fastmath=True, nogil=True)
+
+
 def _affine_rows(rows, diag, bias_row, offset):
     """rows <- rows T^T + offset for T with a diagonal factor block: factors scaled and shifted,
     the bias (last column) replaced by bias_row . row + offset[k]. One pass for all of a sweep's moves."""
