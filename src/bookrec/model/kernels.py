@@ -342,6 +342,19 @@ def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, pri
 
 
 @njit(inline="always", cache=True)
+def _fill_w_row(row, source, ftf, cf, fty, fx, sww, syw):
+    """Row ``row`` of sum w w^T (but the c_j column) and of sum e w, where w's entry ``row`` is f's entry
+    ``source``."""
+    k = ftf.shape[0] - 1
+    for b in range(k):
+        sww[row, b] = ftf[source, b]
+    sww[row, k] = cf[source]
+    sww[row, k + 1] = ftf[source, k]
+    sww[row, k + 2] = ftf[source, k]
+    syw[row] = fty[source] - fx[source]
+
+
+@njit(inline="always", cache=True)
 def _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out, cf, fx, sww, syw, scale, gg, rr):
     """Add one precision-form row's move statistics to gg, rr; returns its sum e^2.
 
@@ -377,20 +390,10 @@ def _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out,
         cx += cf[a] * out[i, a]
     # sum w w^T, sum y w and sum w f^T x in the order of w
     for a in range(k):
-        for b in range(k):
-            sww[a, b] = ftf[a, b]
-        sww[a, k] = cf[a]
-        sww[a, k + 1] = ftf[a, k]
-        sww[a, k + 2] = ftf[a, k]
-        syw[a] = fty[a] - fx[a]
+        _fill_w_row(a, a, ftf, cf, fty, fx, sww, syw)
         scale[a] = out[i, a]
-    for a in range(k + 1, k + 3):
-        for b in range(k):
-            sww[a, b] = ftf[k, b]
-        sww[a, k] = cf[k]
-        sww[a, k + 1] = ftf[k, k]
-        sww[a, k + 2] = ftf[k, k]
-        syw[a] = fty[k] - fx[k]
+    _fill_w_row(k + 1, k, ftf, cf, fty, fx, sww, syw)  # both trailing entries of w are the constant 1
+    _fill_w_row(k + 2, k, ftf, cf, fty, fx, sww, syw)
     for b in range(k):
         sww[k, b] = cf[b]
     sww[k, k] = cc
