@@ -274,10 +274,10 @@ class Chain:
         # linear in the row, so the composed map has a diagonal factor block and the kernel reads
         # only its diagonal and bias row (the tracked moments would disagree with the rows otherwise).
         apply = kernels.affine_rows_par if parallel else kernels.affine_rows_ser
-        k = self.k
-        for side, rows in (("users", self.state.users), ("items", self.state.items)):
-            transform, offset = self.pending.pop(side, (np.eye(k + 1), np.zeros(k + 1)))
-            apply(rows, np.ascontiguousarray(np.diag(transform)), np.ascontiguousarray(transform[k]), offset)
+        for side, (transform, offset) in self.pending.items():
+            rows = getattr(self.state, side)  # "users" or "items"
+            apply(rows, np.ascontiguousarray(np.diag(transform)), np.ascontiguousarray(transform[self.k]), offset)
+        self.pending.clear()
 
     def _rescale(self, gram: np.ndarray, resid: np.ndarray, sum_e2: float) -> tuple[float, float]:
         """Exact group moves along the slow "signal strength" directions of the model.
