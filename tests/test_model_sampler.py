@@ -48,28 +48,46 @@ def _closed_form(user, users, items, ratings, item_side, prior_prec, prior_mean,
     return mean, cov
 
 
-def _run_block(kernel, data, item_side, mu, alpha, prior, out, seed, draw, few):
-    groups = kernels.few_rating_groups(data.user_indptr, few)
-    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw, *groups,
-           kernels.LANES, False)
+def _groups(indptr, few, mid):
+    """Rows with <= few ratings drawn in conditioning lanes, few < m <= mid in precision lanes, longer
+    rows one at a time (what ``lane_groups`` builds with the sampler's thresholds)."""
+    return (*kernels.few_rating_groups(indptr, few), kernels.mid_rating_rows(indptr, few, mid))
 
 
-# few=0: every row in precision form; few=99: every row by conditioning a prior draw (Matheron), in
-# lanes of 8; few=5: both forms in one call. The "ragged" problem has readers with 0 to 5 ratings,
-# so that groups hold several blocks of lanes and partly filled ones.
-@pytest.mark.parametrize(("parallel", "few", "problem"), [
-    (False, 0, "tiny"), (True, 0, "tiny"), (False, 99, "tiny"), (True, 99, "tiny"), (False, 5, "tiny"),
-    (True, 99, "ragged"), (False, 3, "ragged"),
+def _run_block(kernel, data, item_side, mu, alpha, prior, out, seed, draw, few, mid):
+    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw,
+           *_groups(data.user_indptr, few, mid), kernels.LANES, False)
+
+
+def test_mid_rating_rows_are_the_rows_in_range_sorted_by_count():
+    counts = np.array([3, 7, 0, 5, 7, 4, 12, 6, 5])
+    indptr = np.r_[0, np.cumsum(counts)]
+    rows = kernels.mid_rating_rows(indptr, 4, 7)
+    np.testing.assert_array_equal(rows, [3, 8, 7, 1, 4])
+    assert kernels.mid_rating_rows(indptr, 4, 4).size == 0
+
+
+# (few, mid) = (0, 0): every row one at a time in precision form; (99, 99): every row by
+# conditioning a prior draw (Matheron), in lanes; (0, 99): every row in precision form, in lanes;
+# mixed thresholds: several forms in one call. The "ragged" problem has readers with 0 to 6
+# ratings, so that groups hold several blocks of lanes and partly filled ones.
+@pytest.mark.parametrize(("parallel", "few", "mid", "problem"), [
+    (False, 0, 0, "tiny"), (True, 0, 0, "tiny"), (False, 99, 99, "tiny"), (True, 99, 99, "tiny"),
+    (False, 5, 5, "tiny"), (False, 0, 99, "tiny"), (True, 99, 99, "ragged"), (False, 3, 3, "ragged"),
+    (True, 0, 99, "ragged"), (False, 2, 4, "ragged"), (True, 2, 4, "ragged"),
 ])
-def test_user_block_matches_analytic_gaussian(parallel, few, problem):
+def test_user_block_matches_analytic_gaussian(parallel, few, mid, problem):
     if problem == "tiny":
         data, users, items, ratings, item_side, prior_prec, prior_mean = _tiny_problem()
         counts = np.diff(data.user_indptr)
         assert few in (0, 99) or counts.min() <= few < counts.max()  # so that few=5 exercises both forms
     else:
         data, users, items, ratings, item_side, prior_prec, prior_mean = _tiny_problem(seed=0, n_users=30, keep=0.5)
-        counts = np.bincount(np.diff(data.user_indptr))
+        per_row = np.diff(data.user_indptr)
+        counts = np.bincount(per_row)
         assert counts[0] >= 1 and counts.max() > kernels.LANES and counts.size > 5
+        # (2, 4) puts rows in all three forms
+        assert (per_row <= 2).any() and ((per_row > 2) & (per_row <= 4)).any() and (per_row > 4).any()
     mu, alpha = 6.1, 0.7
     kernel = kernels.sample_block_par if parallel else kernels.sample_block_ser
     n_users, dim = data.n_users, item_side.shape[1]
@@ -79,11 +97,11 @@ def test_user_block_matches_analytic_gaussian(parallel, few, problem):
     n_draws = 20_000
     draws = np.empty((n_draws, n_users, dim))
     for t in range(n_draws):
-        _run_block(kernel, data, item_side, mu, alpha, prior, out, 1_000 + t, True, few)
+        _run_block(kernel, data, item_side, mu, alpha, prior, out, 1_000 + t, True, few, mid)
         draws[t] = out
     # With draw=False the kernel returns the conditional mean exactly (the ALS/MAP step).
     mode = np.zeros_like(out)
-    _run_block(kernel, data, item_side, mu, alpha, prior, mode, 0, False, few)
+    _run_block(kernel, data, item_side, mu, alpha, prior, mode, 0, False, few, mid)
     for user in range(n_users):
         mean, cov = _closed_form(user, users, items, ratings, item_side, prior_prec, prior_mean, mu, alpha)
         np.testing.assert_allclose(mode[user], mean, rtol=1e-9, atol=1e-9)
@@ -114,7 +132,11 @@ def test_kernel_streams_do_not_depend_on_threads():
     args = (data.user_indptr, data.user_items, data.user_ratings, item_side, 6.0, 0.8, prior)
     a = np.zeros((data.n_users, item_side.shape[1]))
     b = np.zeros_like(a)
-    groups = kernels.few_rating_groups(data.user_indptr, 3)
+    # Readers have 23 to 39 ratings: some in each of the three forms.
+    per_row = np.diff(data.user_indptr)
+    few, mid = 30, 33
+    assert (per_row <= few).any() and ((per_row > few) & (per_row <= mid)).any() and (per_row > mid).any()
+    groups = _groups(data.user_indptr, few, mid)
     kernels.sample_block_par(*args, a, 42, True, *groups, kernels.LANES, False)
     kernels.sample_block_ser(*args, b, 42, True, *groups, kernels.LANES, False)
     np.testing.assert_array_equal(a, b)
@@ -194,8 +216,8 @@ def test_normal_wishart_update_uses_centred_scatter():
     assert np.all(np.abs(means.mean(axis=0) - mu_n) < Z_TOL * np.sqrt(np.diag(marg_cov) / n_draws))
 
 
-@pytest.mark.parametrize("few", [0, 3, 99])
-def test_block_returns_the_move_statistics_of_its_draw(few):
+@pytest.mark.parametrize(("few", "mid"), [(0, 0), (3, 3), (99, 99), (0, 99), (2, 4)])
+def test_block_returns_the_move_statistics_of_its_draw(few, mid):
     """The statistics a block gathers while drawing equal a separate pass over the new state,
     whichever form (precision, lanes of conditioning draws, both) drew each row."""
     # Rows with 0 to 5 ratings. In the sampler the block that returns statistics is the books';
@@ -206,7 +228,7 @@ def test_block_returns_the_move_statistics_of_its_draw(few):
     prior = block_prior(prior_prec[:k, :k], prior_mean[:k], prior_prec[k, k])
     mu = 5.9
     drawn = np.zeros((data.n_users, k + 1))
-    groups = kernels.few_rating_groups(data.user_indptr, few)
+    groups = _groups(data.user_indptr, few, mid)
     for kernel, stats_kernel in ((kernels.sample_block_ser, kernels.move_stats_ser),
                                  (kernels.sample_block_par, kernels.move_stats_par)):
         gram, resid, sum_e2 = kernel(data.user_indptr, data.user_items, data.user_ratings, other_side, mu, 0.8, prior,

@@ -152,6 +152,29 @@ def few_rating_groups(indptr, few_max):
     return rows, ptr
 
 
+@njit(cache=True)
+def mid_rating_rows(indptr, few_max, mid_max):
+    """Rows with more than ``few_max`` and at most ``mid_max`` ratings, sorted by their count (stable),
+    so that LANES consecutive rows have nearly the same count and little padding."""
+    n_rows = indptr.shape[0] - 1
+    span = max(mid_max - few_max, 0)
+    counts = np.zeros(span + 1, dtype=np.int64)
+    for i in range(n_rows):
+        m = indptr[i + 1] - indptr[i]
+        if few_max < m <= mid_max:
+            counts[m - few_max] += 1
+    fill = np.zeros(span + 1, dtype=np.int64)
+    for s in range(1, span + 1):
+        fill[s] = fill[s - 1] + counts[s - 1]
+    rows = np.empty(fill[span] + counts[span], dtype=np.int64)
+    for i in range(n_rows):
+        m = indptr[i + 1] - indptr[i]
+        if few_max < m <= mid_max:
+            rows[fill[m - few_max]] = i
+            fill[m - few_max] += 1
+    return rows
+
+
 @njit(inline="always", cache=True)
 def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
                 prior_chol_t, seed, z, zs, feats, resid, hmat, small, g, out, with_stats, target, other_bias,
@@ -277,6 +300,96 @@ def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, 
 
 
 @njit(inline="always", cache=True)
+def _draw_lanes_precision(rows, n_live, width, indptr, indices, ratings, other, mu, alpha, prior_prec, prior_h, seed,
+                          z, zs, feats, target, other_bias, ftf, fty, prec, lin, out):
+    """``_draw_row_many`` for up to LANES rows with at most ``width`` ratings each, lane index innermost:
+    the F^T F sums, the (k+1) x (k+1) Cholesky and both solves of 8 rows as vector steps, where one
+    row at a time they are short loops and a chain of dependent divisions and square roots. A lane's
+    ratings beyond its own count are zero features and targets, which add nothing to F^T F or F^T y.
+    Leaves each lane's F^T F (lower triangle) in ``ftf``, F^T y in ``fty``, the draw in ``lin`` and the
+    other side's biases c_j in ``other_bias``, for the move statistics (``_lane_stats``).
+    """
+    dim = out.shape[1]
+    k = dim - 1
+    lanes = zs.shape[1]
+    for l in range(lanes):
+        m = 0
+        if l < n_live:
+            i = rows[l]
+            lo = indptr[i]
+            m = indptr[i + 1] - lo
+            fill_normals(row_state(seed, i), z, dim)
+            for a in range(dim):
+                zs[a, l] = z[a]
+            for q in range(m):
+                j = indices[lo + q]
+                for a in range(k):
+                    feats[q, a, l] = other[j, a]
+                feats[q, k, l] = 1.0
+                other_bias[q, l] = other[j, k]
+                target[q, l] = ratings[lo + q] - mu - other[j, k]
+        else:
+            for a in range(dim):
+                zs[a, l] = 0.0
+        for q in range(m, width):
+            for a in range(dim):
+                feats[q, a, l] = 0.0
+            other_bias[q, l] = 0.0
+            target[q, l] = 0.0
+    for a in range(dim):
+        for l in range(lanes):
+            fty[a, l] = 0.0
+        for b in range(a + 1):
+            for l in range(lanes):
+                ftf[a, b, l] = 0.0
+    for q in range(width):
+        for a in range(dim):
+            for l in range(lanes):
+                fty[a, l] += feats[q, a, l] * target[q, l]
+            for b in range(a + 1):
+                for l in range(lanes):
+                    ftf[a, b, l] += feats[q, a, l] * feats[q, b, l]
+    for a in range(dim):
+        h = prior_h[a]
+        for l in range(lanes):
+            lin[a, l] = h + alpha * fty[a, l]
+        for b in range(a + 1):
+            p = prior_prec[a, b]
+            for l in range(lanes):
+                prec[a, b, l] = p + alpha * ftf[a, b, l]
+    for a in range(dim):  # Cholesky P = L L^T in place (lower triangle)
+        for q in range(a):
+            for l in range(lanes):
+                prec[a, a, l] -= prec[a, q, l] * prec[a, q, l]
+        for l in range(lanes):
+            prec[a, a, l] = math.sqrt(max(prec[a, a, l], 1e-12))
+        for b in range(a + 1, dim):
+            for q in range(a):
+                for l in range(lanes):
+                    prec[b, a, l] -= prec[b, q, l] * prec[a, q, l]
+            for l in range(lanes):
+                prec[b, a, l] /= prec[a, a, l]
+    for a in range(dim):  # forward solve L y = h
+        for q in range(a):
+            for l in range(lanes):
+                lin[a, l] -= prec[a, q, l] * lin[q, l]
+        for l in range(lanes):
+            lin[a, l] /= prec[a, a, l]
+    for a in range(dim):
+        for l in range(lanes):
+            lin[a, l] += zs[a, l]
+    for a in range(dim - 1, -1, -1):  # back solve L^T x = y + z: mean plus a N(0, P^-1) draw
+        for q in range(a + 1, dim):
+            for l in range(lanes):
+                lin[a, l] -= prec[q, a, l] * lin[q, l]
+        for l in range(lanes):
+            lin[a, l] /= prec[a, a, l]
+    for l in range(n_live):
+        for a in range(dim):
+            out[rows[l], a] = lin[a, l]
+
+
+@njit(inline="always", cache=True)
 def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
                    feats, target, prec, lin, ftf, fty, out):
     """Draw (or, with ``draw=False``, set to the mode) row i from its conditional in precision form:
@@ -356,17 +469,10 @@ def _fill_w_row(row, source, ftf, cf, fty, fx, sww, syw):
 
 @njit(inline="always", cache=True)
 def _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out, cf, fx, sww, syw, scale, gg, rr):
-    """Add one precision-form row's move statistics to gg, rr; returns its sum e^2.
-
-    Per rating z = D w with w = [v_j, c_j, 1, 1] and D = diag(x_f, 1, x_bias, 1), e = y_j - f_j . x,
-    f_j = [v_j, 1]. So sum z z^T = D (sum w w^T) D and sum e z = D (sum y w - sum w f^T x), all
-    from the row's F^T F (full, symmetric) and F^T y, already built for the draw, plus the sums
-    with c_j: per rating ~k + 3 multiply-adds instead of (k + 3)(k + 4) / 2. cf, fx, sww, syw,
-    scale are scratch.
-    """
+    """Add one precision-form row's move statistics to gg, rr; returns its sum e^2 (see ``_stats_from_sums``).
+    ``feats`` is the row's features feature-major, ``ftf`` its full (symmetric) F^T F."""
     dim = out.shape[1]
     k = dim - 1
-    n_stats = k + 3
     for a in range(dim):
         cf[a] = 0.0
     cc = 0.0
@@ -379,19 +485,116 @@ def _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out,
         cc += c * c
         cy += c * target[q]
         yy += target[q] * target[q]
+    return _stats_from_sums(out[i], ftf, fty, cf, cc, cy, yy, fx, sww, syw, scale, gg, rr)
+
+
+@njit(inline="always", cache=True)
+def _lane_stats(width, feats, target, other_bias, ftf, fty, lin, cf, fx, sums, syw, scale, gg, rr):
+    """``_stats_from_sums`` for every lane of ``_draw_lanes_precision`` at once, lane index innermost;
+    returns the lanes' sum e^2. Dead lanes and padded ratings have zero features, targets and c_j,
+    so they add exactly nothing. cf, fx (dim x lanes), sums (5 x lanes), syw, scale (n_stats x
+    lanes) are scratch.
+    """
+    dim, lanes = lin.shape
+    k = dim - 1
+    n_stats = k + 3
+    for a in range(dim):
+        for l in range(lanes):
+            cf[a, l] = 0.0
+            fx[a, l] = 0.0
+    for t in range(5):  # sum c^2, sum c y, sum y^2, cf . x, x . (fx - 2 fty)
+        for l in range(lanes):
+            sums[t, l] = 0.0
+    for q in range(width):
+        for l in range(lanes):
+            sums[0, l] += other_bias[q, l] * other_bias[q, l]
+            sums[1, l] += other_bias[q, l] * target[q, l]
+            sums[2, l] += target[q, l] * target[q, l]
+        for a in range(dim):
+            for l in range(lanes):
+                cf[a, l] += other_bias[q, l] * feats[q, a, l]
+    for a in range(dim):  # fx = F^T F x from the lower triangle
+        for b in range(a):
+            for l in range(lanes):
+                fx[a, l] += ftf[a, b, l] * lin[b, l]
+                fx[b, l] += ftf[a, b, l] * lin[a, l]
+        for l in range(lanes):
+            fx[a, l] += ftf[a, a, l] * lin[a, l]
+    for a in range(dim):
+        for l in range(lanes):
+            sums[3, l] += cf[a, l] * lin[a, l]
+            sums[4, l] += lin[a, l] * (fx[a, l] - 2.0 * fty[a, l])
+    e2 = 0.0
+    for l in range(lanes):
+        e2 += sums[2, l] + sums[4, l]
+    # Per w = [v_j, c_j, 1, 1]: the scale D and sum e w (see _stats_from_sums).
+    for a in range(k):
+        for l in range(lanes):
+            scale[a, l] = lin[a, l]
+            syw[a, l] = fty[a, l] - fx[a, l]
+    for l in range(lanes):
+        scale[k, l] = 1.0
+        syw[k, l] = sums[1, l] - sums[3, l]
+        scale[k + 1, l] = lin[k, l]
+        syw[k + 1, l] = fty[k, l] - fx[k, l]
+        scale[k + 2, l] = 1.0
+        syw[k + 2, l] = syw[k + 1, l]
+    for a in range(n_stats):
+        acc = 0.0
+        for l in range(lanes):
+            acc += scale[a, l] * syw[a, l]
+        rr[a] += acc
+        # Entry a of w is f's entry fa (a factor, or the constant 1), or c_j (a == k).
+        fa = a
+        if a > k:
+            fa = k
+        for b in range(a + 1):
+            fb = b
+            if b > k:
+                fb = k
+            acc = 0.0
+            if a == k and b == k:
+                for l in range(lanes):
+                    acc += sums[0, l]
+            elif a == k:
+                for l in range(lanes):
+                    acc += scale[b, l] * cf[fb, l]
+            elif b == k:
+                for l in range(lanes):
+                    acc += scale[a, l] * cf[fa, l]
+            else:
+                for l in range(lanes):
+                    acc += scale[a, l] * scale[b, l] * ftf[fa, fb, l]
+            gg[a, b] += acc
+    return e2
+
+
+@njit(inline="always", cache=True)
+def _stats_from_sums(x, ftf, fty, cf, cc, cy, yy, fx, sww, syw, scale, gg, rr):
+    """Add the move statistics of one drawn row x to gg, rr; returns its sum e^2.
+
+    Per rating z = D w with w = [v_j, c_j, 1, 1] and D = diag(x_f, 1, x_bias, 1), e = y_j - f_j . x,
+    f_j = [v_j, 1]. So sum z z^T = D (sum w w^T) D and sum e z = D (sum y w - sum w f^T x), all
+    from the row's F^T F (full, symmetric) and F^T y, already built for the draw, plus the sums
+    with c_j (cf = sum c f, cc = sum c^2, cy = sum c y; yy = sum y^2): per rating ~k + 3
+    multiply-adds instead of (k + 3)(k + 4) / 2. fx, sww, syw, scale are scratch.
+    """
+    dim = x.shape[0]
+    k = dim - 1
+    n_stats = k + 3
     e2 = yy
     cx = 0.0
     for a in range(dim):
         acc = 0.0
         for b in range(dim):
-            acc += ftf[a, b] * out[i, b]
+            acc += ftf[a, b] * x[b]
         fx[a] = acc
-        e2 += out[i, a] * (acc - 2.0 * fty[a])
-        cx += cf[a] * out[i, a]
+        e2 += x[a] * (acc - 2.0 * fty[a])
+        cx += cf[a] * x[a]
     # sum w w^T, sum y w and sum w f^T x in the order of w
     for a in range(k):
         _fill_w_row(a, a, ftf, cf, fty, fx, sww, syw)
-        scale[a] = out[i, a]
+        scale[a] = x[a]
     _fill_w_row(k + 1, k, ftf, cf, fty, fx, sww, syw)  # both trailing entries of w are the constant 1
     _fill_w_row(k + 2, k, ftf, cf, fty, fx, sww, syw)
     for b in range(k):
@@ -401,7 +604,7 @@ def _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out,
     sww[k, k + 2] = cf[k]
     syw[k] = cy - cx
     scale[k] = 1.0
-    scale[k + 1] = out[i, k]
+    scale[k + 1] = x[k]
     scale[k + 2] = 1.0
     for a in range(n_stats):
         rr[a] += scale[a] * syw[a]
@@ -410,14 +613,15 @@ def _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out,
     return e2
 
 
-def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr, lanes,
-                  with_stats):
+def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr, mid_rows,
+                  lanes, with_stats):
     """Draw (``draw=False``: set to the conditional mode) every row of ``out`` from its Gaussian conditional.
 
     ``prior`` is (precision P0, P0 m0, mean m0, C, C^T) with C C^T = P0^-1. Row i draws its
     normals from its own stream (``seed``, i). When drawing, the rows listed in
     ``few_rows``/``few_ptr`` (see ``few_rating_groups``: most rows in BookCrossing) are drawn lanes
-    at a time in the conditioning form; every other row in precision form.
+    at a time in the conditioning form, those in ``mid_rows`` (``mid_rating_rows``) lanes at a time in
+    precision form, every other row (the longest) one at a time in precision form.
 
     Returns the move statistics of ``_move_stats`` for the new state, computed while each row's
     ratings are at hand (with ``with_stats``; zeros otherwise), with z = [x_f * other_f,
@@ -432,13 +636,26 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
     noise_var = 1.0 / alpha
     noise_sd = math.sqrt(noise_var)
     few_max = few_ptr.shape[0] - 2 if draw else -1
+    n_mid = mid_rows.shape[0] if draw else 0
+    mid_max = few_max  # rows with up to mid_max ratings are drawn in lanes
+    if n_mid > 0:
+        mid_max = indptr[mid_rows[n_mid - 1] + 1] - indptr[mid_rows[n_mid - 1]]
     max_len = 1
     for i in range(n_rows):
         max_len = max(max_len, indptr[i + 1] - indptr[i])
     n_chunks = min(n_rows, 512)
     chunk = (n_rows + n_chunks - 1) // max(n_chunks, 1)
     max_tasks = 256
-    n_slots = (n_chunks + (few_max + 1) * max_tasks) if with_stats else 0
+    max_mid_tasks = 16
+    mid_lanes = 4 * lanes  # longer lane loops: the F^T F step is one short loop per (rating, entry)
+    n_mid_blocks = (n_mid + mid_lanes - 1) // mid_lanes
+    # One slot of partial statistics per task: the row chunks, each count's lane tasks, the mid lane tasks.
+    few_slot = np.empty(few_max + 2, dtype=np.int64)
+    few_slot[0] = n_chunks
+    for m in range(few_max + 1):
+        few_slot[m + 1] = few_slot[m] + min((few_ptr[m + 1] - few_ptr[m] + lanes - 1) // lanes, max_tasks)
+    mid_slot = few_slot[few_max + 1]
+    n_slots = (mid_slot + min(n_mid_blocks, max_mid_tasks)) if with_stats else 0
     part_g = np.zeros((n_slots, n_stats, n_stats))
     part_r = np.zeros((n_slots, n_stats))
     part_e2 = np.zeros(n_slots)
@@ -461,7 +678,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         for i in range(c * chunk, min(n_rows, (c + 1) * chunk)):
             lo = indptr[i]
             m = indptr[i + 1] - lo
-            if m <= few_max:
+            if m <= mid_max:
                 continue
             if draw:
                 fill_normals(row_state(seed, i), z, dim)
@@ -514,17 +731,66 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                                      n_kept)
             if with_stats:
                 e2 += _accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
-                slot = n_chunks + m * max_tasks + task
+                slot = few_slot[m] + task
                 for a in range(n_stats):
                     part_r[slot, a] = rr[a]
                     for b in range(a + 1):
                         part_g[slot, a, b] = gg[a, b]
                 part_e2[slot] = e2
-    gram = part_g.sum(axis=0)
+    n_tasks = min(n_mid_blocks, max_mid_tasks)
+    mid_width = max(mid_max, 1)
+    for task in prange(n_tasks):
+        z = np.empty(dim)
+        zs = np.empty((dim, mid_lanes))
+        mid_feats = np.empty((mid_width, dim, mid_lanes))
+        mid_target = np.empty((mid_width, mid_lanes))
+        mid_ftf = np.empty((dim, dim, mid_lanes))
+        mid_fty = np.empty((dim, mid_lanes))
+        mid_prec = np.empty((dim, dim, mid_lanes))
+        mid_lin = np.empty((dim, mid_lanes))
+        mid_bias = np.empty((mid_width, mid_lanes))
+        mid_cf = np.empty((dim, mid_lanes))
+        mid_fx = np.empty((dim, mid_lanes))
+        mid_sums = np.empty((5, mid_lanes))
+        mid_syw = np.empty((n_stats, mid_lanes))
+        mid_scale = np.empty((n_stats, mid_lanes))
+        gg = np.zeros((n_stats, n_stats))
+        rr = np.zeros(n_stats)
+        e2 = 0.0
+        # Blocks dealt round-robin to a few tasks: the rows are sorted by count, so contiguous runs
+        # of blocks would hand the longest rows all to the last thread.
+        for blk in range(task, n_mid_blocks, n_tasks):
+            b0 = blk * mid_lanes
+            n_live = min(mid_lanes, n_mid - b0)
+            last = mid_rows[b0 + n_live - 1]
+            _draw_lanes_precision(mid_rows[b0:b0 + n_live], n_live, indptr[last + 1] - indptr[last], indptr, indices,
+                                  ratings, other, mu, alpha, prior_prec, prior_h, seed, z, zs, mid_feats, mid_target,
+                                  mid_bias, mid_ftf, mid_fty, mid_prec, mid_lin, out)
+            if with_stats:
+                e2 += _lane_stats(indptr[last + 1] - indptr[last], mid_feats, mid_target, mid_bias, mid_ftf, mid_fty,
+                                  mid_lin, mid_cf, mid_fx, mid_sums, mid_syw, mid_scale, gg, rr)
+        if with_stats:
+            slot = mid_slot + task
+            for a in range(n_stats):
+                part_r[slot, a] = rr[a]
+                for b in range(a + 1):
+                    part_g[slot, a, b] = gg[a, b]
+            part_e2[slot] = e2
+    # Explicit loops: numba's sum(axis=0) over the slots cost ~1 ms per call, more than the
+    # statistics themselves.
+    gram = np.zeros((n_stats, n_stats))
+    resid = np.zeros(n_stats)
+    sum_e2 = 0.0
+    for slot in range(n_slots):
+        sum_e2 += part_e2[slot]
+        for a in range(n_stats):
+            resid[a] += part_r[slot, a]
+            for b in range(a + 1):
+                gram[a, b] += part_g[slot, a, b]
     for a in range(n_stats):
         for b in range(a):
             gram[b, a] = gram[a, b]
-    return gram, part_r.sum(axis=0), part_e2.sum()
+    return gram, resid, sum_e2
 
 
 # error_model="numpy": no zero-divisor check (and branch) at every division in the lane loops; the

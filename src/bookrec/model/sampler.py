@@ -20,9 +20,18 @@ import numpy as np
 
 from bookrec.model import kernels
 
-# Rows with at most this many ratings are drawn in the conditioning form (cheaper below ~k/2 ratings).
+# Rows with at most FEW_RATINGS ratings are drawn in the conditioning form (cheaper below ~k/2
+# ratings), lanes at a time; rows with up to MID_RATINGS in precision form, lanes at a time; longer
+# rows one at a time, where the F^T F sums are long vector loops already.
 FEW_RATINGS = 5
-NO_GROUPS = (np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64))  # draw=False: every row in precision form
+MID_RATINGS = 32
+# draw=False: every row one at a time in precision form
+NO_GROUPS = (np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64))
+
+
+def lane_groups(indptr: np.ndarray) -> tuple:
+    """The rows of one side grouped for the block kernel: (few_rows, few_ptr, mid_rows)."""
+    return (*kernels.few_rating_groups(indptr, FEW_RATINGS), kernels.mid_rating_rows(indptr, FEW_RATINGS, MID_RATINGS))
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class RatingMatrix:
     item_indptr: np.ndarray
     item_users: np.ndarray
     item_ratings: np.ndarray
-    user_groups: tuple  # rows with few ratings, by count (kernels.few_rating_groups)
+    user_groups: tuple  # rows drawn in lanes (lane_groups)
     item_groups: tuple
 
     @classmethod
@@ -68,7 +77,7 @@ class RatingMatrix:
             n_users, n_items,
             user_indptr, np.ascontiguousarray(item_idx[by_user]), np.ascontiguousarray(r[by_user]),
             item_indptr, np.ascontiguousarray(user_idx[by_item]), np.ascontiguousarray(r[by_item]),
-            kernels.few_rating_groups(user_indptr, FEW_RATINGS), kernels.few_rating_groups(item_indptr, FEW_RATINGS),
+            lane_groups(user_indptr), lane_groups(item_indptr),
         )
 
     @property
