@@ -13,7 +13,6 @@ One sweep: (mu_U, Lambda_U, tau_b) | U, b;  (U, b) | rest  [compiled, joint per 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ from bookrec.model import kernels
 # rows one at a time, where the F^T F sums are long vector loops already.
 FEW_RATINGS = 5
 MID_RATINGS = 32
+SCALE_MH_STEPS = 2  # independence Metropolis-Hastings steps per scale move (acceptance is high: a Laplace fit)
 # draw=False: every row one at a time in precision form
 NO_GROUPS = (np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64))
 
@@ -300,7 +300,7 @@ class Chain:
         A = sum z_m^2, B = sum (e + z_m) z_m over the ratings (z_m the part of a prediction being
         scaled, e the residual), p = nu0 and d = (W0^-1)_aa Lambda_aa / 2 for a factor dimension,
         p = 2 a_bias and d = b_bias tau for a bias. Drawn by independence Metropolis-Hastings with
-        a Laplace proposal. The statistics come from one pass and are updated exactly after each
+        a Laplace proposal (``kernels.scale_moves``). The statistics come from one pass and are updated exactly after each
         move. Without these moves the scales and their precisions random-walk together and the
         chains drift for hundreds of sweeps (R-hat of alpha and of the train RMSE >> 1.05).
         (gram, resid, sum_e2) are ``kernels.move_stats`` of the current state (updated in place);
@@ -309,79 +309,27 @@ class Chain:
         st = self.state
         k = self.k
         p = self.priors
+        # Move order: each user dimension, the user biases, each item dimension, the item biases.
+        # A move's prior term d reads only its own Lambda_aa (or tau), which earlier moves leave alone.
+        stat_index = np.r_[np.arange(k), k, np.arange(k), k + 1]
+        power = np.r_[np.full(k, self.nu0), 2.0 * p.a_bias, np.full(k, self.nu0), 2.0 * p.a_bias]
         w0_inv_diag = np.diag(self.w0_inv)
-
-        def apply(m: int, power: float, prior_d: float) -> float:
-            nonlocal sum_e2
-            s = self._draw_scale(st.alpha, gram[m, m], resid[m] + gram[m, m], power, prior_d)
-            if s != 1.0:
-                # e -> e - (s - 1) z_m: exact updates of sum e^2, R = sum e z and G = sum z z^T.
-                delta = s - 1.0
-                sum_e2 += delta * (delta * gram[m, m] - 2.0 * resid[m])
-                resid[:] -= delta * gram[m]
-                resid[m] *= s
-                gram[m, :] *= s
-                gram[:, m] *= s
-            return s
-
-        for side in ("users", "items"):
-            lam = (st.lambda_user if side == "users" else st.lambda_item).copy()
-            mean = (st.mu_user if side == "users" else st.mu_item).copy()
-            scales = np.ones(k + 1)
-            for a in range(k):
-                s = apply(a, self.nu0, 0.5 * w0_inv_diag[a] * lam[a, a])
-                scales[a] = s
-                mean[a] *= s
-                lam[a, :] /= s
-                lam[:, a] /= s
-            if side == "users":
-                st.lambda_user, st.mu_user = lam, mean
-                s = apply(k, 2.0 * p.a_bias, p.b_bias * st.tau_user_bias)
-                st.tau_user_bias /= s * s
-            else:
-                st.lambda_item, st.mu_item = lam, mean
-                s = apply(k + 1, 2.0 * p.a_bias, p.b_bias * st.tau_item_bias)
-                st.tau_item_bias /= s * s
-            scales[k] = s
-            self._move(side, np.diag(scales), np.zeros(k + 1))
+        prior_d = np.r_[0.5 * w0_inv_diag * np.diag(st.lambda_user), p.b_bias * st.tau_user_bias,
+                        0.5 * w0_inv_diag * np.diag(st.lambda_item), p.b_bias * st.tau_item_bias]
+        shape = (stat_index.size, SCALE_MH_STEPS)
+        scales, sum_e2 = kernels.scale_moves(gram, resid, float(sum_e2), float(st.alpha), stat_index, power, prior_d,
+                                             self.rng.standard_normal(shape), self.rng.random(shape))
+        # (U[:, a], mu_U[a], Lambda_U[a, :], Lambda_U[:, a]) -> (s U[:, a], s mu_U[a], Lambda_U[a, :] / s, ...)
+        user_scales, item_scales = scales[:k + 1], scales[k + 1:]
+        st.mu_user = st.mu_user * user_scales[:k]
+        st.lambda_user = st.lambda_user / np.outer(user_scales[:k], user_scales[:k])
+        st.tau_user_bias /= user_scales[k] ** 2
+        st.mu_item = st.mu_item * item_scales[:k]
+        st.lambda_item = st.lambda_item / np.outer(item_scales[:k], item_scales[:k])
+        st.tau_item_bias /= item_scales[k] ** 2
+        self._move("users", np.diag(user_scales), np.zeros(k + 1))
+        self._move("items", np.diag(item_scales), np.zeros(k + 1))
         return float(resid[k + 2]), float(max(sum_e2, 0.0))
-
-    def _draw_scale(self, alpha, big_a, big_b, power, d) -> float:
-        """One draw of s = e^t for log pi(t) = -alpha/2 (A e^2t - 2 B e^t) - power t - d e^-2t,
-        by two independence Metropolis-Hastings steps from t = 0 with a Laplace proposal.
-        Plain floats and ``math``: 22 calls per sweep, where NumPy scalars cost milliseconds."""
-        alpha, big_a, big_b, power, d = float(alpha), float(big_a), float(big_b), float(power), float(d)
-
-        def logp(t):
-            try:
-                value = -0.5 * alpha * (big_a * math.exp(2 * t) - 2 * big_b * math.exp(t)) - power * t - d * math.exp(-2 * t)
-            except OverflowError:  # a far-out proposal: rejected
-                return -math.inf
-            return value if math.isfinite(value) else -math.inf
-
-        if big_a <= 0:
-            return 1.0
-        t = 0.0
-        for _ in range(30):  # Newton for the mode (the target is log-concave near it)
-            e1, e2, em2 = math.exp(t), math.exp(2 * t), math.exp(-2 * t)
-            g = -alpha * (big_a * e2 - big_b * e1) - power + 2 * d * em2
-            h = -alpha * (2 * big_a * e2 - big_b * e1) - 4 * d * em2
-            if h >= 0:
-                h = -abs(h) - 1.0
-            step = min(max(g / h, -0.5), 0.5)
-            t -= step
-            if abs(step) < 1e-10:
-                break
-        e1, e2, em2 = math.exp(t), math.exp(2 * t), math.exp(-2 * t)
-        h = -alpha * (2 * big_a * e2 - big_b * e1) - 4 * d * em2
-        sd = 1.2 / math.sqrt(max(-h, 1e-12))  # slightly wider than the Laplace fit: robust tails
-        current = 0.0
-        for _ in range(2):
-            prop = t + sd * float(self.rng.standard_normal())
-            log_ratio = (logp(prop) - logp(current)) - (-0.5 * ((prop - t) / sd) ** 2 + 0.5 * ((current - t) / sd) ** 2)
-            if math.log(float(self.rng.random())) < log_ratio:
-                current = prop
-        return math.exp(current)
 
     def _shift_factors(self) -> None:
         """Exact group move along the ridge where mu trades places with the factor means:
