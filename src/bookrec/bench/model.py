@@ -60,7 +60,7 @@ def _run_bookrec(d, k, burn_in, n_samples, seed, n_chains=2):
     # chain: as smurff runs its one chain).
     options = {"n_chains": n_chains}
     # Load the compiled kernels (numba's on-disk cache) before timing: a one-off cost per process.
-    BPMF(n_factors=k, burn_in=1, n_samples=2, show_progress=False, **options).fit(
+    BPMF(n_factors=k, burn_in=1, n_samples=8, show_progress=False, **options).fit(
         d["tr_u"][:500], d["tr_i"][:500], d["tr_r"][:500])
     model = BPMF(n_factors=k, burn_in=burn_in, n_samples=n_samples, seed=seed, show_progress=False, **options)
     with _Clock() as clock:

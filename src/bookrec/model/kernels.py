@@ -643,9 +643,9 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
     max_len = 1
     for i in range(n_rows):
         max_len = max(max_len, indptr[i + 1] - indptr[i])
-    n_chunks = min(n_rows, 512)
+    n_chunks = min(n_rows, 64)
     chunk = (n_rows + n_chunks - 1) // max(n_chunks, 1)
-    max_tasks = 256
+    max_tasks = 32
     max_mid_tasks = 16
     mid_lanes = 4 * lanes  # longer lane loops: the F^T F step is one short loop per (rating, entry)
     n_mid_blocks = (n_mid + mid_lanes - 1) // mid_lanes
