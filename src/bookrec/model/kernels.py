@@ -20,7 +20,11 @@ import math
 import types
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba import types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -124,6 +128,41 @@ def fill_normals(state, out, n):
     return state
 
 
+# ----------------------------------------------------------------------------- memory prefetch
+@intrinsic
+def _prefetch(typingctx, array, row, col):
+    """Ask the CPU to start loading ``array[row, col]`` into cache (LLVM's prefetch hint; no effect on results)."""
+    if not (isinstance(array, nbtypes.Array) and array.ndim == 2
+            and isinstance(row, nbtypes.Integer) and isinstance(col, nbtypes.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        index = [context.cast(builder, value, kind, nbtypes.intp) for value, kind in zip(args[1:], signature.args[1:])]
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, index)
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(hint, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return nbtypes.void(array, row, col), codegen
+
+
+@njit(inline="always", cache=True)
+def _prefetch_ratings(other, indices, lo, hi):
+    """Prefetch the rows of ``other`` that ratings lo..hi-1 point to (both ends of each row: a row of
+    k + 1 doubles can straddle two cache lines). The rows are scattered through memory; on the full
+    data a block spends most of its time waiting for them without this."""
+    last = other.shape[1] - 1
+    for q in range(lo, hi):
+        j = indices[q]
+        _prefetch(other, j, 0)
+        _prefetch(other, j, last)
+
+
 # ----------------------------------------------------------------------------- the Gibbs block
 # Rows with few ratings are drawn LANES at a time, lane index innermost: the small dense algebra of
 # one row (11-wide loops, an m x m Cholesky) does not vectorise, the same step across 8 rows does.
@@ -193,19 +232,22 @@ def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, 
     dim = out.shape[1]
     k = dim - 1
     lanes = zs.shape[1]
+    # All lanes' ratings are gathered before any normal is drawn: the rows of ``other`` are scattered
+    # through memory, and a gather loop with nothing else in it keeps many of those loads in flight.
+    for l in range(n_live):
+        lo = indptr[rows[l]]
+        for q in range(m):
+            j = indices[lo + q]
+            for a in range(k):
+                feats[q, a, l] = other[j, a]
+            other_bias[q, l] = other[j, k]
+            target[q, l] = ratings[lo + q] - mu - other[j, k]
     for l in range(lanes):
         if l < n_live:
-            i = rows[l]
-            fill_normals(row_state(seed, i), z, dim + m)
+            fill_normals(row_state(seed, rows[l]), z, dim + m)
             for a in range(dim):
                 zs[a, l] = z[a]
-            lo = indptr[i]
             for q in range(m):
-                j = indices[lo + q]
-                for a in range(k):
-                    feats[q, a, l] = other[j, a]
-                other_bias[q, l] = other[j, k]
-                target[q, l] = ratings[lo + q] - mu - other[j, k]
                 resid[q, l] = target[q, l] - noise_sd * z[dim + q]
         else:
             for a in range(dim):
@@ -680,6 +722,11 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
             m = indptr[i + 1] - lo
             if m <= mid_max:
                 continue
+            nxt = i + 1  # the next row drawn here
+            while nxt < min(n_rows, (c + 1) * chunk) and indptr[nxt + 1] - indptr[nxt] <= mid_max:
+                nxt += 1
+            if nxt < min(n_rows, (c + 1) * chunk):
+                _prefetch_ratings(other, indices, indptr[nxt], indptr[nxt + 1])
             if draw:
                 fill_normals(row_state(seed, i), z, dim)
             _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
@@ -722,6 +769,9 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
             for blk in range(task * per_task, min(n_blocks, (task + 1) * per_task)):
                 b0 = start + blk * lanes
                 n_live = min(lanes, few_ptr[m + 1] - b0)
+                if blk + 1 < min(n_blocks, (task + 1) * per_task):  # the next block's rows, while this one computes
+                    for row in few_rows[b0 + lanes:min(b0 + 2 * lanes, few_ptr[m + 1])]:
+                        _prefetch_ratings(other, indices, indptr[row], indptr[row + 1])
                 if with_stats and n_kept + n_live * m > batch:
                     e2 += _accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
                     n_kept = 0
@@ -762,6 +812,10 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         for blk in range(task, n_mid_blocks, n_tasks):
             b0 = blk * mid_lanes
             n_live = min(mid_lanes, n_mid - b0)
+            if blk + n_tasks < n_mid_blocks:  # this task's next block
+                nb0 = (blk + n_tasks) * mid_lanes
+                for row in mid_rows[nb0:min(nb0 + mid_lanes, n_mid)]:
+                    _prefetch_ratings(other, indices, indptr[row], indptr[row + 1])
             last = mid_rows[b0 + n_live - 1]
             _draw_lanes_precision(mid_rows[b0:b0 + n_live], n_live, indptr[last + 1] - indptr[last], indptr, indices,
                                   ratings, other, mu, alpha, prior_prec, prior_h, seed, z, zs, mid_feats, mid_target,
