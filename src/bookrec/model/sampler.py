@@ -300,9 +300,10 @@ class Chain:
         A = sum z_m^2, B = sum (e + z_m) z_m over the ratings (z_m the part of a prediction being
         scaled, e the residual), p = nu0 and d = (W0^-1)_aa Lambda_aa / 2 for a factor dimension,
         p = 2 a_bias and d = b_bias tau for a bias. Drawn by independence Metropolis-Hastings with
-        a Laplace proposal (``kernels.scale_moves``). The statistics come from one pass and are updated exactly after each
-        move. Without these moves the scales and their precisions random-walk together and the
-        chains drift for hundreds of sweeps (R-hat of alpha and of the train RMSE >> 1.05).
+        a Laplace proposal, all 2 (k + 1) moves in one compiled call (``kernels.scale_moves``). The
+        statistics come from one pass and are updated exactly after each move. Without these moves
+        the scales and their precisions random-walk together and the chains drift for hundreds of
+        sweeps (R-hat of alpha and of the train RMSE >> 1.05).
         (gram, resid, sum_e2) are ``kernels.move_stats`` of the current state (updated in place);
         returns the sums of the residuals and of their squares after the moves.
         """
