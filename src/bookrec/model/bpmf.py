@@ -201,7 +201,8 @@ class BPMF:
                             traces["alpha"][c, d] = st.alpha
                             traces["mu"][c, d] = st.mu
                             traces["train_rmse"][c, d] = st.train_rmse
-                            tracked_traces[c, d] = chain.predict_pairs(tracked_u, tracked_i)
+                            # A few pairs: a parallel launch would cost more than the loop.
+                            tracked_traces[c, d] = chain.predict_pairs(tracked_u, tracked_i, parallel=False)
                         if (d + 1) % step == 0 and (d + 1) // step <= kept_per_chain:
                             for c, chain in enumerate(chains):
                                 self._store(kept, c, chain)

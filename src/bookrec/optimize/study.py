@@ -85,8 +85,9 @@ def make_storage(url: str, *, heartbeat_seconds: int | None = 60) -> optuna.stor
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
         if scheme.startswith("sqlite"):
             _ensure_sqlite_dir(url)
-            # Several processes write one SQLite file: wait for the lock instead of failing at once.
-            engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+            # Several processes write one SQLite file: wait for the lock instead of failing at once;
+            # the driver opens no transactions of its own (see _serialise_sqlite_transactions).
+            engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "isolation_level": None}}
         elif scheme.startswith(("postgresql", "postgres", "mysql")):
             if scheme in {"postgres", "postgresql"}:
                 # psycopg 3 is the driver we ship (`postgres` extra); SQLAlchemy defaults to psycopg2.
@@ -104,7 +105,23 @@ def make_storage(url: str, *, heartbeat_seconds: int | None = 60) -> optuna.stor
                 "grace_period": 3 * heartbeat_seconds,
                 "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             }
-        return _rdb_storage_with_retry(url, engine_kwargs, kwargs)
+        storage = _rdb_storage_with_retry(url, engine_kwargs, kwargs)
+        if scheme.startswith("sqlite"):
+            _serialise_sqlite_transactions(storage.engine)
+        return storage
+
+
+def _serialise_sqlite_transactions(engine) -> None:
+    """Every transaction on a shared SQLite file starts with BEGIN IMMEDIATE (SQLAlchemy's recipe for
+    pysqlite). With SQLite's default deferred transactions two workers could both read the enqueued
+    default trial as waiting and both claim it: it ran twice and the study was a trial short
+    (seen in tests/test_optimize_workers.py, about one run in three). Taking the write lock when a
+    transaction starts serialises the claims; the other worker waits (up to the 60 s timeout)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _rdb_storage_with_retry(url: str, engine_kwargs: dict[str, Any], kwargs: dict[str, Any], attempts: int = 6):
