@@ -215,6 +215,49 @@ def mid_rating_rows(indptr, few_max, mid_max):
 
 
 @njit(inline="always", cache=True)
+def _lane_cholesky(mat, n):
+    """Cholesky factor, in place, of the leading n x n block of every lane's matrix ``mat[:, :, l]``
+    (lower triangle read and written; every step is a loop over the lanes)."""
+    lanes = mat.shape[2]
+    for a in range(n):
+        for q in range(a):
+            for l in range(lanes):
+                mat[a, a, l] -= mat[a, q, l] * mat[a, q, l]
+        for l in range(lanes):
+            mat[a, a, l] = math.sqrt(max(mat[a, a, l], 1e-12))
+        for b in range(a + 1, n):
+            for q in range(a):
+                for l in range(lanes):
+                    mat[b, a, l] -= mat[b, q, l] * mat[a, q, l]
+            for l in range(lanes):
+                mat[b, a, l] /= mat[a, a, l]
+
+
+@njit(inline="always", cache=True)
+def _lane_solve_lower(chol, n, vec):
+    """vec[:, l] <- L_l^-1 vec[:, l] for every lane (forward substitution with ``_lane_cholesky``'s factor)."""
+    lanes = chol.shape[2]
+    for a in range(n):
+        for q in range(a):
+            for l in range(lanes):
+                vec[a, l] -= chol[a, q, l] * vec[q, l]
+        for l in range(lanes):
+            vec[a, l] /= chol[a, a, l]
+
+
+@njit(inline="always", cache=True)
+def _lane_solve_upper(chol, n, vec):
+    """vec[:, l] <- L_l^-T vec[:, l] for every lane (back substitution)."""
+    lanes = chol.shape[2]
+    for a in range(n - 1, -1, -1):
+        for q in range(a + 1, n):
+            for l in range(lanes):
+                vec[a, l] -= chol[q, a, l] * vec[q, l]
+        for l in range(lanes):
+            vec[a, l] /= chol[a, a, l]
+
+
+@njit(inline="always", cache=True)
 def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
                 prior_chol_t, seed, z, zs, feats, resid, hmat, small, g, out, with_stats, target, other_bias,
                 z_rows, e_rows, n_kept):
@@ -285,30 +328,9 @@ def _draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, 
             for a in range(dim):
                 for l in range(lanes):
                     small[p, q, l] += hmat[p, a, l] * hmat[q, a, l]
-    for a in range(m):
-        for q in range(a):
-            for l in range(lanes):
-                small[a, a, l] -= small[a, q, l] * small[a, q, l]
-        for l in range(lanes):
-            small[a, a, l] = math.sqrt(small[a, a, l])
-        for b in range(a + 1, m):
-            for q in range(a):
-                for l in range(lanes):
-                    small[b, a, l] -= small[b, q, l] * small[a, q, l]
-            for l in range(lanes):
-                small[b, a, l] /= small[a, a, l]
-    for a in range(m):
-        for q in range(a):
-            for l in range(lanes):
-                resid[a, l] -= small[a, q, l] * resid[q, l]
-        for l in range(lanes):
-            resid[a, l] /= small[a, a, l]
-    for a in range(m - 1, -1, -1):
-        for q in range(a + 1, m):
-            for l in range(lanes):
-                resid[a, l] -= small[q, a, l] * resid[q, l]
-        for l in range(lanes):
-            resid[a, l] /= small[a, a, l]
+    _lane_cholesky(small, m)
+    _lane_solve_lower(small, m, resid)
+    _lane_solve_upper(small, m, resid)
     # x = m0 + C (z + H w)
     for a in range(dim):
         for l in range(lanes):
@@ -400,33 +422,12 @@ def _draw_lanes_precision(rows, n_live, width, indptr, indices, ratings, other, 
             p = prior_prec[a, b]
             for l in range(lanes):
                 prec[a, b, l] = p + alpha * ftf[a, b, l]
-    for a in range(dim):  # Cholesky P = L L^T in place (lower triangle)
-        for q in range(a):
-            for l in range(lanes):
-                prec[a, a, l] -= prec[a, q, l] * prec[a, q, l]
-        for l in range(lanes):
-            prec[a, a, l] = math.sqrt(max(prec[a, a, l], 1e-12))
-        for b in range(a + 1, dim):
-            for q in range(a):
-                for l in range(lanes):
-                    prec[b, a, l] -= prec[b, q, l] * prec[a, q, l]
-            for l in range(lanes):
-                prec[b, a, l] /= prec[a, a, l]
-    for a in range(dim):  # forward solve L y = h
-        for q in range(a):
-            for l in range(lanes):
-                lin[a, l] -= prec[a, q, l] * lin[q, l]
-        for l in range(lanes):
-            lin[a, l] /= prec[a, a, l]
+    _lane_cholesky(prec, dim)  # P = L L^T
+    _lane_solve_lower(prec, dim, lin)  # L y = h
     for a in range(dim):
         for l in range(lanes):
             lin[a, l] += zs[a, l]
-    for a in range(dim - 1, -1, -1):  # back solve L^T x = y + z: mean plus a N(0, P^-1) draw
-        for q in range(a + 1, dim):
-            for l in range(lanes):
-                lin[a, l] -= prec[q, a, l] * lin[q, l]
-        for l in range(lanes):
-            lin[a, l] /= prec[a, a, l]
+    _lane_solve_upper(prec, dim, lin)  # L^T x = y + z: the mean plus a N(0, P^-1) draw
     for l in range(n_live):
         for a in range(dim):
             out[rows[l], a] = lin[a, l]
