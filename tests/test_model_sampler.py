@@ -320,3 +320,25 @@ def test_scale_moves_update_the_statistics_exactly():
     np.testing.assert_allclose(gram, z.T @ z, rtol=1e-10)
     np.testing.assert_allclose(resid, z.T @ e, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(new_e2, e @ e, rtol=1e-10)
+
+
+def test_shift_draw_is_the_gaussian_of_the_shift_move():
+    """kernels.shift_draw against the shift move's Gaussian written out with NumPy: same normals, same a."""
+    rng = np.random.default_rng(8)
+    k, n = 4, 300
+    other = rng.normal(size=(n, k + 1))  # rows [v_j, c_j]
+    a_mat = rng.normal(size=(k, k))
+    lam = a_mat @ a_mat.T + np.eye(k)
+    own_mean, mu0 = rng.normal(size=k), np.zeros(k)
+    tau_other, beta0, tau0, mu_offset = 1.7, 100.0, 0.01, 0.4
+    z = rng.normal(size=k)
+    n_other, total, gram = side_moments(other)
+    got, vbar = kernels.shift_draw(float(n_other), total, gram, lam, own_mean, mu0, tau_other, beta0, tau0, mu_offset,
+                                   z)
+    v, c = other[:, :k], other[:, k]
+    w = v - v.mean(axis=0)
+    prec = tau0 * np.outer(v.mean(axis=0), v.mean(axis=0)) + beta0 * lam + tau_other * w.T @ w
+    lin = tau0 * mu_offset * v.mean(axis=0) - beta0 * lam @ (own_mean - mu0) + tau_other * w.T @ c
+    chol = np.linalg.cholesky(prec)
+    np.testing.assert_allclose(vbar, v.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(got, np.linalg.solve(prec, lin) + np.linalg.solve(chol.T, z), rtol=1e-9, atol=1e-12)

@@ -85,16 +85,6 @@ class RatingMatrix:
         return int(self.user_ratings.shape[0])
 
 
-def sample_wishart(scale: np.ndarray, dof: float, rng: np.random.Generator) -> np.ndarray:
-    """Wishart(scale, dof) by the Bartlett decomposition (E = dof * scale)."""
-    k = scale.shape[0]
-    chol = np.linalg.cholesky(scale)
-    a = np.tril(rng.standard_normal((k, k)), -1)
-    a[np.diag_indices(k)] = np.sqrt(rng.chisquare(dof - np.arange(k)))
-    la = chol @ a
-    return la @ la.T
-
-
 def side_moments(side: np.ndarray, parallel: bool = True) -> tuple[int, np.ndarray, np.ndarray]:
     """(n, column sums, X^T X) of one side's (n, k + 1) array: one pass gives every statistic the
     hyperparameter draws and the group moves need."""
@@ -118,21 +108,9 @@ def normal_wishart_posterior(factors: np.ndarray, mu0: np.ndarray, beta0: float,
 
 
 def normal_wishart_from_moments(n, total, gram, mu0, beta0, w0_inv, nu0):
-    """The Normal-Wishart update from (n, sum x, sum x x^T).
-
-    Uses the *centred* scatter S = sum (x - xbar)(x - xbar)^T = sum x x^T - n xbar xbar^T (the
-    earlier system used the uncentred one, which is wrong):
-    W_n^-1 = W0^-1 + S + beta0 N / (beta0 + N) (mu0 - xbar)(mu0 - xbar)^T.
-    """
-    xbar = total / n if n else np.zeros_like(mu0)
-    scatter = gram - n * np.outer(xbar, xbar)
-    beta_n = beta0 + n
-    nu_n = nu0 + n
-    mu_n = (beta0 * mu0 + n * xbar) / beta_n
-    d = mu0 - xbar
-    w_inv = w0_inv + scatter + (beta0 * n / beta_n) * np.outer(d, d)
-    w_n = np.linalg.inv(w_inv)
-    return mu_n, beta_n, 0.5 * (w_n + w_n.T), nu_n
+    """The Normal-Wishart update from (n, sum x, sum x x^T), with the centred scatter
+    (``kernels.normal_wishart_params``)."""
+    return kernels.normal_wishart_params(float(n), *_dense(total, gram, mu0, w0_inv, beta0=beta0, nu0=nu0))
 
 
 def sample_normal_wishart(factors, mu0, beta0, w0_inv, nu0, rng):
@@ -140,24 +118,26 @@ def sample_normal_wishart(factors, mu0, beta0, w0_inv, nu0, rng):
 
 
 def sample_normal_wishart_from_moments(n, total, gram, mu0, beta0, w0_inv, nu0, rng):
-    mu_n, beta_n, w_n, nu_n = normal_wishart_from_moments(n, total, gram, mu0, beta0, w0_inv, nu0)
-    lam = sample_wishart(w_n, nu_n, rng)
-    chol = np.linalg.cholesky(beta_n * lam)
-    mean = mu_n + np.linalg.solve(chol.T, rng.standard_normal(mu_n.shape[0]))
-    return mean, lam
+    """(mean, Lambda) from the Normal-Wishart conditional (``kernels.normal_wishart_sample``)."""
+    k = mu0.shape[0]
+    chi2 = rng.chisquare(nu0 + n - np.arange(k))
+    normals = rng.standard_normal(k * (k - 1) // 2 + k)
+    return kernels.normal_wishart_sample(float(n), *_dense(total, gram, mu0, w0_inv, beta0=beta0, nu0=nu0), chi2,
+                                         normals)
+
+
+def _dense(total, gram, mu0, w0_inv, *, beta0, nu0):
+    """The kernels' argument order and types: contiguous float64 arrays (one compiled signature)."""
+    c = np.ascontiguousarray
+    return c(total, dtype=np.float64), c(gram, dtype=np.float64), c(mu0, dtype=np.float64), float(beta0), \
+        c(w0_inv, dtype=np.float64), float(nu0)
 
 
 def block_prior(lam: np.ndarray, mean: np.ndarray, tau: float):
     """The prior of one row [factors, bias] in the forms the block kernel reads:
     (precision P0, P0 m0, mean m0, C, C^T) with C lower-triangular and C C^T = P0^-1."""
-    k = mean.shape[0]
-    prec = np.zeros((k + 1, k + 1))
-    prec[:k, :k] = lam
-    prec[k, k] = tau
-    prior_mean = np.append(mean, 0.0)
-    cov = np.linalg.inv(prec)
-    chol = np.linalg.cholesky(0.5 * (cov + cov.T))
-    return prec, prec @ prior_mean, prior_mean, chol, np.ascontiguousarray(chol.T)
+    return kernels.block_prior_forms(np.ascontiguousarray(lam, dtype=np.float64),
+                                     np.ascontiguousarray(mean, dtype=np.float64), float(tau))
 
 
 @dataclass
@@ -340,8 +320,8 @@ class Chain:
         given (mu_U, Lambda_U); what is left is Gaussian in a (Liu & Sabatti 2000, translation group):
             P = tau_mu0 vbar vbar^T + beta0 Lambda_U + tau_c W^T W,       W rows w_j = v_j - vbar
             h = tau_mu0 (mu - m0) vbar - beta0 Lambda_U (mu_U - mu0) + tau_c W^T c
-        Then the same with users and items swapped. Without it mu random-walks along this ridge
-        in steps of 1/sqrt(alpha N) and never reaches R-hat < 1.05.
+        Then the same with users and items swapped (a drawn by ``kernels.shift_draw``). Without it
+        mu random-walks along this ridge in steps of 1/sqrt(alpha N) and never reaches R-hat < 1.05.
         """
         st = self.state
         k = self.k
@@ -354,13 +334,9 @@ class Chain:
             else:
                 lam, own_mean, tau_other = st.lambda_item, st.mu_item, st.tau_user_bias
             n_other, total, gram = self.moments[other_side]
-            vbar = total[:k] / n_other
-            scatter = gram[:k, :k] - n_other * np.outer(vbar, vbar)  # W^T W, W rows w_j = v_j - vbar
-            w_c = gram[:k, k] - vbar * total[k]  # W^T c
-            prec = tau0 * np.outer(vbar, vbar) + beta0 * lam + tau_other * scatter
-            lin = tau0 * (st.mu - p.mu_prior_mean) * vbar - beta0 * lam @ (own_mean - self.mu0) + tau_other * w_c
-            chol = np.linalg.cholesky(prec)
-            a = np.linalg.solve(prec, lin) + np.linalg.solve(chol.T, self.rng.standard_normal(k))
+            a, vbar = kernels.shift_draw(float(n_other), total, gram, lam, own_mean, self.mu0, float(tau_other),
+                                         float(beta0), float(tau0), float(st.mu - p.mu_prior_mean),
+                                         self.rng.standard_normal(k))
             self._move(side, np.eye(k + 1), np.append(a, 0.0))
             bias_row = np.eye(k + 1)
             bias_row[k, :k] = -a  # other's bias -= other_f . a - a . vbar
