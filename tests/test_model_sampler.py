@@ -177,10 +177,15 @@ def test_move_statistics_match_direct_sums():
     z = np.column_stack([user_side[u, :k] * item_side[i, :k], user_side[u, k], item_side[i, k], np.ones(u.size)])
     e = r - mu - z[:, :k + 2].sum(axis=1)
     for kernel in (kernels.move_stats_ser, kernels.move_stats_par):
-        gram, resid, sum_e2 = kernel(data.user_indptr, data.user_items, data.user_ratings, user_side, item_side, mu)
-        np.testing.assert_allclose(gram, z.T @ z, rtol=1e-10)
-        np.testing.assert_allclose(resid, z.T @ e, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(sum_e2, e @ e, rtol=1e-12)
+        _assert_move_stats(kernel(data.user_indptr, data.user_items, data.user_ratings, user_side, item_side, mu), z, e)
+
+
+def _assert_move_stats(stats, z, e):
+    """(sum z z^T, sum e z, sum e^2) equal direct sums over the per-rating rows z and residuals e."""
+    gram, resid, sum_e2 = stats
+    np.testing.assert_allclose(gram, z.T @ z, rtol=1e-10)
+    np.testing.assert_allclose(resid, z.T @ e, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(sum_e2, e @ e, rtol=1e-12)
 
 
 def test_normal_wishart_update_uses_centred_scatter():
@@ -317,9 +322,7 @@ def test_scale_moves_update_the_statistics_exactly():
     for m, s in zip(stat_index, scales):  # e + z_m is unchanged: e -> e - (s - 1) z_m, z_m -> s z_m
         e = e - (s - 1.0) * z[:, m]
         z[:, m] *= s
-    np.testing.assert_allclose(gram, z.T @ z, rtol=1e-10)
-    np.testing.assert_allclose(resid, z.T @ e, rtol=1e-10, atol=1e-9)
-    np.testing.assert_allclose(new_e2, e @ e, rtol=1e-10)
+    _assert_move_stats((gram, resid, new_e2), z, e)
 
 
 def test_shift_draw_is_the_gaussian_of_the_shift_move():
