@@ -163,6 +163,13 @@ def _prefetch_ratings(other, indices, lo, hi):
         _prefetch(other, j, last)
 
 
+@njit(inline="always", cache=True)
+def _prefetch_rows(other, indices, indptr, rows):
+    """``_prefetch_ratings`` for every rating of the given rows (a block about to be drawn)."""
+    for row in rows:
+        _prefetch_ratings(other, indices, indptr[row], indptr[row + 1])
+
+
 # ----------------------------------------------------------------------------- the Gibbs block
 # Rows with few ratings are drawn LANES at a time, lane index innermost: the small dense algebra of
 # one row (11-wide loops, an m x m Cholesky) does not vectorise, the same step across 8 rows does.
@@ -657,6 +664,16 @@ def _stats_from_sums(x, ftf, fty, cf, cc, cy, yy, fx, sww, syw, scale, gg, rr):
     return e2
 
 
+@njit(inline="always", cache=True)
+def _store_partial(part_g, part_r, part_e2, slot, gg, rr, e2):
+    """One parallel task's move statistics (gg: lower triangle) into its slot of the partial sums."""
+    for a in range(rr.shape[0]):
+        part_r[slot, a] = rr[a]
+        for b in range(a + 1):
+            part_g[slot, a, b] = gg[a, b]
+    part_e2[slot] = e2
+
+
 def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr, mid_rows,
                   lanes, with_stats):
     """Draw (``draw=False``: set to the conditional mode) every row of ``out`` from its Gaussian conditional.
@@ -719,15 +736,16 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         gg = np.zeros((n_stats, n_stats))
         rr = np.zeros(n_stats)
         e2 = 0.0
-        for i in range(c * chunk, min(n_rows, (c + 1) * chunk)):
+        end = min(n_rows, (c + 1) * chunk)
+        for i in range(c * chunk, end):
             lo = indptr[i]
             m = indptr[i + 1] - lo
             if m <= mid_max:
                 continue
             nxt = i + 1  # the next row drawn here
-            while nxt < min(n_rows, (c + 1) * chunk) and indptr[nxt + 1] - indptr[nxt] <= mid_max:
+            while nxt < end and indptr[nxt + 1] - indptr[nxt] <= mid_max:
                 nxt += 1
-            if nxt < min(n_rows, (c + 1) * chunk):
+            if nxt < end:
                 _prefetch_ratings(other, indices, indptr[nxt], indptr[nxt + 1])
             if draw:
                 fill_normals(row_state(seed, i), z, dim)
@@ -737,11 +755,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 e2 += _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out, cf, fx, sww, syw,
                                            scale, gg, rr)
         if with_stats:
-            for a in range(n_stats):
-                part_r[c, a] = rr[a]
-                for b in range(a + 1):
-                    part_g[c, a, b] = gg[a, b]
-            part_e2[c] = e2
+            _store_partial(part_g, part_r, part_e2, c, gg, rr, e2)
     width = max(few_max, 1)
     for m in range(few_max + 1):
         start = few_ptr[m]
@@ -772,8 +786,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 b0 = start + blk * lanes
                 n_live = min(lanes, few_ptr[m + 1] - b0)
                 if blk + 1 < min(n_blocks, (task + 1) * per_task):  # the next block's rows, while this one computes
-                    for row in few_rows[b0 + lanes:min(b0 + 2 * lanes, few_ptr[m + 1])]:
-                        _prefetch_ratings(other, indices, indptr[row], indptr[row + 1])
+                    _prefetch_rows(other, indices, indptr, few_rows[b0 + lanes:min(b0 + 2 * lanes, few_ptr[m + 1])])
                 if with_stats and n_kept + n_live * m > batch:
                     e2 += _accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
                     n_kept = 0
@@ -783,12 +796,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                                      n_kept)
             if with_stats:
                 e2 += _accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
-                slot = few_slot[m] + task
-                for a in range(n_stats):
-                    part_r[slot, a] = rr[a]
-                    for b in range(a + 1):
-                        part_g[slot, a, b] = gg[a, b]
-                part_e2[slot] = e2
+                _store_partial(part_g, part_r, part_e2, few_slot[m] + task, gg, rr, e2)
     n_tasks = min(n_mid_blocks, max_mid_tasks)
     mid_width = max(mid_max, 1)
     for task in prange(n_tasks):
@@ -816,8 +824,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
             n_live = min(mid_lanes, n_mid - b0)
             if blk + n_tasks < n_mid_blocks:  # this task's next block
                 nb0 = (blk + n_tasks) * mid_lanes
-                for row in mid_rows[nb0:min(nb0 + mid_lanes, n_mid)]:
-                    _prefetch_ratings(other, indices, indptr[row], indptr[row + 1])
+                _prefetch_rows(other, indices, indptr, mid_rows[nb0:min(nb0 + mid_lanes, n_mid)])
             last = mid_rows[b0 + n_live - 1]
             _draw_lanes_precision(mid_rows[b0:b0 + n_live], n_live, indptr[last + 1] - indptr[last], indptr, indices,
                                   ratings, other, mu, alpha, prior_prec, prior_h, seed, z, zs, mid_feats, mid_target,
@@ -826,12 +833,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 e2 += _lane_stats(indptr[last + 1] - indptr[last], mid_feats, mid_target, mid_bias, mid_ftf, mid_fty,
                                   mid_lin, mid_cf, mid_fx, mid_sums, mid_syw, mid_scale, gg, rr)
         if with_stats:
-            slot = mid_slot + task
-            for a in range(n_stats):
-                part_r[slot, a] = rr[a]
-                for b in range(a + 1):
-                    part_g[slot, a, b] = gg[a, b]
-            part_e2[slot] = e2
+            _store_partial(part_g, part_r, part_e2, mid_slot + task, gg, rr, e2)
     # Explicit loops: numba's sum(axis=0) over the slots cost ~1 ms per call, more than the
     # statistics themselves.
     gram = np.zeros((n_stats, n_stats))
@@ -1004,9 +1006,8 @@ def scale_moves(gram, resid, sum_e2, alpha, stat_index, power, prior_d, normals,
             for a in range(resid.shape[0]):
                 resid[a] -= delta * gram[m, a]
             resid[m] *= s
-            for a in range(resid.shape[0]):
+            for a in range(resid.shape[0]):  # row and column m; gram[m, m] is scaled twice: s^2
                 gram[m, a] *= s
-            for a in range(resid.shape[0]):
                 gram[a, m] *= s
     return scales, sum_e2
 

@@ -128,9 +128,10 @@ def sample_normal_wishart_from_moments(n, total, gram, mu0, beta0, w0_inv, nu0, 
 
 def _dense(total, gram, mu0, w0_inv, *, beta0, nu0):
     """The kernels' argument order and types: contiguous float64 arrays (one compiled signature)."""
-    c = np.ascontiguousarray
-    return c(total, dtype=np.float64), c(gram, dtype=np.float64), c(mu0, dtype=np.float64), float(beta0), \
-        c(w0_inv, dtype=np.float64), float(nu0)
+    def dense(a):
+        return np.ascontiguousarray(a, dtype=np.float64)
+
+    return dense(total), dense(gram), dense(mu0), float(beta0), dense(w0_inv), float(nu0)
 
 
 def block_prior(lam: np.ndarray, mean: np.ndarray, tau: float):
