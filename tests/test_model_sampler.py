@@ -266,6 +266,23 @@ def test_tracked_side_moments_equal_a_pass_over_the_rows(parallel):
                 np.testing.assert_allclose(t, d, rtol=0, atol=1e-10 * (1.0 + np.abs(d).max()))
 
 
+def test_affine_move_composes_two_maps_exactly():
+    """Two moves x -> T x + e applied one after the other to the moments and the pending map equal the
+    moments of the moved rows and the composed map, for general (not only diagonal) T."""
+    rng = np.random.default_rng(8)
+    rows = rng.normal(0.5, 1.0, (50, 4))
+    n, total, gram = side_moments(rows)
+    composed, shift = np.eye(4), np.zeros(4)
+    moved = rows
+    for _ in range(2):
+        transform, offset = rng.normal(size=(4, 4)), rng.normal(size=4)
+        total, gram, composed, shift = kernels.affine_move(float(n), total, gram, composed, shift, transform, offset)
+        moved = moved @ transform.T + offset
+    np.testing.assert_allclose(total, moved.sum(axis=0), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(gram, moved.T @ moved, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(rows @ composed.T + shift, moved, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("n_rows", [0, 1, 255, 257, 70_001])
 def test_side_moments_match_numpy(parallel, n_rows):

@@ -442,14 +442,15 @@ def _draw_lanes_precision(rows, n_live, width, indptr, indices, ratings, other, 
 
 @njit(inline="always", cache=True)
 def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
-                   feats, target, prec, lin, ftf, fty, out):
+                   feats, target, other_bias, prec, lin, ftf, fty, out):
     """Draw (or, with ``draw=False``, set to the mode) row i from its conditional in precision form:
 
         P = prior_prec + alpha * sum_j f_j f_j^T,   h = prior_h + alpha * sum_j f_j (r_ij - mu - other_j[k]),
         x_i ~ N(P^-1 h, P^-1) drawn as  m + L^-T z  with  P = L L^T.
 
     Leaves sum_j f_j f_j^T in ``ftf`` and sum_j f_j y_j in ``fty``, the gathered
-    features in ``feats`` and the targets y_j in ``target``, for the row's move statistics.
+    features in ``feats``, the targets y_j in ``target`` and the other side's biases c_j in
+    ``other_bias``, for the row's move statistics.
     """
     dim = out.shape[1]
     k = dim - 1
@@ -460,6 +461,7 @@ def _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, pri
         for a in range(k):
             feats[a, q] = other[j, a]
         feats[k, q] = 1.0
+        other_bias[q] = other[j, k]
         target[q] = ratings[lo + q] - mu - other[j, k]
     for a in range(dim):
         acc = 0.0
@@ -519,20 +521,21 @@ def _fill_w_row(row, source, ftf, cf, fty, fx, sww, syw):
 
 
 @njit(inline="always", cache=True)
-def _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out, cf, fx, sww, syw, scale, gg, rr):
+def _row_stats_from_sums(i, m, feats, target, other_bias, ftf, fty, out, cf, fx, sww, syw, scale, gg, rr):
     """Add one precision-form row's move statistics to gg, rr; returns its sum e^2 (see ``_stats_from_sums``).
-    ``feats`` is the row's features feature-major, ``ftf`` its full (symmetric) F^T F."""
+    ``feats`` is the row's features feature-major, ``ftf`` its full (symmetric) F^T F; every sum over
+    the ratings is a contiguous dot product."""
     dim = out.shape[1]
-    k = dim - 1
     for a in range(dim):
-        cf[a] = 0.0
+        acc = 0.0
+        for q in range(m):
+            acc += other_bias[q] * feats[a, q]
+        cf[a] = acc
     cc = 0.0
     cy = 0.0
     yy = 0.0
     for q in range(m):
-        c = other[indices[lo + q], k]
-        for a in range(dim):
-            cf[a] += c * feats[a, q]
+        c = other_bias[q]
         cc += c * c
         cy += c * target[q]
         yy += target[q] * target[q]
@@ -727,6 +730,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         fty = np.empty(dim)
         feats = np.empty((dim, max_len))
         target = np.empty(max_len)
+        row_bias = np.empty(max_len)
         z = np.empty(dim)
         cf = np.empty(dim)
         fx = np.empty(dim)
@@ -750,10 +754,10 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
             if draw:
                 fill_normals(row_state(seed, i), z, dim)
             _draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
-                           feats, target, prec, lin, ftf, fty, out)
+                           feats, target, row_bias, prec, lin, ftf, fty, out)
             if with_stats:
-                e2 += _row_stats_from_sums(i, lo, m, indices, other, feats, target, ftf, fty, out, cf, fx, sww, syw,
-                                           scale, gg, rr)
+                e2 += _row_stats_from_sums(i, m, feats, target, row_bias, ftf, fty, out, cf, fx, sww, syw, scale,
+                                           gg, rr)
         if with_stats:
             _store_partial(part_g, part_r, part_e2, c, gg, rr, e2)
     width = max(few_max, 1)
@@ -1087,6 +1091,35 @@ def shift_draw(n_other, total_other, gram_other, lam, own_mean, mu0, tau_other, 
             lin[a] -= chol[b, a] * lin[b]
         lin[a] /= chol[a, a]
     return lin, vbar
+
+
+@njit(cache=True)
+def affine_move(n, total, gram, composed, shift, transform, offset):
+    """One move x -> T x + e of every row of a side, on its moments and its pending map, without
+    touching the rows: (sum x, sum x x^T) become (T s + n e, T G T^T + m e^T + e m^T + n e e^T) with
+    m = T s, and the pending map x -> A x + c becomes x -> (T A) x + (T c + e). Exact, O(k^3); loops,
+    because at this size a BLAS call costs more than the arithmetic."""
+    dim = total.shape[0]
+    moved = np.zeros(dim)
+    new_shift = offset.copy()
+    tg = np.zeros((dim, dim))
+    new_composed = np.zeros((dim, dim))
+    for a in range(dim):
+        for c in range(dim):
+            t = transform[a, c]
+            moved[a] += t * total[c]
+            new_shift[a] += t * shift[c]
+            for b in range(dim):
+                tg[a, b] += t * gram[c, b]
+                new_composed[a, b] += t * composed[c, b]
+    new_gram = np.empty((dim, dim))
+    for a in range(dim):
+        for b in range(dim):
+            acc = moved[a] * offset[b] + offset[a] * moved[b] + n * offset[a] * offset[b]
+            for c in range(dim):
+                acc += tg[a, c] * transform[b, c]
+            new_gram[a, b] = acc
+    return moved + n * offset, new_gram, new_composed, new_shift
 
 
 @njit(cache=True)

@@ -93,14 +93,6 @@ def side_moments(side: np.ndarray, parallel: bool = True) -> tuple[int, np.ndarr
     return rows.shape[0], total, square
 
 
-def affine_moments(moments, transform: np.ndarray, offset: np.ndarray):
-    """``side_moments`` of the rows T x + e, from those of the rows x (exact, O(k^3), no pass over the rows)."""
-    n, total, gram = moments
-    moved = transform @ total
-    cross = np.outer(moved, offset)
-    return n, moved + n * offset, transform @ gram @ transform.T + cross + cross.T + n * np.outer(offset, offset)
-
-
 def normal_wishart_posterior(factors: np.ndarray, mu0: np.ndarray, beta0: float, w0_inv: np.ndarray, nu0: float):
     """Parameters (mu_n, beta_n, W_n, nu_n) of the Normal-Wishart conditional given the rows of ``factors``."""
     n, total, gram = side_moments(factors)
@@ -168,6 +160,13 @@ class Chain:
         self.mu0 = np.zeros(k)
         self.w0_inv = np.eye(k) / priors.w0_scale
         self.nu0 = k + priors.nu0_extra
+        self.identity = np.eye(k + 1)
+        self.bias_unit = self.identity[k].copy()
+        # The scale moves in order: each user dimension, the user biases, each item dimension, the
+        # item biases (see ``_rescale``); their statistic and prior power never change.
+        self.scale_stat_index = np.r_[np.arange(k), k, np.arange(k), k + 1]
+        self.scale_power = np.r_[np.full(k, self.nu0), 2.0 * priors.a_bias, np.full(k, self.nu0), 2.0 * priors.a_bias]
+        self.w0_inv_half_diag = 0.5 * np.diag(self.w0_inv)
         self.state: ChainState | None = None
         # side_moments of each side, kept up to date through the moves (which are affine maps of
         # the rows) so that a sweep passes over each side once for them, after its block.
@@ -255,9 +254,11 @@ class Chain:
     def _move(self, side: str, transform: np.ndarray, offset: np.ndarray) -> None:
         """Record the move x -> T x + e of every row of one side: its moments now, the rows at the end
         of the sweep (``_apply_moves``). The moves only read moments and statistics, never the rows."""
-        self.moments[side] = affine_moments(self.moments[side], transform, offset)
-        t0, e0 = self.pending.get(side, (np.eye(self.k + 1), np.zeros(self.k + 1)))
-        self.pending[side] = (transform @ t0, transform @ e0 + offset)
+        n, total, gram = self.moments[side]
+        composed, shift = self.pending.get(side, (self.identity, np.zeros(self.k + 1)))
+        total, gram, composed, shift = kernels.affine_move(float(n), total, gram, composed, shift, transform, offset)
+        self.moments[side] = (n, total, gram)
+        self.pending[side] = (composed, shift)
 
     def _apply_moves(self, parallel: bool) -> None:
         # Every move is a scale of each column, a shift of the factors, or a change of the bias
@@ -291,16 +292,14 @@ class Chain:
         st = self.state
         k = self.k
         p = self.priors
-        # Move order: each user dimension, the user biases, each item dimension, the item biases.
         # A move's prior term d reads only its own Lambda_aa (or tau), which earlier moves leave alone.
-        stat_index = np.r_[np.arange(k), k, np.arange(k), k + 1]
-        power = np.r_[np.full(k, self.nu0), 2.0 * p.a_bias, np.full(k, self.nu0), 2.0 * p.a_bias]
-        w0_inv_diag = np.diag(self.w0_inv)
-        prior_d = np.r_[0.5 * w0_inv_diag * np.diag(st.lambda_user), p.b_bias * st.tau_user_bias,
-                        0.5 * w0_inv_diag * np.diag(st.lambda_item), p.b_bias * st.tau_item_bias]
-        shape = (stat_index.size, SCALE_MH_STEPS)
-        scales, sum_e2 = kernels.scale_moves(gram, resid, float(sum_e2), float(st.alpha), stat_index, power, prior_d,
-                                             self.rng.standard_normal(shape), self.rng.random(shape))
+        half_w0 = self.w0_inv_half_diag
+        prior_d = np.concatenate((half_w0 * np.diag(st.lambda_user), [p.b_bias * st.tau_user_bias],
+                                  half_w0 * np.diag(st.lambda_item), [p.b_bias * st.tau_item_bias]))
+        shape = (prior_d.size, SCALE_MH_STEPS)
+        scales, sum_e2 = kernels.scale_moves(gram, resid, float(sum_e2), float(st.alpha), self.scale_stat_index,
+                                             self.scale_power, prior_d, self.rng.standard_normal(shape),
+                                             self.rng.random(shape))
         # (U[:, a], mu_U[a], Lambda_U[a, :], Lambda_U[:, a]) -> (s U[:, a], s mu_U[a], Lambda_U[a, :] / s, ...)
         user_scales, item_scales = scales[:k + 1], scales[k + 1:]
         st.mu_user = st.mu_user * user_scales[:k]
@@ -338,10 +337,10 @@ class Chain:
             a, vbar = kernels.shift_draw(float(n_other), total, gram, lam, own_mean, self.mu0, float(tau_other),
                                          float(beta0), float(tau0), float(st.mu - p.mu_prior_mean),
                                          self.rng.standard_normal(k))
-            self._move(side, np.eye(k + 1), np.append(a, 0.0))
-            bias_row = np.eye(k + 1)
+            self._move(side, self.identity, np.append(a, 0.0))
+            bias_row = self.identity.copy()
             bias_row[k, :k] = -a  # other's bias -= other_f . a - a . vbar
-            self._move(other_side, bias_row, float(vbar @ a) * np.eye(k + 1)[k])
+            self._move(other_side, bias_row, float(vbar @ a) * self.bias_unit)
             st.mu -= float(a @ vbar)
             if side == "users":
                 st.mu_user = st.mu_user + a
@@ -364,7 +363,7 @@ class Chain:
             prec = p.mu_prior_precision + n * tau
             mean = (p.mu_prior_precision * (st.mu - p.mu_prior_mean) - tau * float(total[k])) / prec
             g = mean + self.rng.standard_normal() / np.sqrt(prec)
-            self._move(side, np.eye(k + 1), g * np.eye(k + 1)[k])
+            self._move(side, self.identity, g * self.bias_unit)
             st.mu -= g
 
     def predict_pairs(self, users: np.ndarray, items: np.ndarray, parallel: bool = True) -> np.ndarray:
