@@ -1137,6 +1137,17 @@ def block_prior_forms(lam, mean, tau):
     return prec, prec @ prior_mean, prior_mean, chol, np.ascontiguousarray(chol.T)
 
 
+@njit(cache=True)
+def side_prior_draw(n, total, gram, mu0, beta0, w0_inv, nu0, chi2, normals, tau):
+    """A side's (mean, Lambda) from the Normal-Wishart conditional given its moments over the rows
+    [factors, bias] (``normal_wishart_sample`` on the factor part), and the forms of the block
+    prior for those and the bias precision ``tau`` (``block_prior_forms``): one call per side and sweep."""
+    k = mu0.shape[0]
+    mean, lam = normal_wishart_sample(n, total[:k].copy(), np.ascontiguousarray(gram[:k, :k]), mu0, beta0, w0_inv,
+                                      nu0, chi2, normals)
+    return mean, lam, block_prior_forms(lam, mean, tau)
+
+
 def _side_moments(rows):
     """(column sums, X^T X) of an (n, k + 1) side. Each chunk of rows is transposed into a small
     buffer first, so that every entry is a long contiguous dot product (a BLAS syrk on this

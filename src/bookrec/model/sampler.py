@@ -160,6 +160,7 @@ class Chain:
         self.mu0 = np.zeros(k)
         self.w0_inv = np.eye(k) / priors.w0_scale
         self.nu0 = k + priors.nu0_extra
+        self.chi2_df = self.nu0 - np.arange(k)  # Bartlett's degrees of freedom, less the rows counted
         self.identity = np.eye(k + 1)
         self.bias_unit = self.identity[k].copy()
         # The scale moves in order: each user dimension, the user biases, each item dimension, the
@@ -210,10 +211,13 @@ class Chain:
         k = self.k
         p = self.priors
         n, total, gram = moments
-        mean, lam = sample_normal_wishart_from_moments(n, total[:k], gram[:k, :k], self.mu0, p.beta0, self.w0_inv,
-                                                       self.nu0, self.rng)
+        # The draws of sample_normal_wishart_from_moments, then the bias precision, in one compiled call.
+        chi2 = self.rng.chisquare(self.chi2_df + n)
+        normals = self.rng.standard_normal(k * (k - 1) // 2 + k)
         tau = self.rng.gamma(p.a_bias + 0.5 * n, 1.0 / (p.b_bias + 0.5 * gram[k, k]))
-        return mean, lam, tau, block_prior(lam, mean, tau)
+        mean, lam, prior = kernels.side_prior_draw(float(n), total, gram, self.mu0, float(p.beta0), self.w0_inv,
+                                                   float(self.nu0), chi2, normals, float(tau))
+        return mean, lam, tau, prior
 
     def sweep(self, parallel: bool = True) -> ChainState:
         st = self.state
