@@ -111,11 +111,15 @@ def sample_normal_wishart(factors, mu0, beta0, w0_inv, nu0, rng):
 
 def sample_normal_wishart_from_moments(n, total, gram, mu0, beta0, w0_inv, nu0, rng):
     """(mean, Lambda) from the Normal-Wishart conditional (``kernels.normal_wishart_sample``)."""
-    k = mu0.shape[0]
-    chi2 = rng.chisquare(nu0 + n - np.arange(k))
-    normals = rng.standard_normal(k * (k - 1) // 2 + k)
+    chi2, normals = normal_wishart_randoms(rng, mu0.shape[0], n, nu0)
     return kernels.normal_wishart_sample(float(n), *_dense(total, gram, mu0, w0_inv, beta0=beta0, nu0=nu0), chi2,
                                          normals)
+
+
+def normal_wishart_randoms(rng, k: int, n, nu0):
+    """The random numbers a Normal-Wishart draw of dimension k given n rows consumes: Bartlett's
+    chi-squares (nu_n - i degrees of freedom) and the normals below its diagonal, then the mean's."""
+    return rng.chisquare(nu0 + n - np.arange(k)), rng.standard_normal(k * (k - 1) // 2 + k)
 
 
 def _dense(total, gram, mu0, w0_inv, *, beta0, nu0):
@@ -160,7 +164,6 @@ class Chain:
         self.mu0 = np.zeros(k)
         self.w0_inv = np.eye(k) / priors.w0_scale
         self.nu0 = k + priors.nu0_extra
-        self.chi2_df = self.nu0 - np.arange(k)  # Bartlett's degrees of freedom, less the rows counted
         self.identity = np.eye(k + 1)
         self.bias_unit = self.identity[k].copy()
         # The scale moves in order: each user dimension, the user biases, each item dimension, the
@@ -211,9 +214,8 @@ class Chain:
         k = self.k
         p = self.priors
         n, total, gram = moments
-        # The draws of sample_normal_wishart_from_moments, then the bias precision, in one compiled call.
-        chi2 = self.rng.chisquare(self.chi2_df + n)
-        normals = self.rng.standard_normal(k * (k - 1) // 2 + k)
+        # sample_normal_wishart_from_moments and block_prior in one compiled call.
+        chi2, normals = normal_wishart_randoms(self.rng, k, n, self.nu0)
         tau = self.rng.gamma(p.a_bias + 0.5 * n, 1.0 / (p.b_bias + 0.5 * gram[k, k]))
         mean, lam, prior = kernels.side_prior_draw(float(n), total, gram, self.mu0, float(p.beta0), self.w0_inv,
                                                    float(self.nu0), chi2, normals, float(tau))
