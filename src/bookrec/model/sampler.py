@@ -292,7 +292,7 @@ class Chain:
         statistics come from one pass and are updated exactly after each move. Without these moves
         the scales and their precisions random-walk together and the chains drift for hundreds of
         sweeps (R-hat of alpha and of the train RMSE >> 1.05).
-        (gram, resid, sum_e2) are ``kernels.move_stats`` of the current state (updated in place);
+        (gram, resid, sum_e2) are ``kernels.move_stats_par`` of the current state (updated in place);
         returns the sums of the residuals and of their squares after the moves.
         """
         st = self.state

@@ -1,0 +1,175 @@
+"""Predictions from a state or from stored samples, and Gaussian mixture quantiles, densities and CRPS."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from bookrec.model.kernels.compile import twin
+
+
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _predict_pairs(rows, cols, mu, users, items, out):
+    """out[p] = mu + b_u + c_i + u . v for a list of (user, item) pairs."""
+    k = rows.shape[1] - 1
+    for p in prange(users.shape[0]):
+        i = users[p]
+        j = items[p]
+        pred = mu + rows[i, k] + cols[j, k]
+        for a in range(k):
+            pred += rows[i, a] * cols[j, a]
+        out[p] = pred
+
+
+predict_pairs_par = twin(_predict_pairs, True, fastmath=True, nogil=True)
+predict_pairs_ser = twin(_predict_pairs, False, fastmath=True, nogil=True)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def predict_samples(user_factors, user_bias, item_factors, item_bias, mu, users, items):
+    """Per-sample predictions ``(n_pairs, S)`` from stored (float32) posterior samples."""
+    n_samples = mu.shape[0]
+    k = user_factors.shape[2]
+    n = users.shape[0]
+    out = np.empty((n, n_samples))
+    for p in prange(n):
+        i = users[p]
+        j = items[p]
+        for s in range(n_samples):
+            pred = mu[s] + user_bias[s, i] + item_bias[s, j]
+            for a in range(k):
+                pred += user_factors[s, i, a] * item_factors[s, j, a]
+            out[p, s] = pred
+    return out
+
+
+# ----------------------------------------------------------------------------- mixtures
+@njit(inline="always", cache=True)
+def _norm_cdf(z):
+    return 0.5 * math.erfc(-z / _SQRT2)
+
+
+@njit(cache=True)
+def mixture_quantile_one(means, sds, prob, lo, hi):
+    """Quantile of (1/S) sum_s N(means[s], sds[s]^2): safeguarded Newton inside a bisection bracket."""
+    n = means.shape[0]
+    # Start from the mixture mean (clamped into the bracket); Newton then converges in a few steps.
+    m = 0.0
+    for s in range(n):
+        m += means[s]
+    m /= n
+    a = lo
+    b = hi
+    x = min(max(m, a), b)
+    for _ in range(100):
+        cdf = 0.0
+        pdf = 0.0
+        for s in range(n):
+            z = (x - means[s]) / sds[s]
+            cdf += _norm_cdf(z)
+            pdf += math.exp(-0.5 * z * z) * _INV_SQRT_2PI / sds[s]
+        cdf /= n
+        pdf /= n
+        f = cdf - prob
+        if abs(f) < 1e-10:
+            return x
+        if f > 0.0:
+            b = x
+        else:
+            a = x
+        if b - a < 1e-9 * (1.0 + abs(x)):
+            return 0.5 * (a + b)
+        step_ok = pdf > 1e-300
+        if step_ok:
+            xn = x - f / pdf
+            if xn <= a or xn >= b:
+                step_ok = False
+        if step_ok:
+            x = xn
+        else:
+            x = 0.5 * (a + b)
+    return x
+
+
+def _mixture_quantiles(means, sds, probs):
+    """Quantiles of equally weighted Gaussian mixtures, one mixture per row.
+
+    means, sds: (n, S) (sds may be a broadcast view); probs: (m,) -> (n, m).
+    The bracket [min(mean) - 9 max(sd), max(mean) + 9 max(sd)] always contains the quantile
+    for probabilities in (1e-15, 1 - 1e-15).
+    """
+    n = means.shape[0]
+    n_probs = probs.shape[0]
+    out = np.empty((n, n_probs))
+    for p in prange(n):
+        row_m = means[p]
+        row_s = sds[p]
+        lo = np.inf
+        hi = -np.inf
+        smax = 0.0
+        for s in range(row_m.shape[0]):
+            lo = min(lo, row_m[s])
+            hi = max(hi, row_m[s])
+            smax = max(smax, row_s[s])
+        lo -= 9.0 * smax
+        hi += 9.0 * smax
+        for q in range(n_probs):
+            out[p, q] = mixture_quantile_one(row_m, row_s, probs[q], lo, hi)
+    return out
+
+
+mixture_quantiles = twin(_mixture_quantiles, True)
+# Single-threaded twin for request paths: numba's default (workqueue) threading layer must not be
+# entered by two Python threads at once, and a few thousand mixtures take milliseconds anyway.
+mixture_quantiles_ser = twin(_mixture_quantiles, False, nogil=True)
+
+
+@njit(parallel=True, cache=True)
+def mixture_logpdf(y, means, sds):
+    """log of (1/S) sum_s N(y; means[s], sds[s]^2) per row (log-sum-exp)."""
+    n, n_s = means.shape
+    out = np.empty(n)
+    for p in prange(n):
+        best = -np.inf
+        for s in range(n_s):
+            z = (y[p] - means[p, s]) / sds[p, s]
+            v = -0.5 * z * z - math.log(sds[p, s])
+            best = max(best, v)
+        acc = 0.0
+        for s in range(n_s):
+            z = (y[p] - means[p, s]) / sds[p, s]
+            acc += math.exp(-0.5 * z * z - math.log(sds[p, s]) - best)
+        out[p] = best + math.log(acc / n_s) - 0.5 * math.log(2.0 * math.pi)
+    return out
+
+
+@njit(inline="always", cache=True)
+def _crps_a(mean, var):
+    """E|X| for X ~ N(mean, var)."""
+    sd = math.sqrt(var)
+    z = mean / sd
+    return 2.0 * sd * math.exp(-0.5 * z * z) * _INV_SQRT_2PI + mean * (2.0 * _norm_cdf(z) - 1.0)
+
+
+@njit(parallel=True, cache=True)
+def mixture_crps(y, means, sds):
+    """Exact CRPS of an equally weighted Gaussian mixture (Grimit et al. 2006):
+    CRPS = E|X - y| - 0.5 E|X - X'|, both expectations in closed form."""
+    n, n_s = means.shape
+    out = np.empty(n)
+    for p in prange(n):
+        t1 = 0.0
+        for s in range(n_s):
+            t1 += _crps_a(y[p] - means[p, s], sds[p, s] * sds[p, s])
+        t2 = 0.0
+        for s in range(n_s):
+            for t in range(s + 1, n_s):
+                t2 += 2.0 * _crps_a(means[p, s] - means[p, t], sds[p, s] ** 2 + sds[p, t] ** 2)
+            t2 += _crps_a(0.0, 2.0 * sds[p, s] ** 2)
+        out[p] = t1 / n_s - 0.5 * t2 / (n_s * n_s)
+    return out
