@@ -11,7 +11,7 @@ from bookrec.data import cli as data_cli
 from bookrec.model import cli as model_cli
 from bookrec.optimize import cli as optimize_cli
 from bookrec.store import cli as store_cli
-from bookrec import quickstart
+from bookrec import quickstart, warmup
 
 app = typer.Typer(
     name="bookrec",
@@ -29,6 +29,7 @@ app.command("serve")(api_cli.serve)
 app.command("optimize")(optimize_cli.optimize)
 app.add_typer(bench_cli.app, name="bench")
 app.command("run")(quickstart.run)
+app.command("warmup")(warmup.warmup)
 
 
 if __name__ == "__main__":  # pragma: no cover
