@@ -125,3 +125,6 @@ def test_dockerfile_copies_existing_files_and_runs_a_real_command(dockerfile):
     assert command[0] == "bookrec"
     result = bookrec_help(command)
     assert result.returncode == 0, result.stderr
+    # The service images compile the kernels at build time with a real command.
+    assert "RUN bookrec warmup" in text
+    assert bookrec_help(["bookrec", "warmup"]).returncode == 0
