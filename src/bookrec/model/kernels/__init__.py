@@ -15,7 +15,7 @@ releases the GIL) for running chains in parallel threads.
 
 Modules, in the order a sweep uses them: ``normals`` (random numbers), ``prefetch``, ``lanes``
 (many short rows at once), ``rows`` (one long row), ``block`` (a whole side), ``moves`` (group
-moves and moments), ``hyper`` (hyperparameter draws); then ``predict`` and ``ranking`` for
+moves and moments; ``partials`` holds their per-task sums), ``hyper`` (hyperparameter draws); then ``predict`` and ``ranking`` for
 serving. ``compile`` builds the parallel and serial twins.
 """
 

@@ -5,23 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from bookrec.model.kernels.compile import twin
 from bookrec.model.kernels.lanes import draw_lanes, draw_lanes_precision, lane_stats
 from bookrec.model.kernels.normals import fill_normals, row_state
+from bookrec.model.kernels.partials import new_partials, reduce_partials, store_partial
 from bookrec.model.kernels.prefetch import prefetch_ratings, prefetch_rows
 from bookrec.model.kernels.rows import accumulate_columns, draw_row_many, row_stats_from_sums
-
-
-@njit(inline="always", cache=True)
-def _store_partial(part_g, part_r, part_e2, slot, gg, rr, e2):
-    """One parallel task's move statistics (gg: lower triangle) into its slot of the partial sums."""
-    for a in range(rr.shape[0]):
-        part_r[slot, a] = rr[a]
-        for b in range(a + 1):
-            part_g[slot, a, b] = gg[a, b]
-    part_e2[slot] = e2
 
 
 def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr, mid_rows,
@@ -67,9 +58,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         few_slot[m + 1] = few_slot[m] + min((few_ptr[m + 1] - few_ptr[m] + lanes - 1) // lanes, max_tasks)
     mid_slot = few_slot[few_max + 1]
     n_slots = (mid_slot + min(n_mid_blocks, max_mid_tasks)) if with_stats else 0
-    part_g = np.zeros((n_slots, n_stats, n_stats))
-    part_r = np.zeros((n_slots, n_stats))
-    part_e2 = np.zeros(n_slots)
+    part_g, part_r, part_e2 = new_partials(n_slots, n_stats)
     for c in prange(n_chunks):
         prec = np.empty((dim, dim))
         lin = np.empty(dim)
@@ -106,7 +95,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 e2 += row_stats_from_sums(i, m, feats, target, row_bias, ftf, fty, out, cf, fx, sww, syw, scale,
                                            gg, rr)
         if with_stats:
-            _store_partial(part_g, part_r, part_e2, c, gg, rr, e2)
+            store_partial(part_g, part_r, part_e2, c, gg, rr, e2)
     width = max(few_max, 1)
     for m in range(few_max + 1):
         start = few_ptr[m]
@@ -147,7 +136,7 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                                      n_kept)
             if with_stats:
                 e2 += accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
-                _store_partial(part_g, part_r, part_e2, few_slot[m] + task, gg, rr, e2)
+                store_partial(part_g, part_r, part_e2, few_slot[m] + task, gg, rr, e2)
     n_tasks = min(n_mid_blocks, max_mid_tasks)
     mid_width = max(mid_max, 1)
     for task in prange(n_tasks):
@@ -184,22 +173,8 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 e2 += lane_stats(indptr[last + 1] - indptr[last], mid_feats, mid_target, mid_bias, mid_ftf, mid_fty,
                                   mid_lin, mid_cf, mid_fx, mid_sums, mid_syw, mid_scale, gg, rr)
         if with_stats:
-            _store_partial(part_g, part_r, part_e2, mid_slot + task, gg, rr, e2)
-    # Explicit loops: numba's sum(axis=0) over the slots cost ~1 ms per call, more than the
-    # statistics themselves.
-    gram = np.zeros((n_stats, n_stats))
-    resid = np.zeros(n_stats)
-    sum_e2 = 0.0
-    for slot in range(n_slots):
-        sum_e2 += part_e2[slot]
-        for a in range(n_stats):
-            resid[a] += part_r[slot, a]
-            for b in range(a + 1):
-                gram[a, b] += part_g[slot, a, b]
-    for a in range(n_stats):
-        for b in range(a):
-            gram[b, a] = gram[a, b]
-    return gram, resid, sum_e2
+            store_partial(part_g, part_r, part_e2, mid_slot + task, gg, rr, e2)
+    return reduce_partials(part_g, part_r, part_e2)
 
 
 # error_model="numpy": no zero-divisor check (and branch) at every division in the lane loops; the

@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from bookrec.model.kernels.compile import twin
+from bookrec.model.kernels.partials import new_partials, reduce_partials, store_partial
 from bookrec.model.kernels.rows import accumulate_row_stats
 
 
@@ -28,9 +29,7 @@ def _move_stats(indptr, indices, ratings, rows, cols, mu):
         max_len = max(max_len, indptr[i + 1] - indptr[i])
     n_chunks = min(n_rows, 256)
     chunk = (n_rows + n_chunks - 1) // max(n_chunks, 1)
-    part_g = np.zeros((n_chunks, m, m))
-    part_r = np.zeros((n_chunks, m))
-    part_e2 = np.zeros(n_chunks)
+    part_g, part_r, part_e2 = new_partials(n_chunks, m)
     for c in prange(n_chunks):
         w = np.empty((m, max_len))
         e = np.empty(max_len)
@@ -60,13 +59,8 @@ def _move_stats(indptr, indices, ratings, rows, cols, mu):
                 e[q] = ratings[lo + q] - mu - pred
                 e2 += e[q] * e[q]
             accumulate_row_stats(w, e, n, scale, gg, rr)
-        for a in range(m):
-            part_r[c, a] = rr[a]
-            for b in range(a + 1):
-                part_g[c, a, b] = gg[a, b]
-                part_g[c, b, a] = gg[a, b]
-        part_e2[c] = e2
-    return part_g.sum(axis=0), part_r.sum(axis=0), part_e2.sum()
+        store_partial(part_g, part_r, part_e2, c, gg, rr, e2)
+    return reduce_partials(part_g, part_r, part_e2)
 
 
 move_stats_par = twin(_move_stats, True, fastmath=True, nogil=True)

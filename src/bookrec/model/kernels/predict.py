@@ -30,21 +30,26 @@ predict_pairs_par = twin(_predict_pairs, True, fastmath=True, nogil=True)
 predict_pairs_ser = twin(_predict_pairs, False, fastmath=True, nogil=True)
 
 
+@njit(inline="always", cache=True)
+def sample_prediction(user_factors, user_bias, item_factors, item_bias, mu, s, u, j):
+    """mu + b_u + c_j + u . v of reader u and book j in stored posterior sample s."""
+    pred = mu[s] + user_bias[s, u] + item_bias[s, j]
+    for a in range(user_factors.shape[2]):
+        pred += user_factors[s, u, a] * item_factors[s, j, a]
+    return pred
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def predict_samples(user_factors, user_bias, item_factors, item_bias, mu, users, items):
     """Per-sample predictions ``(n_pairs, S)`` from stored (float32) posterior samples."""
     n_samples = mu.shape[0]
-    k = user_factors.shape[2]
     n = users.shape[0]
     out = np.empty((n, n_samples))
     for p in prange(n):
         i = users[p]
         j = items[p]
         for s in range(n_samples):
-            pred = mu[s] + user_bias[s, i] + item_bias[s, j]
-            for a in range(k):
-                pred += user_factors[s, i, a] * item_factors[s, j, a]
-            out[p, s] = pred
+            out[p, s] = sample_prediction(user_factors, user_bias, item_factors, item_bias, mu, s, i, j)
     return out
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from bookrec.model.kernels.predict import mixture_quantile_one
+from bookrec.model.kernels.predict import mixture_quantile_one, sample_prediction
 
 
 @njit(cache=True)
@@ -133,10 +133,7 @@ def recommend_block(
         for q in range(n_c):
             j = cand[q]
             for s in range(n_s):
-                pred = mu[s] + user_bias[s, u] + item_bias[s, j]
-                for a in range(k):
-                    pred += user_factors[s, u, a] * item_factors[s, j, a]
-                comp_m[q, s] = pred
+                comp_m[q, s] = sample_prediction(user_factors, user_bias, item_factors, item_bias, mu, s, u, j)
                 comp_s[q, s] = noise_sd[s]
         lowers = np.empty(n_c)
         uppers = np.empty(n_c)
