@@ -315,8 +315,8 @@ def test_scale_move_leaves_its_target_invariant(alpha, big_a, big_b, power, d):
     normals = rng.standard_normal((n, 2))
     uniforms = rng.random((n, 2))
     t1 = np.array([
-        t + np.log(kernels.moves._draw_scale(alpha, big_a * np.exp(2 * t), big_b * np.exp(t), power, d * np.exp(-2 * t),
-                                       normals[q], uniforms[q]))
+        t + np.log(kernels.moves._draw_scale(alpha, big_a * np.exp(2 * t), big_b * np.exp(t), power,
+                                             d * np.exp(-2 * t), normals[q], uniforms[q]))
         for q, t in enumerate(t0)])
     assert np.mean(t1 != t0) > 0.3  # the kernel does move
     # A correct kernel fails this with probability 1e-3 (and the seed is fixed); dropping the prior term

@@ -31,10 +31,6 @@ class WarmupReport:
     serving_seconds: float
     serving_problems: list[str]
 
-    @property
-    def seconds(self) -> float:
-        return self.batch_seconds + self.serving_seconds
-
 
 def warm_up(show_progress: bool = False) -> WarmupReport:
     """Run the batch and the API's model loading once on tiny synthetic data (see the module docstring)."""

@@ -101,12 +101,25 @@ def mixture_quantile_one(means, sds, prob, lo, hi):
     return x
 
 
+@njit(inline="always", cache=True)
+def mixture_bracket(means, sds):
+    """[min(mean) - 9 max(sd), max(mean) + 9 max(sd)]: contains every quantile of the mixture for
+    probabilities in (1e-15, 1 - 1e-15)."""
+    lo = np.inf
+    hi = -np.inf
+    smax = 0.0
+    for s in range(means.shape[0]):
+        lo = min(lo, means[s])
+        hi = max(hi, means[s])
+        smax = max(smax, sds[s])
+    return lo - 9.0 * smax, hi + 9.0 * smax
+
+
 def _mixture_quantiles(means, sds, probs):
     """Quantiles of equally weighted Gaussian mixtures, one mixture per row.
 
     means, sds: (n, S) (sds may be a broadcast view); probs: (m,) -> (n, m).
-    The bracket [min(mean) - 9 max(sd), max(mean) + 9 max(sd)] always contains the quantile
-    for probabilities in (1e-15, 1 - 1e-15).
+    Each root is searched inside ``mixture_bracket``.
     """
     n = means.shape[0]
     n_probs = probs.shape[0]
@@ -114,15 +127,7 @@ def _mixture_quantiles(means, sds, probs):
     for p in prange(n):
         row_m = means[p]
         row_s = sds[p]
-        lo = np.inf
-        hi = -np.inf
-        smax = 0.0
-        for s in range(row_m.shape[0]):
-            lo = min(lo, row_m[s])
-            hi = max(hi, row_m[s])
-            smax = max(smax, row_s[s])
-        lo -= 9.0 * smax
-        hi += 9.0 * smax
+        lo, hi = mixture_bracket(row_m, row_s)
         for q in range(n_probs):
             out[p, q] = mixture_quantile_one(row_m, row_s, probs[q], lo, hi)
     return out

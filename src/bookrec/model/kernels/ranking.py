@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from bookrec.model.kernels.predict import mixture_quantile_one, sample_prediction
+from bookrec.model.kernels.predict import mixture_bracket, mixture_quantile_one, sample_prediction
 
 
 @njit(cache=True)
@@ -138,15 +138,11 @@ def recommend_block(
         lowers = np.empty(n_c)
         uppers = np.empty(n_c)
         for q in range(n_c):
-            lo = np.inf
-            hi = -np.inf
-            smax = 0.0
-            for s in range(n_s):
-                lo = min(lo, comp_m[q, s])
-                hi = max(hi, comp_m[q, s])
-                smax = max(smax, comp_s[q, s])
-            lowers[q] = mixture_quantile_one(comp_m[q], comp_s[q], probs[0], lo - 9 * smax, hi + 9 * smax)
-            uppers[q] = mixture_quantile_one(comp_m[q], comp_s[q], probs[1], lo - 9 * smax, hi + 9 * smax)
+            row_m = comp_m[q]
+            row_s = comp_s[q]
+            lo, hi = mixture_bracket(row_m, row_s)
+            lowers[q] = mixture_quantile_one(row_m, row_s, probs[0], lo, hi)
+            uppers[q] = mixture_quantile_one(row_m, row_s, probs[1], lo, hi)
         if mode == 1:
             no_excl = np.zeros(n_c, dtype=np.bool_)
             order = top_n(lowers, min(n, n_c), no_excl)
