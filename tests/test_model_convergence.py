@@ -10,7 +10,7 @@ from bookrec.data.prep import prepare_training
 from bookrec.data.synth import generate
 from bookrec.model import BPMF
 from bookrec.model.baselines import BiasBaseline, GlobalMean
-from bookrec.model.metrics import evaluate_predictive, ranking_metrics
+from bookrec.model.metrics import evaluate_predictive
 
 pytestmark = pytest.mark.slow
 
@@ -38,22 +38,11 @@ def test_rhat_below_threshold_on_small_preset(small_fit):
 def test_beats_baselines_on_small_preset(small_fit):
     training, model = small_fit
     u, i, r = training.train
-    tu, ti, tr = training.test
     ours = evaluate_predictive(model, *training.test)
-    ours_rank = ranking_metrics(tu, ti, tr, model.predict(tu, ti), per_user=True)["ndcg@10_per_user"]
     for baseline in (GlobalMean().fit(u, i, r), BiasBaseline().fit(u, i, r, training.n_users, training.n_items)):
         theirs = evaluate_predictive(baseline, *training.test)
         assert ours["rmse"] < theirs["rmse"], (ours["rmse"], theirs["rmse"])
         assert ours["nll"] < theirs["nll"], (ours["nll"], theirs["nll"])
-        # NDCG@10 over each reader's held-out books (relevant = rating >= 8). On this preset the
-        # readers have ~2 held-out books each and the bias model already orders most of them
-        # right, so the two are close: require the paired per-reader difference to be no worse
-        # than 2 standard errors below zero (a real loss would show as a clearly negative mean).
-        theirs_rank = ranking_metrics(tu, ti, tr, baseline.predict(tu, ti), per_user=True)["ndcg@10_per_user"]
-        diff = ours_rank - theirs_rank
-        assert diff.mean() > -2 * diff.std(ddof=1) / np.sqrt(diff.size), (diff.mean(), diff.std() / np.sqrt(diff.size))
-    global_rank = ranking_metrics(tu, ti, tr, GlobalMean().fit(u, i, r).predict(tu, ti))
-    assert ours["ndcg@10"] > global_rank["ndcg@10"]
     # Integer ratings from thresholds: the Gaussian predictive still covers 85-95% at 90%
     # (n ~ 4,000 held-out ratings: binomial SE 0.5%).
     assert 0.85 <= ours["coverage"]["0.9"] <= 0.95

@@ -78,7 +78,6 @@ class Settings(BaseSettings):
     # --- batch -----------------------------------------------------------------------
     top_n: int | None = Field(None, ge=1, le=200, description="Recommendations stored per user (None = preset)")
     interval_level: float = Field(0.9, gt=0.0, lt=1.0, description="Credible level of stored intervals")
-    relevant_rating: float = Field(8.0, description="Held-out ratings at or above this count as relevant")
     tuned_config_path: Path = Field(
         Path("var/tuned-params.json"), description="Best parameters written by `bookrec optimize`, read by `bookrec batch`"
     )
@@ -89,6 +88,24 @@ class Settings(BaseSettings):
         200, ge=1, description="Tier 4: a country / age-band segment gets its own list from this many explicit ratings"
     )
     batch_chunk_users: int = Field(2048, ge=64, description="Readers scored per chunk in the batch (memory vs speed)")
+
+    # --- relevance and the default ranking (for_you) -------------------------------------
+    relevance_l2: float | None = Field(
+        None, gt=0, description="Ridge of the relevance model (None = chosen by held-out recall on a grid)"
+    )
+    relevance_max_items: int = Field(
+        8000, ge=10, le=30_000, description="Most read works the relevance model ranks (its dense matrix is this squared)"
+    )
+    relevance_min_item_interactions: int = Field(2, ge=1, description="Readers a work needs to be a relevance candidate")
+    n_candidates: int = Field(50, ge=1, le=1000, description="Most relevant unread works each ranking mode orders")
+    like_weight: float = Field(1.0, ge=0.0, description="for_you = relevance x P(liked)^like_weight")
+    liked_quantile: float = Field(
+        0.7, gt=0.0, lt=1.0, description="Liked = a rating in the top (1 - this) of the rating range (>= 7.3 on 1-10)"
+    )
+    ranking_holdout_fraction: float = Field(
+        0.2, gt=0.0, lt=0.5, description="Share of each evaluated reader's interactions held out for the top-N evaluation"
+    )
+    ranking_eval_readers: int = Field(5000, ge=100, description="Readers sampled for the batch's top-N evaluation")
 
     # --- optimizer ---------------------------------------------------------------------
     optimizer_n_calls: int = Field(

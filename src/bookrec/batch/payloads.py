@@ -16,12 +16,14 @@ import orjson
 from bookrec.batch.catalog import Catalog
 
 BASES = ("personal", "folded_in", "similar_reading", "popular")
+POPULAR_REASON = b'{"kind":"popular"}'
 
 
 class PayloadEncoder:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self._static: dict[int, bytes] = {}
+        self._reasons: dict[int, bytes] = {}
 
     def static(self, work: int) -> bytes:
         """``"work_key":..,"isbn":..,"title":..,"author":..,"year":..,"image_url":..`` of one work."""
@@ -42,36 +44,80 @@ class PayloadEncoder:
             self._static[work] = cached
         return cached
 
-    def items(self, works, predicted, lower, upper, basis) -> bytes:
-        """The JSON array of one reader's recommendations (rows with work -1 are skipped)."""
+    def reason_because(self, work: int) -> bytes:
+        """``{"kind":"because_you_read",...}`` naming one of the reader's works."""
+        cached = self._reasons.get(work)
+        if cached is None:
+            c = self.catalog
+            cached = orjson.dumps({"kind": "because_you_read", "isbn": c.isbn[work], "work_key": c.works.values[work],
+                                   "title": c.title[work], "author": c.author[work]})
+            self._reasons[work] = cached
+        return cached
+
+    def items(self, works, predicted, lower, upper, basis, score=None, relevance=None, relevance_sd=None,
+              p_liked=None, because=None, reason: bytes = POPULAR_REASON) -> bytes:
+        """The JSON array of one reader's recommendations (rows with work -1 are skipped).
+
+        ``because`` (work index per slot, -1 = none) gives each slot its "because you read"
+        reason; slots without one get ``reason``."""
         parts = []
         rank = 0
-        for w, p, lo, hi, b in zip(works.tolist(), predicted.tolist(), lower.tolist(), upper.tolist(), basis):
+        n = len(works)
+        columns = [np.full(n, np.nan) if col is None else np.asarray(col, dtype=np.float64)
+                   for col in (score, relevance, relevance_sd, p_liked)]
+        why = np.full(n, -1) if because is None else np.asarray(because)
+        for w, p, lo, hi, b, sc, rel, rsd, pl, bw in zip(works.tolist(), predicted.tolist(), lower.tolist(), upper.tolist(),
+                                                          basis, *(c.tolist() for c in columns), why.tolist()):
             if w < 0:
                 continue
             rank += 1
             parts.append(
-                b'{"rank":%d,%s,"predicted_rating":%.2f,"uncertainty":%.2f,"confidence_interval":[%.2f,%.2f],"basis":"%s"}'
-                % (rank, self.static(w), p, (hi - lo) / 2.0, lo, hi, b)
+                b'{"rank":%d,%s,"predicted_rating":%.2f,"uncertainty":%.2f,"confidence_interval":[%.2f,%.2f],'
+                b'"basis":"%s","score":%s,"relevance":%s,"relevance_sd":%s,"p_liked":%s,"reason":%s}'
+                % (rank, self.static(w), p, (hi - lo) / 2.0, lo, hi, b, _num(sc), _num(rel), _num(rsd), _num(pl, 3),
+                   self.reason_because(bw) if bw >= 0 else reason)
             )
         return b"[" + b",".join(parts) + b"]"
 
     def reader(self, user_id: int, basis: str, items_json: bytes) -> bytes:
         return b'{"user_id":%d,"basis":"%s","recommendations":%s}' % (user_id, basis.encode(), items_json)
 
-    def block(
-        self, user_ids: np.ndarray, basis: str, works: np.ndarray, predicted: np.ndarray, lower: np.ndarray,
-        upper: np.ndarray, rec_basis: np.ndarray | None = None,
-    ) -> Iterator[tuple[int, bytes]]:
-        """(user_id, payload) for each row; ``rec_basis`` (n_users, n) of str overrides per item."""
+    def ranked_block(self, user_ids: np.ndarray, basis: str, block) -> Iterator[tuple[int, bytes]]:
+        """(user_id, payload) for each reader of a :class:`~bookrec.batch.foryou.ForYouBlock`;
+        slots without a relevance figure were filled by popularity and say so."""
         own = basis.encode()
         for row, uid in enumerate(user_ids.tolist()):
-            per_item = [own] * works.shape[1] if rec_basis is None else [x.encode() for x in rec_basis[row]]
-            yield uid, self.reader(uid, basis, self.items(works[row], predicted[row], lower[row], upper[row], per_item))
+            per_item = [own if np.isfinite(x) else b"popular" for x in block.relevance_sd[row]]
+            yield uid, self.reader(uid, basis, self.items(
+                block.works[row], block.predicted[row], block.lower[row], block.upper[row], per_item,
+                block.score[row], block.relevance[row], block.relevance_sd[row], block.p_liked[row], block.because[row],
+            ))
 
-    def item_dicts(self, works, predicted, lower, upper, basis: str) -> list[dict]:
+    def item_dicts(self, works, predicted, lower, upper, basis: str, p_liked=None) -> list[dict]:
         """The same recommendations as plain dicts (the ``popular`` blob)."""
-        return orjson.loads(self.items(works, predicted, lower, upper, [basis.encode()] * len(works)))
+        return orjson.loads(self.items(works, predicted, lower, upper, [basis.encode()] * len(works), p_liked=p_liked))
+
+
+def _num(value: float, digits: int = 4) -> bytes:
+    """A JSON number with ``digits`` significant digits, or null."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return b"null"
+    return b"%.*g" % (digits, value)
+
+
+def segment_reason(segment: str) -> bytes:
+    """The reason of a segment's popularity list ("country+age:usa|25-34" -> readers in usa aged 25-34)."""
+    level, _, key = segment.partition(":")
+    if level == "country+age":
+        country, _, band = key.partition("|")
+        text = f"readers in {country} aged {band}"
+    elif level == "country":
+        text = f"readers in {key}"
+    elif level == "age":
+        text = f"readers aged {key}"
+    else:
+        return POPULAR_REASON
+    return orjson.dumps({"kind": "popular_in_segment", "segment": text})
 
 
 def book_payloads(catalog: Catalog, in_model: np.ndarray, max_editions: int = 50) -> Iterator[tuple[str, bytes]]:

@@ -1,13 +1,16 @@
-"""The batch: load -> k-core -> split -> train -> evaluate -> precompute for every reader -> publish.
+"""The batch: load -> k-core -> split -> train -> relevance -> evaluate -> precompute -> publish.
 
 Every user of the data set (``users.parquet`` and anyone appearing in ``ratings.parquet``) gets
-a list, from the best tier that applies (the ``basis`` of the payload):
+a list. Readers with an interaction on a relevance candidate get the ``for_you`` ranking
+(:mod:`bookrec.batch.foryou`): the relevance model, trained on every interaction, picks the
+candidates and the best rating model that knows the reader scores them. The payload's ``basis``
+says which rating model that is:
 
-1. ``personal``: readers in the training core, from the posterior predictive of the kept samples;
+1. ``personal``: readers in the training core (BPMF's posterior predictive);
 2. ``folded_in``: readers with explicit ratings on the model's works but outside the core,
    folded in exactly (per kept sample) from those ratings;
-3. ``similar_reading``: readers who touched known books but cannot be folded in, from what they
-   touched (:mod:`bookrec.batch.implicit`);
+3. ``similar_reading``: every other reader with a usable interaction (the book-level shrinkage
+   model with the reader's offset);
 4. ``popular``: everyone else, from uncertainty-aware popularity by segment
    (:mod:`bookrec.batch.popularity`).
 
@@ -31,11 +34,13 @@ from typing import Any
 import numpy as np
 import orjson
 import scipy.sparse as sp
+from scipy.special import ndtr
 
 from bookrec.batch.catalog import Catalog, Interactions, RatingModel, build_catalog_and_interactions
-from bookrec.batch.foldin_batch import BatchFoldIn, empty_result
-from bookrec.batch.implicit import ImplicitRecommender, RecommendationBlock
-from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parquet
+from bookrec.batch.evaluation import evaluate_ranking
+from bookrec.batch.foldin_batch import BatchFoldIn
+from bookrec.batch.foryou import ForYouBlock, ForYouRanker, fallback_predictive
+from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parquet, segment_reason
 from bookrec.batch.popularity import PopularityResult, popularity_lists, user_segments
 from bookrec.batch.presets import ResolvedParameters, resolve_parameters
 from bookrec.config import Settings
@@ -89,6 +94,7 @@ class BatchContext:
     core_works: np.ndarray  # work index of each model item
     core_users: np.ndarray  # user index (in interactions.users) of each model user
     model: Any = None  # bookrec.model.BPMF
+    relevance: Any = None  # bookrec.model.relevance.ItemRelevance, fitted on every interaction
     serving: dict | None = None
     tiers: dict[str, np.ndarray] = field(default_factory=dict)  # tier -> user indices
 
@@ -101,9 +107,9 @@ class BatchContext:
 
 @dataclass
 class Precomputed:
-    personal: RecommendationBlock
-    folded_in: RecommendationBlock
-    similar_reading: RecommendationBlock
+    personal: ForYouBlock
+    folded_in: ForYouBlock
+    similar_reading: ForYouBlock
     popular: PopularityResult
     popular_users: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)  # per tier
@@ -168,6 +174,30 @@ def train(ctx: BatchContext, show_progress: bool = True) -> None:
     ctx.serving = arrays
 
 
+def liked_threshold(settings: Settings) -> float:
+    return settings.rating_min + settings.liked_quantile * (settings.rating_max - settings.rating_min)
+
+
+def fit_relevance(ctx: BatchContext) -> None:
+    """The relevance model on every interaction of every reader (explicit and implicit)."""
+    from bookrec.model.relevance import ItemRelevance
+
+    s = ctx.settings
+    ctx.relevance = ItemRelevance(
+        l2=s.relevance_l2 if s.relevance_l2 is not None else "auto", max_items=s.relevance_max_items,
+        min_item_interactions=s.relevance_min_item_interactions, seed=s.seed,
+    ).fit(ctx.interactions.seen)
+
+
+def ranker(ctx: BatchContext, relevance=None, interactions: Interactions | None = None) -> ForYouRanker:
+    s = ctx.settings
+    folder = BatchFoldIn(ctx.serving, s.interval_level) if ctx.serving is not None else None
+    return ForYouRanker(
+        relevance if relevance is not None else ctx.relevance, interactions or ctx.interactions, ctx.rating_model,
+        ctx.core_works, folder, ctx.params.top_n, s.n_candidates, s.like_weight, liked_threshold(s), s.interval_level,
+    )
+
+
 def evaluate(ctx: BatchContext) -> dict:
     """Test-split metrics of the model and the two baselines, calibration points."""
     from bookrec.model import metrics
@@ -178,7 +208,7 @@ def evaluate(ctx: BatchContext) -> dict:
     if not len(tr):
         return {**out, "test_metrics": {}, "baselines": {}, "calibration": []}
     model = ctx.model
-    out["test_metrics"] = _jsonable(metrics.evaluate_predictive(model, tu, ti, tr, k=10, relevant=s.relevant_rating))
+    out["test_metrics"] = _jsonable(metrics.evaluate_predictive(model, tu, ti, tr))
     means, sds = model.predictive_components(tu, ti)
     cal = metrics.interval_metrics(tr, means, sds, levels=CALIBRATION_LEVELS, rating_range=model.rating_range)
     out["calibration"] = [
@@ -206,7 +236,7 @@ def _baselines(ctx: BatchContext, metrics) -> dict:
                 est = cls()
             est.fit(tu, ti, tr, n_users=ctx.training.n_users, n_items=ctx.training.n_items)
             found[getattr(est, "name", name)] = _jsonable(
-                metrics.evaluate_predictive(est, eu, ei, er, k=10, relevant=ctx.settings.relevant_rating)
+                metrics.evaluate_predictive(est, eu, ei, er)
             )
     return found
 
@@ -216,7 +246,12 @@ def assign_tiers(ctx: BatchContext) -> dict[str, np.ndarray]:
     n_users = inter.n_users
     tier = np.full(n_users, 3, dtype=np.int8)
     has_any = np.diff(inter.seen.indptr) > 0
-    tier[has_any] = 2
+    if ctx.relevance is not None:
+        users = np.flatnonzero(has_any)
+        usable = np.diff(ctx.relevance.local_history(inter.seen[users]).indptr) > 0
+        tier[users[usable]] = 2
+    else:
+        tier[has_any] = 2
     work_to_core = np.full(len(ctx.catalog), -1, dtype=np.int64)
     work_to_core[ctx.core_works] = np.arange(len(ctx.core_works))
     rated_core = np.zeros(n_users, dtype=bool)
@@ -247,11 +282,6 @@ def _core_matrices(ctx: BatchContext, users: np.ndarray) -> tuple[sp.csr_matrix,
     return rated, exclude
 
 
-def _block_from_core(users, items, mean, lower, upper, core_works) -> RecommendationBlock:
-    works = np.where(items >= 0, core_works[np.maximum(items, 0)], -1)
-    return RecommendationBlock(users, works, mean, lower, upper, np.ones(works.shape, dtype=bool))
-
-
 def precompute(ctx: BatchContext, progress=None) -> Precomputed:
     """Top-n for every reader, tier by tier (vectorised; chunks only bound memory)."""
     s = ctx.settings
@@ -259,7 +289,7 @@ def precompute(ctx: BatchContext, progress=None) -> Precomputed:
     level = s.interval_level
     chunk = s.batch_chunk_users
     tiers = ctx.tiers or assign_tiers(ctx)
-
+    rank = ranker(ctx)
     clock = Timer()
 
     def task(name, total):
@@ -270,53 +300,29 @@ def precompute(ctx: BatchContext, progress=None) -> Precomputed:
         if progress is not None:
             progress.update(t, advance=k)
 
-    # Tier 1: the model's own readers. Both index maps are sorted by user id, so the tier's
-    # readers (ascending user index) are exactly the model's users 0..n-1 in order. Their
-    # posterior predictive mean over all works is one BLAS product per chunk of readers (the
-    # same numbers as BPMF.recommend_all, which loops per item in numba; tests compare them).
+    # Both index maps are sorted by user id, so the personal tier's readers (ascending user
+    # index) are exactly the model's users 0..n-1 in order.
     users1 = tiers["personal"]
     assert np.array_equal(users1, ctx.core_users)
-    t = task("personal", len(users1))
-    _, exclude1 = _core_matrices(ctx, users1)  # everything they touched, not only training
-    folder = BatchFoldIn(ctx.serving, level)
-    out1 = empty_result(len(users1), n)
-    model = ctx.model
-    for a in range(0, len(users1), chunk):
-        b = min(a + chunk, len(users1))
-        x = np.concatenate([model.user_factors_[:, a:b, :], model.user_bias_[:, a:b, None]], axis=2)
-        folder.recommend_known(np.transpose(x, (1, 0, 2)), exclude1[a:b], n, out=out1, offset=a)
-        advance(t, b - a)
-    personal = _block_from_core(users1, *out1, ctx.core_works)
-    clock.stop("personal")
+    blocks = {}
+    for name in ("personal", "folded_in", "similar_reading"):
+        users = tiers[name]
+        t = task(name, len(users))
+        parts = []
+        for a in range(0, len(users), chunk):
+            rows = users[a:a + chunk]
+            draws = rated = None
+            if name == "personal":
+                m = ctx.model
+                x = np.concatenate([m.user_factors_[:, a:a + len(rows), :], m.user_bias_[:, a:a + len(rows), None]], axis=2)
+                draws = np.transpose(x, (1, 0, 2))
+            elif name == "folded_in":
+                rated, _ = _core_matrices(ctx, rows)
+            parts.append(rank.rank(rows, name, draws=draws, rated=rated))
+            advance(t, len(rows))
+        blocks[name] = ForYouBlock.concat(users, parts, n)
+        clock.stop(name)
 
-    # Tier 2: exact fold-in from explicit ratings on model items.
-    users2 = tiers["folded_in"]
-    t = task("folded_in", len(users2))
-    rated2, exclude2 = _core_matrices(ctx, users2)
-    items2 = np.full((len(users2), n), -1, dtype=np.int64)
-    mean2, lower2, upper2 = (np.full((len(users2), n), np.nan) for _ in range(3))
-    for a in range(0, len(users2), chunk):
-        b = min(a + chunk, len(users2))
-        i, m, lo, hi = folder.recommend(rated2[a:b], exclude2[a:b], n, chunk=chunk)
-        items2[a:b], mean2[a:b], lower2[a:b], upper2[a:b] = i, m, lo, hi
-        advance(t, b - a)
-    folded = _block_from_core(users2, items2, mean2, lower2, upper2, ctx.core_works)
-    clock.stop("folded_in")
-
-    # Tier 3: from what they touched.
-    users3 = tiers["similar_reading"]
-    t = task("similar_reading", len(users3))
-    implicit = implicit_recommender(ctx)
-    if len(users3):
-        implicit.fit(np.unique(ctx.interactions.seen[users3].indices))
-    blocks = []
-    for a in range(0, len(users3), chunk):
-        blocks.append(implicit.recommend(users3[a:a + chunk], n, level, chunk=min(chunk, 1024)))
-        advance(t, min(chunk, len(users3) - a))
-    similar = _stack_blocks(users3, blocks, n)
-    clock.stop("similar_reading")
-
-    # Tier 4: popularity by segment.
     users4 = tiers["popular"]
     t = task("popular", len(users4))
     segments = user_segments(ctx.dataset.users, ctx.interactions.users.values)
@@ -325,40 +331,25 @@ def precompute(ctx: BatchContext, progress=None) -> Precomputed:
     )
     advance(t, len(users4))
     clock.stop("popular")
-    return Precomputed(personal, folded, similar, popular, users4, dict(clock.seconds), dict(clock.cpu_seconds))
-
-
-def implicit_recommender(ctx: BatchContext) -> ImplicitRecommender:
-    factors = ctx.model.item_factors_.astype(np.float64).mean(axis=0) if ctx.model is not None else None
-    return ImplicitRecommender(
-        ctx.catalog, ctx.interactions, ctx.rating_model, ctx.settings.candidate_min_interactions,
-        item_factors=factors, core_works=ctx.core_works, seed=ctx.settings.seed,
-    )
-
-
-def _stack_blocks(users, blocks, n) -> RecommendationBlock:
-    if not blocks:
-        empty = np.zeros((0, n))
-        return RecommendationBlock(users, empty.astype(np.int64), empty, empty, empty, empty.astype(bool))
-    return RecommendationBlock(
-        users, *(np.concatenate([getattr(b, f) for b in blocks]) for f in ("works", "predicted", "lower", "upper", "from_similarity"))
-    )
+    return Precomputed(blocks["personal"], blocks["folded_in"], blocks["similar_reading"], popular, users4,
+                       dict(clock.seconds), dict(clock.cpu_seconds))
 
 
 # ---------------------------------------------------------------------------------- payloads
 def iter_recommendations(ctx: BatchContext, pre: Precomputed, encoder: PayloadEncoder) -> Iterator[tuple[int, bytes]]:
     """(user_id, payload bytes) for every reader, tier by tier."""
     ids = ctx.interactions.users.values
-    for name, block in (("personal", pre.personal), ("folded_in", pre.folded_in)):
-        yield from encoder.block(ids[block.users], name, block.works, block.predicted, block.lower, block.upper)
-    sim = pre.similar_reading
-    if len(sim.users):
-        rec_basis = np.where(sim.from_similarity, "similar_reading", "popular")
-        yield from encoder.block(ids[sim.users], "similar_reading", sim.works, sim.predicted, sim.lower, sim.upper, rec_basis)
+    for name in ("personal", "folded_in", "similar_reading"):
+        block = getattr(pre, name)
+        yield from encoder.ranked_block(ids[block.users], name, block)
     pop = pre.popular
-    encoded = [
-        encoder.items(lst.works, lst.predicted, lst.lower, lst.upper, [b"popular"] * len(lst.works)) for lst in pop.lists
-    ]
+    thr = liked_threshold(ctx.settings)
+    encoded = []
+    for lst in pop.lists:
+        mean, sd = fallback_predictive(ctx.rating_model, lst.works)
+        p_liked = ndtr((mean - thr) / sd)
+        encoded.append(encoder.items(lst.works, lst.predicted, lst.lower, lst.upper, [b"popular"] * len(lst.works),
+                                     p_liked=p_liked, reason=segment_reason(lst.segment)))
     for uid, which in zip(ids[pre.popular_users].tolist(), pop.user_list.tolist()):
         yield uid, encoder.reader(uid, "popular", encoded[which])
 
@@ -369,7 +360,25 @@ def popular_blob(ctx: BatchContext, encoder: PayloadEncoder) -> bytes:
     res = popularity_lists(ctx.interactions, ctx.rating_model, None, np.zeros(0, dtype=np.int64), n_pop,
                            ctx.settings.interval_level, ctx.settings.popularity_min_segment_ratings)
     lst = res.lists[0]
-    return orjson.dumps(encoder.item_dicts(lst.works, lst.predicted, lst.lower, lst.upper, "popular"))
+    mean, sd = fallback_predictive(ctx.rating_model, lst.works)
+    p_liked = ndtr((mean - liked_threshold(ctx.settings)) / sd)
+    return orjson.dumps(encoder.item_dicts(lst.works, lst.predicted, lst.lower, lst.upper, "popular", p_liked=p_liked))
+
+
+def relevance_blob(ctx: BatchContext, neighbours: int = 50) -> bytes:
+    """The relevance model's sparse item-item structure for the API (docs/ARCHITECTURE.md)."""
+    rel = ctx.relevance
+    arrays = rel.neighbour_arrays(neighbours)
+    works = arrays.pop("items")
+    mean, sd = fallback_predictive(ctx.rating_model, works)
+    arrays.update(
+        item_keys=np.asarray(ctx.catalog.works.values[works], dtype=str),
+        item_isbns=np.asarray(ctx.catalog.isbn[works], dtype=str),
+        fallback_mean=mean.astype(np.float32), fallback_sd=sd.astype(np.float32),
+        liked_threshold=np.float64(liked_threshold(ctx.settings)), like_weight=np.float64(ctx.settings.like_weight),
+        n_users=np.int64(rel.n_users_),
+    )
+    return serving_model_bytes(arrays)
 
 
 def serving_model_bytes(arrays: dict) -> bytes:
@@ -440,6 +449,8 @@ def build_meta(ctx: BatchContext, evaluation: dict, coverage: dict, stage_second
         "traces": traces,
         "test_metrics": evaluation.get("test_metrics", {}),
         "baselines": evaluation.get("baselines", {}),
+        "ranking": evaluation.get("ranking", {}),
+        "relevance": _relevance_meta(ctx),
         "calibration": evaluation.get("calibration", []),
         "rating_distribution": rating_distribution,
         "dataset": dataset,
@@ -452,6 +463,17 @@ def build_meta(ctx: BatchContext, evaluation: dict, coverage: dict, stage_second
                          "tau2_book": ctx.rating_model.tau2, "tau2_reader": ctx.rating_model.tau2_user},
         "catalog_format": "parquet",
     })
+
+
+def _relevance_meta(ctx: BatchContext) -> dict:
+    rel = ctx.relevance
+    if rel is None:
+        return {}
+    s = ctx.settings
+    return {"model": "Bayesian item-item regression (EASE posterior)", "l2": rel.l2_,
+            "l2_validation_recall@20": {f"{k:.4g}": v for k, v in rel.l2_validation_.items()},
+            "candidates": int(len(rel.items_)), "n_candidates": s.n_candidates, "like_weight": s.like_weight,
+            "liked_threshold": liked_threshold(s)}
 
 
 def _jsonable(value):
@@ -528,8 +550,14 @@ def run_batch(
         f"min bulk ESS {diag.get('min_ess_bulk', float('nan')):.0f}: "
         + ("converged" if diag.get("converged") else "NOT converged by the R-hat/ESS rule")
     )
+    with timer.stage("relevance"):
+        fit_relevance(ctx)
+    console.print(
+        f"relevance: {len(ctx.relevance.items_):,} candidate works, l2 {ctx.relevance.l2_:.3g}"
+    )
     with timer.stage("evaluate"):
         evaluation = evaluate(ctx)
+        evaluation["ranking"] = evaluate_ranking(ctx)
     tiers = assign_tiers(ctx)
     coverage = {name: int(len(tiers[name])) for name in TIERS}
     progress = _progress() if show_progress else None
@@ -574,6 +602,7 @@ def run_batch(
             "catalog": catalog_parquet(ctx.catalog, in_model),
             "serving_model": serving_model_bytes(ctx.serving),
             "popular": popular_blob(ctx, encoder),
+            "relevance": relevance_blob(ctx),
             "meta": meta,
         }
         with open_store(store_url or settings.store_url, settings.store_prefix) as store:

@@ -1,4 +1,4 @@
-"""Evaluation metrics: point accuracy, calibrated intervals, proper scores, ranking, coverage.
+"""Evaluation metrics: point accuracy, calibrated intervals, proper scores, coverage.
 
 Every predictive distribution is handled as an equally weighted Gaussian mixture given by
 ``means (n, S)`` and ``sds (n, S)`` (a single Gaussian is the case S = 1), so the model and the
@@ -96,44 +96,6 @@ def interval_metrics(y, means, sds, levels=LEVELS, rating_range=None) -> dict:
     return {"coverage": coverage, "width": width}
 
 
-def ranking_metrics(user_idx, item_idx, y, score, k: int = 10, relevant: float = 8.0, per_user: bool = False) -> dict:
-    """Precision, recall and NDCG at k, ranking each user's held-out items by ``score``.
-
-    Protocol (explicit feedback): for each held-out user with at least one relevant item
-    (rating >= ``relevant``), the user's held-out items are sorted by score (ties by item
-    index); binary relevance. Precision divides by min(k, number of held-out items).
-    """
-    user_idx = np.asarray(user_idx)
-    order = np.lexsort((np.asarray(item_idx), -np.asarray(score, dtype=np.float64), user_idx))
-    u_sorted = user_idx[order]
-    rel_sorted = (np.asarray(y)[order] >= relevant).astype(np.float64)
-    starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])
-    ends = np.r_[starts[1:], len(u_sorted)]
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    precision, recall, ndcg = [], [], []
-    for s, e in zip(starts, ends):
-        rel = rel_sorted[s:e]
-        n_rel = rel.sum()
-        if n_rel == 0:
-            continue
-        top = rel[:k]
-        hits = top.sum()
-        precision.append(hits / min(k, e - s))
-        recall.append(hits / n_rel)
-        ideal = discounts[: int(min(n_rel, k))].sum()
-        ndcg.append(float((top * discounts[: top.shape[0]]).sum() / ideal))
-    nan = float("nan")
-    out = {
-        f"precision@{k}": float(np.mean(precision)) if precision else nan,
-        f"recall@{k}": float(np.mean(recall)) if recall else nan,
-        f"ndcg@{k}": float(np.mean(ndcg)) if ndcg else nan,
-        "ranking_users": len(ndcg),
-    }
-    if per_user:  # same user order for any score: allows paired comparisons between models
-        out[f"ndcg@{k}_per_user"] = np.asarray(ndcg)
-    return out
-
-
 def catalogue_coverage(recommended_items: np.ndarray, n_items: int) -> float:
     """Fraction of the catalogue that appears in at least one top-n list (-1 = empty slot)."""
     items = np.asarray(recommended_items).ravel()
@@ -141,9 +103,11 @@ def catalogue_coverage(recommended_items: np.ndarray, n_items: int) -> float:
     return float(np.unique(items).shape[0] / n_items) if n_items else float("nan")
 
 
-def evaluate_predictive(model: Predictive, user_idx, item_idx, y, levels=LEVELS, k: int = 10,
-                        relevant: float = 8.0) -> dict:
-    """All held-out metrics of one model (BPMF or a baseline) on (user, item, rating) triples."""
+def evaluate_predictive(model: Predictive, user_idx, item_idx, y, levels=LEVELS) -> dict:
+    """Held-out rating metrics of one model (BPMF or a baseline) on (user, item, rating) triples.
+
+    Top-N ranking is judged by :mod:`bookrec.model.topn` (every untouched item ranked), not by
+    re-ordering each reader's few held-out items."""
     user_idx = np.asarray(user_idx, dtype=np.int64)
     item_idx = np.asarray(item_idx, dtype=np.int64)
     y = np.asarray(y, dtype=np.float64)
@@ -154,5 +118,4 @@ def evaluate_predictive(model: Predictive, user_idx, item_idx, y, levels=LEVELS,
     out = {"n": int(y.shape[0]), "rmse": rmse(y, point), "mae": mae(y, point),
            "nll": mixture_nll(y, means, sds), "crps": mixture_crps(y, means, sds)}
     out.update(interval_metrics(y, means, sds, levels, rating_range=model.rating_range))
-    out.update(ranking_metrics(user_idx, item_idx, y, point, k=k, relevant=relevant))
     return out

@@ -1,0 +1,186 @@
+"""Tiers 1-3: the relevance model picks each reader's candidates, the rating models score them.
+
+For every reader with an interaction on a relevance candidate, the ``n_candidates`` most
+relevant unread works (:class:`~bookrec.model.relevance.ItemRelevance`, fitted on every
+interaction) get a rating predictive from the best rating model that knows the reader:
+
+- ``personal``: the BPMF posterior predictive of the model's own readers (kept draws);
+- ``folded_in``: the exact per-sample fold-in of the reader's explicit ratings on model works;
+- ``similar_reading`` (and works outside the BPMF core for every tier): the book-level shrinkage
+  model (:class:`~bookrec.batch.catalog.RatingModel`) with the reader's shrunk offset.
+
+P(liked) = P(rating >= liked threshold) under that predictive, and the list is sorted by the
+``for_you`` score relevance x P(liked)^like_weight. Each item keeps the reader's work with the
+strongest weight towards it ("because you read").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import ndtr, ndtri
+
+from bookrec.batch.catalog import Interactions, RatingModel
+from bookrec.batch.foldin_batch import BatchFoldIn, _fold, fold_top_components, known_top_components
+from bookrec.batch.topn import mixture_quantiles_fast
+from bookrec.model.relevance import ItemRelevance
+
+
+@dataclass
+class ForYouBlock:
+    """Top-n per reader: works and every figure the payload shows; -1 / nan where empty."""
+
+    users: np.ndarray  # user indices
+    works: np.ndarray  # (n_users, n) int64
+    score: np.ndarray
+    predicted: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    relevance: np.ndarray
+    relevance_sd: np.ndarray
+    p_liked: np.ndarray
+    because: np.ndarray  # work index of the reason, -1 = none
+
+    FIELDS = ("works", "score", "predicted", "lower", "upper", "relevance", "relevance_sd", "p_liked", "because")
+
+    @classmethod
+    def empty(cls, users: np.ndarray, n: int) -> ForYouBlock:
+        shape = (len(users), n)
+        return cls(users, np.full(shape, -1, np.int64), *(np.full(shape, np.nan) for _ in range(7)),
+                   np.full(shape, -1, np.int64))
+
+    @classmethod
+    def concat(cls, users: np.ndarray, blocks: list[ForYouBlock], n: int) -> ForYouBlock:
+        if not blocks:
+            return cls.empty(users, n)
+        return cls(users, *(np.concatenate([getattr(b, f) for b in blocks]) for f in cls.FIELDS))
+
+
+class ForYouRanker:
+    """Ranks readers of tiers 1-3 in chunks (see the module docstring)."""
+
+    def __init__(
+        self,
+        relevance: ItemRelevance,
+        interactions: Interactions,
+        rating_model: RatingModel,
+        core_works: np.ndarray,
+        folder: BatchFoldIn | None,
+        n: int,
+        n_candidates: int,
+        like_weight: float,
+        liked_threshold: float,
+        level: float,
+    ) -> None:
+        self.relevance = relevance
+        self.interactions = interactions
+        self.rating_model = rating_model
+        self.folder = folder
+        self.n = n
+        self.n_candidates = max(n_candidates, n)
+        self.like_weight = like_weight
+        self.liked_threshold = liked_threshold
+        self.level = level
+        self.z = float(ndtri((1 + level) / 2))
+        n_works = interactions.seen.shape[1]
+        self.work_to_core = np.full(n_works, -1, dtype=np.int64)
+        self.work_to_core[core_works] = np.arange(len(core_works))
+
+    def has_history(self, users: np.ndarray) -> np.ndarray:
+        """Readers with at least one interaction on a relevance candidate."""
+        h = self.relevance.local_history(self.interactions.seen[users])
+        return np.diff(h.indptr) > 0
+
+    def rank(self, users: np.ndarray, tier: str, draws: np.ndarray | None = None,
+             rated: sp.csr_matrix | None = None, mode: str = "for_you",
+             rng: np.random.Generator | None = None) -> ForYouBlock:
+        """One chunk of readers of ``tier``. ``draws`` (U, S, k+1): the BPMF draws of personal
+        readers; ``rated`` (U, core works): explicit ratings of folded-in readers. ``mode``
+        orders the same candidates: for_you, mean, lower or sample (a draw from each item's
+        predictive normal, seeded by ``rng``)."""
+        seen = self.interactions.seen[users]
+        works, rel, rel_sd, because = self.relevance.recommend(seen, self.n_candidates, seen)
+        cold = ~self.has_history(users)
+        if cold.any():  # no history among the candidates: the most read unread candidates instead
+            works[cold], rel[cold], rel_sd[cold], because[cold] = self._popular(seen[np.flatnonzero(cold)])
+        pred, lower, upper, p_liked = self._rating(users, works, tier, draws, rated)
+        if mode == "for_you":
+            score = np.maximum(rel, 0.0) * np.nan_to_num(p_liked, nan=0.5) ** self.like_weight
+        elif mode == "mean":
+            score = pred
+        elif mode == "lower":
+            score = lower
+        elif mode == "sample":
+            rng = rng or np.random.default_rng(0)
+            score = pred + (upper - lower) / (2 * self.z) * rng.standard_normal(pred.shape)
+        else:
+            raise ValueError("mode must be for_you, mean, lower or sample")
+        order = np.argsort(-np.where(works >= 0, score, -np.inf), axis=1, kind="stable")[:, : self.n]
+        out = ForYouBlock.empty(users, self.n)
+        empty = np.take_along_axis(works, order, axis=1) < 0
+        for name, src in (("works", works), ("score", score), ("predicted", pred), ("lower", lower), ("upper", upper),
+                          ("relevance", rel), ("relevance_sd", rel_sd), ("p_liked", p_liked), ("because", because)):
+            dst = getattr(out, name)
+            dst[:, : order.shape[1]] = np.where(empty, dst[:, : order.shape[1]], np.take_along_axis(src, order, axis=1))
+        return out
+
+    def _popular(self, seen: sp.csr_matrix):
+        """Most read unread candidates (relevance = share of readers, no sd, no reason)."""
+        r = self.relevance
+        order = r.items_  # most read first
+        m = self.n_candidates
+        works = np.full((seen.shape[0], m), -1, dtype=np.int64)
+        share = np.full((seen.shape[0], m), np.nan)
+        for row in range(seen.shape[0]):
+            banned = seen.indices[seen.indptr[row]:seen.indptr[row + 1]]
+            head = order[: m + len(banned)]
+            pick = head[~np.isin(head, banned)][:m]
+            works[row, : len(pick)] = pick
+            share[row, : len(pick)] = r.popularity_[pick] / max(r.n_users_, 1)
+        return works, share, np.full(works.shape, np.nan), np.full(works.shape, -1, dtype=np.int64)
+
+    def _rating(self, users, works, tier, draws, rated):
+        """(predicted, lower, upper, p_liked) per (reader, candidate): BPMF where it knows both."""
+        shape = works.shape
+        safe = np.maximum(works, 0)
+        rm = self.rating_model
+        offset, offset_var = rm.user_offsets(self.interactions, users)
+        mean = rm.post_mean[safe] + offset[:, None]
+        sd = np.sqrt(rm.sigma2 + rm.post_var[safe] + offset_var[:, None])
+        lo_r, hi_r = rm.rating_min, rm.rating_max
+        pred = np.clip(mean, lo_r, hi_r)
+        lower = np.clip(mean - self.z * sd, lo_r, hi_r)
+        upper = np.clip(mean + self.z * sd, lo_r, hi_r)
+        p_liked = ndtr((mean - self.liked_threshold) / sd)
+        core = self.work_to_core[safe]
+        in_core = (works >= 0) & (core >= 0)
+        if self.folder is not None and tier in ("personal", "folded_in") and in_core.any():
+            f = self.folder
+            top = np.where(in_core, core, 0)
+            if tier == "personal":
+                comp_m, comp_s = known_top_components(np.ascontiguousarray(draws, dtype=np.float64), top,
+                                                      f.factors_by_item, f.bias_by_item, f.mu, f.alpha)
+            else:
+                rated = rated.tocsr()
+                rated.sort_indices()
+                args = (rated.indptr.astype(np.int64), rated.indices.astype(np.int64), rated.data.astype(np.float64))
+                means, _ = _fold(*args, f.item_factors, f.item_bias, f.mu, f.alpha, f.lambda_user, f.prior_h, f.tau, False)
+                comp_m, comp_s = fold_top_components(*args, means, top, f.item_factors, f.item_bias, f.factors_by_item,
+                                                     f.bias_by_item, f.mu, f.alpha, f.lambda_user, f.prior_h, f.tau)
+            q = mixture_quantiles_fast(comp_m, comp_s, f.probs, f.z)
+            model_mean = comp_m.mean(axis=1).reshape(shape)
+            model_p = ndtr((comp_m - self.liked_threshold) / comp_s).mean(axis=1).reshape(shape)
+            pred = np.where(in_core, np.clip(model_mean, lo_r, hi_r), pred)
+            lower = np.where(in_core, np.clip(q[:, 0].reshape(shape), lo_r, hi_r), lower)
+            upper = np.where(in_core, np.clip(q[:, 1].reshape(shape), lo_r, hi_r), upper)
+            p_liked = np.where(in_core, model_p, p_liked)
+        invalid = works < 0
+        return tuple(np.where(invalid, np.nan, a) for a in (pred, lower, upper, p_liked))
+
+
+def fallback_predictive(rating_model: RatingModel, works: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The book-level model's predictive mean and sd of a reader with no explicit ratings."""
+    rm = rating_model
+    return rm.post_mean[works], np.sqrt(rm.sigma2 + rm.post_var[works] + rm.tau2_user)
