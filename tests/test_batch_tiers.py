@@ -1,7 +1,8 @@
 """The non-model tiers earn their place on held-out data.
 
-- tier 3 (similar reading) must beat the popularity list (tier 4) on interactions held out from
-  readers who only have implicit interactions;
+- tier 3 (similar reading: the relevance model's candidates, rated by the book-level model) must
+  beat the popularity list (tier 4) and plain interaction-count popularity on interactions held
+  out from readers who only have implicit interactions;
 - tier 2 (exact fold-in through the model) must beat tier 3's rating estimate on ratings held out
   from readers the model never saw.
 
@@ -75,14 +76,15 @@ def test_similar_reading_beats_popularity_on_held_out_interactions(tmp_path):
     reduced = without(dataset, held)
     ctx = P.prepare(reduced, s, resolve_parameters(s, "development"))
     P.train(ctx, show_progress=False)
+    P.fit_relevance(ctx)
     tiers = P.assign_tiers(ctx)
     users = ctx.interactions.users.encode(held["user_id"].to_numpy())
     works = ctx.catalog.works.encode(held["work_key"].to_numpy())
-    assert np.isin(users, tiers["similar_reading"]).all()  # they are what tier 3 is for
+    tier3 = np.isin(users, tiers["similar_reading"])
+    assert tier3.mean() > 0.95  # they are what tier 3 is for (the rest read only rare books)
+    users, works = users[tier3], works[tier3]
 
-    hybrid = P.implicit_recommender(ctx)
-    hybrid.fit(np.unique(ctx.interactions.seen[users].indices))
-    block = hybrid.recommend(users, N, s.interval_level)
+    block = P.ranker(ctx).rank(users, "similar_reading")
     hybrid_hit = (block.works == works[:, None]).any(axis=1)
 
     segments = user_segments(reduced.users, ctx.interactions.users.values)
@@ -92,7 +94,7 @@ def test_similar_reading_beats_popularity_on_held_out_interactions(tmp_path):
     pop_hit = (pop_works == works[:, None]).any(axis=1)
 
     # plain interaction-count popularity (minus what each reader touched): a stronger baseline
-    # for predicting interactions than tier 4's rating-based list; tier 3 must not be worse
+    # for predicting interactions than tier 4's rating-based list
     counts = ctx.catalog.n_interactions.astype(np.float64)
     seen = ctx.interactions.seen[users].toarray() > 0
     count_top = np.argsort(-np.where(seen, -1.0, counts[None, :]), axis=1, kind="stable")[:, :N]
@@ -103,7 +105,7 @@ def test_similar_reading_beats_popularity_on_held_out_interactions(tmp_path):
           f"interaction counts {count_hit.mean():.3f}; McNemar z vs popularity {z:.2f}, "
           f"vs counts {mcnemar_z(hybrid_hit, count_hit):.2f} ({len(users)} readers)")
     assert z > Z_REQUIRED
-    assert mcnemar_z(hybrid_hit, count_hit) > -Z_REQUIRED
+    assert mcnemar_z(hybrid_hit, count_hit) > Z_REQUIRED
 
 
 # A denser synthetic world than `small`: there the factor structure is not learnable from the

@@ -37,34 +37,6 @@ def _insert(best_v, best_i, size, n, v, i):
 
 
 @njit(parallel=True, cache=True)
-def topk_csr_rows(indptr, indices, data, k):
-    """Keep the k best entries of each CSR row -> (indptr, indices, data) of the pruned matrix."""
-    n_rows = indptr.shape[0] - 1
-    out_ptr = np.zeros(n_rows + 1, dtype=np.int64)
-    for r in range(n_rows):
-        out_ptr[r + 1] = out_ptr[r] + min(k, indptr[r + 1] - indptr[r])
-    out_idx = np.empty(out_ptr[-1], dtype=np.int64)
-    out_val = np.empty(out_ptr[-1], dtype=data.dtype)
-    for r in prange(n_rows):
-        a, b = indptr[r], indptr[r + 1]
-        o = out_ptr[r]
-        if b - a <= k:
-            for p in range(a, b):
-                out_idx[o + p - a] = indices[p]
-                out_val[o + p - a] = data[p]
-            continue
-        best_v = np.empty(k, dtype=data.dtype)
-        best_i = np.empty(k, dtype=np.int64)
-        size = 0
-        for p in range(a, b):
-            size = _insert(best_v, best_i, size, k, data[p], np.int64(indices[p]))
-        for t in range(k):
-            out_idx[o + t] = best_i[t]
-            out_val[o + t] = best_v[t]
-    return out_ptr, out_idx, out_val
-
-
-@njit(parallel=True, cache=True)
 def topn_dense(scores, excl_indptr, excl_indices, n):
     """Top n columns of each row of a dense score matrix, skipping each row's excluded columns.
 
@@ -91,57 +63,6 @@ def topn_dense(scores, excl_indptr, excl_indices, n):
             for p in range(excl_indptr[r], excl_indptr[r + 1]):
                 excluded[excl_indices[p]] = False
     return idx, val
-
-
-@njit(parallel=True, cache=True)
-def topn_sparse_with_prior(sim_indptr, sim_indices, sim_data, prior, prior_order, seen_indptr, seen_indices, n):
-    """Top n of score = sparse similarity + dense prior, per row, skipping seen columns.
-
-    Entries absent from a row's similarity score just ``prior[j]``, so the best of them are the
-    first unseen columns of ``prior_order`` (columns by descending prior). Returns (idx, from_sim),
-    (rows, n); from_sim is False for slots filled by the prior alone; idx -1 if nothing is left.
-    """
-    m = sim_indptr.shape[0] - 1
-    c = prior.shape[0]
-    idx = np.full((m, n), -1, dtype=np.int64)
-    from_sim = np.zeros((m, n), dtype=np.bool_)
-    n_blocks = min(m, 64)
-    for blk in prange(n_blocks):
-        blocked = np.zeros(c, dtype=np.bool_)  # buffers per block, cleared after each row
-        has_sim = np.zeros(c, dtype=np.bool_)
-        best_v = np.empty(n)
-        best_i = np.empty(n, dtype=np.int64)
-        for r in range(blk * m // n_blocks, (blk + 1) * m // n_blocks):
-            for p in range(seen_indptr[r], seen_indptr[r + 1]):
-                blocked[seen_indices[p]] = True
-            size = 0
-            for p in range(sim_indptr[r], sim_indptr[r + 1]):
-                j = sim_indices[p]
-                if sim_data[p] > 0:
-                    has_sim[j] = True
-                    if not blocked[j]:
-                        size = _insert(best_v, best_i, size, n, sim_data[p] + prior[j], np.int64(j))
-            taken = 0
-            for q in range(c):
-                if taken >= n:
-                    break
-                j = prior_order[q]
-                if blocked[j] or has_sim[j]:
-                    continue
-                size = _insert(best_v, best_i, size, n, np.float64(prior[j]), np.int64(j))
-                taken += 1
-            for t in range(size):
-                idx[r, t] = best_i[t]
-                from_sim[r, t] = has_sim[best_i[t]]
-            for p in range(seen_indptr[r], seen_indptr[r + 1]):
-                blocked[seen_indices[p]] = False
-            for p in range(sim_indptr[r], sim_indptr[r + 1]):
-                has_sim[sim_indices[p]] = False
-    return idx, from_sim
-
-
-_SQRT2 = 1.4142135623730951
-_INV_SQRT_2PI = 0.3989422804014327
 
 
 @njit(parallel=True, cache=True)
