@@ -91,9 +91,17 @@ def test_every_reader_is_served_and_nothing_read_is_recommended(two_runs, small_
                 assert 1.0 <= lo <= r["predicted_rating"] <= hi <= 10.0
                 assert r["uncertainty"] == pytest.approx((hi - lo) / 2, abs=0.011)
                 assert r["isbn"] and r["title"] is not None and "image_url" in r and "year" in r and "author" in r
-                assert r["basis"] in TIERS
-                if doc["basis"] in ("personal", "folded_in", "popular"):
-                    assert r["basis"] == doc["basis"]
+                assert r["basis"] in (doc["basis"], "popular")
+                assert 0 <= r["p_liked"] <= 1
+                reason = r["reason"]
+                if reason["kind"] == "because_you_read":
+                    assert reason["work_key"] in read[uid]  # the reason is a book the reader read
+                else:
+                    assert reason["kind"] in ("popular", "popular_in_segment")
+            if doc["basis"] != "popular":  # the for_you ranking: sorted by its score
+                scores = [r["score"] for r in recs]
+                assert all(a >= b for a, b in zip(scores, scores[1:])), scores
+                assert any(r["reason"]["kind"] == "because_you_read" for r in recs)
     assert per_basis == second.coverage_by_tier
 
 
@@ -105,14 +113,30 @@ def test_published_blobs_and_books(two_runs, small_dir):
         for key in ("version", "created_at", "code_version", "environment", "training_time_seconds", "parameters",
                     "n_samples", "burn_in", "n_chains", "thin", "n_kept", "convergence", "traces", "test_metrics",
                     "baselines", "calibration", "rating_distribution", "dataset", "coverage_by_tier", "top_n",
-                    "interval_level", "stage_seconds"):
+                    "interval_level", "stage_seconds", "ranking", "relevance"):
             assert key in meta, key
         assert meta["version"] == second.version
         # Only finished stages are published (the publish itself is still running when meta is written).
         assert meta["stage_seconds"] and all(value >= 0 for value in meta["stage_seconds"].values())
         assert meta["coverage_by_tier"] == second.coverage_by_tier
         assert set(meta["test_metrics"]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"}
-        assert "ndcg@10" in meta["test_metrics"] and len(meta["baselines"]) == 2
+        assert "ndcg@10" not in meta["test_metrics"] and len(meta["baselines"]) == 2
+        ranking = meta["ranking"]
+        assert ranking["n_readers"] > 0 and ranking["n_held_out"] >= ranking["n_readers"]
+        rows = {row["model"]: row for row in ranking["rows"]}
+        assert {"for_you", "mean", "lower", "sample", "popularity", "relevance", "rating"} <= set(rows)
+        assert ranking["rows"][0]["model"] == "for_you" and rows["for_you"]["kind"] == "ours"
+        for row in ranking["rows"]:
+            assert 0 <= row["recall@10"] <= row["recall@20"] <= 1 and 0 < row["coverage"] <= 1
+            assert row["model"] == "for_you" or row["recall@10_se"] > 0
+
+        with np.load(io.BytesIO(store.get_blob("relevance")), allow_pickle=False) as npz:
+            rel = {k: npz[k] for k in npz.files}
+        c = len(rel["item_keys"])
+        assert c == meta["relevance"]["candidates"] and rel["neighbours"].shape[0] == c
+        assert rel["weights"].shape == rel["weight_sd"].shape == rel["neighbours"].shape
+        assert np.all(np.diff(rel["weights"], axis=1) <= 0) and np.all(rel["weight_sd"] >= 0)
+        assert set(rel["item_isbns"]) <= set(dataset.books["isbn"])
         assert len(meta["traces"]["alpha"]) == 2 and len(meta["traces"]["alpha"][0]) == 20
         assert {"rhat", "ess_bulk", "converged"} <= set(meta["convergence"])
         assert sum(meta["rating_distribution"].values()) == len(dataset.ratings)

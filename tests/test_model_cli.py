@@ -41,7 +41,7 @@ def test_train_then_evaluate(tiny_dir, tmp_path, monkeypatch):
         assert set(report[name]["coverage"]) == {"0.5", "0.8", "0.9", "0.95"}
     assert 0 < report["bpmf"]["catalogue_coverage"] <= 1
     table = runner.invoke(app, ["evaluate", "--data", str(tiny_dir), "--model", str(artifact)])
-    assert table.exit_code == 0 and "ndcg@10" in table.output
+    assert table.exit_code == 0 and "crps" in table.output and "catalogue coverage" in table.output
     # A damaged artifact gives a clear error, not a traceback.
     artifact.write_bytes(artifact.read_bytes()[:100])
     bad = runner.invoke(app, ["evaluate", "--data", str(tiny_dir), "--model", str(artifact)])

@@ -95,8 +95,11 @@ def train(
     console.print(f"saved {npz} and {manifest}")
 
 
-def evaluation_report(model, training, k: int = 10, relevant: float = 8.0) -> dict:
-    """Test metrics of the model and of the two baselines (all fitted on the same training split)."""
+def evaluation_report(model, training, k: int = 10) -> dict:
+    """Rating metrics of the model and of the two baselines on the test split (all fitted on the
+    same training split), and the catalogue coverage of the model's top-k by predicted rating.
+    Top-N ranking quality is measured over every untouched work by the batch (``meta.ranking``)
+    and by ``bookrec bench ranking``."""
     import numpy as np
     import scipy.sparse as sp
 
@@ -108,7 +111,7 @@ def evaluation_report(model, training, k: int = 10, relevant: float = 8.0) -> di
     rows = {"bpmf": model,
             "bias": BiasBaseline(rating_range=rr).fit(u, i, r, training.n_users, training.n_items),
             "global_mean": GlobalMean(rating_range=rr).fit(u, i, r)}
-    report = {name: evaluate_predictive(m, *training.test, k=k, relevant=relevant) for name, m in rows.items()}
+    report = {name: evaluate_predictive(m, *training.test) for name, m in rows.items()}
     seen = sp.csr_matrix((np.ones_like(r), (u, i)), shape=(training.n_users, training.n_items))
     users = np.unique(training.test[0])
     items, *_ = model.recommend_all(users, n=k, exclude_csr=seen)
@@ -120,9 +123,10 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="The data directory the model was trained on"),
     model_path: Path = typer.Option(..., "--model", help="Artifact written by `bookrec train`"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
-    k: int = typer.Option(10, "--k", min=1, help="Cut-off of the ranking metrics"),
+    k: int = typer.Option(10, "--k", min=1, help="List length of the catalogue-coverage figure"),
 ) -> None:
-    """Evaluate a trained model on the test split, beside the global-mean and bias baselines."""
+    """Rating accuracy and calibration of a trained model on the test split, beside the global-mean
+    and bias baselines (top-N ranking: `bookrec bench ranking` and the batch's meta.ranking)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -138,7 +142,7 @@ def evaluate(
     mismatch = {key: (expected[key], actual[key]) for key in expected if key in actual and expected[key] != actual[key]}
     if mismatch or model.n_users_ != training.n_users or model.n_items_ != training.n_items:
         _fail(f"the model was trained on another split or data set (differences: {mismatch or 'matrix size'})")
-    report = evaluation_report(model, training, k=k, relevant=settings.relevant_rating)
+    report = evaluation_report(model, training, k=k)
     report["convergence"] = {key: model.diagnostics_[key] for key in ("converged", "max_rhat", "min_ess_bulk", "min_ess_tail")}
     if as_json:
         typer.echo(json.dumps(report, indent=1))
@@ -147,13 +151,13 @@ def evaluate(
     table.add_column("metric")
     for name in ("bpmf", "bias", "global_mean"):
         table.add_column(name, justify="right")
-    scalar = ["rmse", "mae", "nll", "crps", f"precision@{k}", f"recall@{k}", f"ndcg@{k}"]
+    scalar = ["rmse", "mae", "nll", "crps"]
     for key in scalar:
         table.add_row(key, *(f"{report[n][key]:.4f}" for n in ("bpmf", "bias", "global_mean")))
     for lv in report["bpmf"]["coverage"]:
         table.add_row(f"coverage {lv}", *(f"{report[n]['coverage'][lv]:.3f}" for n in ("bpmf", "bias", "global_mean")))
         table.add_row(f"width {lv}", *(f"{report[n]['width'][lv]:.2f}" for n in ("bpmf", "bias", "global_mean")))
-    table.add_row("catalogue coverage", f"{report['bpmf']['catalogue_coverage']:.3f}", "", "")
+    table.add_row(f"catalogue coverage (top {k} by rating)", f"{report['bpmf']['catalogue_coverage']:.3f}", "", "")
     Console().print(table)
     c = report["convergence"]
     Console().print(f"convergence: {'converged' if c['converged'] else 'NOT converged'} (max R-hat {c['max_rhat']:.3f})")
