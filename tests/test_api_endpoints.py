@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import re
 
 import httpx
@@ -20,7 +19,9 @@ import pytest
 
 from bookrec.api.main import create_app
 from bookrec.config import Settings
-from bookrec.model.foldin import fold_in_from_arrays, rank_items_for_fold_in
+from scipy.special import ndtr
+
+from bookrec.model.foldin import fold_in_components, fold_in_from_arrays, rank_items_for_fold_in
 from bookrec.store import open_store
 from tests.support.publish import _catalog_parquet, publish_fixture
 
@@ -34,30 +35,10 @@ def world(request, redis_server, tmp_path_factory):
         url = redis_server.url
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('store')}/bookrec.sqlite3"
-    fx = publish_fixture(url, n_users=N_USERS, n_books=N_BOOKS, top_n=TOP_N, seed=3)
-    _republish_model_of_in_model_works(url, fx)
+    # The serving model covers the works flagged in_model only, as the batch's does, so books
+    # outside the rating model exist; the relevance blob covers 80% of the works (w % 5 != 1).
+    fx = publish_fixture(url, n_users=N_USERS, n_books=N_BOOKS, top_n=TOP_N, seed=3, serving_works="in_model")
     return {"url": url, "fx": fx, "backend": request.param}
-
-
-def _republish_model_of_in_model_works(url, fx) -> None:
-    """The fixture's serving model covers every work; keep only those flagged `in_model`, as the batch
-    does, so books outside the model exist (and publish it as a new version, as a retrain would)."""
-    keep = np.array([w["in_model"] for w in fx.works])
-    fx.serving_model = {
-        k: (v[:, keep] if k in ("item_factors", "item_bias") else v[keep] if k in ("item_keys", "item_isbns") else v)
-        for k, v in fx.serving_model.items()
-    }
-    buffer = io.BytesIO()
-    np.savez(buffer, **fx.serving_model)
-    with open_store(url) as store:
-        with store.begin_publish() as pub:
-            fx.meta["version"] = pub.version
-            pub.put_recommendations((u, orjson.dumps(p)) for u, p in fx.recommendations.items())
-            pub.put_books((i, orjson.dumps(b)) for i, b in fx.books.items())
-            pub.put_blob("meta", orjson.dumps(fx.meta))
-            pub.put_blob("catalog", _catalog_parquet(fx.works))
-            pub.put_blob("serving_model", buffer.getvalue())
-    fx.version = pub.version
 
 
 @contextlib.asynccontextmanager
@@ -78,6 +59,12 @@ async def client(world):
 
 def _in_model(fx):
     return [w for w in fx.works if w["work_key"] in set(fx.serving_model["item_keys"].tolist())]
+
+
+def _not_relevance_candidates(works, fx):
+    """Works the relevance blob does not cover: a cold start from these alone is a plain fold-in."""
+    candidates = set(fx.relevance["item_keys"].tolist())
+    return [w for w in works if w["work_key"] not in candidates]
 
 
 # --- service ---------------------------------------------------------------------------------
@@ -135,6 +122,8 @@ async def test_recommend_returns_the_stored_list_head(client, world):
     assert r.status_code == 200
     body = r.json()
     stored = fx.recommendations[user]
+    # The default ranking is for_you, the order the list is stored in.
+    assert body["rank_by"] == "for_you"
     assert body["recommendations"] == stored["recommendations"][:7]
     assert body["user_id"] == user and body["basis"] == stored["basis"]
     assert body["total_available"] == TOP_N and body["model_version"] == fx.version
@@ -185,6 +174,7 @@ async def test_recommend_rank_by_lower_reorders_the_stored_list(client, world):
     body = (await client.get(f"/recommend/{user}", params={"top_k": TOP_N, "rank_by": "lower"})).json()
     lowers = [r["confidence_interval"][0] for r in body["recommendations"]]
     assert lowers == sorted(lowers, reverse=True)
+    assert [r["score"] for r in body["recommendations"]] == lowers
     assert [r["rank"] for r in body["recommendations"]] == list(range(1, TOP_N + 1))
     stored_keys = {r["work_key"] for r in fx.recommendations[user]["recommendations"]}
     assert {r["work_key"] for r in body["recommendations"]} == stored_keys
@@ -284,12 +274,13 @@ async def test_unknown_book_is_404(client, isbn):
     assert r.status_code == 404 and "/books/search" in r.json()["detail"]
 
 
-async def test_similar_books_match_a_direct_computation(client, world):
+async def test_similar_books_of_a_work_without_relevance_match_the_factor_cosine(client, world):
     fx = world["fx"]
-    work = _in_model(fx)[2]
+    work = _not_relevance_candidates(_in_model(fx), fx)[2]
     r = await client.get(f"/books/{work['isbn']}/similar", params={"n": 5})
     assert r.status_code == 200
     body = r.json()
+    assert body["basis"] == "factor_cosine"
     keys = fx.serving_model["item_keys"].tolist()
     i = keys.index(work["work_key"])
     v = fx.serving_model["item_factors"].astype(np.float64)
@@ -305,8 +296,9 @@ async def test_similar_books_match_a_direct_computation(client, world):
     assert work["work_key"] not in {s["work_key"] for s in body["similar"]}
 
 
-async def test_similar_of_a_book_outside_the_model_is_404(client, world):
-    outside = next(w for w in world["fx"].works if w["work_key"] not in set(world["fx"].serving_model["item_keys"].tolist()))
+async def test_similar_of_a_book_outside_both_models_is_404(client, world):
+    fx = world["fx"]
+    outside = next(w for w in _not_relevance_candidates(fx.works, fx) if w not in _in_model(fx))
     r = await client.get(f"/books/{outside['isbn']}/similar")
     assert r.status_code == 404 and "too few ratings" in r.json()["detail"]
 
@@ -351,11 +343,13 @@ async def test_search_bad_parameters_are_422(client, params):
 # --- cold start ------------------------------------------------------------------------------
 
 
-async def test_cold_start_folds_in_with_the_serving_model(client, world):
+async def test_cold_start_from_books_without_relevance_folds_in_with_the_serving_model(client, world):
+    """Rated books the relevance model does not cover: every book of the rating model is ranked by
+    the fold-in alone (for_you falls back to the predicted rating, and says so)."""
     fx = world["fx"]
-    works = _in_model(fx)
-    by_isbn, by_title = works[0], works[5]
-    outside = next(w for w in fx.works if w["work_key"] not in set(fx.serving_model["item_keys"].tolist()))
+    works = _not_relevance_candidates(_in_model(fx), fx)
+    by_isbn, by_title = works[0], works[3]
+    outside = next(w for w in _not_relevance_candidates(fx.works, fx) if w not in _in_model(fx))
     request = {
         "ratings": [
             {"isbn": "-".join([by_isbn["isbn"][:3], by_isbn["isbn"][3:]]), "rating": 9},
@@ -369,6 +363,7 @@ async def test_cold_start_folds_in_with_the_serving_model(client, world):
     assert r.status_code == 200
     body = r.json()
     assert body["n_recognized"] == 2 and body["basis"] == "folded_in" and body["model_version"] == fx.version
+    assert body["rank_by"] == "for_you" and "ranked by predicted rating" in body["note"]
     assert [x["work_key"] for x in body["recognized"]] == [by_isbn["work_key"], by_title["work_key"]]
     reasons = {u["input"]: u["reason"] for u in body["unrecognized"]}
     assert "no book with ISBN" in reasons["1234567890"]
@@ -385,11 +380,15 @@ async def test_cold_start_folds_in_with_the_serving_model(client, world):
     assert np.allclose([x["predicted_rating"] for x in recs], mean, atol=1e-3)
     assert np.allclose([x["confidence_interval"] for x in recs], np.c_[lower, upper], atol=1e-3)
     assert not {by_isbn["work_key"], by_title["work_key"]} & {x["work_key"] for x in recs}
+    # P(liked) of each: the mixture mean of the per-sample normal tails above the liked threshold.
+    means, sds = fold_in_components(arrays, fold, top)
+    p_liked = ndtr((means - float(fx.relevance["liked_threshold"])) / sds).mean(axis=1)
+    assert np.allclose([x["p_liked"] for x in recs], p_liked, atol=1e-4)
 
 
 async def test_cold_start_rank_by_lower_matches_the_model(client, world):
     fx = world["fx"]
-    works = _in_model(fx)[:3]
+    works = _not_relevance_candidates(_in_model(fx), fx)[:3]
     request = {"ratings": [{"isbn": w["isbn"], "rating": r} for w, r in zip(works, (8, 9, 2))], "top_k": 8,
                "rank_by": "lower"}
     body = (await client.post("/recommend/cold-start", json=request)).json()
@@ -414,7 +413,7 @@ async def test_cold_start_nothing_recognised_is_400_with_the_list(client):
     )
     assert r.status_code == 400
     body = r.json()
-    assert "none of the rated books" in body["detail"]
+    assert "none of the books was recognised" in body["detail"]
     assert [u["input"] for u in body["unrecognized"]] == ["qwxz vbnm plkj", "999"]
 
 
@@ -423,6 +422,9 @@ async def test_cold_start_nothing_recognised_is_400_with_the_list(client):
     [
         {"ratings": [{"isbn": "0316666343", "rating": 11}]},
         {"ratings": [{"isbn": "0316666343", "rating": 0}]},
+        {"ratings": [{"isbn": "0316666343", "rating": "7"}]},
+        {"ratings": [{"isbn": "0316666343", "rating": True}]},
+        {"ratings": [{"isbn": "0316666343", "rating": 5}], "rank_by": "best"},
         {"ratings": [{"rating": 5}]},
         {"ratings": [{"isbn": "0316666343", "rating": 5}], "top_k": 0},
         {"ratings": [{"isbn": "0316666343", "rating": 5}], "top_k": 101},

@@ -10,6 +10,7 @@ artifacts/screenshots/ (see docs/screenshots/ for the README copies).
 from __future__ import annotations
 
 import io
+import math
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -51,11 +52,16 @@ def _republish_with_title(store_url: str, fx: PublishedFixture, work_key: str, t
         for item in payload["recommendations"]:
             if item["work_key"] == work_key:
                 item["title"] = title
+            reason = item.get("reason") or {}
+            if reason.get("work_key") == work_key:
+                reason["title"] = title
     for book in fx.books.values():
         if book["work_key"] == work_key:
             book["title"] = title
     buffer = io.BytesIO()
     np.savez(buffer, **fx.serving_model)
+    relevance = io.BytesIO()
+    np.savez(relevance, **fx.relevance)
     with open_store(store_url) as store:
         with store.begin_publish() as pub:
             fx.meta["version"] = pub.version
@@ -65,6 +71,7 @@ def _republish_with_title(store_url: str, fx: PublishedFixture, work_key: str, t
             pub.put_blob("catalog", _catalog_parquet(fx.works))
             pub.put_blob("popular", orjson.dumps(fx.popular))
             pub.put_blob("serving_model", buffer.getvalue())
+            pub.put_blob("relevance", relevance.getvalue())
     fx.version = pub.version
 
 
@@ -72,7 +79,7 @@ def _republish_with_title(store_url: str, fx: PublishedFixture, work_key: str, t
 def world():
     redis = RedisServer().start()
     try:
-        fx = publish_fixture(redis.url, n_users=120, n_books=60, seed=7)
+        fx = publish_fixture(redis.url, n_users=120, n_books=60, seed=7, serving_works="in_model")
         # The evil title goes on the top recommendation of the first personal reader.
         first_personal = next(u for u in fx.user_ids if fx.recommendations[u]["basis"] == "personal")
         evil_key = fx.recommendations[first_personal]["recommendations"][0]["work_key"]
@@ -82,6 +89,9 @@ def world():
         for i, (rhat, ess) in enumerate([(1.002, 380.0), (1.09, 41.0), (1.01, 250.0)]):
             conv["rhat"][f"pred_{i}"], conv["ess_bulk"][f"pred_{i}"], conv["ess_tail"][f"pred_{i}"] = rhat, ess, ess + 20
         conv.update(converged=False, failing=["pred_1"], rhat_threshold=1.05, min_ess=100.0)
+        # An older batch also put ranking figures of re-ordered held-out items into test_metrics:
+        # the page must leave them out (the ranking panel replaces them).
+        fx.meta["test_metrics"].update({"ndcg@10": 0.05, "precision@10": 0.02, "recall@10": 0.04})
         _republish_with_title(redis.url, fx, evil_key, EVIL_TITLE)
         with LiveServer(redis.url) as server:
             yield {"redis": redis, "fx": fx, "base": server.url.rstrip("/"), "evil_user": first_personal, "evil_key": evil_key}
@@ -167,6 +177,22 @@ def _personal_users(fx: PublishedFixture, exclude: int | None = None) -> list[in
     return [u for u in fx.user_ids if fx.recommendations[u]["basis"] == "personal" and u != exclude]
 
 
+def _percent(p: float) -> str:
+    return f"{math.floor(p * 100 + 0.5)}%"  # Math.round, as the page rounds
+
+
+def _expect_reason(card, reason: dict) -> None:
+    """The card's reason line says why the book is there, as the stored reason does."""
+    line = card.locator(".reason")
+    if reason["kind"] == "because_you_read":
+        expect(line).to_have_text(f"Because you read {reason['title']}")
+        expect(line.locator("a")).to_have_attribute("href", f"#/book/{reason['isbn']}")
+    elif reason["kind"] == "popular_in_segment":
+        expect(line).to_have_text(f"Popular with {reason['segment']}")
+    else:
+        expect(line).to_have_text("Popular")
+
+
 # ---- known readers -----------------------------------------------------------------------------
 
 
@@ -177,6 +203,13 @@ def test_known_reader_shows_n_cards_with_interval_bars(page, world):
     p.goto(f"{world['base']}/app/")
     expect(p.get_by_role("tab", name="Readers")).to_have_attribute("aria-selected", "true")
 
+    # Four ranking modes, "For you" first and chosen.
+    radios = p.locator(".view-known input[name=rank_by]")
+    expect(radios).to_have_count(4)
+    assert [p.locator(f"label[for={r.get_attribute('id')}]").inner_text() for r in radios.all()] == [
+        "For you", "Highest rated", "Safe bets", "Explore"]
+    expect(p.get_by_role("radio", name="For you")).to_be_checked()
+
     p.get_by_label("Reader id").fill(str(user))
     p.get_by_label("How many books").fill("7")
     expect(p.locator("#top-n-value")).to_have_text("7")
@@ -184,7 +217,7 @@ def test_known_reader_shows_n_cards_with_interval_bars(page, world):
 
     cards = p.locator(".view-known .card")
     expect(cards).to_have_count(7)
-    # In stored order (rank by expected rating), with the stored titles and intervals.
+    # In stored order (the for_you ranking), with the stored titles and intervals.
     assert p.locator(".view-known .card .card-title").all_inner_texts() == [r["title"] for r in stored[:7]]
     expect(p.locator(".view-known .card svg.interval-bar rect.interval")).to_have_count(7)
     expect(p.locator(".view-known .card svg.interval-bar circle.point")).to_have_count(7)
@@ -200,6 +233,13 @@ def test_known_reader_shows_n_cards_with_interval_bars(page, world):
         cx = float(card.locator("circle.point").get_attribute("cx"))
         assert cx == pytest.approx(10 + (item["predicted_rating"] - 1) / 9 * 220, abs=0.01)
         expect(card.locator(".predicted-value")).to_have_text(f"{item['predicted_rating']:.1f}")
+        # Next to the interval: P(liked) as a meter whose fill is that share of its track.
+        expect(card.locator(".liked-value")).to_have_text(_percent(item["p_liked"]))
+        fill = card.locator("svg.liked-meter rect.fill")
+        if item["p_liked"] >= 0.005:
+            assert float(fill.get_attribute("width")) == pytest.approx(max(8, 64 * math.floor(item["p_liked"] * 100 + 0.5) / 100), abs=0.01)
+        # And why it is there: "Because you read <title>", linking to that book.
+        _expect_reason(card, item["reason"])
 
     # Dead cover URLs (the outside world is offline here) and missing ones both end as initials tiles.
     assert any(item["image_url"] for item in stored[:7]), "the fixture should include cover URLs"
@@ -213,6 +253,36 @@ def test_known_reader_shows_n_cards_with_interval_bars(page, world):
     expect(p.locator(".view-known .card")).to_have_count(7)
     lows = _lower_bounds(p)
     assert lows == sorted(lows, reverse=True)
+
+    # Highest rated: by the predicted rating; the same books as "For you" chose.
+    p.get_by_role("radio", name="Highest rated").check()
+    expect(p.locator("#rank-help")).to_have_text("Highest predicted rating first")
+    stored_all = fx.recommendations[user]["recommendations"]
+    best = sorted(stored_all, key=lambda r: -r["predicted_rating"])[:7]
+    expect(p.locator(".view-known .card .card-title")).to_have_text([r["title"] for r in best])
+
+
+def test_cards_say_why_each_book_is_there(page, world):
+    """Reasons of every kind: a book the reader read, popularity in the reader's segment, popularity."""
+    fx, p = world["fx"], page.page
+    seen = set()
+    for basis in ("popular", "similar_reading"):
+        for user in [u for u in fx.user_ids if fx.recommendations[u]["basis"] == basis][:2]:
+            stored = fx.recommendations[user]["recommendations"][:10]
+            p.goto(f"{world['base']}/app/#/readers/{user}")
+            cards = p.locator(".view-known .card")
+            expect(cards).to_have_count(10)
+            expect(p.locator(".view-known .results-head h2")).to_have_text(f"Reader {user}")
+            for card, item in zip(cards.all(), stored):
+                _expect_reason(card, item["reason"])
+                seen.add(item["reason"]["kind"])
+    assert seen == {"because_you_read", "popular_in_segment", "popular"}
+    # A reason's link opens the book the reader read (the last reader shown reads similar books).
+    link = p.locator(".view-known .card .reason-read a").first
+    isbn = link.get_attribute("href").split("/")[-1]
+    link.click()
+    expect(p.get_by_role("tab", name="Books")).to_have_attribute("aria-selected", "true")
+    expect(p.locator(".book-title")).to_have_text(fx.books[isbn]["title"])
 
 
 def test_random_reader_and_input_validation(page, world):
@@ -255,12 +325,16 @@ def _add_book(p: Page, work: dict) -> None:
     expect(p.locator(".rated-item").filter(has=p.locator(".rated-title", has_text=exact))).to_have_count(1)
 
 
-def _distinct_works(fx: PublishedFixture, n: int, avoid: str) -> list[dict]:
-    """In-model works whose titles are unique in the catalogue and not part of each other's."""
+def _distinct_works(fx: PublishedFixture, n: int, avoid: str, relevance: bool = False) -> list[dict]:
+    """In-model works whose titles are unique in the catalogue and not part of each other's
+    (with `relevance`: only works the relevance blob covers)."""
     titles = [w["title"] for w in fx.works]
+    candidates = set(fx.relevance["item_keys"].tolist())
     picked: list[dict] = []
     for w in fx.works:
         if not w["in_model"] or w["work_key"] == avoid or titles.count(w["title"]) > 1:
+            continue
+        if relevance and w["work_key"] not in candidates:
             continue
         if any(w["title"] in o["title"] or o["title"] in w["title"] for o in picked):
             continue
@@ -306,6 +380,60 @@ def test_new_reader_flow_excludes_rated_books_and_persists(page, world):
     assert p.locator(".rated-title").all_inner_texts() == [chosen[0]["title"], chosen[2]["title"]]
 
 
+def test_new_reader_adds_books_read_without_a_rating(page, world):
+    fx, p = world["fx"], page.page
+    chosen = _distinct_works(fx, 3, avoid=world["evil_key"], relevance=True)
+    p.goto(f"{world['base']}/app/#/new")
+    toggle = p.get_by_label("Add books as read, without a rating")
+    toggle.check()
+    _add_book(p, chosen[0])
+    _add_book(p, chosen[1])
+    toggle.uncheck()
+    _add_book(p, chosen[2])
+    selects = p.locator(".rating-select")
+    assert [s.input_value() for s in selects.all()] == ["", "", "8"]
+    expect(selects.first.locator("option:checked")).to_have_text("not rated")
+    selects.nth(2).select_option("7")
+    stored = p.evaluate("() => JSON.parse(localStorage.getItem('bookrec.new-reader.ratings.v1'))")
+    assert [r["rating"] for r in stored] == [None, None, 7]
+    expect(p.locator(".rated-count")).to_contain_text("3 books, 1 rated")
+
+    with p.expect_request(lambda r: r.url.endswith("/recommend/cold-start") and r.method == "POST") as sent:
+        p.get_by_role("button", name="Get recommendations").click()
+    ratings = sent.value.post_data_json["ratings"]
+    # (the search shows one edition per work, which may be another edition than the work's first)
+    assert [fx.books[r["isbn"]]["work_key"] for r in ratings] == [w["work_key"] for w in chosen]
+    assert [r["rating"] for r in ratings] == [None, None, 7]  # sent as null, not left out
+    assert sent.value.post_data_json["rank_by"] == "for_you"
+
+    cards = p.locator(".view-new .card")
+    expect(cards.first).to_be_visible()
+    expect(p.locator(".recognised summary")).to_have_text("Recognised 3 of 3")
+    expect(p.locator(".recognised-list .ok", has_text="read, not rated")).to_have_count(2)
+    expect(p.locator(".view-new .results-head .basis")).to_have_text("folded-in")
+    # Every card says which of the reader's books it comes from (or that it is popular).
+    read_isbns = {r["isbn"] for r in ratings}
+    links = p.locator(".view-new .card .reason-read a")
+    expect(links.first).to_be_visible()
+    assert {a.get_attribute("href").split("/")[-1] for a in links.all()} <= read_isbns
+    assert links.count() + p.locator(".view-new .card .reason-popular").count() == cards.count()
+    expect(p.locator(".view-new .card svg.liked-meter")).to_have_count(cards.count())
+    shown = {c.get_attribute("data-isbn") for c in cards.all()}
+    assert not {isbn for w in chosen for isbn in w["editions"]} & shown
+
+    # Highest rated: the same kind of list, sorted by the predicted rating.
+    p.locator("#cold-rank-by").select_option("mean")
+    p.get_by_role("button", name="Get recommendations").click()
+    p.wait_for_function("() => !document.querySelector('.view-new .status-loading')")
+    values = [float(v) for v in p.locator(".view-new .card .predicted-value").all_inner_texts()]
+    assert len(values) == 10 and values == sorted(values, reverse=True)
+
+    # The not-rated choice survives a reload.
+    p.reload()
+    expect(p.locator(".rated-item.is-unrated")).to_have_count(2)
+    assert [s.input_value() for s in p.locator(".rating-select").all()] == ["", "", "7"]
+
+
 def test_new_reader_with_only_unknown_books_gets_told_why(page, world):
     fx, p = world["fx"], page.page
     # A list saved in the browser under an older catalogue: its one book is gone now.
@@ -338,22 +466,39 @@ def test_search_is_keyboard_driven(page, world):
 # ---- book view -------------------------------------------------------------------------------------
 
 
+def _read_together(fx: PublishedFixture, work_key: str, n: int = 10) -> list[str]:
+    """Titles of the books reading `work_key` raises (positive weights), strongest first."""
+    rel = fx.relevance
+    keys = rel["item_keys"].tolist()
+    i = keys.index(work_key)
+    pairs = [(float(w), int(j)) for j, w in zip(rel["neighbours"][i], rel["weights"][i]) if w > 0 and j != i]
+    pairs.sort(key=lambda t: -t[0])
+    by_key = {w["work_key"]: w for w in fx.works}
+    return [by_key[keys[j]]["title"] for _, j in pairs[:n]]
+
+
 def test_book_view_shows_details_and_similar_books(page, world):
     fx, p = world["fx"], page.page
-    in_model = {w["work_key"] for w in fx.works if w["in_model"]}
+    candidates = set(fx.relevance["item_keys"].tolist())
     user = _personal_users(fx, exclude=world["evil_user"])[1]
-    rank, first = next((i, r) for i, r in enumerate(fx.recommendations[user]["recommendations"]) if r["work_key"] in in_model)
+    rank, first = next((i, r) for i, r in enumerate(fx.recommendations[user]["recommendations"])
+                       if r["work_key"] in candidates and _read_together(fx, r["work_key"]))
     p.goto(f"{world['base']}/app/#/readers/{user}")
     p.locator(".view-known .card .card-title a").nth(rank).click()
     expect(p.get_by_role("tab", name="Books")).to_have_attribute("aria-selected", "true")
     expect(p.locator(".book-title")).to_have_text(first["title"])
     book = fx.books[first["isbn"]]
     expect(p.locator(".book-detail .facts")).to_contain_text(book["author"])
+    # "Readers who like this may also like": what readers read together with it, strongest first.
+    expect(p.locator(".similar .section-title")).to_have_text("Readers who like this may also like")
+    expect(p.locator(".similar .similar-basis")).to_contain_text("read together")
+    expected = _read_together(fx, first["work_key"])
     similar = p.locator(".similar .card")
-    expect(similar.first).to_be_visible()
-    n = similar.count()
-    assert n >= 1
-    expect(p.locator(".similar svg.similarity-bar circle.point")).to_have_count(n)
+    expect(similar).to_have_count(len(expected))
+    expect(p.locator(".similar .card .card-title")).to_have_text(expected)
+    expect(p.locator(".similar svg.weight-bar circle.point")).to_have_count(len(expected))
+    values = [float(v) for v in p.locator(".similar .card .predicted-value").all_inner_texts()]
+    assert values == sorted(values, reverse=True)
     shot(p, "book")
 
 
@@ -391,6 +536,49 @@ def test_model_view_draws_its_plots(page, world):
     expect(p.locator(".view-model")).not_to_contain_text("undefined")
     expect(p.locator(".view-model")).not_to_contain_text("NaN")
     shot(p, "model")
+
+
+def test_model_view_shows_the_top_n_ranking_table_and_chart(page, world):
+    fx, p = world["fx"], page.page
+    ranking = fx.meta["ranking"]
+    rows = ranking["rows"]
+    p.goto(f"{world['base']}/app/#/model")
+    table = p.locator(".view-model .table-ranking")
+    expect(table.locator("thead th")).to_have_text(
+        ["Model", "Recall@10", "NDCG@10", "Liked recall@10", "MRR@10", "Distinct works", "Top-work share", "Coverage", "Novelty"])
+    body_rows = table.locator("tbody tr")
+    expect(body_rows).to_have_count(len(rows))
+    # Models as rows, the default first, ours highlighted.
+    expect(body_rows.first.locator("th")).to_contain_text("For you (default)")
+    expect(table.locator("tbody tr.row-ours")).to_have_count(sum(r["kind"] == "ours" for r in rows))
+    for i, row in enumerate(rows):
+        cells = body_rows.nth(i).locator("td")
+        expect(body_rows.nth(i).locator("th")).to_contain_text(row["label"])
+        expect(cells.nth(0)).to_contain_text(f"{row['recall@10']:.3f}")
+        if row["recall@10_se"] is None:
+            expect(cells.nth(0)).not_to_contain_text("±")
+        else:
+            expect(cells.nth(0)).to_contain_text(f"± {row['recall@10_se']:.3f}")
+        expect(cells.nth(1)).to_have_text(f"{row['ndcg@10']:.3f}")
+        expect(cells.nth(2)).to_have_text(f"{row['liked_recall@10']:.3f}")
+        expect(cells.nth(3)).to_have_text(f"{row['mrr@10']:.3f}")
+        expect(cells.nth(4)).to_have_text(str(row["distinct_works"]))
+    # recall@10 per model as bars: one per row, ours in the accent colour, lengths proportional.
+    bars = p.locator(".view-model svg.model-bars rect.bar")
+    expect(bars).to_have_count(len(rows))
+    expect(p.locator(".view-model svg.model-bars rect.bar:not(.bar-alt)")).to_have_count(sum(r["kind"] == "ours" for r in rows))
+    widths = [float(b.get_attribute("width")) for b in bars.all()]
+    for row, width in zip(rows, widths):
+        assert width / widths[0] == pytest.approx(row["recall@10"] / rows[0]["recall@10"], rel=1e-3)
+    caption = p.locator(".view-model .ranking-caption")
+    expect(caption).to_contain_text("held out")
+    expect(caption).to_contain_text("every work the reader had not touched was ranked")
+    expect(caption).to_contain_text("7.3 or more")
+    # The rating-accuracy table no longer shows the old ranking figures (they re-ordered held-out items).
+    metrics = p.locator(".view-model .table-metrics")
+    expect(metrics).to_contain_text("RMSE")
+    for old in ("nDCG", "Precision", "Recall"):
+        expect(metrics).not_to_contain_text(old)
 
 
 def test_system_view_and_footer(page, world):

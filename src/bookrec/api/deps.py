@@ -1,6 +1,6 @@
 """Dependencies of the routes: settings, the async store reader, the current published version
 (trusted for `settings.version_refresh_seconds`), and the per-version serving bundle (model,
-catalogue, search index) loaded once per version and swapped when the version flips.
+relevance blob, catalogue, search index) loaded once per version and swapped when the version flips.
 
 Every dependency is `async def`: FastAPI runs plain `def` dependencies in a thread pool, which
 costs more than the work they do.
@@ -110,10 +110,12 @@ class VersionTracker:
         catalog_blob = await self.reader.get_blob("catalog", version)
         model_blob = await self.reader.get_blob("serving_model", version)
         meta_blob = await self.reader.get_blob("meta", version)
+        relevance_blob = await self.reader.get_blob("relevance", version)  # None in older versions
         meta = _parse_json(meta_blob)
         with metrics.BUNDLE_LOAD_SECONDS.time():
             return await asyncio.to_thread(
-                ServingBundle.build, version, catalog_blob, model_blob, meta, self.settings.serving_max_samples
+                ServingBundle.build, version, catalog_blob, model_blob, meta, self.settings.serving_max_samples,
+                relevance_blob,
             )
 
     async def bundle(self) -> ServingBundle:

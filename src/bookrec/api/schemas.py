@@ -11,7 +11,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-RankBy = Literal["mean", "lower", "sample"]
+RankBy = Literal["for_you", "mean", "lower", "sample"]
+
+RANK_BY_HELP = (
+    "How to order the candidates, each mode by its own score (returned as `score`): "
+    "for_you (default): relevance x P(liked)^like_weight, what the reader is likely to pick up and to like; "
+    "mean: the predicted rating; lower: the lower end of the credible interval (safe bets); "
+    "sample: one draw from a normal with the predicted mean and the sd implied by the interval (explore)"
+)
+BASIS_HELP = (
+    "personal: a reader of the rating model's training core (relevance + the rating model's posterior predictive); "
+    "folded_in: explicit ratings of model books folded into the rating model exactly, without retraining; "
+    "similar_reading: interactions with books the relevance model knows, but none folded in (relevance from "
+    "the reading history, the rating from the book-level shrinkage model); "
+    "popular: nothing usable is known about the reader (popularity). "
+    "An item's basis equals the reader's, except slots filled by popularity, which say popular"
+)
 
 
 class _Open(BaseModel):
@@ -81,6 +96,20 @@ class HealthUnavailable(BaseModel):
 # --- recommendations -------------------------------------------------------------------------
 
 
+class Reason(_Open):
+    """Why a book is recommended."""
+
+    kind: Literal["because_you_read", "popular_in_segment", "popular"] = Field(
+        description="because_you_read: the reader's book with the strongest item-item association to it; "
+        "popular_in_segment: popular with readers like this one (`segment` says which); popular: popular overall"
+    )
+    isbn: str | None = Field(None, description="because_you_read: the book the reader read")
+    work_key: str | None = None
+    title: str | None = None
+    author: str | None = None
+    segment: str | None = Field(None, description="popular_in_segment: e.g. 'readers in usa aged 25-34'")
+
+
 class RecommendationItem(_Open):
     rank: int = Field(ge=1)
     work_key: str | None = None
@@ -94,16 +123,29 @@ class RecommendationItem(_Open):
     confidence_interval: list[float] = Field(
         min_length=2, max_length=2, description="Bayesian credible interval [lower, upper] at the published level"
     )
-    basis: str | None = None
+    basis: str | None = Field(None, description=BASIS_HELP)
+    score: float | None = Field(
+        None, description="The ranking mode's sort key: for_you: relevance x P(liked)^like_weight; mean: the "
+        "predicted rating; lower: the interval's lower end; sample: the draw. Absent in older versions"
+    )
+    relevance: float | None = Field(
+        None, description="The relevance model's posterior mean (how likely the reader picks the book up); "
+        "null for slots filled by popularity"
+    )
+    relevance_sd: float | None = Field(None, description="Posterior standard deviation of `relevance`")
+    p_liked: float | None = Field(
+        None, ge=0, le=1, description="P(rating >= the liked threshold) under the rating's posterior predictive"
+    )
+    reason: Reason | None = None
 
 
 class RecommendationsResponse(BaseModel):
     user_id: int
-    basis: str = Field(description="personal | folded_in | similar_reading | popular")
+    basis: str = Field(description=BASIS_HELP)
     recommendations: list[RecommendationItem]
     total_available: int = Field(description="How many recommendations are stored for this user")
     model_version: str
-    rank_by: RankBy = "mean"
+    rank_by: RankBy = Field("for_you", description=RANK_BY_HELP)
     note: str | None = None
 
 
@@ -125,7 +167,11 @@ class RatingIn(BaseModel):
     title: str | None = Field(
         None, min_length=1, max_length=300, description="A title (typos tolerated) when the ISBN is unknown"
     )
-    rating: float = Field(ge=1, le=10, description="The reader's rating on the 1-10 scale")
+    # strict: a rating sent as a string ("7") or a boolean is refused, not converted.
+    rating: float | None = Field(
+        None, ge=1, le=10, strict=True,
+        description="The reader's rating on the 1-10 scale; absent or null: read, not rated (it feeds relevance only)",
+    )
 
     @model_validator(mode="after")
     def _isbn_or_title(self) -> "RatingIn":
@@ -137,9 +183,9 @@ class RatingIn(BaseModel):
 class ColdStartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ratings: list[RatingIn] = Field(description="The new reader's ratings (at least one must be recognised)")
+    ratings: list[RatingIn] = Field(description="The new reader's books, rated or not (at least one must be usable)")
     top_k: int = Field(10, ge=1, description="How many recommendations to return")
-    rank_by: RankBy = "mean"
+    rank_by: RankBy = Field("for_you", description=RANK_BY_HELP)
 
 
 class RecognizedRating(BaseModel):
@@ -148,7 +194,7 @@ class RecognizedRating(BaseModel):
     title: str
     author: str | None = None
     work_key: str
-    rating: float
+    rating: float | None = Field(None, description="null: read, not rated")
 
 
 class UnrecognizedRating(BaseModel):
@@ -163,9 +209,13 @@ class ColdStartResponse(BaseModel):
     recognized: list[RecognizedRating]
     unrecognized: list[UnrecognizedRating]
     n_recognized: int
-    basis: Literal["folded_in"] = "folded_in"
-    rank_by: RankBy = "mean"
+    basis: Literal["folded_in", "similar_reading"] = Field(
+        "folded_in", description="folded_in: at least one rating was folded into the rating model; similar_reading: "
+        "read books only feed relevance, ratings come from the book-level shrinkage model"
+    )
+    rank_by: RankBy = Field("for_you", description=RANK_BY_HELP)
     model_version: str
+    note: str | None = None
 
 
 # --- users -----------------------------------------------------------------------------------
@@ -243,15 +293,22 @@ class SimilarBook(BaseModel):
     author: str | None = None
     year: int | None = None
     image_url: str | None = None
-    similarity: float = Field(description="Posterior mean of the cosine similarity of the two books' factors")
+    similarity: float = Field(
+        description="read_together: the relevance model's weight from the asked book to this one (how much "
+        "reading it raises this one; posterior mean); factor_cosine: posterior mean of the cosine of the factors"
+    )
     similarity_sd: float = Field(description="Posterior standard deviation of that similarity")
 
 
 class SimilarResponse(BaseModel):
     isbn: str
     work_key: str
-    similar: list[SimilarBook]
     model_version: str
+    basis: Literal["read_together", "factor_cosine"] = Field(
+        description="read_together: what readers read together (the relevance model); factor_cosine: the rating "
+        "model's book factors (versions without a relevance model, or books it does not cover)"
+    )
+    similar: list[SimilarBook]
 
 
 # --- stats and model info --------------------------------------------------------------------

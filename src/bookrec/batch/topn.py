@@ -65,6 +65,10 @@ def topn_dense(scores, excl_indptr, excl_indices, n):
     return idx, val
 
 
+_SQRT2 = 1.4142135623730951
+_INV_SQRT_2PI = 0.3989422804014327
+
+
 @njit(parallel=True, cache=True)
 def mixture_quantiles_fast(means, sds, probs, z):
     """Quantiles (n, len(probs)) of equally weighted Gaussian mixtures, one mixture per row.

@@ -84,7 +84,8 @@ def take(base: str, out: Path, n_books: int = 9) -> list[Path]:
             for book in to_rate:
                 page.get_by_role("combobox", name="Find books you have read").fill(book["title"])
                 page.get_by_role("option").filter(has_text=book["title"]).first.click()
-            for select, rating in zip(page.locator(".rating-select").all(), ("9", "4", "8")):
+            # Two rated, one only marked as read ("not rated": the select's empty value).
+            for select, rating in zip(page.locator(".rating-select").all(), ("9", "", "8")):
                 select.select_option(rating)
             page.get_by_role("button", name="Get recommendations").click()
             page.locator(".view-new .card").first.wait_for()
@@ -100,6 +101,7 @@ def take(base: str, out: Path, n_books: int = 9) -> list[Path]:
 
             page.goto(f"{base}/app/#/model")
             page.locator(".trace-chart path").first.wait_for()
+            page.locator(".table-ranking, .view-model .panel .status-empty").first.wait_for()
             page.wait_for_timeout(300)
             written.append(out / "model.png")
             page.screenshot(path=str(written[-1]), full_page=True)

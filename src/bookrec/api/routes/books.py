@@ -1,4 +1,4 @@
-"""The catalogue: search (typo-tolerant, title and author), pages, one book, similar books."""
+"""The catalogue: search (typo-tolerant, title and author), pages, one book, similar books (read together)."""
 
 
 import asyncio
@@ -107,7 +107,13 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get(
         "/books/{isbn}/similar",
         response_model=SimilarResponse,
-        summary="Books whose posterior factors are closest (with the uncertainty of that similarity)",
+        summary="Books read together with this one (with the uncertainty of each association)",
+        description=(
+            "basis read_together: the relevance model's weights from this book, how much reading it raises "
+            "each other book (posterior mean and sd), strongest first. Versions without a relevance model, "
+            "or books it does not cover, fall back to the rating model's factors (basis factor_cosine: "
+            "posterior mean and sd of the cosine of the two books' factors)."
+        ),
         responses=error_responses(404, 422, 503),
     )
     async def similar(
@@ -116,12 +122,16 @@ def build_router(settings: Settings) -> APIRouter:
         n: Annotated[int, Query(ge=1, le=settings.max_top_k)] = 10,
     ) -> Response:
         catalog, _ = bundle.need_catalog()
-        bundle.need_model()
         key = normalize_isbn_text(isbn)
         row = catalog.row_of_isbn.get(key) if key else None
         if row is None:
             raise HTTPException(404, f"no book with ISBN {key or isbn!r} in the catalogue; search with GET /books/search?q=")
         work = catalog.work_key[row] or ""
+        together = await asyncio.to_thread(bundle.read_together, work, n)
+        if together is not None:
+            return _json({"isbn": key, "work_key": work, "model_version": bundle.version, "basis": "read_together",
+                          "similar": together})
+        bundle.need_model()
         item = bundle.item_of_work.get(work)
         if item is None:
             raise HTTPException(
@@ -135,6 +145,7 @@ def build_router(settings: Settings) -> APIRouter:
                 "isbn": d["isbn"] or "", "work_key": d["work_key"], "title": d["title"], "author": d["author"],
                 "year": d["year"], "image_url": d["image_url"], "similarity": round(mean, 4), "similarity_sd": round(sd, 4),
             })
-        return _json({"isbn": key, "work_key": work, "similar": out, "model_version": bundle.version})
+        return _json({"isbn": key, "work_key": work, "model_version": bundle.version, "basis": "factor_cosine",
+                      "similar": out})
 
     return router

@@ -141,4 +141,6 @@ checkHealth();
 // The interval level of stored recommendations lives in the model's meta; fetch it quietly.
 api.modelInfo().then((meta) => {
   if (typeof meta.interval_level === "number") state.intervalLevel = meta.interval_level;
+  const ranking = meta.ranking && typeof meta.ranking === "object" ? meta.ranking : {};
+  if (typeof ranking.liked_threshold === "number") state.likedThreshold = ranking.liked_threshold;
 }).catch(() => {});

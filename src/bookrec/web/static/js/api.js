@@ -114,7 +114,7 @@ export const api = {
   recommend: (userId, { topK, rankBy, signal } = {}) =>
     request(`recommend/${encodeURIComponent(userId)}`, { params: { top_k: topK, rank_by: rankBy }, signal }),
   randomUser: (signal) => request("users", { params: { random: 1 }, signal }),
-  coldStart: (ratings, { topK, rankBy = "mean", signal } = {}) =>
+  coldStart: (ratings, { topK, rankBy = "for_you", signal } = {}) =>
     request("recommend/cold-start", { method: "POST", body: { ratings, top_k: topK, rank_by: rankBy }, signal }),
   search: (q, limit, signal) => request("books/search", { params: { q, limit }, signal }),
   book: (isbn, signal) => request(`books/${encodeURIComponent(isbn)}`, { signal }),

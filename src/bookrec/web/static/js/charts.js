@@ -212,3 +212,84 @@ export function stackedShare(entries, { label, classPrefix = "tier" } = {}) {
       `${k.replace(/_/g, " ")}: ${fmtInt(v)}${total ? ` (${((v / total) * 100).toFixed(1)}%)` : ""}`)));
   return h("div", { class: "stacked" }, svg, legend);
 }
+
+/**
+ * P(liked): the chance the reader rates the book at or above the liked threshold, as a small
+ * meter (a filled share of a bar) with the percentage beside it.
+ */
+export function likedMeter(p, { threshold = null } = {}) {
+  const W = 64;
+  const H = 12;
+  const ok = isNum(p);
+  const pct = ok ? Math.round(clamp(p, 0, 1) * 100) : null;
+  const label = ok
+    ? `${pct}% chance of liking it${isNum(threshold) ? ` (a rating of ${fmt(threshold, 1)} or more)` : ""}`
+    : "Chance of liking it not known";
+  const svg = s("svg", { class: "liked-meter", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
+  svg.append(s("title", { text: label }));
+  svg.append(s("rect", { class: "track", x: 0, y: 2, width: W, height: H - 4, rx: (H - 4) / 2 }));
+  if (ok && pct > 0) svg.append(s("rect", { class: "fill", x: 0, y: 2, width: Math.max(H - 4, (W * pct) / 100), height: H - 4, rx: (H - 4) / 2 }));
+  return svg;
+}
+
+/**
+ * A read-together weight (how much reading one book raises another) with +/- 2 sd whiskers, on
+ * an axis from 0 to `max` (the largest value shown in the list, so the bars compare).
+ */
+export function weightBar(weight, sd, { max = null } = {}) {
+  const W = 200;
+  const H = 30;
+  const top = isNum(max) && max > 0 ? max : Math.max(isNum(weight) ? weight + 2 * (isNum(sd) ? sd : 0) : 0, 1e-6);
+  const x = linear(0, top, 8, W - 8);
+  const label = `Read-together weight ${fmt(weight, 3)}${isNum(sd) ? `, plus or minus ${fmt(2 * sd, 3)} (2 standard deviations)` : ""}`;
+  const svg = s("svg", { class: "similarity-bar weight-bar", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
+  svg.append(s("title", { text: label }));
+  svg.append(s("line", { class: "axis", x1: x(0), x2: x(top), y1: 11, y2: 11 }));
+  for (const v of niceTicks(0, top, 3)) {
+    svg.append(s("line", { class: "tick", x1: x(v), x2: x(v), y1: 8, y2: 14 }));
+    svg.append(s("text", { class: "tick-label", x: x(v), y: 27, "text-anchor": "middle", text: tickLabel(v) }));
+  }
+  if (isNum(weight)) {
+    if (isNum(sd) && sd > 0) {
+      const a = x(clamp(weight - 2 * sd, 0, top));
+      const b = x(clamp(weight + 2 * sd, 0, top));
+      svg.append(s("rect", { class: "interval", x: a, y: 6, width: Math.max(2, b - a), height: 10, rx: 5 }));
+    }
+    svg.append(s("circle", { class: "point", cx: x(clamp(weight, 0, top)), cy: 11, r: 4.5 }));
+  }
+  return svg;
+}
+
+/**
+ * Horizontal bars, one per model (e.g. recall@10), with +/- `se` whiskers where given;
+ * `highlight(row)` draws a bar in the accent colour (our models), the others in grey.
+ */
+export function modelBars(rows, { label, highlight = () => false, digits = 3 } = {}) {
+  const data = rows.filter((r) => r && isNum(r.value));
+  const m = { l: 130, r: 46, t: 6, b: 22 };
+  const band = 22;
+  const W = 420;
+  const H = m.t + m.b + band * Math.max(data.length, 1);
+  const words = data.map((r) => `${r.name}: ${fmt(r.value, digits)}`).join(", ");
+  const svg = frame(W, H, label ? `${label}: ${words}` : words, "model-bars");
+  if (!data.length) return svg;
+  const hi = Math.max(...data.map((r) => r.value + (isNum(r.se) ? r.se : 0)), 1e-9);
+  const x = linear(0, hi, m.l, W - m.r);
+  for (const t of niceTicks(0, hi, 4)) {
+    svg.append(s("line", { class: "grid", x1: x(t), x2: x(t), y1: m.t, y2: H - m.b }));
+    svg.append(s("text", { class: "tick-label", x: x(t), y: H - m.b + 14, "text-anchor": "middle", text: tickLabel(t) }));
+  }
+  data.forEach((r, i) => {
+    const y0 = m.t + i * band;
+    const ours = highlight(r);
+    svg.append(s("text", { class: `bar-label${ours ? " bar-label-ours" : ""}`, x: m.l - 6, y: y0 + band / 2 + 3, "text-anchor": "end", text: r.name }));
+    svg.append(s("rect", {
+      class: ours ? "bar" : "bar bar-alt", x: x(0), y: y0 + 4, width: Math.max(0, x(r.value) - x(0)), height: band - 8, rx: 2,
+    }, s("title", { text: `${r.name}: ${fmt(r.value, digits)}${isNum(r.se) ? ` ± ${fmt(r.se, digits)}` : ""}` })));
+    if (isNum(r.se) && r.se > 0) {
+      svg.append(s("line", { class: "whisker", x1: x(Math.max(0, r.value - r.se)), x2: x(r.value + r.se), y1: y0 + band / 2, y2: y0 + band / 2 }));
+    }
+    svg.append(s("text", { class: "tick-label bar-value", x: x(r.value + (isNum(r.se) ? r.se : 0)) + 4, y: y0 + band / 2 + 3, text: fmt(r.value, digits) }));
+  });
+  return svg;
+}

@@ -1,9 +1,10 @@
-// Pieces shared by the views: status messages, covers, basis badges, recommendation cards,
-// and the type-ahead book search (a WAI-ARIA combobox).
+// Pieces shared by the views: status messages, covers, basis badges, recommendation cards
+// (with the reason each book is there), and the type-ahead book search (a WAI-ARIA combobox).
 
 import { h, fmt, isNum, hueOf, initials, debounce, DASH } from "./dom.js";
-import { intervalBar } from "./charts.js";
+import { intervalBar, likedMeter } from "./charts.js";
 import { api } from "./api.js";
+import { state } from "./state.js";
 
 // ---- status: loading, empty, error --------------------------------------------------
 
@@ -66,10 +67,10 @@ export function cover(item, size = "") {
 // ---- basis badges -----------------------------------------------------------------------
 
 const BASIS = {
-  personal: ["personal", "From this reader's own ratings in the trained model"],
-  folded_in: ["folded-in", "From ratings folded into the trained model without retraining"],
-  similar_reading: ["similar reading", "From books this reader interacted with, via similar books"],
-  popular: ["popular", "Popular, well-rated books: too little is known about this reader"],
+  personal: ["personal", "From this reader's own reading and ratings in the trained models"],
+  folded_in: ["folded-in", "From what this reader read, with their ratings folded into the trained model without retraining"],
+  similar_reading: ["similar reading", "From books this reader read, through what readers read together; ratings from each book's own record"],
+  popular: ["popular", "Popular books: too little is known about this reader"],
 };
 
 export function basisBadge(basis) {
@@ -91,7 +92,38 @@ function byline(item) {
   return parts.join(" · ") || DASH;
 }
 
-/** A card for one recommendation: rank, cover, title, author, year, prediction, interval, basis. */
+/**
+ * Why a book is recommended: "Because you read <title>" (a link to that book), "Popular with
+ * readers in usa aged 25-34", or "Popular". Nothing when the item carries no reason.
+ */
+export function reasonLine(reason) {
+  if (!reason || typeof reason !== "object") return null;
+  if (reason.kind === "because_you_read") {
+    const title = typeof reason.title === "string" && reason.title ? reason.title : reason.isbn;
+    if (!title) return null;
+    return h("p", { class: "reason reason-read" }, "Because you read ", bookLink(reason.isbn, title));
+  }
+  if (reason.kind === "popular_in_segment" && typeof reason.segment === "string" && reason.segment) {
+    return h("p", { class: "reason reason-segment" }, `Popular with ${reason.segment}`);
+  }
+  if (reason.kind === "popular" || reason.kind === "popular_in_segment") return h("p", { class: "reason reason-popular" }, "Popular");
+  return null;
+}
+
+/** P(liked) of one book: a small meter and its percentage. */
+function likedBlock(p) {
+  if (!isNum(p)) return null;
+  const threshold = state.likedThreshold;
+  const help = isNum(threshold)
+    ? `Chance this reader rates it ${fmt(threshold, 1)} or more, under the model's predictive distribution`
+    : "Chance this reader likes it, under the model's predictive distribution";
+  return h("div", { class: "liked", title: help },
+    h("span", { class: "liked-value" }, `${Math.round(p * 100)}%`),
+    likedMeter(p, { threshold }),
+    h("span", { class: "liked-label" }, "likely to like"));
+}
+
+/** A card for one recommendation: rank, cover, title, author, year, prediction, interval, P(liked), reason, basis. */
 export function recommendationCard(item, { level = 0.9, fallbackRank } = {}) {
   const rank = isNum(item.rank) ? item.rank : fallbackRank;
   const ci = Array.isArray(item.confidence_interval) ? item.confidence_interval : null;
@@ -105,7 +137,8 @@ export function recommendationCard(item, { level = 0.9, fallbackRank } = {}) {
       h("div", { class: "card-rating" },
         h("span", { class: "predicted" }, h("span", { class: "predicted-value" }, fmt(item.predicted_rating, 1)), h("span", { class: "predicted-scale" }, " / 10")),
         ci ? h("span", { class: "ci-text" }, `${pct}% interval ${fmt(ci[0], 1)}–${fmt(ci[1], 1)}`) : null),
-      intervalBar(item.predicted_rating, ci, { level }),
+      h("div", { class: "card-figures" }, intervalBar(item.predicted_rating, ci, { level }), likedBlock(item.p_liked)),
+      reasonLine(item.reason),
       h("div", { class: "card-foot" }, basisBadge(item.basis))));
 }
 

@@ -1,15 +1,18 @@
-// Page-wide state: the credible level of stored intervals (from the model's meta) and the
-// new reader's ratings, kept in localStorage so they survive a reload.
+// Page-wide state: the credible level of stored intervals and the liked threshold (from the
+// model's meta), and the new reader's books (rated 1-10, or read and not rated: rating null),
+// kept in localStorage so they survive a reload.
 
 const STORAGE_KEY = "bookrec.new-reader.ratings.v1";
 
 export const state = {
   intervalLevel: 0.9,
+  likedThreshold: null,
   modelVersion: null,
 };
 
-function validRating(r) {
-  return Number.isInteger(r) && r >= 1 && r <= 10;
+/** A stored rating: a whole number 1-10, or null for a book read and not rated. */
+export function validRating(r) {
+  return r === null || (Number.isInteger(r) && r >= 1 && r <= 10);
 }
 
 export function loadRatings() {
@@ -18,14 +21,14 @@ export function loadRatings() {
     if (!Array.isArray(parsed)) return [];
     // Stored data is untrusted too: keep only well-formed entries.
     return parsed
-      .filter((r) => r && typeof r.isbn === "string" && r.isbn && validRating(r.rating))
+      .filter((r) => r && typeof r.isbn === "string" && r.isbn && validRating(r.rating === undefined ? null : r.rating))
       .map((r) => ({
         isbn: r.isbn,
         title: typeof r.title === "string" ? r.title : "",
         author: typeof r.author === "string" ? r.author : "",
         year: Number.isInteger(r.year) ? r.year : null,
         image_url: typeof r.image_url === "string" ? r.image_url : null,
-        rating: r.rating,
+        rating: r.rating === undefined ? null : r.rating,
       }));
   } catch {
     return [];

@@ -1,9 +1,10 @@
-// Book view: details, rating summary, and similar books with the uncertainty of the similarity.
+// Book view: details, rating summary, and the books readers read together with it (the
+// relevance model's weights, with their uncertainty).
 
 import { h, clear, fmt, fmtInt, isNum } from "../dom.js";
 import { api } from "../api.js";
 import { loading, empty, errorBox, bookSearch, cover, bookLink } from "../components.js";
-import { barChart, similarityBar } from "../charts.js";
+import { barChart, similarityBar, weightBar } from "../charts.js";
 import { ADD_BOOK_EVENT } from "./newreader.js";
 
 export function createBookView() {
@@ -55,10 +56,10 @@ export function createBookView() {
       ["Mean rating", isNum(book.mean_rating) ? `${fmt(book.mean_rating, 2)} / 10` : null],
       ["In the model", book.in_model === undefined ? null : book.in_model ? "yes" : "no: too few ratings to learn from"],
     ];
-    const addButton = h("button", { type: "button", class: "button button-quiet", id: "add-to-ratings" }, "Add to my ratings");
+    const addButton = h("button", { type: "button", class: "button button-quiet", id: "add-to-ratings" }, "Add to my books");
     addButton.addEventListener("click", () => {
       window.dispatchEvent(new CustomEvent(ADD_BOOK_EVENT, { detail: book }));
-      addButton.textContent = "Added to your ratings";
+      addButton.textContent = "Added to your books";
       addButton.disabled = true;
     });
     const counts = book.rating_counts && typeof book.rating_counts === "object" ? book.rating_counts : null;
@@ -68,7 +69,7 @@ export function createBookView() {
       h("div", { class: "book-info" },
         h("h2", { class: "book-title" }, book.title || "Untitled"),
         h("dl", { class: "facts" }, facts.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [h("dt", null, k), h("dd", null, v)])),
-        h("div", { class: "inline" }, addButton, h("a", { href: "#/new", class: "muted" }, "Go to your ratings"))),
+        h("div", { class: "inline" }, addButton, h("a", { href: "#/new", class: "muted" }, "Go to your books"))),
       entries.some(([, v]) => v > 0)
         ? h("figure", { class: "figure book-ratings" }, barChart(entries, { label: `Explicit ratings of this book: ${entries.map(([k, v]) => `${v} rated ${k}`).join(", ")}`, xLabel: "rating" }),
           h("figcaption", null, "How readers rated this book"))
@@ -79,11 +80,17 @@ export function createBookView() {
     clear(similar);
     similar.append(h("h2", { class: "section-title" }, "Readers who like this may also like"));
     const items = Array.isArray(data.similar) ? data.similar : [];
+    const together = data.basis !== "factor_cosine"; // read_together (and anything newer)
     if (!items.length) {
-      similar.append(empty("No similar books: this book has too few ratings to be in the model."));
+      similar.append(empty(together
+        ? "No similar books: readers of this book have not read others often enough together with it."
+        : "No similar books: this book has too few ratings to be in the model."));
       return;
     }
-    similar.append(h("p", { class: "muted legend-line" }, "Similarity of the books' posterior factors (1 = read alike, 0 = unrelated); the bar spans ± 2 posterior standard deviations."));
+    similar.append(h("p", { class: "muted legend-line similar-basis" }, together
+      ? "From what readers read together: how much reading this book raises the chance of reading each one (the relevance model's weight); the bar spans ± 2 posterior standard deviations."
+      : "Similarity of the books' posterior factors (1 = read alike, 0 = unrelated); the bar spans ± 2 posterior standard deviations."));
+    const max = Math.max(...items.map((it) => (isNum(it.similarity) ? it.similarity + 2 * (isNum(it.similarity_sd) ? it.similarity_sd : 0) : 0)), 1e-6);
     similar.append(h("ol", { class: "cards cards-similar" }, items.map((item, i) => h("li", { class: "card", "data-isbn": item.isbn || "" },
       h("span", { class: "rank" }, String(i + 1)),
       cover(item),
@@ -91,9 +98,10 @@ export function createBookView() {
         h("h3", { class: "card-title" }, bookLink(item.isbn, item.title || "Untitled")),
         h("p", { class: "card-meta" }, [item.author, isNum(item.year) && item.year > 0 ? item.year : null].filter(Boolean).join(" · ") || "—"),
         h("div", { class: "card-rating" },
-          h("span", { class: "predicted" }, h("span", { class: "predicted-value" }, fmt(item.similarity, 2)), h("span", { class: "predicted-scale" }, " similarity")),
-          isNum(item.similarity_sd) ? h("span", { class: "ci-text" }, `± ${fmt(2 * item.similarity_sd, 2)}`) : null),
-        similarityBar(item.similarity, item.similarity_sd))))));
+          h("span", { class: "predicted" }, h("span", { class: "predicted-value" }, fmt(item.similarity, together ? 3 : 2)),
+            h("span", { class: "predicted-scale" }, together ? " read together" : " similarity")),
+          isNum(item.similarity_sd) ? h("span", { class: "ci-text" }, `± ${fmt(2 * item.similarity_sd, together ? 3 : 2)}`) : null),
+        together ? weightBar(item.similarity, item.similarity_sd, { max }) : similarityBar(item.similarity, item.similarity_sd))))));
   }
 
   const intro = empty("Search for a book above, or open one from a recommendation.");

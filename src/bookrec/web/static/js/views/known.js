@@ -1,14 +1,17 @@
-// Known readers: pick a reader id (or a random one) and see their recommendations with intervals.
+// Known readers: pick a reader id (or a random one) and see their recommendations with intervals,
+// the chance they like each book, and why it is there.
 
 import { h, clear, fmtInt, isNum } from "../dom.js";
 import { api } from "../api.js";
 import { loading, empty, errorBox, cardList, basisBadge } from "../components.js";
 import { state } from "../state.js";
 
-const RANKINGS = [
-  ["mean", "Expected rating", "Highest predicted rating first"],
-  ["lower", "Safe bets", "Highest lower bound of the interval first: books the model is sure about"],
-  ["sample", "Explore", "One draw from the posterior: uncertain books get a chance (changes every time)"],
+// The same candidates, each mode sorted by its own score (the API's rank_by).
+export const RANKINGS = [
+  ["for_you", "For you", "Books this reader is likely to pick up and to like: how strongly their reading points to each, times the chance they like it"],
+  ["mean", "Highest rated", "Highest predicted rating first"],
+  ["lower", "Safe bets", "Highest lower bound of the interval first: books the model is sure the reader rates well"],
+  ["sample", "Explore", "One draw from each book's predicted rating: uncertain books get a chance (changes every time)"],
 ];
 
 export function createKnownView() {
@@ -101,7 +104,8 @@ export function createKnownView() {
       return;
     }
     results.append(h("p", { class: "legend-line muted" },
-      `Dot: predicted rating. Bar: ${Math.round(level * 100)}% credible interval: the model believes the reader's rating lands inside it ${Math.round(level * 100)} times in 100.`));
+      `Dot: predicted rating. Bar: ${Math.round(level * 100)}% credible interval: the model believes the reader's rating lands inside it ${Math.round(level * 100)} times in 100. `,
+      "Meter: the chance the reader likes the book."));
     results.append(cardList(items, { level }));
   }
 
@@ -144,7 +148,7 @@ export function createKnownView() {
   results.append(empty("Pick a reader to see what they might like next, and how sure the model is."));
 
   const root = h("div", { class: "view view-known" },
-    h("p", { class: "intro" }, "Recommendations for readers in the dataset. Each book shows the predicted rating and the range the reader's rating is likely to fall in."),
+    h("p", { class: "intro" }, "Recommendations for readers in the dataset. Each book shows why it is there, the predicted rating, the range the reader's rating is likely to fall in, and the chance they like it."),
     form, results);
 
   return {

@@ -1,10 +1,11 @@
-// Model view: the pictures that say whether to trust the model. MCMC traces per chain,
-// R-hat / ESS, calibration of the intervals, data and coverage, training time and version.
+// Model view: the pictures that say whether to trust the model. Top-N ranking quality against
+// baselines, MCMC traces per chain, R-hat / ESS, calibration of the intervals, data and coverage,
+// training time and version.
 
 import { h, clear, fmt, fmtInt, fmtSeconds, fmtDate, fmtPercent, humanise, isNum } from "../dom.js";
 import { api } from "../api.js";
 import { loading, empty, errorBox } from "../components.js";
-import { traceChart, calibrationChart, barChart, stackedShare, CHAIN_COLOURS } from "../charts.js";
+import { traceChart, calibrationChart, barChart, stackedShare, modelBars, CHAIN_COLOURS } from "../charts.js";
 import { state } from "../state.js";
 
 // The model's own convergence rule (bookrec.model.diagnostics): every R-hat below 1.05 and every
@@ -123,6 +124,9 @@ function calibrationPanel(meta) {
 const METRIC_NAMES = { rmse: "RMSE", mae: "MAE", nll: "Log loss (NLL)", crps: "CRPS" };
 // Counts that travel with the metrics; shown in the caption, not as rows.
 const METRIC_COUNTS = new Set(["n", "ranking_users"]);
+// Ranking figures of older versions (they only re-ordered held-out items): the ranking panel
+// replaces them, so the rating-accuracy table leaves them out.
+const OLD_RANKING_METRIC = /^(ndcg|precision|recall|map|mrr|hit)(@|_|$)/i;
 
 function metricName(key) {
   if (METRIC_NAMES[key]) return METRIC_NAMES[key];
@@ -132,20 +136,81 @@ function metricName(key) {
 function metricsPanel(meta) {
   const metrics = meta.test_metrics && typeof meta.test_metrics === "object" ? meta.test_metrics : {};
   const baselines = meta.baselines && typeof meta.baselines === "object" ? meta.baselines : {};
-  const scalar = Object.entries(metrics).filter(([k, v]) => isNum(v) && !METRIC_COUNTS.has(k));
+  const scalar = Object.entries(metrics).filter(([k, v]) => isNum(v) && !METRIC_COUNTS.has(k) && !OLD_RANKING_METRIC.test(k));
   const baseNames = Object.keys(baselines).filter((b) => baselines[b] && typeof baselines[b] === "object");
-  if (!scalar.length) return card("Accuracy on the test split", empty("No test metrics recorded."));
-  return card("Accuracy on the test split",
-    h("table", { class: "table" },
-      isNum(metrics.n)
-        ? h("caption", { class: "muted" }, `On ${fmtInt(metrics.n)} held-out ratings${isNum(metrics.ranking_users) ? `; ranking metrics over ${fmtInt(metrics.ranking_users)} readers` : ""}. Lower is better for RMSE, MAE, NLL and CRPS.`)
-        : null,
+  if (!scalar.length) return card("Rating accuracy on the test split", empty("No test metrics recorded."));
+  return card("Rating accuracy on the test split",
+    h("table", { class: "table table-metrics" },
+      h("caption", { class: "muted" }, `${isNum(metrics.n) ? `On ${fmtInt(metrics.n)} held-out ratings. ` : ""}Lower is better for RMSE, MAE, NLL and CRPS. Ranking quality is in “Top-N ranking” above.`),
       h("thead", null, h("tr", null, h("th", { scope: "col" }, "Metric"), h("th", { scope: "col" }, "BPMF"),
         baseNames.map((b) => h("th", { scope: "col" }, humanise(b))))),
       h("tbody", null, scalar.map(([k, v]) => h("tr", null,
         h("th", { scope: "row" }, metricName(k)),
         h("td", null, fmt(v, 3)),
         baseNames.map((b) => h("td", null, fmt(baselines[b][k], 3))))))));
+}
+
+// ---- top-N ranking: our modes against baselines (meta.ranking) ---------------------------------
+
+const RANKING_COLUMNS = [
+  ["recall@10", "Recall@10", 3, "Share of each reader's held-out books found in their top 10"],
+  ["ndcg@10", "NDCG@10", 3, "Like recall@10, with hits near the top counting more"],
+  ["liked_recall@10", "Liked recall@10", 3, "Recall@10 of the held-out books the reader rated as liked"],
+  ["mrr@10", "MRR@10", 3, "1 / rank of the first hit in the top 10"],
+  ["distinct_works", "Distinct works", null, "How many different books appear in anyone's top 10"],
+  ["top_work_share", "Top-work share", "%", "Share of readers whose top 10 holds the single most recommended book"],
+  ["coverage", "Coverage", "%", "Share of the catalogue recommended to someone"],
+  ["novelty", "Novelty", 0, "Mean popularity rank of the recommended books (1 = the most read; higher = less popular picks)"],
+];
+
+function rankingCell(row, key, digits) {
+  const v = row[key];
+  if (!isNum(v)) return h("td", null, "—");
+  const text = digits === "%" ? fmtPercent(v, 1) : digits === null ? fmtInt(v) : fmt(v, digits);
+  if (key === "recall@10" && isNum(row["recall@10_se"])) {
+    return h("td", null, text, h("span", { class: "se muted" }, ` ± ${fmt(row["recall@10_se"], 3)}`));
+  }
+  return h("td", null, text);
+}
+
+function rankingPanel(ranking) {
+  const raw = ranking && Array.isArray(ranking.rows) ? ranking.rows.filter((r) => r && typeof r === "object") : [];
+  if (!raw.length) {
+    return wide(card("Top-N ranking", empty("No top-N evaluation was recorded for this version.")));
+  }
+  // The default ranking first (the paired standard errors are relative to it), then as published.
+  const first = raw.findIndex((r) => r.model === "for_you");
+  const rows = first > 0 ? [raw[first], ...raw.filter((_, i) => i !== first)] : raw;
+  const nameOf = (r) => String(r.label || r.model || "?");
+  const ours = (r) => r.kind === "ours";
+  const k = isNum(ranking.k) ? ranking.k : 10;
+  const table = h("table", { class: "table table-ranking" },
+    h("thead", null, h("tr", null,
+      h("th", { scope: "col" }, "Model"),
+      RANKING_COLUMNS.map(([, label, , help]) => h("th", { scope: "col", title: help }, label)))),
+    h("tbody", null, rows.map((r) => h("tr", { class: ours(r) ? "row-ours" : "row-baseline", "data-model": String(r.model || "") },
+      h("th", { scope: "row" }, nameOf(r), ours(r) ? h("span", { class: "badge badge-ours" }, "ours") : null),
+      RANKING_COLUMNS.map(([key, , digits]) => rankingCell(r, key, digits))))));
+  const chart = modelBars(rows.map((r) => ({ name: nameOf(r), value: r["recall@10"], se: r["recall@10_se"], ours: ours(r) })), {
+    label: `Recall@${k} per model`, highlight: (r) => r.ours,
+  });
+  const threshold = isNum(ranking.liked_threshold) ? fmt(ranking.liked_threshold, 1) : null;
+  const counts = [
+    isNum(ranking.n_readers) ? `${fmtInt(ranking.n_readers)} readers` : null,
+    isNum(ranking.n_held_out) ? `${fmtInt(ranking.n_held_out)} held-out books` : null,
+    isNum(ranking.n_liked) ? `${fmtInt(ranking.n_liked)} of them liked` : null,
+  ].filter(Boolean).join(", ");
+  const caption = h("div", { class: "ranking-caption muted" },
+    h("p", null,
+      `How well each model puts the books a reader really went on to read into their top ${k}. `,
+      "A share of each evaluated reader's interactions (rated or not) was held out; every work the reader had not touched was ranked, and a hit is a held-out book in the top ",
+      `${k}. “Liked” counts only held-out books the reader rated ${threshold ? `${threshold} or more` : "highly"}. `,
+      "± is the paired standard error of the difference to the first row, over readers. Our rankings are highlighted."),
+    counts ? h("p", null, `Evaluated on ${counts}.`) : null,
+    typeof ranking.protocol === "string" && ranking.protocol ? h("p", { class: "protocol" }, `Protocol: ${ranking.protocol}`) : null);
+  return wide(card("Top-N ranking",
+    h("div", { class: "table-scroll" }, table),
+    h("div", { class: "split" }, figure(chart, `Recall@${k} per model (higher is better; whiskers: ± paired SE)`), caption)));
 }
 
 function dataPanel(meta) {
@@ -203,7 +268,9 @@ export function createModelView() {
       const meta = await api.modelInfo(controller.signal);
       if (isNum(meta.interval_level)) state.intervalLevel = meta.interval_level;
       loaded = true;
-      clear(body).append(trainingPanel(meta), convergencePanel(meta), tracesPanel(meta), calibrationPanel(meta), metricsPanel(meta), dataPanel(meta));
+      const ranking = meta.ranking && typeof meta.ranking === "object" ? meta.ranking : null;
+      if (ranking && isNum(ranking.liked_threshold)) state.likedThreshold = ranking.liked_threshold;
+      clear(body).append(rankingPanel(ranking), trainingPanel(meta), convergencePanel(meta), tracesPanel(meta), calibrationPanel(meta), metricsPanel(meta), dataPanel(meta));
     } catch (err) {
       if (err.name === "AbortError") return;
       const title = err.status === 503 || err.status === 404 ? "No model published yet" : "Couldn't load the model report";
