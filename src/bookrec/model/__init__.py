@@ -1,11 +1,11 @@
 """bookrec.model: Bayesian matrix factorisation by Gibbs sampling, its metrics and baselines.
 
-``BPMF`` is imported lazily so that ``bookrec --help`` does not pay for numba.
+``BPMF`` and ``Recommender`` are imported lazily so that ``bookrec --help`` does not pay for numba.
 """
 
 from __future__ import annotations
 
-__all__ = ["BPMF", "ArtifactError"]
+__all__ = ["BPMF", "Recommender", "ArtifactError"]
 
 
 def __getattr__(name: str):
@@ -13,6 +13,10 @@ def __getattr__(name: str):
         from bookrec.model.bpmf import BPMF
 
         return BPMF
+    if name == "Recommender":
+        from bookrec.model.recommender import Recommender
+
+        return Recommender
     if name == "ArtifactError":
         from bookrec.model.artifact import ArtifactError
 
