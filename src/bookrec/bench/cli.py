@@ -127,3 +127,17 @@ def resources(
 
     bench_resources(preset, None if full_preset == "none" else full_preset, workers, duration, connections,
                     store_top_n, workdir, as_json)
+
+
+@app.command("ranking")
+def ranking(
+    data_preset: str = typer.Option("small", "--data-preset", help="Synthetic data when --data is not given: tiny, small or full"),
+    data: Path = typer.Option(None, "--data", help="Normalised data directory instead of synthetic data"),
+    seed: int = typer.Option(7, "--seed", help="Generator, split and model seed"),
+    max_eval_users: int = typer.Option(None, "--max-eval-users", min=1, help="Evaluate a seeded sample of this many readers (default: all; 20,000 on full or --data)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+) -> None:
+    """Top-N ranking of every untouched work: popularity, EASE, item-kNN, ALS, BPR (tuned on validation) and bookrec's Recommender when present."""
+    from bookrec.bench.ranking import bench_ranking
+
+    bench_ranking(data_preset, data, seed, max_eval_users, as_json)
