@@ -1,8 +1,8 @@
 """The relevance model's posterior equals the regression it claims to be, computed directly.
 
-For item j, the Bayesian regression of column x_j on the other columns with prior precision l2
-(in units of the noise) has posterior mean A^-1 X_-j^T x_j and covariance sigma_j^2 A^-1, where
-A = X_-j^T X_-j + l2 I. The model computes both for every item from one inverse of the full Gram
+For item j, the Bayesian regression of column x_j on the other columns with prior precision
+lambda_i = l2 + popularity_l2 * n_i on the weight of item i (in units of the noise) has posterior
+mean A^-1 X_-j^T x_j and covariance sigma_j^2 A^-1, where A = X_-j^T X_-j + diag(lambda_-j). The model computes both for every item from one inverse of the full Gram
 matrix (block inversion); here each item's regression is solved on its own and compared.
 """
 
@@ -28,19 +28,23 @@ def data():
     return x
 
 
-@pytest.fixture(scope="module")
-def model(data):
-    return ItemRelevance(l2=L2, min_item_interactions=1).fit(data)
+POPULARITY_L2 = {"ease": 0.0, "edlae": 0.5}
 
 
-def _direct(x: np.ndarray, j: int, l2: float):
+@pytest.fixture(scope="module", params=sorted(POPULARITY_L2))
+def model(data, request):
+    return ItemRelevance(l2=L2, popularity_l2=POPULARITY_L2[request.param], min_item_interactions=1).fit(data)
+
+
+def _direct(x: np.ndarray, j: int, model: ItemRelevance):
     """Posterior mean, covariance scale and sigma_j^2 of item j's own regression."""
+    lam = L2 + model.popularity_l2 * x.sum(axis=0)
     others = np.delete(np.arange(x.shape[1]), j)
     xo, y = x[:, others], x[:, j]
-    a = xo.T @ xo + l2 * np.eye(len(others))
+    a = xo.T @ xo + np.diag(lam[others])
     a_inv = np.linalg.inv(a)
     b = a_inv @ xo.T @ y
-    sigma2 = (np.sum((y - xo @ b) ** 2) + l2 * b @ b) / x.shape[0]
+    sigma2 = (np.sum((y - xo @ b) ** 2) + b @ (lam[others] * b)) / x.shape[0]
     return others, b, a_inv, sigma2
 
 
@@ -48,7 +52,7 @@ def test_weights_and_their_sds_equal_each_items_own_regression(data, model):
     x = data.toarray().astype(np.float64)
     assert len(model.items_) == x.shape[1]
     for j in (0, 7, 23):
-        others, b, a_inv, sigma2 = _direct(x, j, L2)
+        others, b, a_inv, sigma2 = _direct(x, j, model)
         lj = model.local_[j]
         np.testing.assert_allclose(model.noise_var_[lj], sigma2, rtol=1e-5)
         for i_pos, i in enumerate(others[:10]):
@@ -65,7 +69,7 @@ def test_scores_and_sds_equal_the_direct_posterior(data, model):
         for j in (1, 9, 30):
             if x[r, j]:
                 continue  # the score of an item the reader already has is not a prediction
-            others, b, a_inv, sigma2 = _direct(x, j, L2)
+            others, b, a_inv, sigma2 = _direct(x, j, model)
             h = x[r, others]
             lj = model.local_[j]
             np.testing.assert_allclose(mean[r, lj], h @ b, rtol=1e-4, atol=1e-6)
@@ -109,8 +113,9 @@ def test_candidates_are_the_most_read_items_with_enough_readers(data):
 
 def test_automatic_ridge_is_the_grid_value_with_the_best_held_out_recall(data):
     m = ItemRelevance(l2="auto", min_item_interactions=1, seed=1).fit(data)
-    assert m.l2_ in m.l2_validation_
-    assert m.l2_validation_[m.l2_] == max(m.l2_validation_.values())
+    key = (m.l2_, m.popularity_l2_)
+    assert key in m.l2_validation_ and len(m.l2_validation_) > 1
+    assert m.l2_validation_[key] == max(m.l2_validation_.values())
 
 
 def test_holdout_rows_keeps_one_and_holds_out_a_fifth():

@@ -93,12 +93,15 @@ class Settings(BaseSettings):
     relevance_l2: float | None = Field(
         None, gt=0, description="Ridge of the relevance model (None = chosen by held-out recall on a grid)"
     )
+    relevance_popularity_l2: float = Field(
+        0.0, ge=0.0, description="Extra prior precision per reader of a book (used when BOOKREC_RELEVANCE_L2 is set)"
+    )
     relevance_max_items: int = Field(
         8000, ge=10, le=30_000, description="Most read works the relevance model ranks (its dense matrix is this squared)"
     )
     relevance_min_item_interactions: int = Field(2, ge=1, description="Readers a work needs to be a relevance candidate")
     n_candidates: int = Field(50, ge=1, le=1000, description="Most relevant unread works each ranking mode orders")
-    like_weight: float = Field(1.0, ge=0.0, description="for_you = relevance x P(liked)^like_weight")
+    like_weight: float = Field(0.25, ge=0.0, description="for_you = relevance x P(liked)^like_weight")
     liked_quantile: float = Field(
         0.7, gt=0.0, lt=1.0, description="Liked = a rating in the top (1 - this) of the rating range (>= 7.3 on 1-10)"
     )

@@ -72,7 +72,7 @@ def evaluate_ranking(ctx) -> dict:
         return {}
     train = _without(ctx.interactions, hu, hw)
     rel = ctx.relevance
-    relevance = ItemRelevance(l2=rel.l2_, max_items=rel.max_items, min_item_interactions=rel.min_item_interactions,
+    relevance = ItemRelevance(l2=rel.l2_, popularity_l2=rel.popularity_l2_, max_items=rel.max_items, min_item_interactions=rel.min_item_interactions,
                               seed=rel.seed).fit(train.seen)
     rank = ranker(ctx, relevance, train)
     rank.n = max(KS)
@@ -114,7 +114,7 @@ def evaluate_ranking(ctx) -> dict:
                      f"{s.test_fraction:.0%} of each reader's unrated interactions; every untouched work ranked"),
         "k": 10, "n_readers": int(len(eval_users)), "n_held_out": int(len(hu)),
         "n_liked": int((hr >= rank.liked_threshold).sum()), "liked_threshold": float(rank.liked_threshold),
-        "relevance_l2": float(rel.l2_), "relevance_candidates": int(len(rel.items_)),
+        "relevance_l2": float(rel.l2_), "relevance_popularity_l2": float(rel.popularity_l2_), "relevance_candidates": int(len(rel.items_)),
         "rows": rows,
     }
 

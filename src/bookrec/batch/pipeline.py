@@ -184,7 +184,8 @@ def fit_relevance(ctx: BatchContext) -> None:
 
     s = ctx.settings
     ctx.relevance = ItemRelevance(
-        l2=s.relevance_l2 if s.relevance_l2 is not None else "auto", max_items=s.relevance_max_items,
+        l2=s.relevance_l2 if s.relevance_l2 is not None else "auto", popularity_l2=s.relevance_popularity_l2,
+        max_items=s.relevance_max_items,
         min_item_interactions=s.relevance_min_item_interactions, seed=s.seed,
     ).fit(ctx.interactions.seen)
 
@@ -470,8 +471,9 @@ def _relevance_meta(ctx: BatchContext) -> dict:
     if rel is None:
         return {}
     s = ctx.settings
-    return {"model": "Bayesian item-item regression (EASE posterior)", "l2": rel.l2_,
-            "l2_validation_recall@20": {f"{k:.4g}": v for k, v in rel.l2_validation_.items()},
+    return {"model": "Bayesian item-item regression (EASE / EDLAE posterior)", "l2": rel.l2_,
+            "popularity_l2": rel.popularity_l2_,
+            "validation_recall@10": [{"l2": k[0], "popularity_l2": k[1], "recall@10": v} for k, v in rel.l2_validation_.items()],
             "candidates": int(len(rel.items_)), "n_candidates": s.n_candidates, "like_weight": s.like_weight,
             "liked_threshold": liked_threshold(s)}
 
@@ -553,7 +555,8 @@ def run_batch(
     with timer.stage("relevance"):
         fit_relevance(ctx)
     console.print(
-        f"relevance: {len(ctx.relevance.items_):,} candidate works, l2 {ctx.relevance.l2_:.3g}"
+        f"relevance: {len(ctx.relevance.items_):,} candidate works, l2 {ctx.relevance.l2_:.3g}, "
+        f"popularity l2 {ctx.relevance.popularity_l2_:.3g}"
     )
     with timer.stage("evaluate"):
         evaluation = evaluate(ctx)

@@ -47,7 +47,7 @@ class Recommender:
 
     PARAM_NAMES = (
         "rating_range", "seed", "n_factors", "n_samples", "burn_in", "n_chains", "max_kept_samples",
-        "relevance_l2", "relevance_max_items", "min_item_interactions", "n_candidates", "like_weight",
+        "relevance_l2", "relevance_popularity_l2", "relevance_max_items", "min_item_interactions", "n_candidates", "like_weight",
         "liked_quantile", "level", "show_progress",
     )
 
@@ -61,10 +61,11 @@ class Recommender:
         n_chains: int = 2,
         max_kept_samples: int = 100,
         relevance_l2: float | str = "auto",
+        relevance_popularity_l2: float = 0.0,
         relevance_max_items: int = 8000,
         min_item_interactions: int = 2,
         n_candidates: int = 50,
-        like_weight: float = 1.0,
+        like_weight: float = 0.25,
         liked_quantile: float = 0.7,
         level: float = 0.9,
         show_progress: bool = False,
@@ -77,6 +78,7 @@ class Recommender:
         self.n_chains = n_chains
         self.max_kept_samples = max_kept_samples
         self.relevance_l2 = relevance_l2
+        self.relevance_popularity_l2 = relevance_popularity_l2
         self.relevance_max_items = relevance_max_items
         self.min_item_interactions = min_item_interactions
         self.n_candidates = n_candidates
@@ -131,7 +133,7 @@ class Recommender:
             raise ValueError("an index is out of range of n_users / n_items")
         self.seen_ = binary_matrix(u, i, self.n_users_, self.n_items_)
         self.relevance_ = ItemRelevance(
-            l2=self.relevance_l2, max_items=self.relevance_max_items,
+            l2=self.relevance_l2, popularity_l2=self.relevance_popularity_l2, max_items=self.relevance_max_items,
             min_item_interactions=self.min_item_interactions, seed=self.seed,
         ).fit(self.seen_)
         self.popularity_ = self.relevance_.popularity_
