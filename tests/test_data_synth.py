@@ -189,3 +189,48 @@ def test_ensure_data_synthesises_then_reuses(tmp_path):
     (tmp_path / "data" / "manifest.json").write_text(json.dumps(manifest))
     second = ensure_data_and_report(s, "small")
     assert second.source == "bx" and len(second.ratings) == len(first.ratings)
+
+
+def _recall_at_10(scores: np.ndarray, train: np.ndarray, held: np.ndarray) -> float:
+    """Mean over readers of hits in the top 10 (train items excluded) / min(10, held out)."""
+    scores = np.where(train > 0, -np.inf, scores)
+    top = np.argpartition(-scores, 10, axis=1)[:, :10]
+    hits = np.take_along_axis(held, top, axis=1).sum(axis=1)
+    return float(np.mean(hits / np.minimum(10, held.sum(axis=1))))
+
+
+def test_readers_have_personal_structure_item_based_beats_popularity(small):
+    # Real reading data: item-to-item models (EASE, SLIM, ItemKNN) beat popularity at recall@10 by
+    # about 2x, because readers return to authors, series and genres. Items are works, every
+    # interaction counts once per (reader, work); 20% of each reader's works are held out.
+    d = small.dataset
+    rw = d.ratings.merge(d.books[["isbn", "work_key"]], on="isbn")[["user_id", "work_key"]].drop_duplicates()
+    u = pd.factorize(rw["user_id"])[0]
+    w = pd.factorize(rw["work_key"])[0]
+    rng = np.random.default_rng(0)
+    order = np.lexsort((rng.random(len(u)), u))
+    u, w = u[order], w[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
+    n = np.diff(np.r_[starts, len(u)])
+    rank = np.arange(len(u)) - np.repeat(starts, n)
+    n_held = np.where(n >= 2, np.clip(np.round(0.2 * n), 1, n - 1), 0)
+    held = rank < np.repeat(n_held, n)
+    x = np.zeros((u.max() + 1, w.max() + 1), dtype=np.float32)
+    h = np.zeros_like(x)
+    x[u[~held], w[~held]] = 1
+    h[u[held], w[held]] = 1
+    readers = n_held > 0
+    x_eval, h_eval = x[readers], h[readers]
+
+    popularity = np.broadcast_to(x.sum(axis=0), x_eval.shape)
+    # EASE (Steck 2019): B = I - P / diag(P), P = (X'X + lambda I)^-1, zero diagonal; lambda 200
+    # is what validation picks on this preset among 10, 50, 200, 1000
+    p = np.linalg.inv(x.T.astype(np.float64) @ x + 200.0 * np.eye(x.shape[1]))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    ease = x_eval @ b
+
+    pop_recall = _recall_at_10(popularity, x_eval, h_eval)
+    ease_recall = _recall_at_10(ease, x_eval, h_eval)
+    assert pop_recall > 0.02  # the most popular works stay very popular
+    assert ease_recall >= 1.5 * pop_recall, (ease_recall, pop_recall)

@@ -53,28 +53,39 @@ class Preset:
     n_publishers: int
     active_user_fraction: float  # users with at least one interaction (real: 105,283 / 278,858)
     activity_sigma: float  # log-normal spread of user activity (heavy tail)
-    popularity_sigma: float  # log-normal spread of work popularity
+    popularity_sigma: float  # log-normal spread of work popularity (proposal; readers deep in their genres flatten it)
     missing_isbn_share: float = 0.10  # share of interactions on ISBNs absent from the books file
     ghost_isbn_ratio: float = 0.25  # ghost ISBNs per book-file ISBN
     n_factors: int = 5
     preference_tilt: float = 1.5  # how strongly readers pick books they like
     age_missing: float = 0.40
     age_junk: float = 0.006
+    # personal reading structure (see the module docstring)
+    n_genres: int = 40
+    genre_concentration: float = 4.0  # Dirichlet concentration of a reader's genre mixture (small: few genres)
+    loyalty: float = 0.3  # mean share of a reader's later picks that return to what they have read
+    bestseller_share: float = 0.3  # share of fresh picks made by overall popularity, whatever the genre
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny", n_users=400, n_books=300, n_ratings=9_000, n_implicit=round(9_000 * IMPLICIT_SHARE),
         n_authors=120, n_publishers=30, active_user_fraction=0.9, activity_sigma=0.9, popularity_sigma=0.9,
+        missing_isbn_share=0.114, n_genres=12,
     ),
     "small": Preset(
         "small", n_users=8_000, n_books=2_500, n_ratings=150_000, n_implicit=round(150_000 * IMPLICIT_SHARE),
-        n_authors=900, n_publishers=150, active_user_fraction=0.8, activity_sigma=1.1, popularity_sigma=1.1,
+        n_authors=900, n_publishers=150, active_user_fraction=0.8, activity_sigma=1.1, popularity_sigma=1.2,
+        missing_isbn_share=0.105,
     ),
     "full": Preset(
         "full", n_users=REAL_COUNTS["users"], n_books=REAL_COUNTS["books"], n_ratings=REAL_COUNTS["ratings"],
         n_implicit=REAL_COUNTS["implicit"], n_authors=102_000, n_publishers=16_800,
-        active_user_fraction=105_283 / 278_858, activity_sigma=2.1, popularity_sigma=2.2,
+        active_user_fraction=105_283 / 278_858, activity_sigma=2.1, popularity_sigma=2.7,
+        missing_isbn_share=118_644 / 1_149_780,
+        # most readers here log two or three books, which are related far more often than a
+        # reader's 20-odd books on the dense presets: more loyal, fewer genres, fewer bestsellers
+        genre_concentration=1.5, loyalty=0.65, bestseller_share=0.15,
     ),
 }
 
@@ -84,7 +95,18 @@ USER_BIAS_SD = 0.6
 WORK_BIAS_SD = 0.6
 INTERACTION_SD = 0.8  # sd of <U, V>
 NOISE_SD = 0.9
-AUTHOR_SHARE, PUBLISHER_SHARE = 0.6, 0.15  # variance shares of a work's factors/bias
+AUTHOR_SHARE, PUBLISHER_SHARE = 0.6, 0.15  # variance shares of a work's bias
+# variance shares of a work's factors: author, genre centroid, publisher (the rest is the work's own)
+FACTOR_AUTHOR_SHARE, FACTOR_GENRE_SHARE, FACTOR_PUBLISHER_SHARE = 0.45, 0.25, 0.10
+USER_GENRE_SHARE = 0.5  # variance share of a reader's factors set by their genre mixture
+GENRE_SIZE_SIGMA = 1.0  # log-normal spread of genre weights (some genres are far bigger)
+SECOND_GENRE_RATE, SECOND_GENRE_WORKS = 0.35, 0.3  # authors with a second genre; share of their works in it
+HOUSE_PUBLISHER_RATE = 0.7  # an author's works mostly appear with one publisher
+SERIES_CONTINUE = 0.45  # an author's next work (same genre) continues the previous one's series
+LOYALTY_CONCENTRATION = 4.0  # Beta(loyalty * c, (1 - loyalty) * c) per reader
+# where a returning pick goes, given a book already read (series only when it has other volumes)
+RETURN_SERIES, RETURN_AUTHOR, RETURN_PUBLISHER = 0.35, 0.35, 0.10  # the rest: the book's genre
+WAVES = 4  # picks are made in this many waves; returns draw on the books of the earlier waves
 
 # ---- vocabularies for text fields (latin-1 safe) --------------------------------------------
 _ADJ = ("Silent Hidden Golden Broken Secret Last Lost Wild Dark Bright Quiet Burning Frozen Distant "
@@ -243,20 +265,19 @@ def _sample_by_weight(rng: np.random.Generator, cumulative: np.ndarray, size: in
 def _choose_interactions(
     rng: np.random.Generator,
     per_user: np.ndarray,  # interactions wanted per user (index = user position)
-    item_weight: np.ndarray,
+    n_items: int,
+    propose: Callable[[np.ndarray, int], np.ndarray],
     item_pref: Callable[[np.ndarray, np.ndarray], np.ndarray],
     tilt: float,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (user, item) pairs, ``per_user[u]`` for user u, items ~ weight * exp(tilt * pref).
+    """Distinct (user, item) pairs, ``per_user[u]`` for user u, items ~ proposal * exp(tilt * pref).
 
-    Candidates are drawn by popularity, then each user keeps the candidates with the largest
-    ``tilt * pref + Gumbel`` keys (weighted sampling without replacement); short users are
-    topped up in further rounds.
+    ``propose(users, round)`` draws one candidate item per entry of ``users`` (-1: none); each
+    user keeps the candidates with the largest ``tilt * pref + Gumbel`` keys (weighted sampling
+    without replacement); short users are topped up in further rounds.
     """
-    n_items = len(item_weight)
     per_user = np.minimum(per_user, n_items // 2)
-    cumulative = np.cumsum(item_weight)
     chosen_u: list[np.ndarray] = []
     chosen_i: list[np.ndarray] = []
     have = np.zeros_like(per_user)
@@ -271,11 +292,14 @@ def _choose_interactions(
             break
         n_cand = np.ceil(need[users] * factor).astype(np.int64) + 2
         cu = np.repeat(users, n_cand)
-        ci = _sample_by_weight(rng, cumulative, len(cu))
+        ci = propose(cu, _round)
+        cu, ci = cu[ci >= 0], ci[ci >= 0]
         key = cu.astype(np.int64) * n_items + ci
         key, first = np.unique(key, return_index=True)
         cu, ci = cu[first], ci[first]
-        fresh = ~np.isin(key, taken_keys, assume_unique=False) if len(taken_keys) else np.ones(len(key), bool)
+        fresh = np.ones(len(key), bool)
+        if len(taken_keys):  # membership by binary search in the sorted keys (isin would sort again)
+            fresh = taken_keys[np.minimum(np.searchsorted(taken_keys, key), len(taken_keys) - 1)] != key
         cu, ci, key = cu[fresh], ci[fresh], key[fresh]
         score = tilt * item_pref(cu, ci) + rng.gumbel(size=len(cu))
         order = np.lexsort((-score, cu))
@@ -293,6 +317,168 @@ def _choose_interactions(
     if not chosen_u:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate(chosen_u), np.concatenate(chosen_i)
+
+
+class _GroupSampler:
+    """Draws an item of a given group with probability proportional to its weight.
+
+    Items are sorted by group and sampled by inverse CDF on one cumulative array, so a draw for
+    any mix of groups is a single vectorised ``searchsorted``. Items with group -1 never come up;
+    a group without items gives -1.
+    """
+
+    def __init__(self, group: np.ndarray, weight: np.ndarray, n_groups: int) -> None:
+        order = np.argsort(group, kind="stable")
+        order = order[group[order] >= 0]
+        sorted_group = group[order]
+        self.items = order
+        self.cum = np.cumsum(weight[order])
+        cum0 = np.r_[0.0, self.cum]
+        self.lo = np.searchsorted(sorted_group, np.arange(n_groups), side="left")
+        self.hi = np.searchsorted(sorted_group, np.arange(n_groups), side="right")
+        self.base = cum0[self.lo]
+        self.mass = cum0[self.hi] - self.base
+
+    def draw(self, rng: np.random.Generator, groups: np.ndarray) -> np.ndarray:
+        r = self.base[groups] + rng.random(len(groups)) * self.mass[groups]
+        idx = np.clip(np.searchsorted(self.cum, r, side="right"), self.lo[groups], np.maximum(self.hi[groups] - 1, 0))
+        return np.where(self.hi[groups] > self.lo[groups], self.items[np.minimum(idx, len(self.items) - 1)], -1)
+
+
+class _Proposer:
+    """Candidate books for readers: how a reader comes to a book.
+
+    A fresh pick takes a genre from the reader's mixture and a book of it by popularity, or (the
+    bestseller share) a book by overall popularity. A returning pick (with the reader's loyalty,
+    once they have read something) starts from a book they read and takes another book of its
+    series, author, publisher or genre, by popularity. Whether a pick lands on an ISBN missing
+    from the books file is decided beforehand (an exact count per reader), so the share of
+    dangling ratings does not depend on the mix of routes; those picks follow the reader's genres.
+    """
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        isbn_w: np.ndarray,
+        isbn_work: np.ndarray,
+        n_works: int,
+        work_genre: np.ndarray,  # all works, ghosts included
+        work_author: np.ndarray,
+        work_series: np.ndarray,
+        work_publisher: np.ndarray,
+        user_genre: np.ndarray,
+        loyalty: np.ndarray,
+        bestseller_share: float,
+    ) -> None:
+        self.rng = rng
+        self.isbn_work = isbn_work
+        self.n_works = n_works
+        self.work_genre = work_genre
+        self.work_author, self.work_series, self.work_publisher = work_author, work_series, work_publisher
+        self.series_size = np.bincount(work_series)
+        self.loyalty = loyalty
+        self.bestseller_share = bestseller_share
+        n_genres = user_genre.shape[1]
+        real = isbn_work < n_works
+        work = np.minimum(isbn_work, n_works - 1)
+        book_genre = np.where(real, work_genre[isbn_work], -1)
+
+        def by(group: np.ndarray) -> np.ndarray:
+            return np.where(real, group[work], -1)
+
+        self.best = _GroupSampler(np.where(real, 0, -1), isbn_w, 1)
+        self.genre = _GroupSampler(book_genre, isbn_w, n_genres)
+        self.ghost = _GroupSampler(np.where(real, -1, work_genre[isbn_work]), isbn_w, n_genres)
+        self.all_ghosts = _GroupSampler(np.where(real, -1, 0), isbn_w, 1)
+        self.author = _GroupSampler(by(work_author), isbn_w, int(work_author.max()) + 1)
+        self.series = _GroupSampler(by(work_series), isbn_w, int(work_series.max()) + 1)
+        self.publisher = _GroupSampler(by(work_publisher), isbn_w, int(work_publisher.max()) + 1)
+        # the readers' genre mixtures as one increasing array: reader u's genres span [u, u + 1)
+        cum = np.cumsum(user_genre, axis=1)
+        cum /= cum[:, -1:]
+        self.n_genres = n_genres
+        self.flat_genre_cdf = (np.arange(len(user_genre))[:, None] + cum).ravel()
+        self.set_history(np.empty(0, np.int64), np.empty(0, np.int64))
+
+    def set_history(self, users: np.ndarray, items: np.ndarray) -> None:
+        order = np.argsort(users, kind="stable")
+        self.hist_items = items[order]
+        self.hist_count = np.bincount(users, minlength=len(self.loyalty))
+        self.hist_start = np.cumsum(self.hist_count) - self.hist_count
+
+    def reader_genre(self, users: np.ndarray) -> np.ndarray:
+        v = users + self.rng.random(len(users))
+        pos = np.searchsorted(self.flat_genre_cdf, v, side="right")
+        return np.clip(pos - users * self.n_genres, 0, self.n_genres - 1)
+
+    def propose(self, users: np.ndarray, round_no: int) -> np.ndarray:
+        """Books-file candidates for ``users`` (one each)."""
+        rng = self.rng
+        u = users
+        # top-up rounds: a reader still short has run out of their authors and genres, so the
+        # candidates widen towards overall popularity
+        widen = 1.0 - 0.5 ** max(round_no - 1, 0)
+        ret = (self.hist_count[u] > 0) & (rng.random(len(u)) < self.loyalty[u] * (1 - widen))
+        best = ~ret & (rng.random(len(u)) < 1 - (1 - self.bestseller_share) * (1 - widen))
+        fresh = ~ret & ~best
+        pick = np.full(len(u), -1, dtype=np.int64)
+        pick[best] = self.best.draw(rng, np.zeros(int(best.sum()), np.int64))
+        pick[fresh] = self.genre.draw(rng, self.reader_genre(u[fresh]))
+        if ret.any():
+            ur = u[ret]
+            anchor = self.hist_items[self.hist_start[ur] + (rng.random(len(ur)) * self.hist_count[ur]).astype(np.int64)]
+            work = self.isbn_work[anchor]
+            real = work < self.n_works
+            w = np.minimum(work, self.n_works - 1)
+            route = rng.random(len(ur))
+            series = real & (route < RETURN_SERIES) & (self.series_size[self.work_series[w]] > 1)
+            author = real & ~series & (route < RETURN_SERIES + RETURN_AUTHOR)
+            publisher = real & (route >= RETURN_SERIES + RETURN_AUTHOR) & (
+                route < RETURN_SERIES + RETURN_AUTHOR + RETURN_PUBLISHER)
+            genre = ~(series | author | publisher)
+            got = np.empty(len(ur), dtype=np.int64)
+            got[series] = self.series.draw(rng, self.work_series[w[series]])
+            got[author] = self.author.draw(rng, self.work_author[w[author]])
+            got[publisher] = self.publisher.draw(rng, self.work_publisher[w[publisher]])
+            got[genre] = self.genre.draw(rng, self.work_genre[work[genre]])
+            # another edition of the very book is not a new read
+            got[(got >= 0) & (self.isbn_work[np.maximum(got, 0)] == work)] = -1
+            pick[ret] = got
+        return pick
+
+    def propose_ghost(self, users: np.ndarray, round_no: int) -> np.ndarray:
+        """Candidates among the ISBNs missing from the books file: by the reader's genres, widening
+        to all of them in top-up rounds."""
+        widen = 1.0 - 0.5 ** max(round_no - 1, 0)
+        wide = self.rng.random(len(users)) < widen
+        out = np.empty(len(users), dtype=np.int64)
+        out[wide] = self.all_ghosts.draw(self.rng, np.zeros(int(wide.sum()), np.int64))
+        out[~wide] = self.ghost.draw(self.rng, self.reader_genre(users[~wide]))
+        return out
+
+
+def _series(rng: np.random.Generator, work_author: np.ndarray, work_genre: np.ndarray) -> np.ndarray:
+    """Series ids of works: an author's next work (catalogue order) in the same genre continues
+    the previous one's series with probability SERIES_CONTINUE; otherwise it starts a new one."""
+    order = np.lexsort((np.arange(len(work_author)), work_author))
+    a, g = work_author[order], work_genre[order]
+    cont = np.r_[False, (a[1:] == a[:-1]) & (g[1:] == g[:-1])] & (rng.random(len(a)) < SERIES_CONTINUE)
+    out = np.empty(len(a), dtype=np.int64)
+    out[order] = np.cumsum(~cont) - 1
+    return out
+
+
+def _dirichlet(rng: np.random.Generator, alpha: np.ndarray, n: int) -> np.ndarray:
+    """n draws of Dirichlet(alpha) as rows. With tiny concentrations every gamma of a row can
+    underflow to zero; such a row puts all its weight on one component drawn by alpha (the limit)."""
+    x = rng.standard_gamma(alpha, size=(n, len(alpha)))
+    total = x.sum(axis=1)
+    empty = total <= 0
+    if empty.any():  # pragma: no cover - needs concentrations far below the presets'
+        x[empty] = 0.0
+        x[empty, _sample_by_weight(rng, np.cumsum(alpha), int(empty.sum()))] = 1.0
+        total = x.sum(axis=1)
+    return x / total[:, None]
 
 
 def _shortfall_weights(per_user: np.ndarray, room: np.ndarray) -> np.ndarray:
@@ -370,14 +556,32 @@ def generate(
     n_editions[-1] -= int(cum[n_works - 1] - p.n_books)
     work_pop = work_pop[:n_works]
     work_author = _sample_by_weight(rng, np.cumsum(author_w), n_works)
-    work_publisher = _sample_by_weight(rng, np.cumsum(publisher_w), n_works)
+
+    # genres: an author writes mostly in one genre, some also in a second one
+    g = p.n_genres
+    genre_w = _lognormal_weights(rng, g, GENRE_SIZE_SIGMA)
+    genre_f = rng.normal(0, factor_sd, (g, k))  # genre centroids in factor space
+    author_genre = _sample_by_weight(rng, np.cumsum(genre_w), p.n_authors)
+    author_genre2 = np.where(rng.random(p.n_authors) < SECOND_GENRE_RATE,
+                             _sample_by_weight(rng, np.cumsum(genre_w), p.n_authors), author_genre)
+    work_genre = np.where(rng.random(n_works) < SECOND_GENRE_WORKS, author_genre2[work_author], author_genre[work_author])
+    # publishers: most of an author's works appear with the author's house
+    house = _sample_by_weight(rng, np.cumsum(publisher_w), p.n_authors)
+    work_publisher = np.where(rng.random(n_works) < HOUSE_PUBLISHER_RATE, house[work_author],
+                              _sample_by_weight(rng, np.cumsum(publisher_w), n_works))
+    work_series = _series(rng, work_author, work_genre)
+
+    fa, fg, fp = FACTOR_AUTHOR_SHARE, FACTOR_GENRE_SHARE, FACTOR_PUBLISHER_SHARE
+    work_f = (np.sqrt(fa) * author_f[work_author] + np.sqrt(fg) * genre_f[work_genre] + np.sqrt(fp) * pub_f[work_publisher]
+              + np.sqrt(1 - fa - fg - fp) * rng.normal(0, factor_sd, (n_works, k)))
     a_s, p_s, o_s = np.sqrt(AUTHOR_SHARE), np.sqrt(PUBLISHER_SHARE), np.sqrt(1 - AUTHOR_SHARE - PUBLISHER_SHARE)
-    work_f = a_s * author_f[work_author] + p_s * pub_f[work_publisher] + o_s * rng.normal(0, factor_sd, (n_works, k))
     work_b = a_s * author_b[work_author] + p_s * pub_b[work_publisher] + o_s * rng.normal(0, WORK_BIAS_SD, n_works)
 
-    # ghost works: ISBNs that readers rated but the books file lacks (own single-edition works)
+    # ghost works: ISBNs that readers rated but the books file lacks (own single-edition works of
+    # authors outside the catalogue, in a genre like any other book)
     n_ghost = max(1, round(p.n_books * p.ghost_isbn_ratio))
-    ghost_f = rng.normal(0, factor_sd, (n_ghost, k))
+    ghost_genre = _sample_by_weight(rng, np.cumsum(genre_w), n_ghost)
+    ghost_f = np.sqrt(fg) * genre_f[ghost_genre] + np.sqrt(1 - fg) * rng.normal(0, factor_sd, (n_ghost, k))
     ghost_b = rng.normal(0, WORK_BIAS_SD, n_ghost)
     ghost_pop = rng.lognormal(0.0, p.popularity_sigma * 0.7, n_ghost)
 
@@ -395,15 +599,15 @@ def generate(
     book_mass = isbn_w[: p.n_books].sum()
     ghost_mass = isbn_w[p.n_books :].sum()
     # every ISBN gets one "discovery" interaction (the crawl found books through ratings, so
-    # nearly every book is rated and most only once); the remaining interactions follow
-    # popularity, with the ghost ISBNs' mass set so ~missing_isbn_share of all ratings miss
+    # nearly every book is rated and most only once); of the remaining interactions, exactly
+    # enough go to ghost ISBNs that missing_isbn_share of all ratings miss the books file
     n_isbns = len(isbn_work)
     n_rest = p.n_ratings - n_isbns
     if n_rest <= 0:
         raise ValueError("preset has fewer ratings than ISBNs")
-    ghost_target = max(p.missing_isbn_share * p.n_ratings - n_ghost, 0.01 * n_rest) / n_rest
-    isbn_w[p.n_books :] *= (ghost_target / (1 - ghost_target)) * book_mass / ghost_mass
-    isbn_w /= isbn_w.sum()
+    n_ghost_picks = round(max(p.missing_isbn_share * p.n_ratings - n_ghost, 0.01 * n_rest))
+    isbn_w[: p.n_books] /= book_mass
+    isbn_w[p.n_books :] /= ghost_mass
     isbns = _unique_isbns(rng, len(isbn_work)).astype(object)
     # ISBNs readers typed that no books row has: some in 13-digit form, a few outright junk
     # (ASIN-like codes); both stay distinct after normalisation
@@ -417,31 +621,64 @@ def generate(
 
     # ---- users and who reads what -------------------------------------------------------
     say("interactions")
-    user_f = rng.normal(0, factor_sd, (p.n_users, k))
+    all_genre = np.r_[work_genre, ghost_genre]
+    # a reader's genre mixture is sparse (a few genres dominate), centred on the genres' shares
+    # of reading; their taste (factors) leans towards the centroids of the genres they read, so
+    # what they pick and how they rate it are related
+    genre_mass = np.bincount(work_genre[isbn_work[: p.n_books]], weights=isbn_w[: p.n_books], minlength=g)
+    user_genre = _dirichlet(rng, p.genre_concentration * np.maximum(genre_mass / genre_mass.sum(), 1e-6), p.n_users)
+    taste = (user_genre @ genre_f) / np.sqrt((user_genre**2).sum(axis=1))[:, None]
+    user_f = np.sqrt(USER_GENRE_SHARE) * taste + np.sqrt(1 - USER_GENRE_SHARE) * rng.normal(0, factor_sd, (p.n_users, k))
+    del taste
     user_b = rng.normal(0, USER_BIAS_SD, p.n_users)
+    c = LOYALTY_CONCENTRATION
+    user_loyalty = rng.beta(p.loyalty * c, (1 - p.loyalty) * c, p.n_users)
     n_active = max(1, round(p.n_users * p.active_user_fraction))
     active = np.sort(rng.choice(p.n_users, n_active, replace=False))
     per_user = np.zeros(p.n_users, dtype=np.int64)
     activity_w = rng.lognormal(0, p.activity_sigma, n_active)
     item_f_isbn = all_f[isbn_work]
     item_b_isbn = all_b[isbn_work]
+    isbn_genre = all_genre[isbn_work]
 
     def pref(u: np.ndarray, i: np.ndarray) -> np.ndarray:
         return item_b_isbn[i] + np.einsum("ij,ij->i", user_f[u], item_f_isbn[i])
 
-    # discovery: each ISBN goes to the best-liking of 3 readers drawn by activity
-    n_cand = 3
+    # discovery: each ISBN goes to one of 8 readers drawn by activity, by taste and genre
+    n_cand = 8
     cover_u = active[_sample_by_weight(rng, np.cumsum(activity_w), n_isbns * n_cand)]
     cover_i = np.repeat(np.arange(n_isbns), n_cand)
-    cover_score = (p.preference_tilt * pref(cover_u, cover_i) + rng.gumbel(size=len(cover_u))).reshape(n_isbns, n_cand)
+    cover_score = (p.preference_tilt * pref(cover_u, cover_i) + np.log(user_genre[cover_u, isbn_genre[cover_i]] + 1e-12)
+                   + rng.gumbel(size=len(cover_u))).reshape(n_isbns, n_cand)
     cover_u = cover_u.reshape(n_isbns, n_cand)[np.arange(n_isbns), cover_score.argmax(axis=1)]
     cover_i = np.arange(n_isbns)
+    del cover_score
     covered = np.bincount(cover_u, minlength=p.n_users)
     per_user[active] = _capped_counts(
         rng, activity_w, n_rest, cap=np.maximum(n_isbns // 2 - covered[active], 1), minimum=1
     )
-    ru, ri = _choose_interactions(rng, per_user, isbn_w, pref, p.preference_tilt, exclude=(cover_u, cover_i))
-    ru, ri = np.r_[cover_u, ru], np.r_[cover_i, ri]
+    proposer = _Proposer(
+        rng, isbn_w, isbn_work, n_works, all_genre, work_author, work_series, work_publisher, user_genre,
+        user_loyalty, p.bestseller_share,
+    )
+    ghost_picks = np.zeros(p.n_users, dtype=np.int64)
+    ghost_picks[active] = _capped_counts(rng, per_user[active].astype(np.float64), n_ghost_picks,
+                                         cap=per_user[active], minimum=0)
+    book_picks = per_user - ghost_picks
+    # picks come in waves: the first are fresh (genre or bestseller), later ones also return to
+    # the authors, series, publishers and genres of the books read in the waves before
+    ru, ri = cover_u, cover_i
+    done = np.zeros(p.n_users, dtype=np.int64)
+    for wave in range(WAVES):
+        want = -(-book_picks * (wave + 1) // WAVES) - done
+        proposer.set_history(ru, ri)
+        wu, wi = _choose_interactions(rng, np.maximum(want, 0), n_isbns, proposer.propose, pref, p.preference_tilt,
+                                      exclude=(ru, ri))
+        ru, ri = np.r_[ru, wu], np.r_[ri, wi]
+        done += np.bincount(wu, minlength=p.n_users)
+    gu, gi = _choose_interactions(rng, ghost_picks, n_isbns, proposer.propose_ghost, pref, p.preference_tilt,
+                                  exclude=(ru, ri))
+    ru, ri = np.r_[ru, gu], np.r_[ri, gi]
     per_user += covered
     for _attempt in range(5):
         # a reader can run out of distinct books; hand the shortfall to readers with room
@@ -453,7 +690,9 @@ def generate(
         more = np.zeros(p.n_users, dtype=np.int64)
         more[room > 0] = _capped_counts(rng, _shortfall_weights(per_user, room), short, cap=None, minimum=0)
         more = np.minimum(more, np.maximum(room, 0))
-        extra_u, extra_i = _choose_interactions(rng, more, isbn_w, pref, p.preference_tilt, exclude=(ru, ri))
+        proposer.set_history(ru, ri)
+        extra_u, extra_i = _choose_interactions(rng, more, n_isbns, proposer.propose, pref, p.preference_tilt,
+                                                exclude=(ru, ri))
         ru, ri = np.r_[ru, extra_u], np.r_[ri, extra_i]
     n_int = len(ru)
     # top-ups can fall a few short for the most active readers (popular books run out): take
@@ -509,6 +748,23 @@ def generate(
         "work_bias_sd": WORK_BIAS_SD,
         "interaction_sd": INTERACTION_SD,
         "preference_tilt": p.preference_tilt,
+        "n_genres": p.n_genres,
+        "reading_structure": {
+            "factor_shares": {"author": FACTOR_AUTHOR_SHARE, "genre": FACTOR_GENRE_SHARE,
+                              "publisher": FACTOR_PUBLISHER_SHARE},
+            "user_genre_share": USER_GENRE_SHARE,
+            "genre_concentration": p.genre_concentration,
+            "loyalty": p.loyalty,
+            "loyalty_concentration": LOYALTY_CONCENTRATION,
+            "bestseller_share": p.bestseller_share,
+            "return_routes": {"series": RETURN_SERIES, "author": RETURN_AUTHOR, "publisher": RETURN_PUBLISHER,
+                              "genre": 1 - RETURN_SERIES - RETURN_AUTHOR - RETURN_PUBLISHER},
+            "second_genre_rate": SECOND_GENRE_RATE,
+            "second_genre_works": SECOND_GENRE_WORKS,
+            "house_publisher_rate": HOUSE_PUBLISHER_RATE,
+            "series_continue": SERIES_CONTINUE,
+            "waves": WAVES,
+        },
         "clip_fraction": clip_fraction,
         "mapping": {
             "kind": "identity_clipped" if continuous else "thresholds",
@@ -531,6 +787,14 @@ def generate(
         "in_books_file": np.r_[np.ones(p.n_books, bool), np.zeros(n_ghost, bool)],
         "work_author": work_author.astype(np.int64),
         "work_publisher": work_publisher.astype(np.int64),
+        # reading structure: genres of all works (ghosts included), series of catalogue works,
+        # genre centroids in factor space, readers' genre mixtures and loyalty
+        "work_genre": all_genre.astype(np.int64),
+        "work_series": work_series.astype(np.int64),
+        "genre_weights": genre_w,
+        "genre_factors": genre_f,
+        "user_genre_mixture": user_genre.astype(np.float32),
+        "user_loyalty": user_loyalty,
     }
     manifest = {
         "source": "synthetic",
