@@ -97,7 +97,7 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="Extra prior precision per reader of a book (used when BOOKREC_RELEVANCE_L2 is set)"
     )
     relevance_max_items: int = Field(
-        8000, ge=10, le=30_000, description="Most read works the relevance model ranks (its dense matrix is this squared)"
+        6000, ge=10, le=30_000, description="Most read works the relevance model ranks (its dense matrix is this squared)"
     )
     relevance_min_item_interactions: int = Field(2, ge=1, description="Readers a work needs to be a relevance candidate")
     n_candidates: int = Field(50, ge=1, le=1000, description="Most relevant unread works each ranking mode orders")

@@ -10,10 +10,33 @@ The model (all on the 1-10 rating scale):
 - ``continuous=True``: rating = z, clipped to [1, 10] (parameters are chosen so clipping is rare:
   its frequency is recorded as ``clip_fraction``), so explicit ratings are exactly mean + Gaussian noise.
 
-Which (user, book) pairs exist depends only on ``m`` (never on the noise): readers pick books
-by popularity tilted towards what they like; each interaction is explicit or implicit (rating 0)
-by a per-user propensity. Work factors and biases are built from the author's and publisher's
-(books by one author are alike). ISBNs are editions of works; popular works have several.
+Which (user, book) pairs exist depends only on ``m`` and the reading structure below (never on
+the rating noise); each interaction is explicit or implicit (rating 0) by a per-user propensity.
+ISBNs are editions of works; popular works have several, and a reader reads one edition of a work.
+
+Reading structure (who reads what), so that readers are personal as real ones are:
+
+- every work has a genre (``n_genres``, sizes log-normal): an author writes in one genre, some
+  authors (``SECOND_GENRE_RATE``) partly in a second one; an author's works mostly appear with
+  the author's house publisher; an author's consecutive works in one genre form series;
+- work factors = author part + genre centroid + publisher part + own noise (variance shares
+  ``FACTOR_*_SHARE``), work biases = author + publisher + own; a reader has a sparse genre
+  mixture (Dirichlet, total concentration ``genre_concentration`` around the genres' shares of
+  reading) and their factors lean towards the centroids of their genres (``USER_GENRE_SHARE``),
+  so what a reader picks and how they rate it are related;
+- a reader's picks come in ``WAVES`` waves. A fresh pick is a book of a genre drawn from the
+  reader's mixture, or (``bestseller_share``) of any genre, by popularity. A returning pick (with
+  the reader's loyalty, Beta with mean ``loyalty``, once they have read something) starts from
+  a book read in an earlier wave and takes another book of its series, author, publisher or
+  genre (``RETURN_*``) by popularity. Each reader keeps the candidates with the largest
+  ``preference_tilt * (b_work + <U, V>) + Gumbel`` keys, i.e. picks are tilted towards what the
+  reader likes; every ISBN also has one "discovery" reader (drawn by activity, taste and genre);
+- picks of ISBNs missing from the books file ("ghosts", works of their own with a genre) are an
+  exact count per reader, so ``missing_isbn_share`` is met exactly whatever the structure.
+
+The truth records the structure: ``work_genre`` (all works, ghosts included), ``work_series``,
+``genre_weights``, ``genre_factors``, ``user_genre_mixture``, ``user_loyalty`` and, in
+``reading_structure``, the constants.
 
 Everything is produced as *raw* text tables (quirks included: junk ages and years, free-text
 locations, messy ISBNs) and normalised with :mod:`bookrec.data.normalize`, the same code the
@@ -62,20 +85,20 @@ class Preset:
     age_junk: float = 0.006
     # personal reading structure (see the module docstring)
     n_genres: int = 40
-    genre_concentration: float = 4.0  # Dirichlet concentration of a reader's genre mixture (small: few genres)
-    loyalty: float = 0.3  # mean share of a reader's later picks that return to what they have read
+    genre_concentration: float = 3.0  # Dirichlet concentration of a reader's genre mixture (small: few genres)
+    loyalty: float = 0.4  # mean share of a reader's later picks that return to what they have read
     bestseller_share: float = 0.3  # share of fresh picks made by overall popularity, whatever the genre
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny", n_users=400, n_books=300, n_ratings=9_000, n_implicit=round(9_000 * IMPLICIT_SHARE),
-        n_authors=120, n_publishers=30, active_user_fraction=0.9, activity_sigma=0.9, popularity_sigma=0.9,
+        n_authors=120, n_publishers=30, active_user_fraction=0.9, activity_sigma=0.9, popularity_sigma=1.0,
         missing_isbn_share=0.114, n_genres=12,
     ),
     "small": Preset(
         "small", n_users=8_000, n_books=2_500, n_ratings=150_000, n_implicit=round(150_000 * IMPLICIT_SHARE),
-        n_authors=900, n_publishers=150, active_user_fraction=0.8, activity_sigma=1.1, popularity_sigma=1.2,
+        n_authors=900, n_publishers=150, active_user_fraction=0.8, activity_sigma=1.1, popularity_sigma=1.3,
         missing_isbn_share=0.105,
     ),
     "full": Preset(
@@ -265,25 +288,27 @@ def _sample_by_weight(rng: np.random.Generator, cumulative: np.ndarray, size: in
 def _choose_interactions(
     rng: np.random.Generator,
     per_user: np.ndarray,  # interactions wanted per user (index = user position)
-    n_items: int,
+    item_work: np.ndarray,  # the work of each item: a user reads one edition of a work at most
     propose: Callable[[np.ndarray, int], np.ndarray],
     item_pref: Callable[[np.ndarray, np.ndarray], np.ndarray],
     tilt: float,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (user, item) pairs, ``per_user[u]`` for user u, items ~ proposal * exp(tilt * pref).
+    """(user, item) pairs with distinct (user, work), ``per_user[u]`` for user u, items ~ proposal * exp(tilt * pref).
 
     ``propose(users, round)`` draws one candidate item per entry of ``users`` (-1: none); each
     user keeps the candidates with the largest ``tilt * pref + Gumbel`` keys (weighted sampling
-    without replacement); short users are topped up in further rounds.
+    without replacement); short users are topped up in further rounds. Pairs whose (user, work)
+    is in ``exclude`` are not drawn again.
     """
-    per_user = np.minimum(per_user, n_items // 2)
+    n_keys = int(item_work.max()) + 1
+    per_user = np.minimum(per_user, n_keys // 2)
     chosen_u: list[np.ndarray] = []
     chosen_i: list[np.ndarray] = []
     have = np.zeros_like(per_user)
     taken_keys = np.empty(0, dtype=np.int64)
     if exclude is not None:
-        taken_keys = np.sort(exclude[0].astype(np.int64) * n_items + exclude[1])
+        taken_keys = np.sort(exclude[0].astype(np.int64) * n_keys + item_work[exclude[1]])
     factor = 2.5
     for _round in range(12):
         need = per_user - have
@@ -294,7 +319,7 @@ def _choose_interactions(
         cu = np.repeat(users, n_cand)
         ci = propose(cu, _round)
         cu, ci = cu[ci >= 0], ci[ci >= 0]
-        key = cu.astype(np.int64) * n_items + ci
+        key = cu.astype(np.int64) * n_keys + item_work[ci]
         key, first = np.unique(key, return_index=True)
         cu, ci = cu[first], ci[first]
         fresh = np.ones(len(key), bool)
@@ -441,8 +466,6 @@ class _Proposer:
             got[author] = self.author.draw(rng, self.work_author[w[author]])
             got[publisher] = self.publisher.draw(rng, self.work_publisher[w[publisher]])
             got[genre] = self.genre.draw(rng, self.work_genre[work[genre]])
-            # another edition of the very book is not a new read
-            got[(got >= 0) & (self.isbn_work[np.maximum(got, 0)] == work)] = -1
             pick[ret] = got
         return pick
 
@@ -672,11 +695,11 @@ def generate(
     for wave in range(WAVES):
         want = -(-book_picks * (wave + 1) // WAVES) - done
         proposer.set_history(ru, ri)
-        wu, wi = _choose_interactions(rng, np.maximum(want, 0), n_isbns, proposer.propose, pref, p.preference_tilt,
+        wu, wi = _choose_interactions(rng, np.maximum(want, 0), isbn_work, proposer.propose, pref, p.preference_tilt,
                                       exclude=(ru, ri))
         ru, ri = np.r_[ru, wu], np.r_[ri, wi]
         done += np.bincount(wu, minlength=p.n_users)
-    gu, gi = _choose_interactions(rng, ghost_picks, n_isbns, proposer.propose_ghost, pref, p.preference_tilt,
+    gu, gi = _choose_interactions(rng, ghost_picks, isbn_work, proposer.propose_ghost, pref, p.preference_tilt,
                                   exclude=(ru, ri))
     ru, ri = np.r_[ru, gu], np.r_[ri, gi]
     per_user += covered
@@ -691,7 +714,7 @@ def generate(
         more[room > 0] = _capped_counts(rng, _shortfall_weights(per_user, room), short, cap=None, minimum=0)
         more = np.minimum(more, np.maximum(room, 0))
         proposer.set_history(ru, ri)
-        extra_u, extra_i = _choose_interactions(rng, more, n_isbns, proposer.propose, pref, p.preference_tilt,
+        extra_u, extra_i = _choose_interactions(rng, more, isbn_work, proposer.propose, pref, p.preference_tilt,
                                                 exclude=(ru, ri))
         ru, ri = np.r_[ru, extra_u], np.r_[ri, extra_i]
     n_int = len(ru)

@@ -124,7 +124,7 @@ class ItemRelevance:
     """
 
     def __init__(self, l2: float | str = "auto", popularity_l2: float = 0.0, max_items: int = 8000,
-                 min_item_interactions: int = 2, selection_items: int = 4000, selection_users: int = 10_000,
+                 min_item_interactions: int = 2, selection_items: int = 3000, selection_users: int = 5000,
                  seed: int = 0):
         self.l2 = l2
         self.popularity_l2 = popularity_l2
@@ -224,14 +224,26 @@ class ItemRelevance:
         var = self.noise_var_ * np.maximum(q[:, None] - v * v / self.diag_, 0.0)
         return mean, np.sqrt(var)
 
-    def recommend(self, x_rows: sp.csr_matrix, n: int, exclude_rows: sp.csr_matrix | None = None):
+    def recommend(self, x_rows: sp.csr_matrix, n: int, exclude_rows: sp.csr_matrix | None = None,
+                  block: int = 512):
         """Top-n candidates per row: (items, mean, sd, because), item indices over all items.
 
         ``because`` is the reader's item with the largest weight towards the recommended one
-        (-1 when the reader has no candidate item); empty slots are -1 / nan.
+        (-1 when the reader has no candidate item); empty slots are -1 / nan. Rows are scored
+        ``block`` at a time: a block holds a few dense (block, candidates) arrays.
         """
+        x_rows = sp.csr_matrix(x_rows)
+        exclude_rows = x_rows if exclude_rows is None else sp.csr_matrix(exclude_rows)
+        parts = [self._recommend_block(x_rows[a:a + block], n, exclude_rows[a:a + block])
+                 for a in range(0, x_rows.shape[0], block)]
+        if not parts:
+            shape = (0, n)
+            return np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape), np.zeros(shape, np.int64)
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+
+    def _recommend_block(self, x_rows: sp.csr_matrix, n: int, exclude_rows: sp.csr_matrix):
         mean, sd = self.score(x_rows)
-        excluded = self.local_history(x_rows if exclude_rows is None else exclude_rows)
+        excluded = self.local_history(exclude_rows)
         mean[excluded.nonzero()] = -np.inf
         top = top_per_row(mean, n)
         top_mean = np.take_along_axis(mean, top, axis=1)
