@@ -53,9 +53,9 @@ def test_bookcrossing_quirks_are_present(small):
     d = small.dataset
     p = PRESETS["small"]
     missing_isbn = (~d.ratings["isbn"].isin(d.books["isbn"])).mean()
-    # ghost ISBNs get exactly 10% of the popularity mass; the preference tilt moves the share a
-    # little (measured spread across seeds is about 1 point), so 7-13% is the accepted band
-    assert 0.07 < missing_isbn < 0.13
+    # picks of ghost ISBNs are an exact count (missing_isbn_share of all ratings); only top-ups
+    # for readers who ran out of books could move it, by far less than half a point
+    assert abs(missing_isbn - p.missing_isbn_share) < 0.005
     # ages: 40% NULL + 0.6% junk, binomial sd over 8,000 users = 0.0055, 5 sd = 0.028
     age_null = d.users["age"].isna().mean()
     assert abs(age_null - (p.age_missing + p.age_junk)) < 0.028
@@ -131,7 +131,8 @@ def test_books_by_one_author_are_alike(small):
     rng = np.random.default_rng(0)
     i, j = rng.integers(0, len(f), (2, 5000))
     across = np.mean(np.sum(f[i] * f[j], axis=1)) / (f.shape[1] * var)
-    # the author's share of the factor variance is 0.6 (plus a little from shared publishers)
+    # the author's share of the factor variance is 0.45; works of one author also mostly share a
+    # genre centroid (0.25) and the house publisher (0.1)
     assert within > 0.45 and abs(across) < 0.1
 
 
@@ -228,9 +229,9 @@ def test_readers_have_personal_structure_item_based_beats_popularity(small):
     p = np.linalg.inv(x.T.astype(np.float64) @ x + 200.0 * np.eye(x.shape[1]))
     b = -p / np.diag(p)
     np.fill_diagonal(b, 0.0)
-    ease = x_eval @ b
+    ease = x_eval @ b.astype(np.float32)
 
     pop_recall = _recall_at_10(popularity, x_eval, h_eval)
     ease_recall = _recall_at_10(ease, x_eval, h_eval)
-    assert pop_recall > 0.02  # the most popular works stay very popular
+    assert pop_recall > 0.02  # popularity stays a meaningful baseline (the top works are read widely)
     assert ease_recall >= 1.5 * pop_recall, (ease_recall, pop_recall)
