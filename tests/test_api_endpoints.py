@@ -9,7 +9,6 @@ and fold-in / similarity results are recomputed here directly from the published
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 
 import httpx
@@ -23,6 +22,7 @@ from scipy.special import ndtr
 
 from bookrec.model.foldin import fold_in_components, fold_in_from_arrays, rank_items_for_fold_in
 from bookrec.store import open_store
+from tests.support.asgi import serving
 from tests.support.publish import _catalog_parquet, publish_fixture
 
 N_USERS, N_BOOKS, TOP_N = 120, 60, 20
@@ -39,16 +39,6 @@ def world(request, redis_server, tmp_path_factory):
     # outside the rating model exist; the relevance blob covers 80% of the works (w % 5 != 1).
     fx = publish_fixture(url, n_users=N_USERS, n_books=N_BOOKS, top_n=TOP_N, seed=3, serving_works="in_model")
     return {"url": url, "fx": fx, "backend": request.param}
-
-
-@contextlib.asynccontextmanager
-async def serving(url: str, **settings):
-    app = create_app(Settings(store_url=url, **settings))
-    async with app.router.lifespan_context(app):
-        # Unexpected errors must come back as the 500 response a client would see, not as a raise.
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
 
 
 @pytest.fixture()

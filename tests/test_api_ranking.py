@@ -11,20 +11,17 @@ serving model), independently of the API's code.
 
 from __future__ import annotations
 
-import contextlib
 import io
 
-import httpx
 import numpy as np
 import orjson
 import pytest
 from scipy.special import ndtr
 
-from bookrec.api.main import create_app
-from bookrec.config import Settings
 from bookrec.model import kernels
 from bookrec.model.foldin import fold_in_components, fold_in_from_arrays
 from bookrec.store import open_store
+from tests.support.asgi import serving
 from tests.support.publish import _catalog_parquet, publish_fixture
 
 N_USERS, N_BOOKS, TOP_N = 80, 60, 20
@@ -41,15 +38,6 @@ def world(request, redis_server, tmp_path_factory):
         url = f"sqlite:///{tmp_path_factory.mktemp('ranking')}/bookrec.sqlite3"
     fx = publish_fixture(url, n_users=N_USERS, n_books=N_BOOKS, top_n=TOP_N, seed=5, serving_works="in_model")
     return {"url": url, "fx": fx}
-
-
-@contextlib.asynccontextmanager
-async def serving(url: str, **settings):
-    app = create_app(Settings(store_url=url, **settings))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
 
 
 @pytest.fixture()

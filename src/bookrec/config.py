@@ -100,15 +100,12 @@ class Settings(BaseSettings):
         6000, ge=10, le=30_000, description="Most read works the relevance model ranks (its dense matrix is this squared)"
     )
     relevance_min_item_interactions: int = Field(2, ge=1, description="Readers a work needs to be a relevance candidate")
-    n_candidates: int = Field(50, ge=1, le=1000, description="Most relevant unread works each ranking mode orders")
+    n_candidates: int = Field(30, ge=1, le=1000, description="Most relevant unread works each ranking mode orders")
     like_weight: float = Field(0.25, ge=0.0, description="for_you = relevance x P(liked)^like_weight")
     liked_quantile: float = Field(
         0.7, gt=0.0, lt=1.0, description="Liked = a rating in the top (1 - this) of the rating range (>= 7.3 on 1-10)"
     )
-    ranking_holdout_fraction: float = Field(
-        0.2, gt=0.0, lt=0.5, description="Share of each evaluated reader's interactions held out for the top-N evaluation"
-    )
-    ranking_eval_readers: int = Field(5000, ge=100, description="Readers sampled for the batch's top-N evaluation")
+    ranking_eval_readers: int = Field(3000, ge=100, description="Readers sampled for the batch's top-N evaluation")
 
     # --- optimizer ---------------------------------------------------------------------
     optimizer_n_calls: int = Field(

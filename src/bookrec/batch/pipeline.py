@@ -203,7 +203,6 @@ def evaluate(ctx: BatchContext) -> dict:
     """Test-split metrics of the model and the two baselines, calibration points."""
     from bookrec.model import metrics
 
-    s = ctx.settings
     tu, ti, tr = ctx.training.test
     out: dict[str, Any] = {"n_test": int(len(tr))}
     if not len(tr):

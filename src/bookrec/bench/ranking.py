@@ -145,19 +145,6 @@ def project_recommender(ctx: BenchContext) -> list[ModelSpec]:
 register_model(project_recommender)
 
 
-def _peak_mb() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _sample(users: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     if limit is None or users.shape[0] <= limit:
         return users
@@ -244,6 +231,8 @@ def run_ranking(dataset, seed: int = 7, max_eval_users: int | None = None, specs
         for name, row in ok.items():
             diff, se = report["_per_user"][name].compare(report["_per_user"][best], "recall@10")
             row["recall@10_vs_best"] = {"diff": diff, "se": se}
+    from bookrec.bench.model import _peak_mb
+
     report["peak_mb"] = _peak_mb()
     return report
 

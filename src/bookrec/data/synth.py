@@ -12,7 +12,8 @@ The model (all on the 1-10 rating scale):
 
 Which (user, book) pairs exist depends only on ``m`` and the reading structure below (never on
 the rating noise); each interaction is explicit or implicit (rating 0) by a per-user propensity.
-ISBNs are editions of works; popular works have several, and a reader reads one edition of a work.
+ISBNs are editions of works; popular works have several, and a reader reads one edition of a
+work (bar a rare collision with the work's discovery reader, below).
 
 Reading structure (who reads what), so that readers are personal as real ones are:
 
@@ -90,6 +91,8 @@ class Preset:
     bestseller_share: float = 0.3  # share of fresh picks made by overall popularity, whatever the genre
 
 
+# missing_isbn_share is met exactly; tiny and small keep the shares they have always had (the
+# earlier popularity-only picking overshot 0.10 there), full has the real one.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny", n_users=400, n_books=300, n_ratings=9_000, n_implicit=round(9_000 * IMPLICIT_SHARE),

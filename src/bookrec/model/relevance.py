@@ -90,9 +90,14 @@ def _inverse(gram: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _gram(x: sp.csr_matrix, l2: float, popularity_l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """X^T X + diag(lambda) and lambda."""
-    gram = (x.T @ x).toarray().astype(np.float64)
+def _gram(x: sp.csr_matrix, l2: float, popularity_l2: float, block: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
+    """X^T X + diag(lambda) and lambda. Summed over blocks of readers: the sparse product of all
+    readers at once holds several copies of a nearly dense matrix."""
+    x = sp.csr_matrix(x, dtype=np.float64)
+    gram = np.zeros((x.shape[1], x.shape[1]))
+    for a in range(0, x.shape[0], block):
+        part = x[a:a + block]
+        gram += (part.T @ part).toarray()
     prior = l2 + popularity_l2 * np.diag(gram)
     gram[np.diag_indices_from(gram)] += prior
     return gram, prior
