@@ -62,7 +62,7 @@ def _without(inter: Interactions, users, works) -> Interactions:
 def evaluate_ranking(ctx) -> dict:
     """The ``meta.ranking`` block (docs/ARCHITECTURE.md)."""
     from bookrec.batch.pipeline import ranker
-    from bookrec.model.relevance import ItemRelevance
+    from bookrec.model.relevance import ItemRelevance, most_read_unexcluded
     from bookrec.model.topn import evaluate_topn, paired_se
 
     s = ctx.settings
@@ -89,7 +89,7 @@ def evaluate_ranking(ctx) -> dict:
         lists[mode] = np.concatenate(parts)
     popularity = np.asarray(train.seen.sum(axis=0)).ravel()
     exclude = train.seen[eval_users]
-    lists["popularity"] = _popularity_lists(popularity, exclude, max(KS))
+    lists["popularity"] = most_read_unexcluded(np.lexsort((np.arange(len(popularity)), -popularity)), exclude, max(KS))
     lists["relevance"] = relevance.recommend(exclude, max(KS), exclude)[0]
     lists["rating"] = _rating_lists(ctx, core_pos, exclude, max(KS))
     labels = dict(MODES) | {"popularity": "Popularity (interaction count)", "relevance": "Relevance alone (Bayesian EASE)",
@@ -117,17 +117,6 @@ def evaluate_ranking(ctx) -> dict:
         "relevance_l2": float(rel.l2_), "relevance_popularity_l2": float(rel.popularity_l2_), "relevance_candidates": int(len(rel.items_)),
         "rows": rows,
     }
-
-
-def _popularity_lists(popularity: np.ndarray, exclude: sp.csr_matrix, n: int) -> np.ndarray:
-    order = np.lexsort((np.arange(len(popularity)), -popularity))
-    out = np.full((exclude.shape[0], n), -1, dtype=np.int64)
-    for row in range(exclude.shape[0]):
-        banned = exclude.indices[exclude.indptr[row]:exclude.indptr[row + 1]]
-        head = order[: n + len(banned)]
-        pick = head[~np.isin(head, banned)][:n]
-        out[row, : len(pick)] = pick
-    return out
 
 
 def _rating_lists(ctx, core_pos: np.ndarray, exclude: sp.csr_matrix, n: int) -> np.ndarray:

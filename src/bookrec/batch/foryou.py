@@ -25,7 +25,7 @@ from scipy.special import ndtr, ndtri
 from bookrec.batch.catalog import Interactions, RatingModel
 from bookrec.batch.foldin_batch import BatchFoldIn, _fold, fold_top_components, known_top_components
 from bookrec.batch.topn import mixture_quantiles_fast
-from bookrec.model.relevance import ItemRelevance
+from bookrec.model.relevance import ItemRelevance, most_read_unexcluded
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ForYouRanker:
         predictive normal, seeded by ``rng``)."""
         seen = self.interactions.seen[users]
         works, rel, rel_sd, because = self.relevance.recommend(seen, self.n_candidates, seen)
-        cold = ~self.has_history(users)
+        cold = ~(because >= 0).any(axis=1)  # a reason exists wherever the reader has a candidate in history
         if cold.any():  # no history among the candidates: the most read unread candidates instead
             works[cold], rel[cold], rel_sd[cold], because[cold] = self._popular(seen[np.flatnonzero(cold)])
         pred, lower, upper, p_liked = self._rating(users, works, tier, draws, rated)
@@ -129,16 +129,8 @@ class ForYouRanker:
     def _popular(self, seen: sp.csr_matrix):
         """Most read unread candidates (relevance = share of readers, no sd, no reason)."""
         r = self.relevance
-        order = r.items_  # most read first
-        m = self.n_candidates
-        works = np.full((seen.shape[0], m), -1, dtype=np.int64)
-        share = np.full((seen.shape[0], m), np.nan)
-        for row in range(seen.shape[0]):
-            banned = seen.indices[seen.indptr[row]:seen.indptr[row + 1]]
-            head = order[: m + len(banned)]
-            pick = head[~np.isin(head, banned)][:m]
-            works[row, : len(pick)] = pick
-            share[row, : len(pick)] = r.popularity_[pick] / max(r.n_users_, 1)
+        works = most_read_unexcluded(r.items_, seen, self.n_candidates)  # items_: most read first
+        share = np.where(works >= 0, r.popularity_[np.maximum(works, 0)] / max(r.n_users_, 1), np.nan)
         return works, share, np.full(works.shape, np.nan), np.full(works.shape, -1, dtype=np.int64)
 
     def _rating(self, users, works, tier, draws, rated):

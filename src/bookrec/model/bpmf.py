@@ -11,6 +11,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bookrec.model import kernels, metrics
+from bookrec.model.params import ParamsMixin
 from bookrec.model.sampler import Chain, Priors, RatingMatrix
 
 RANK_MODES = {"mean": 0, "lower": 1, "sample": 2}
@@ -29,7 +30,7 @@ def _as_index(name: str, values) -> np.ndarray:
     return arr
 
 
-class BPMF:
+class BPMF(ParamsMixin):
     """Bayesian probabilistic matrix factorisation with user/item biases (Salakhutdinov & Mnih 2008).
 
     ``n_samples`` post-burn-in sweeps run in each of ``n_chains`` chains; every ``thin``-th draw
@@ -84,16 +85,6 @@ class BPMF:
         "warm_start", "beta0", "w0_scale", "bias_prior", "alpha_prior", "mu_prior_precision", "n_tracked",
         "min_ess", "chain_mode", "show_progress",
     )
-
-    def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in self.PARAM_NAMES}
-
-    def set_params(self, **params) -> BPMF:
-        for name, value in params.items():
-            if name not in self.PARAM_NAMES:
-                raise ValueError(f"unknown parameter {name!r}")
-            setattr(self, name, value)
-        return self
 
     def _check_params(self) -> None:
         if self.n_factors < 1 or self.n_samples < 1 or self.burn_in < 0 or self.n_chains < 1:

@@ -24,7 +24,8 @@ import scipy.sparse as sp
 from scipy.special import ndtr
 
 from bookrec.model import metrics
-from bookrec.model.relevance import ItemRelevance, binary_matrix
+from bookrec.model.params import ParamsMixin
+from bookrec.model.relevance import ItemRelevance, binary_matrix, most_read_unexcluded
 
 RANK_BY = ("for_you", "mean", "lower", "sample")
 
@@ -38,7 +39,7 @@ def _as_exclusion(exclude_csr, n_rows: int, n_items: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(indptr) - 1, n_items))
 
 
-class Recommender:
+class Recommender(ParamsMixin):
     """Top-N recommendations from a relevance model and a Bayesian rating model (scikit-learn style).
 
     ``fit(user_idx, item_idx, ratings)`` takes every interaction; ``recommend_all(users, n)`` returns
@@ -87,18 +88,9 @@ class Recommender:
         self.level = level
         self.show_progress = show_progress
 
-    def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in self.PARAM_NAMES}
-
-    def set_params(self, **params) -> Recommender:
-        for name, value in params.items():
-            if name not in self.PARAM_NAMES:
-                raise ValueError(f"unknown parameter {name!r}")
-            setattr(self, name, value)
-        return self
-
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self.get_params().items() if v != Recommender().get_params()[k]}
+        defaults = Recommender().get_params()
+        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
         return f"Recommender({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     @property
@@ -155,16 +147,12 @@ class Recommender:
         """(items, relevance, relevance sd, because) for each row: the m most relevant unread items;
         rows without a usable history take the most read unexcluded items (relevance nan)."""
         items, rel, rel_sd, because = self.relevance_.recommend(history, m, exclude)
-        cold = ~(items >= 0).any(axis=1)
+        cold = ~(because >= 0).any(axis=1)  # no candidate in the history: nothing to relate to
         if cold.any():
-            pop = self.popularity_.astype(np.float64)
+            pop = self.popularity_
             order = np.lexsort((np.arange(len(pop)), -pop))
-            for row in np.flatnonzero(cold):
-                banned = exclude.indices[exclude.indptr[row]:exclude.indptr[row + 1]]
-                pick = order[~np.isin(order, banned)][:m]
-                pick = pick[pop[pick] > 0]
-                items[row] = -1
-                items[row, : len(pick)] = pick
+            items[cold] = most_read_unexcluded(order[pop[order] > 0], exclude[np.flatnonzero(cold)],
+                                               items.shape[1])
         return items, rel, rel_sd, because, cold
 
     def _rating_predictive(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator):

@@ -35,6 +35,8 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
+from bookrec.model.params import ParamsMixin
+
 L2_GRID = (1.0, 3.0, 10.0)  # multiples of the mean interaction count of the candidates
 POPULARITY_L2_GRID = (0.0, 1.0, 3.0)
 
@@ -65,6 +67,18 @@ def holdout_rows(x: sp.csr_matrix, fraction: float, seed: int) -> tuple[sp.csr_m
     held = sp.csr_matrix((np.ones(int(out.sum()), np.float32), (rows[out], cols[out])), shape=x.shape)
     kept = sp.csr_matrix((np.ones(int((~out).sum()), np.float32), (rows[~out], cols[~out])), shape=x.shape)
     return kept, held
+
+
+def most_read_unexcluded(order: np.ndarray, exclude: sp.csr_matrix, n: int) -> np.ndarray:
+    """Per row of ``exclude``: the first n items of ``order`` (most read first) it does not hold,
+    -1 padded."""
+    out = np.full((exclude.shape[0], n), -1, dtype=np.int64)
+    for row in range(exclude.shape[0]):
+        banned = exclude.indices[exclude.indptr[row]:exclude.indptr[row + 1]]
+        head = order[: n + len(banned)]
+        pick = head[~np.isin(head, banned)][:n]
+        out[row, : len(pick)] = pick
+    return out
 
 
 def top_per_row(scores: np.ndarray, n: int) -> np.ndarray:
@@ -116,7 +130,7 @@ def _recall_at(scores: np.ndarray, seen: sp.csr_matrix, held: sp.csr_matrix, k: 
     return float(np.mean(hits[ok] / np.minimum(k, n_held[ok]))) if ok.any() else 0.0
 
 
-class ItemRelevance:
+class ItemRelevance(ParamsMixin):
     """Bayesian EASE: relevance scores with exact posterior standard deviations.
 
     Hyperparameters: ``l2`` (ridge, or "auto": chosen with ``popularity_l2`` on held-out
@@ -140,16 +154,6 @@ class ItemRelevance:
         self.seed = seed
 
     PARAM_NAMES = ("l2", "popularity_l2", "max_items", "min_item_interactions", "selection_items", "selection_users", "seed")
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in self.PARAM_NAMES}
-
-    def set_params(self, **params) -> ItemRelevance:
-        for name, value in params.items():
-            if name not in self.PARAM_NAMES:
-                raise ValueError(f"unknown parameter {name!r}")
-            setattr(self, name, value)
-        return self
 
     # ------------------------------------------------------------------------------ fit
     def fit(self, x: sp.csr_matrix) -> ItemRelevance:
@@ -222,7 +226,9 @@ class ItemRelevance:
     def score(self, x_rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and sd of every candidate's relevance, (n, n_candidates) each."""
         self._check_fitted()
-        h = self.local_history(x_rows)
+        return self._score_local(self.local_history(x_rows))
+
+    def _score_local(self, h: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         v = np.asarray(h @ self.precision_, dtype=np.float64)
         q = np.asarray(h.multiply(v).sum(axis=1)).ravel()  # x^T P x
         mean = -v / self.diag_
@@ -237,31 +243,34 @@ class ItemRelevance:
         (-1 when the reader has no candidate item); empty slots are -1 / nan. Rows are scored
         ``block`` at a time: a block holds a few dense (block, candidates) arrays.
         """
-        x_rows = sp.csr_matrix(x_rows)
-        exclude_rows = x_rows if exclude_rows is None else sp.csr_matrix(exclude_rows)
-        parts = [self._recommend_block(x_rows[a:a + block], n, exclude_rows[a:a + block])
+        self._check_fitted()
+        history = self.local_history(x_rows)
+        excluded = history if exclude_rows is None else self.local_history(exclude_rows)
+        parts = [self._recommend_block(history[a:a + block], n, excluded[a:a + block])
                  for a in range(0, x_rows.shape[0], block)]
         if not parts:
             shape = (0, n)
             return np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape), np.zeros(shape, np.int64)
         return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
-    def _recommend_block(self, x_rows: sp.csr_matrix, n: int, exclude_rows: sp.csr_matrix):
-        mean, sd = self.score(x_rows)
-        excluded = self.local_history(exclude_rows)
+    def _recommend_block(self, history: sp.csr_matrix, n: int, excluded: sp.csr_matrix):
+        """``history`` and ``excluded`` are rows over the candidates (local indices)."""
+        mean, sd = self._score_local(history)
         mean[excluded.nonzero()] = -np.inf
         top = top_per_row(mean, n)
         top_mean = np.take_along_axis(mean, top, axis=1)
         top_sd = np.take_along_axis(sd, top, axis=1)
         empty = ~np.isfinite(top_mean)
-        because = self.because(x_rows, np.where(empty, -1, top))
+        because = self._because_local(history, np.where(empty, -1, top))
         items = np.where(empty, -1, self.items_[top])
         return items, np.where(empty, np.nan, top_mean), np.where(empty, np.nan, top_sd), because
 
     def because(self, x_rows: sp.csr_matrix, local_items: np.ndarray) -> np.ndarray:
         """For each row and candidate (local index, -1 = none): the history item (global index)
         with the largest weight b_ij = -P_ij / P_jj towards it, or -1."""
-        h = self.local_history(x_rows)
+        return self._because_local(self.local_history(x_rows), local_items)
+
+    def _because_local(self, h: sp.csr_matrix, local_items: np.ndarray) -> np.ndarray:
         out = np.full(local_items.shape, -1, dtype=np.int64)
         for r in range(h.shape[0]):
             hist = h.indices[h.indptr[r]:h.indptr[r + 1]]
