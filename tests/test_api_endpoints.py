@@ -75,7 +75,11 @@ async def test_health_ok_names_the_published_version(client, world):
 
 
 async def test_health_503_when_nothing_is_published(tmp_path):
-    async with serving(f"sqlite:///{tmp_path}/empty.sqlite3") as c:
+    url = f"sqlite:///{tmp_path}/empty.sqlite3"
+    with open_store(url) as store, pytest.raises(RuntimeError):  # a store file with nothing published
+        with store.begin_publish():
+            raise RuntimeError("aborted")
+    async with serving(url) as c:
         r = await c.get("/health")
         assert r.status_code == 503
         assert r.headers["retry-after"] == "5"
@@ -84,6 +88,17 @@ async def test_health_503_when_nothing_is_published(tmp_path):
         assert "no model version is published" in body["reason"]
         r = await c.get(f"/recommend/1")
         assert r.status_code == 503 and "bookrec batch" in r.json()["detail"]
+
+
+async def test_health_names_a_missing_store_file_and_creates_nothing(tmp_path):
+    async with serving(f"sqlite:///{tmp_path}/mistyped/store.sqlite3") as c:
+        r = await c.get("/health")
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        body = r.json()
+        assert body["store"] == "unavailable" and "does not exist" in body["reason"]
+        assert str(tmp_path) not in r.text
+        assert (await c.get("/recommend/1")).status_code == 503
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_stats_counts_what_was_published(client, world):
@@ -445,7 +460,7 @@ async def test_request_body_over_the_limit_is_413(client):
     assert r.status_code == 413 and "larger than" in r.json()["detail"]
 
 
-# --- corrupt published data: 500/503 with a generic message, never exception text -------------
+# --- corrupt published data: 503 with a generic message, never exception text ----------------
 
 
 async def test_corrupt_payload_and_model_never_leak_internals(tmp_path, world):
@@ -460,8 +475,8 @@ async def test_corrupt_payload_and_model_never_leak_internals(tmp_path, world):
             pub.put_blob("serving_model", b"PK\x03\x04 definitely not an npz")
     async with serving(url) as c:
         r = await c.get("/recommend/1")
-        assert r.status_code == 500
-        assert r.json() == {"detail": "internal error; it has been logged"}
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json() == {"detail": "the recommendation store returned unreadable data; it has been logged"}
         assert (await c.get("/recommend/2")).status_code == 200
         r = await c.post("/recommend/cold-start", json={"ratings": [{"isbn": fx.isbns[0], "rating": 8}]})
         assert r.status_code == 503 and r.headers["retry-after"]

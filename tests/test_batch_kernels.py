@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from bookrec.batch import pipeline as P
 from bookrec.batch.foldin_batch import BatchFoldIn
 from bookrec.batch.presets import resolve_parameters
-from bookrec.batch.topn import mixture_quantiles_fast, topn_dense
+from bookrec.model.kernels.topn import mixture_quantiles_fast, topn_dense
 from bookrec.model import kernels
 from scipy.stats import norm
 from bookrec.config import Settings

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from bookrec.cli import app
 from bookrec.data.importer import DataImportError, import_path
 from bookrec.data.io import load_dataset
+from bookrec.data.isbn import isbn_lookup_keys
 
 FIXTURES = Path(__file__).parent / "fixtures"
 runner = CliRunner()
@@ -41,7 +42,7 @@ def test_bx_fixture_report_counts():
     assert ratings["rows_read"] == 19 and ratings["kept"] == 13
     assert ratings["repaired"] == {"trailing_separator": 1}
     assert ratings["rejected"] == {"bad_rating": 2, "bad_user_id": 1, "duplicate": 1, "empty_isbn": 1, "too_few_fields": 1}
-    assert ratings["notes"] == {"explicit": 9, "implicit": 4, "isbn_not_in_books": 2, "user_not_in_users": 1}
+    assert ratings["notes"] == {"explicit": 9, "implicit": 4, "isbn_not_in_books": 2, "isbn_matched_by_twin": 0, "user_not_in_users": 1}
     assert r["ratings_isbn_not_in_books"] == 2
     # every row read is either kept or rejected (repaired rows are kept)
     for t in (books, users, ratings):
@@ -61,7 +62,7 @@ def test_kaggle_fixture_report_counts():
     assert ratings["rows_read"] == 13 and ratings["kept"] == 9
     assert ratings["repaired"] == {"trailing_separator": 1}
     assert ratings["rejected"] == {"bad_rating": 1, "bad_user_id": 1, "duplicate": 1, "too_few_fields": 1}
-    assert ratings["notes"] == {"explicit": 7, "implicit": 2, "isbn_not_in_books": 2, "user_not_in_users": 0}
+    assert ratings["notes"] == {"explicit": 7, "implicit": 2, "isbn_not_in_books": 2, "isbn_matched_by_twin": 0, "user_not_in_users": 0}
     for t in (books, users, ratings):
         assert t["rows_read"] == t["kept"] + sum(t["rejected"].values())
 
@@ -210,3 +211,34 @@ def test_stats_on_missing_directory_is_a_clear_error(tmp_path):
 def test_import_error_type_for_library_callers(tmp_path):
     with pytest.raises(DataImportError):
         import_path(tmp_path / "missing")
+
+
+def test_isbn_lookup_keys_pair_isbn10_and_isbn13():
+    assert isbn_lookup_keys("0316666343") == ["0316666343", "9780316666343"]
+    assert isbn_lookup_keys("978-0-316-66634-3") == ["9780316666343", "0316666343"]
+    assert isbn_lookup_keys(" 0-8044-2957-x ") == ["080442957X", "9780804429573"]
+    # the example: a 978 ISBN-13 whose ISBN-10 is the BookCrossing key
+    assert isbn_lookup_keys("9786781082299") == ["9786781082299", "6781082299"]
+
+
+def test_isbn_lookup_keys_leave_failing_check_digits_and_979_alone():
+    assert isbn_lookup_keys("0316666344") == ["0316666344"]
+    assert isbn_lookup_keys("9780316666344") == ["9780316666344"]
+    assert isbn_lookup_keys("979-10-90636-07-1") == ["9791090636071"]  # valid, but has no ISBN-10
+    assert isbn_lookup_keys("0.000000") == ["0000000"]
+
+
+def test_rating_on_an_isbn13_joins_the_isbn10_book(tmp_path):
+    d = _copy("bx", tmp_path)
+    twin = isbn_lookup_keys("0195153448")[1]
+    with open(d / "BX-Book-Ratings.csv", "a", encoding="latin-1") as f:
+        f.write(f'"11";"{twin}";"7"\n"11";"9780316666344";"2"\n')
+    dataset = import_path(d)
+    ratings = dataset.ratings.set_index(["user_id", "isbn"])["rating"]
+    assert ratings.loc[(11, "0195153448")] == 7.0
+    assert (11, twin) not in ratings.index
+    assert ratings.loc[(11, "9780316666344")] == 2.0  # check digit fails: kept as it is
+    notes = dataset.manifest["report"]["tables"]["ratings"]["notes"]
+    assert notes["isbn_matched_by_twin"] == 1 and notes["isbn_not_in_books"] == 3
+    # the books keep the form they were published in
+    assert "0195153448" in set(dataset.books["isbn"]) and twin not in set(dataset.books["isbn"])

@@ -32,7 +32,9 @@ def test_fitted_attributes_follow_the_contract(fitted):
     assert m.lambda_user_.shape == (s, k, k) and m.mu_item_.shape == (s, k) and m.tau_item_bias_.shape == (s,)
     assert set(m.traces_) >= {"alpha", "mu", "train_rmse", "pred_0"} and m.traces_["alpha"].shape == (2, 60)
     d = m.diagnostics_
-    assert d["converged"] == (d["max_rhat"] < 1.05 and min(d["min_ess_bulk"], d["min_ess_tail"]) >= d["min_ess"])
+    assert d["converged"] == (d["max_rhat"] < d["rhat_threshold"] and min(d["min_ess_bulk"], d["min_ess_tail"]) >= d["min_ess"])
+    assert {"log_norm_U", "log_norm_V", "log_det_Lambda_U", "log_det_Lambda_V"} <= set(d["rhat"])
+    assert d["slowest"]["name"] in d["rhat"] and d["summary"].startswith("slowest ")
     assert set(m.serving_arrays()) == set(SERVING_KEYS)
 
 

@@ -29,7 +29,8 @@ def small_fit():
 def test_rhat_below_threshold_on_small_preset(small_fit):
     _, model = small_fit
     d = model.diagnostics_
-    tracked = {"alpha", "mu", "train_rmse"} | {f"pred_{n}" for n in range(20)}
+    tracked = ({"alpha", "mu", "train_rmse", "log_norm_U", "log_norm_V", "log_det_Lambda_U", "log_det_Lambda_V"}
+               | {f"pred_{n}" for n in range(20)})
     assert set(d["rhat"]) == tracked
     bad = {name: value for name, value in d["rhat"].items() if not value < 1.05}
     assert not bad, bad

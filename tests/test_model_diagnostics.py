@@ -29,3 +29,19 @@ def test_two_chains_are_compared_as_they_are():
     assert convergence({"x": chains})["rhat"]["x"] < 1.05
     chains[1] += 1.0  # one chain elsewhere: between-chain variance 1/4 against within 1
     assert convergence({"x": chains})["rhat"]["x"] > 1.1
+
+
+def test_the_verdict_names_the_slowest_quantity_and_its_shortfall():
+    rng = np.random.default_rng(2)
+    fast = rng.standard_normal((2, 1_000))
+    # An AR(1) with phi = 0.95: ESS about n (1 - phi) / (1 + phi), ~50 of 2,000 draws.
+    slow = np.zeros((2, 1_000))
+    for t in range(1, 1_000):
+        slow[:, t] = 0.95 * slow[:, t - 1] + rng.standard_normal(2) * np.sqrt(1 - 0.95**2)
+    d = convergence({"fast": fast, "slow": slow}, rhat_threshold=1.01, min_ess=400)
+    assert not d["converged"] and "slow" in d["failing"] and "fast" not in d["failing"]
+    assert d["slowest"]["name"] == "slow"
+    ess = min(d["ess_bulk"]["slow"], d["ess_tail"]["slow"])
+    assert d["slowest"]["ess"] == ess and 20 < ess < 150
+    assert d["slowest"]["ess_shortfall"] == 400 / ess
+    assert d["summary"].startswith("slowest slow: ESS")

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 
-from bookrec.store import NothingToRollBack, StoreError, open_async_reader, open_store
+from bookrec.store import NothingToRollBack, StoreError, VersionGone, open_async_reader, open_store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,7 +176,8 @@ def test_exception_inside_publish_keeps_previous_serving(store, store_url):
     assert [v["version"] for v in store.versions()] == [v1] and store.pending_versions() == []
     assert all(tag_of(store.get_recommendations(u)) == "v1" for u in USERS[:1000:37])
     assert store.get_recommendations(USERS[2000]) is None and store.count_users() == 1000
-    assert store.get_recommendations(USERS[0], version=aborted) is None
+    with pytest.raises(VersionGone):  # never a "not found" that would be a wrong 404
+        store.get_recommendations(USERS[0], version=aborted)
     assert leftovers(store_url, aborted) == 0
 
 
@@ -211,7 +212,11 @@ def test_only_two_versions_are_kept(store, store_url):
     assert [v["version"] for v in store.versions()] == published[2:]
     assert store.current_version() == published[3] and store.previous_version() == published[2]
     for old in published[:2]:
-        assert store.get_recommendations(5, version=old) is None
+        for read in (lambda: store.get_recommendations(5, version=old), lambda: store.get_book("isbn-0", old),
+                     lambda: store.get_blob("meta", old), lambda: store.count_users(old),
+                     lambda: store.list_users(None, 10, old), lambda: store.random_users(3, old)):
+            with pytest.raises(VersionGone):
+                read()
         assert leftovers(store_url, old) == 0
     assert tag_of(store.get_recommendations(2, version=published[2])) == "v2"
     assert leftovers(store_url, published[2]) > 0  # the check above can see data when it is there

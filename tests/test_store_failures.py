@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from bookrec.store import StoreError, StoreUnavailable, open_async_reader, open_store
+from bookrec.store import StoreError, StoreUnavailable, VersionGone, open_async_reader, open_store
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,7 +87,8 @@ def test_killed_publisher_leaves_previous_version_serving(store_url):
             assert killed_version in pub.stats["removed"]
         assert store.pending_versions() == []
         assert [v["version"] for v in store.versions()] == [v1, pub.version]
-        assert store.get_recommendations(7000, version=killed_version) is None
+        with pytest.raises(VersionGone):
+            store.get_recommendations(7000, version=killed_version)
         if store_url.startswith("redis"):
             assert raw.keys(f"bookrec:v:{killed_version}:*") == []
             assert raw.get("bookrec:publish_lock") is None  # released after the publish
@@ -191,3 +192,105 @@ def test_publisher_that_lost_its_lease_cannot_flip(redis_url):
         assert first.current_version() == fresh.version
         assert first.get_recommendations(1) == b'{"from": "fresh"}'
         assert raw.keys(f"bookrec:v:{stale.version}:*") == [] and first.pending_versions() == []
+
+
+# --- the SQLite file deleted, replaced or corrupted under a live reader; corrupt entries ---------
+
+
+async def test_sqlite_reads_never_create_a_file_a_directory_or_a_schema(tmp_path):
+    missing = tmp_path / "no" / "such" / "store.sqlite3"
+    async with open_async_reader(f"sqlite:///{missing}", timeout=1.0) as reader:
+        for read in (reader.ping, reader.current_version, lambda: reader.get_recommendations(1)):
+            with pytest.raises(StoreUnavailable) as info:
+                await read()
+            assert "does not exist" in info.value.reason and str(tmp_path) not in info.value.reason
+    with open_store(f"sqlite:///{missing}") as store:  # the publisher's handle: "nothing published"
+        assert store.current_version() is None and store.versions() == [] and store.ping() is True
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    async with open_async_reader(f"sqlite:///{empty}", timeout=1.0) as reader:
+        with pytest.raises(StoreUnavailable):
+            await reader.current_version()
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite3"]
+
+
+async def test_sqlite_reader_follows_a_replaced_file_on_every_thread(tmp_path):
+    import shutil
+
+    path, other = tmp_path / "store.sqlite3", tmp_path / "other.sqlite3"
+    with open_store(f"sqlite:///{path}") as store:
+        v1 = publish_v1(store, 50)
+    with open_store(f"sqlite:///{other}") as store, store.begin_publish() as pub:
+        pub.put_recommendations((u, orjson.dumps({"user_id": u, "tag": "v2"})) for u in range(50))
+    v2 = pub.version
+    async with open_async_reader(f"sqlite:///{path}", timeout=2.0, pool_size=8) as reader:
+        import asyncio
+
+        # every pool thread opens a connection to the first file
+        assert set(await asyncio.gather(*(reader.current_version() for _ in range(64)))) == {v1}
+        shutil.copyfile(other, tmp_path / "incoming")
+        (tmp_path / "incoming").replace(path)
+        assert set(await asyncio.gather(*(reader.current_version() for _ in range(64)))) == {v2}
+        tags = await asyncio.gather(*(reader.get_recommendations(u % 50) for u in range(200)))
+        assert {orjson.loads(t)["tag"] for t in tags} == {"v2"}
+        with pytest.raises(VersionGone):  # the old version is gone: not "no such user"
+            await reader.get_recommendations(1, v1)
+
+
+async def test_sqlite_corrupt_file_is_store_corrupt_until_replaced(tmp_path):
+    import shutil
+
+    from bookrec.bench.faults import corrupt_blocks, snapshot_store_file
+    from bookrec.store import StoreCorrupt
+
+    path = tmp_path / "store.sqlite3"
+    with open_store(f"sqlite:///{path}") as store, store.begin_publish() as pub:
+        pub.put_recommendations((u, orjson.dumps({"user_id": u, "pad": "x" * 3000})) for u in range(3000))
+    snapshot_store_file(path, tmp_path / "good.sqlite3")
+    async with open_async_reader(f"sqlite:///{path}", timeout=2.0) as reader:
+        assert await reader.ping()
+        corrupt_blocks(path, blocks=64)
+        failures = []
+        for u in range(0, 3000, 7):
+            try:
+                await reader.get_recommendations(u)
+            except StoreError as exc:
+                failures.append(exc)
+        assert failures and all(isinstance(e, StoreCorrupt) for e in failures)
+        with pytest.raises(StoreCorrupt):  # /health's question
+            await reader.ping()
+        shutil.copyfile(tmp_path / "good.sqlite3", tmp_path / "incoming")
+        (tmp_path / "incoming").replace(path)
+        assert await reader.ping()
+        assert all([await reader.get_recommendations(u) for u in range(0, 3000, 7)])
+
+
+async def test_corrupt_redis_entries_raise_store_corrupt(redis_url):
+    from bookrec.store import StoreCorrupt
+    from bookrec.store.base import compress_payload
+
+    with open_store(redis_url) as store, store.begin_publish() as pub:
+        pub.put_recommendations([(1, b"{}"), (2, b"{}"), (3, b"{}")])
+        pub.put_books([("b", b"{}")])
+    raw = redis.Redis.from_url(redis_url)
+    recs = f"bookrec:v:{pub.version}:recs"
+    raw.hset(recs, "1", b"\x00Q unknown mark")
+    packed = compress_payload(b'{"x": "' + b"y" * 2000 + b'"}')
+    raw.hset(recs, "2", packed[:6] + b"\xff" * (len(packed) - 6))
+    raw.hset(recs, "3", b"\x00L\xff\xff\xff\x7f" + b"z" * 10)  # claims 2 GB: refused before allocating
+    raw.hset(f"bookrec:v:{pub.version}:books", "b", b"not json")
+    async with open_async_reader(redis_url, timeout=1.0) as reader:
+        for read in (lambda: reader.get_recommendations(1), lambda: reader.get_recommendations(2),
+                     lambda: reader.get_recommendations(3), lambda: reader.get_book("b")):
+            with pytest.raises(StoreCorrupt):
+                await read()
+
+
+def test_async_redis_reader_starts_without_warnings(redis_url):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reader = open_async_reader(redis_url)
+    assert reader is not None

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     min_book_ratings: int = Field(10, ge=1, description="k-core: explicit ratings per book kept for training")
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    import_max_expanded_mb: float = Field(
+        4096, gt=0, description="Import: largest total size of the three CSV files, after decompression (MB)"
+    )
+    import_max_ratio: float = Field(
+        100, gt=1, description="Import: largest expansion ratio of a zip member (a guard against zip bombs)"
+    )
 
     # --- model (None = take the preset's value) --------------------------------------
     n_factors: int | None = Field(None, ge=1, le=200)
@@ -74,6 +80,10 @@ class Settings(BaseSettings):
     warm_start: bool | None = None
     rating_min: float = 1.0
     rating_max: float = 10.0
+    # The convergence rule (Vehtari et al. 2021): every traced quantity needs rank-normalised split
+    # R-hat below this and bulk and tail ESS (summed over the chains) at least this.
+    rhat_threshold: float = Field(1.01, gt=1.0, description="Converged: R-hat of every traced quantity below this")
+    min_ess: float = Field(400.0, gt=0, description="Converged: bulk and tail ESS of every traced quantity at least this")
 
     # --- batch -----------------------------------------------------------------------
     top_n: int | None = Field(None, ge=1, le=200, description="Recommendations stored per user (None = preset)")
@@ -137,6 +147,9 @@ class Settings(BaseSettings):
     api_access_log: bool = Field(False, description="uvicorn access log (off: it costs ~15% throughput)")
     batch_store_reads: bool = Field(
         True, description="Serve concurrent GET /recommend reads with one multi-get per event-loop turn"
+    )
+    fault_log_interval_seconds: float = Field(
+        10.0, gt=0, description="Repeated store faults of one kind are logged once per this interval, with a count"
     )
 
     @classmethod

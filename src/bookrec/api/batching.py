@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from bookrec.store import AsyncStoreReader
+from bookrec.store import AsyncStoreReader, StoreCorrupt, VersionGone
 
-FetchMany = Callable[[list[int], str], Awaitable[list[bytes | None]]]
+# One answer per user: the payload, None (not in this version), or the error of that user's read
+# alone (a corrupt entry fails its own request, never the batch).
+FetchMany = Callable[[list[int], str], Awaitable[list[bytes | None | Exception]]]
 
 MAX_BATCH = 128
 
@@ -38,15 +40,32 @@ def multi_get(reader: AsyncStoreReader) -> FetchMany:
         AsyncRedisReader = None  # type: ignore[assignment]  # noqa: N806
     if AsyncRedisReader is not None and isinstance(reader, AsyncRedisReader):
 
-        async def redis_many(user_ids: list[int], version: str) -> list[bytes | None]:
+        async def redis_many(user_ids: list[int], version: str) -> list[bytes | None | Exception]:
             with redis_errors("reading recommendations"):
                 raw = await reader.client.hmget(reader.keys.recs(version), [str(u) for u in user_ids])
-            return [expand_payload(r) for r in raw]
+            out: list[bytes | None | Exception] = []
+            for r in raw:
+                try:
+                    out.append(expand_payload(r))
+                except StoreCorrupt as exc:
+                    out.append(exc)
+            if None in out:  # a miss in a version that is gone is not an answer (see one_by_one)
+                try:
+                    with redis_errors("reading recommendations"):
+                        await reader._check_published(version)
+                except VersionGone:
+                    return [None] * len(user_ids)
+            return out
 
         return redis_many
 
-    async def one_by_one(user_ids: list[int], version: str) -> list[bytes | None]:
-        return list(await asyncio.gather(*(reader.get_recommendations(u, version) for u in user_ids)))
+    async def one_by_one(user_ids: list[int], version: str) -> list[bytes | None | Exception]:
+        results = await asyncio.gather(
+            *(reader.get_recommendations(u, version) for u in user_ids), return_exceptions=True
+        )
+        # A version gone since the route resolved it reads as "not found": the route then resolves
+        # the pointer afresh and reads again before it would say 404.
+        return [None if isinstance(r, VersionGone) else r for r in results]
 
     return one_by_one
 
@@ -96,5 +115,11 @@ class RecommendationBatcher:
                 raise
             return
         for (_, future), payload in zip(batch, payloads):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(payload, Exception):
+                future.set_exception(payload)
+            elif isinstance(payload, BaseException):
+                future.cancel()
+            else:
                 future.set_result(payload)

@@ -21,9 +21,48 @@ from bookrec.api import metrics
 from bookrec.api.batching import RecommendationBatcher, multi_get
 from bookrec.api.serving import BundleUnavailable, ServingBundle
 from bookrec.config import Settings
-from bookrec.store import AsyncStoreReader, StoreUnavailable, open_async_reader
+from bookrec.store import AsyncStoreReader, StoreError, open_async_reader
 
 log = logging.getLogger(__name__)
+
+
+class FaultLog:
+    """One WARNING line per kind of fault per interval: the first occurrence at once, then, while
+    the fault lasts, one line per interval with the count of the occurrences it stands for.
+
+    Under load every failed request is an occurrence: an outage of a few seconds would otherwise
+    write thousands of identical lines.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float) -> None:
+        self.log = logger
+        self.interval = interval
+        self._open: dict[str, list] = {}  # kind -> [count since the last line, last message, window start]
+
+    def warning(self, kind: str, message: str) -> None:
+        window = self._open.get(kind)
+        if window is not None:
+            window[0] += 1
+            window[1] = message
+            return
+        self.log.warning("%s: %s", kind, message)
+        self._open[kind] = [0, message, time.monotonic()]
+        self._schedule(kind)
+
+    def _schedule(self, kind: str) -> None:
+        try:
+            asyncio.get_running_loop().call_later(self.interval, self._close, kind)
+        except RuntimeError:  # no event loop (a synchronous caller): nothing to summarise later
+            self._open.pop(kind, None)
+
+    def _close(self, kind: str) -> None:
+        window = self._open.pop(kind, None)
+        if window is None or not window[0]:
+            return
+        count, message, started = window
+        self.log.warning("%s: %d more in the last %.0f s (the last: %s)", kind, count, time.monotonic() - started, message)
+        self._open[kind] = [0, message, time.monotonic()]  # still happening: keep counting, not logging
+        self._schedule(kind)
 
 
 class ServiceUnavailable(Exception):
@@ -45,9 +84,10 @@ class VersionTracker:
     version answered them.
     """
 
-    def __init__(self, settings: Settings, reader: AsyncStoreReader) -> None:
+    def __init__(self, settings: Settings, reader: AsyncStoreReader, faults: FaultLog | None = None) -> None:
         self.settings = settings
         self.reader = reader
+        self.faults = faults or FaultLog(log, settings.fault_log_interval_seconds)
         self._version: str | None = None
         self._checked_at = float("-inf")
         self._bundle: ServingBundle | None = None
@@ -73,6 +113,10 @@ class VersionTracker:
             self._start_loading(version)
         return version
 
+    def invalidate(self) -> None:
+        """Resolve the pointer afresh on the next request (a read found its version gone)."""
+        self._checked_at = float("-inf")
+
     @property
     def cached_version(self) -> str | None:
         return self._version
@@ -93,7 +137,7 @@ class VersionTracker:
         exc = task.exception()
         if exc is not None:
             # Logged here and retried by the next request that needs the bundle.
-            log.warning("could not load serving bundle of version %s: %s", version, type(exc).__name__)
+            self.faults.warning("serving bundle not loaded", f"version {version}: {type(exc).__name__}: {exc}")
             self._failed[version] = time.monotonic()
             return
         self._failed.pop(version, None)
@@ -136,7 +180,7 @@ class VersionTracker:
             return bundle  # stale while the new one loads (see the class docstring)
         try:
             return await asyncio.shield(task)
-        except StoreUnavailable:
+        except StoreError:
             raise
         except Exception as exc:
             log.exception("serving bundle of version %s failed to load", version)
@@ -184,11 +228,12 @@ class ApiState:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.faults = FaultLog(log, settings.fault_log_interval_seconds)
         self.reader = open_async_reader(
             settings.store_url, settings.store_prefix, timeout=settings.store_timeout_seconds,
             pool_size=settings.store_pool_size,
         )
-        self.versions = VersionTracker(settings, self.reader)
+        self.versions = VersionTracker(settings, self.reader, self.faults)
         # GET /recommend reads go through the batcher: concurrent requests share one round trip.
         self.recommendations = RecommendationBatcher(
             multi_get(self.reader) if settings.batch_store_reads else _single_reads(self.reader), max_batch=128
@@ -198,8 +243,12 @@ class ApiState:
         """Load the current version's bundle at startup; a store that is down is not an error here."""
         try:
             await self.versions.bundle()
-        except (StoreUnavailable, ServiceUnavailable, BundleUnavailable) as exc:
-            log.warning("starting without a loaded model: %s", getattr(exc, "reason", type(exc).__name__))
+        except StoreError as exc:
+            # The message names what is wrong (a mistyped sqlite path: "... does not exist"); the
+            # store redacts passwords from it.
+            log.warning("starting without a loaded model: %s (%s)", getattr(exc, "reason", "store error"), exc)
+        except (ServiceUnavailable, BundleUnavailable) as exc:
+            log.warning("starting without a loaded model: %s", getattr(exc, "reason", None) or exc)
 
     async def aclose(self) -> None:
         await self.versions.aclose()

@@ -1,6 +1,7 @@
 """Exception handlers: every error is `{"detail": "<human-readable message>"}`, never exception text.
 
-- store unreachable / nothing published / a part of the version missing -> 503 + Retry-After
+- store unreachable, hung, missing, corrupt, or an entry that does not decode; nothing published;
+  a part of the version missing -> 503 + Retry-After (a store fault is never a 500)
 - invalid parameters or body -> 422 with one sentence naming each bad field (and a list)
 - HTTPException (404, 400, 413, 405...) -> its status and message
 - anything else -> 500 "internal error", with the traceback in the server log only
@@ -13,17 +14,25 @@ import logging
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from bookrec.api import metrics
 from bookrec.api.deps import ServiceUnavailable
 from bookrec.api.serving import BundleUnavailable
-from bookrec.store import StoreUnavailable
+from bookrec.store import StoreCorrupt, StoreError, StoreUnavailable, VersionGone
+from bookrec.store.errors import STORE_DOWN
 
 log = logging.getLogger(__name__)
 
-STORE_DOWN = "the recommendation store is unavailable; retry shortly"
+STORE_FAILED = "the recommendation store could not answer; retry shortly"
+
+# Next to bookrec_store_errors_total (every store fault): the faults that only a new publish or a
+# restored store file cures, so an alert can tell them from an outage that heals by itself.
+STORE_CORRUPT = Counter(
+    "bookrec_store_corrupt_total", "Requests that failed because stored data could not be read", ["route"]
+)
 
 
 def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
@@ -39,10 +48,37 @@ def _retry_after(request: Request) -> dict[str, str]:
     return {"Retry-After": str(request.app.state.api.settings.retry_after_seconds)}
 
 
+def _store_fault(request: Request, kind: str, exc: Exception) -> str:
+    route = _route_template(request)
+    metrics.STORE_ERRORS.labels(route).inc()
+    # The store's messages redact passwords; they may name the SQLite file, which the log may show.
+    request.app.state.api.faults.warning(kind, f"{request.method} {route}: {exc}")
+    return route
+
+
 async def store_unavailable(request: Request, exc: Exception) -> Response:
-    metrics.STORE_ERRORS.labels(_route_template(request)).inc()
-    log.warning("store unavailable on %s: %s", request.url.path, exc)  # the store's message is redacted
-    return json_response(503, {"detail": STORE_DOWN}, _retry_after(request))
+    _store_fault(request, "store unavailable", exc)
+    return json_response(503, {"detail": getattr(exc, "reason", STORE_DOWN)}, _retry_after(request))
+
+
+async def store_corrupt(request: Request, exc: Exception) -> Response:
+    """A corrupt SQLite page or a stored entry that does not decode (including one that is not
+    JSON: the routes decode stored payloads with orjson, and only stored payloads)."""
+    route = _store_fault(request, "store corrupt", exc)
+    STORE_CORRUPT.labels(route).inc()
+    return json_response(503, {"detail": getattr(exc, "reason", StoreCorrupt.default_reason)}, _retry_after(request))
+
+
+async def version_gone(request: Request, exc: Exception) -> Response:
+    # The version was replaced while this request was answered: resolve afresh from the next one on.
+    request.app.state.api.versions.invalidate()
+    log.debug("%s %s: %s", request.method, request.url.path, exc)
+    return json_response(503, {"detail": VersionGone.default_reason}, {"Retry-After": "1"})
+
+
+async def store_error(request: Request, exc: Exception) -> Response:
+    _store_fault(request, "store error", exc)
+    return json_response(503, {"detail": STORE_FAILED}, _retry_after(request))
 
 
 async def service_unavailable(request: Request, exc: Exception) -> Response:
@@ -89,6 +125,10 @@ async def unexpected(request: Request, exc: Exception) -> Response:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_exception_handler(StoreCorrupt, store_corrupt)
+    app.add_exception_handler(orjson.JSONDecodeError, store_corrupt)
+    app.add_exception_handler(VersionGone, version_gone)
+    app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(ServiceUnavailable, service_unavailable)
     app.add_exception_handler(BundleUnavailable, service_unavailable)
     app.add_exception_handler(RequestValidationError, validation_failed)  # type: ignore[arg-type]

@@ -78,15 +78,15 @@ def evaluate_ranking(ctx) -> dict:
     rank.n = max(KS)
     core_pos = np.searchsorted(ctx.core_users, eval_users)
     m = ctx.model
-    lists: dict[str, np.ndarray] = {}
-    for mode, _ in MODES:
-        parts = []
-        mode_rng = np.random.default_rng(s.seed)
-        for a in range(0, len(eval_users), s.batch_chunk_users):
-            pos = core_pos[a:a + s.batch_chunk_users]
-            draws = np.transpose(np.concatenate([m.user_factors_[:, pos, :], m.user_bias_[:, pos, None]], axis=2), (1, 0, 2))
-            parts.append(rank.rank(eval_users[a:a + len(pos)], "personal", draws=draws, mode=mode, rng=mode_rng).works)
-        lists[mode] = np.concatenate(parts)
+    parts: dict[str, list] = {mode: [] for mode, _ in MODES}
+    mode_rngs = {mode: np.random.default_rng(s.seed) for mode, _ in MODES}
+    for a in range(0, len(eval_users), s.batch_chunk_users):
+        pos = core_pos[a:a + s.batch_chunk_users]
+        draws = np.transpose(np.concatenate([m.user_factors_[:, pos, :], m.user_bias_[:, pos, None]], axis=2), (1, 0, 2))
+        candidates = rank.candidates(eval_users[a:a + len(pos)], "personal", draws=draws)
+        for mode, _ in MODES:  # every mode orders the same candidates
+            parts[mode].append(rank.order(candidates, mode, rng=mode_rngs[mode]).works)
+    lists: dict[str, np.ndarray] = {mode: np.concatenate(p) for mode, p in parts.items()}
     popularity = np.asarray(train.seen.sum(axis=0)).ravel()
     exclude = train.seen[eval_users]
     lists["popularity"] = most_read_unexcluded(np.lexsort((np.arange(len(popularity)), -popularity)), exclude, max(KS))

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from scipy.stats import norm
 from numba import njit, prange
 
-from bookrec.batch.topn import mixture_quantiles_fast, topn_dense
+from bookrec.model.kernels.topn import mixture_quantiles_fast, topn_dense
 
 
 @njit(cache=True)

@@ -24,7 +24,7 @@ from scipy.special import ndtr, ndtri
 
 from bookrec.batch.catalog import Interactions, RatingModel
 from bookrec.batch.foldin_batch import BatchFoldIn, _fold, fold_top_components, known_top_components
-from bookrec.batch.topn import mixture_quantiles_fast
+from bookrec.model.kernels.topn import mixture_quantiles_fast
 from bookrec.model.relevance import ItemRelevance, most_read_unexcluded
 
 
@@ -56,6 +56,29 @@ class ForYouBlock:
         if not blocks:
             return cls.empty(users, n)
         return cls(users, *(np.concatenate([getattr(b, f) for b in blocks]) for f in cls.FIELDS))
+
+
+@dataclass
+class Candidates:
+    """One chunk's relevance candidates (n_candidates per reader) and their rating predictives.
+    ``mixture`` = (entries BPMF scores, component means, component sds) or None; the exact
+    interval of such an entry is written on demand (``interval_done``)."""
+
+    users: np.ndarray
+    works: np.ndarray
+    relevance: np.ndarray
+    relevance_sd: np.ndarray
+    because: np.ndarray
+    predicted: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    p_liked: np.ndarray
+    mixture: tuple | None
+    interval_done: np.ndarray = None
+
+    def __post_init__(self) -> None:
+        if self.interval_done is None:
+            self.interval_done = np.zeros(self.works.shape, dtype=bool)
 
 
 class ForYouRanker:
@@ -100,28 +123,44 @@ class ForYouRanker:
         readers; ``rated`` (U, core works): explicit ratings of folded-in readers. ``mode``
         orders the same candidates: for_you, mean, lower or sample (a draw from each item's
         predictive normal, seeded by ``rng``)."""
+        return self.order(self.candidates(users, tier, draws, rated), mode, rng)
+
+    def candidates(self, users: np.ndarray, tier: str, draws: np.ndarray | None = None,
+                   rated: sp.csr_matrix | None = None) -> Candidates:
+        """The chunk's relevance candidates with their rating predictives (intervals still open)."""
         seen = self.interactions.seen[users]
         works, rel, rel_sd, because = self.relevance.recommend(seen, self.n_candidates, seen)
         cold = ~(because >= 0).any(axis=1)  # a reason exists wherever the reader has a candidate in history
         if cold.any():  # no history among the candidates: the most read unread candidates instead
             works[cold], rel[cold], rel_sd[cold], because[cold] = self._popular(seen[np.flatnonzero(cold)])
-        pred, lower, upper, p_liked = self._rating(users, works, tier, draws, rated)
+        pred, lower, upper, p_liked, mixture = self._rating(users, works, tier, draws, rated)
+        return Candidates(users, works, rel, rel_sd, because, pred, lower, upper, p_liked, mixture)
+
+    def order(self, c: Candidates, mode: str = "for_you", rng: np.random.Generator | None = None) -> ForYouBlock:
+        """The top n of ``c`` by ``mode``'s score. The mixture quantiles cost most, so for_you and
+        mean compute them for the kept items only."""
+        if mode in ("lower", "sample"):
+            self._fill_intervals(c, np.ones(c.works.shape, dtype=bool))
         if mode == "for_you":
-            score = np.maximum(rel, 0.0) * np.nan_to_num(p_liked, nan=0.5) ** self.like_weight
+            score = np.maximum(c.relevance, 0.0) * np.nan_to_num(c.p_liked, nan=0.5) ** self.like_weight
         elif mode == "mean":
-            score = pred
+            score = c.predicted
         elif mode == "lower":
-            score = lower
+            score = c.lower
         elif mode == "sample":
             rng = rng or np.random.default_rng(0)
-            score = pred + (upper - lower) / (2 * self.z) * rng.standard_normal(pred.shape)
+            score = c.predicted + (c.upper - c.lower) / (2 * self.z) * rng.standard_normal(c.predicted.shape)
         else:
             raise ValueError("mode must be for_you, mean, lower or sample")
-        order = np.argsort(-np.where(works >= 0, score, -np.inf), axis=1, kind="stable")[:, : self.n]
-        out = ForYouBlock.empty(users, self.n)
-        empty = np.take_along_axis(works, order, axis=1) < 0
-        for name, src in (("works", works), ("score", score), ("predicted", pred), ("lower", lower), ("upper", upper),
-                          ("relevance", rel), ("relevance_sd", rel_sd), ("p_liked", p_liked), ("because", because)):
+        order = np.argsort(-np.where(c.works >= 0, score, -np.inf), axis=1, kind="stable")[:, : self.n]
+        kept = np.zeros(c.works.shape, dtype=bool)
+        np.put_along_axis(kept, order, True, axis=1)
+        self._fill_intervals(c, kept)
+        out = ForYouBlock.empty(c.users, self.n)
+        empty = np.take_along_axis(c.works, order, axis=1) < 0
+        for name, src in (("works", c.works), ("score", score), ("predicted", c.predicted), ("lower", c.lower),
+                          ("upper", c.upper), ("relevance", c.relevance), ("relevance_sd", c.relevance_sd),
+                          ("p_liked", c.p_liked), ("because", c.because)):
             dst = getattr(out, name)
             dst[:, : order.shape[1]] = np.where(empty, dst[:, : order.shape[1]], np.take_along_axis(src, order, axis=1))
         return out
@@ -134,7 +173,9 @@ class ForYouRanker:
         return works, share, np.full(works.shape, np.nan), np.full(works.shape, -1, dtype=np.int64)
 
     def _rating(self, users, works, tier, draws, rated):
-        """(predicted, lower, upper, p_liked) per (reader, candidate): BPMF where it knows both."""
+        """(predicted, lower, upper, p_liked, mixture) per (reader, candidate). Where BPMF knows both
+        the reader and the work, ``mixture`` holds its predictive components and the mask of those
+        entries; their lower and upper are filled by :meth:`_mixture_intervals`."""
         shape = works.shape
         safe = np.maximum(works, 0)
         rm = self.rating_model
@@ -148,6 +189,7 @@ class ForYouRanker:
         p_liked = ndtr((mean - self.liked_threshold) / sd)
         core = self.work_to_core[safe]
         in_core = (works >= 0) & (core >= 0)
+        mixture = None
         if self.folder is not None and tier in ("personal", "folded_in") and in_core.any():
             f = self.folder
             top = np.where(in_core, core, 0)
@@ -161,15 +203,32 @@ class ForYouRanker:
                 means, _ = _fold(*args, f.item_factors, f.item_bias, f.mu, f.alpha, f.lambda_user, f.prior_h, f.tau, False)
                 comp_m, comp_s = fold_top_components(*args, means, top, f.item_factors, f.item_bias, f.factors_by_item,
                                                      f.bias_by_item, f.mu, f.alpha, f.lambda_user, f.prior_h, f.tau)
-            q = mixture_quantiles_fast(comp_m, comp_s, f.probs, f.z)
             model_mean = comp_m.mean(axis=1).reshape(shape)
             model_p = ndtr((comp_m - self.liked_threshold) / comp_s).mean(axis=1).reshape(shape)
             pred = np.where(in_core, np.clip(model_mean, lo_r, hi_r), pred)
-            lower = np.where(in_core, np.clip(q[:, 0].reshape(shape), lo_r, hi_r), lower)
-            upper = np.where(in_core, np.clip(q[:, 1].reshape(shape), lo_r, hi_r), upper)
             p_liked = np.where(in_core, model_p, p_liked)
+            mixture = (in_core, comp_m, comp_s)
         invalid = works < 0
-        return tuple(np.where(invalid, np.nan, a) for a in (pred, lower, upper, p_liked))
+        pred, lower, upper, p_liked = (np.where(invalid, np.nan, a) for a in (pred, lower, upper, p_liked))
+        return pred, lower, upper, p_liked, mixture
+
+    def _fill_intervals(self, c: Candidates, wanted: np.ndarray) -> None:
+        """Writes the exact mixture interval into ``c.lower``/``c.upper`` where ``wanted``, BPMF
+        applies and it is not there yet."""
+        if c.mixture is None:
+            return
+        in_core, comp_m, comp_s = c.mixture
+        todo = in_core & wanted & ~c.interval_done
+        flat = np.flatnonzero(todo.ravel())
+        if not len(flat):
+            return
+        f = self.folder
+        q = mixture_quantiles_fast(np.ascontiguousarray(comp_m[flat]), np.ascontiguousarray(comp_s[flat]), f.probs, f.z)
+        lo_r, hi_r = self.rating_model.rating_min, self.rating_model.rating_max
+        rows, cols = np.unravel_index(flat, c.lower.shape)
+        c.lower[rows, cols] = np.clip(q[:, 0], lo_r, hi_r)
+        c.upper[rows, cols] = np.clip(q[:, 1], lo_r, hi_r)
+        c.interval_done |= todo
 
 
 def fallback_predictive(rating_model: RatingModel, works: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -535,7 +535,7 @@ def run_batch(
     log.info("batch preset %s: %s", params.preset, ", ".join(f"{k}={v}" for k, v in params.model_kwargs().items()))
     with timer.stage("load"):
         if dataset is None:
-            dataset = load_dataset(Path(data_dir or settings.data_dir))
+            dataset = load_dataset(Path(data_dir or settings.data_dir), with_truth=False)  # synthetic truth: tests only
     with timer.stage("prepare"):
         ctx = prepare(dataset, settings, params)
     sizes = ctx.training.sizes()

@@ -80,11 +80,13 @@ def model(
     seed: int = typer.Option(42, "--seed", help="Data, split and sampler seed"),
     peers: list[str] = typer.Option(["myfm", "smurff"], "--peer", help="Peers to run (myfm, smurff); repeat the option"),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+    data_preset: str = typer.Option("full", "--data-preset", help="Synthetic data preset (tiny, small, full)"),
 ) -> None:
-    """BPMF vs myfm and smurff on the full preset (explicit ratings and 5/10-core): s/iteration, peak memory, RMSE, coverage."""
+    """BPMF (with and without the balance move) vs myfm and smurff on a synthetic preset (explicit ratings
+    and 5/10-core): s/iteration, ESS/s, peak memory, RMSE, coverage."""
     from bookrec.bench.model import bench_model
 
-    bench_model(factors, burn_in, samples, seed, tuple(peers), as_json)
+    bench_model(factors, burn_in, samples, seed, tuple(peers), as_json, data_preset)
 
 
 @app.command("api")
@@ -141,3 +143,21 @@ def ranking(
     from bookrec.bench.ranking import bench_ranking
 
     bench_ranking(data_preset, data, seed, max_eval_users, as_json)
+
+
+@app.command("faults")
+def faults(
+    fault: list[str] = typer.Option(
+        ["redis-kill", "redis-stop", "redis-restart", "sqlite-delete", "sqlite-replace", "sqlite-corrupt"], "--fault",
+        help="Faults to inject, one run each (repeat the option)",
+    ),
+    duration: float = typer.Option(30.0, "--duration", min=6.0, help="Seconds of load per fault (the fault starts at 1/3)"),
+    connections: int = typer.Option(64, "--connections", min=1, help="Concurrent keep-alive connections"),
+    users: int = typer.Option(20_000, "--users", min=100, help="Readers published (books: the same number)"),
+    workdir: Path = typer.Option(None, "--workdir", help="Keep stores and server logs here (default: a temporary directory)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+) -> None:
+    """Store faults mid-load (Redis killed, stopped, restarted; SQLite file deleted, replaced, corrupted): 500s, wrong 404s, dropped connections, recovery."""
+    from bookrec.bench.faults import bench_faults
+
+    bench_faults(list(fault), duration, connections, users, users, workdir, as_json)

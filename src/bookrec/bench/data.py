@@ -1,4 +1,5 @@
-"""``bookrec bench data``: generation and import time and peak memory at full scale.
+"""``bookrec bench data``: generation and import time and peak memory at full scale, and the
+importer's exit code and peak memory on each kind of malformed input.
 
 Each step runs in its own child process so its peak resident memory can be read on its own
 (``ru_maxrss`` of the child, reported by the child itself). The command also checks that the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +75,166 @@ def _run_step(step: str, *args: str) -> dict:
     return out
 
 
+# ---- importer cases: exit code and peak memory of the real CLI on malformed and valid input ---
+
+MB = 1 << 20
+BX_FILES = ("BX-Book-Ratings.csv", "BX-Books.csv", "BX-Users.csv")
+
+
+def _expanded_mb(src: Path) -> float:
+    """What the importer reads: the three CSV files' sizes, after decompression."""
+    import zipfile
+
+    if src.is_dir():
+        return sum((src / f).stat().st_size for f in BX_FILES if (src / f).exists()) / MB
+    if zipfile.is_zipfile(src):
+        with zipfile.ZipFile(src) as zf:
+            return sum(i.file_size for i in zf.infolist() if Path(i.filename).name in BX_FILES) / MB
+    return src.stat().st_size / MB
+
+
+# The CLI with its own peak RSS written to argv[1] at exit. VmHWM belongs to the process's own
+# memory map; ru_maxrss would also count the bench's memory, inherited through fork and exec.
+_CLI_WITH_PEAK = """
+import atexit, resource, sys
+def _write_peak(path=sys.argv.pop(1)):
+    try:
+        with open("/proc/self/status") as status:
+            kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except OSError:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open(path, "w") as out:
+        out.write(str(kb))
+atexit.register(_write_peak)
+sys.argv[0] = "bookrec"
+from bookrec.cli import app
+app()
+"""
+
+
+def _run_cli_import(src: Path, out: Path, env: dict[str, str]) -> dict:
+    """``bookrec data import`` in a child process, with the child's own peak RSS."""
+    peak_file = out.parent / f"{out.name}.peak"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), "data", "import", str(src), "--out", str(out)],
+        capture_output=True, text=True, env=os.environ | env,
+    )
+    seconds = time.perf_counter() - t0
+    peak_kb = int(peak_file.read_text()) if peak_file.exists() else 0
+    peak_file.unlink(missing_ok=True)
+    lines = proc.stderr.strip().splitlines()
+    return {
+        "exit_code": proc.returncode,
+        "seconds": seconds,
+        "peak_rss_mb": peak_kb / 1024,
+        "stderr_lines": len(lines),
+        "message": lines[-1] if lines else "",
+        "traceback": "Traceback" in proc.stderr,
+    }
+
+
+def _linked_copy(src: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in BX_FILES:
+        try:
+            os.link(src / f, dest / f)
+        except OSError:
+            shutil.copyfile(src / f, dest / f)
+    return dest
+
+
+def _zip(src: Path, archive: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for f in BX_FILES:
+            zf.write(src / f, f)
+    return archive
+
+
+def _import_cases(bx: Path, work: Path) -> dict[str, tuple[Path, dict[str, str]]]:
+    """Inputs built from the generated bx copy: valid ones at full size, and each malformed kind."""
+    import zipfile
+
+    cases: dict[str, tuple[Path, dict[str, str]]] = {"valid bx folder": (bx, {})}
+    archive = _zip(bx, work / "bx.zip")
+    cases["valid bx zip"] = (archive, {})
+    wide = work / "utf16"
+    wide.mkdir()
+    for f in BX_FILES:
+        (wide / f).write_bytes((bx / f).read_bytes().decode("latin-1").encode("utf-16"))
+    cases["UTF-16 copy"] = (wide, {})
+    rand = _linked_copy(bx, work / "random")
+    (rand / BX_FILES[0]).unlink()
+    (rand / BX_FILES[0]).write_bytes(os.urandom((bx / BX_FILES[0]).stat().st_size))
+    cases["random bytes as ratings"] = (rand, {})
+    blob = work / "random.zip"
+    blob.write_bytes(os.urandom(MB))
+    cases["random bytes as the zip"] = (blob, {})
+    crlf = _linked_copy(bx, work / "backslash-cr")
+    (crlf / BX_FILES[0]).unlink()
+    shutil.copyfile(bx / BX_FILES[0], crlf / BX_FILES[0])
+    with open(crlf / BX_FILES[0], "ab") as f:
+        f.write(b'11\\\r;5\n"11";1\\\r2;5;7\n' * 1000)
+    cases["backslash + CR rows"] = (crlf, {})
+    header = _linked_copy(bx, work / "header-only")
+    (header / BX_FILES[0]).unlink()
+    (header / BX_FILES[0]).write_text('"User-ID";"ISBN";"Book-Rating"\n')
+    cases["header-only ratings"] = (header, {})
+    truncated = work / "truncated.zip"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    cases["truncated zip"] = (truncated, {})
+    bomb = work / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in BX_FILES[1:]:
+            zf.write(bx / f, f)
+        with zf.open(BX_FILES[0], "w") as member:
+            member.write(b'"User-ID";"ISBN";"Book-Rating"\n')
+            for _ in range(200):
+                member.write(b'"1";"0195153448";"0"\n' * (MB // 21))
+    cases["zip bomb (200 MB ratings)"] = (bomb, {})
+    cases["same zip, ratio cap raised"] = (bomb, {"BOOKREC_IMPORT_MAX_RATIO": "1000"})
+    cap = f"{_expanded_mb(archive) / 2:.3f}"
+    cases["zip over the size cap"] = (archive, {"BOOKREC_IMPORT_MAX_EXPANDED_MB": cap})
+    return cases
+
+
+def bench_import_cases(bx: Path, work: Path) -> list[dict]:
+    """Each importer case through the real CLI: exit code, message, peak RSS against the bound
+    of 3x the expanded input plus 300 MB."""
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, (src, env) in _import_cases(bx, work).items():
+        out = work / f"out-{len(rows)}"
+        expanded = _expanded_mb(src)
+        result = _run_cli_import(src, out, env)
+        bound = 3 * expanded + 300
+        result["message"] = result["message"].removeprefix("error: ").replace(f"{work}{os.sep}", "")
+        rows.append({"case": name, "expanded_mb": expanded, "rss_bound_mb": bound,
+                     "within_bound": result["peak_rss_mb"] <= bound} | result)
+        shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def _import_cases_table(rows: list[dict]):
+    from rich.table import Table
+
+    t = Table(title="bookrec data import on each kind of input (real CLI, one process per case)")
+    for col in ("case", "exit", "peak RSS (MB)", "bound (MB)", "time (s)"):
+        t.add_column(col, justify="left" if col == "case" else "right")
+    for r in rows:
+        ok = r["within_bound"] and r["stderr_lines"] <= 1 and not r["traceback"]
+        rss = f"{r['peak_rss_mb']:.0f}" + ("" if ok else " !")
+        t.add_row(r["case"], str(r["exit_code"]), rss, f"{r['rss_bound_mb']:.0f}", f"{r['seconds']:.1f}")
+    t.caption = "bound: 3x the expanded input + 300 MB; '!' marks a case over it, or with a traceback or several error lines"
+    return t
+
+
+def _import_case_messages(rows: list[dict]) -> list[str]:
+    return [f"{r['case']}: {r['message']}" for r in rows if r["message"]]
+
+
 def bench_data(preset: str = "full", seed: int = 0, workdir: Path | None = None, as_json: bool = False) -> dict:
     """Run the data benchmark and print a table (or JSON); returns the figures."""
     from rich.console import Console
@@ -95,6 +257,8 @@ def bench_data(preset: str = "full", seed: int = 0, workdir: Path | None = None,
             imp = _run_step("import", workdir / "bx", workdir / "imported")
         with console.status("computing statistics"):
             st = _run_step("stats", workdir / "normalized")
+        with console.status("importing malformed and valid copies"):
+            cases = bench_import_cases(workdir / "bx", workdir / "import-cases")
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -127,6 +291,7 @@ def bench_data(preset: str = "full", seed: int = 0, workdir: Path | None = None,
         "share_isbn_not_in_books": stats["share_isbn_not_in_books"],
         "kcore_5_10": stats["kcore"],
         "import_report": imp["report"],
+        "import_cases": cases,
     }
     if as_json:
         print(json.dumps(figures, indent=2))
@@ -151,6 +316,9 @@ def bench_data(preset: str = "full", seed: int = 0, workdir: Path | None = None,
         f"absent from books; k-core 5/10: {stats['kcore']['users']:,} users x {stats['kcore']['works']:,} works, "
         f"{stats['kcore']['ratings']:,} ratings"
     )
+    console.print(_import_cases_table(cases))
+    for line in _import_case_messages(cases):
+        console.print(line, highlight=False, soft_wrap=True)
     return figures
 
 

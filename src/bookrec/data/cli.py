@@ -36,7 +36,8 @@ def _fail(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    line = " ".join(str(message).split())
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(line)}", highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -75,16 +76,22 @@ def import_(
     from rich.console import Console
 
     from bookrec.data.importer import DataImportError, import_path, report_table
-    from bookrec.data.io import write_dataset
+    from bookrec.data.io import DatasetError, publish_dataset
 
     console = Console()
     try:
         with console.status("importing") as status:
             dataset = import_path(path, progress=lambda s: status.update(f"importing: {s}"))
             status.update(f"writing {out}")
-            write_dataset(dataset, out)
-    except DataImportError as exc:
+            publish_dataset(dataset, out)
+    except (DataImportError, DatasetError) as exc:
         _fail(str(exc))
+        return
+    except MemoryError:
+        _fail(f"{path}: out of memory while importing (BOOKREC_IMPORT_MAX_EXPANDED_MB caps the input size)")
+        return
+    except OSError as exc:
+        _fail(f"{exc.filename or out}: {exc.strerror or exc}")
         return
     if as_json:
         typer.echo(json.dumps(dataset.manifest["report"], indent=2, sort_keys=True))

@@ -1,6 +1,7 @@
 """Import a BookCrossing copy (original ``BX-*.csv`` dump or the Kaggle republication).
 
-The layout is detected from the file names and confirmed by the header row. Rows are read with
+The layout is detected from the file names and confirmed by the header row; :mod:`bookrec.data.sources`
+streams the files as UTF-8 whatever their encoding, within the decompression caps. Rows are read with
 pyarrow's CSV reader (fast path); rows it cannot split into the expected columns are handed to
 a slower repair path (Python's csv module with the same dialect) that fixes what has a clear
 intent and counts the rest by reason. The result is normalised by :mod:`bookrec.data.normalize`
@@ -12,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,20 +21,14 @@ from pathlib import Path
 import pandas as pd
 
 from bookrec.data.io import Dataset
-from bookrec.data.normalize import normalize_tables
+from bookrec.data.normalize import normalize_books, normalize_ratings, normalize_users
+from bookrec.data.sources import PRETTY_NAMES, TABLES, Budget, DataImportError, Limits, OpenedText, open_sources, open_text
 
-TABLES = ("ratings", "books", "users")
-LAYOUTS = {
-    "bx": {"ratings": "bx-book-ratings.csv", "books": "bx-books.csv", "users": "bx-users.csv"},
-    "kaggle": {"ratings": "ratings.csv", "books": "books.csv", "users": "users.csv"},
-}
-PRETTY_NAMES = {
-    "bx": {"ratings": "BX-Book-Ratings.csv", "books": "BX-Books.csv", "users": "BX-Users.csv"},
-    "kaggle": {"ratings": "Ratings.csv", "books": "Books.csv", "users": "Users.csv"},
-}
+__all__ = ["DataImportError", "Limits", "import_path", "report_table"]
+
 DIALECTS = {
-    "bx": {"delimiter": ";", "escape": "\\", "encoding": "latin-1"},
-    "kaggle": {"delimiter": ",", "escape": None, "encoding": "utf-8"},
+    "bx": {"delimiter": ";", "escape": "\\"},
+    "kaggle": {"delimiter": ",", "escape": None},
 }
 COLUMNS = {
     "ratings": ["user_id", "isbn", "rating"],
@@ -48,66 +42,15 @@ EXPECTED_HEADERS = {
 }
 # a shifted book row: the author was glued to the title with '";' (or '\";')
 _GLUE = re.compile(r'\\?";')
-
-
-class DataImportError(Exception):
-    """The input cannot be used (missing file, not a BookCrossing layout, unreadable archive)."""
+SHOWN_HEADER_CHARS = 100
 
 
 @dataclass
 class _Parsed:
-    frame: pd.DataFrame
+    frame: pd.DataFrame | None
     rows_read: int
     repaired: Counter
     rejected: Counter
-
-
-def _find_sources(path: Path) -> tuple[str, dict[str, bytes]]:
-    """Detect the layout and return the raw bytes of its three files."""
-    path = Path(path)
-    if not path.exists():
-        raise DataImportError(f"{path} does not exist")
-    if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise DataImportError(f"{path} is neither a zip archive nor a folder")
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = {Path(n).name.lower(): n for n in zf.namelist() if not n.endswith("/") and "__MACOSX" not in n}
-                layout, wanted = _choose_layout(names, str(path))
-                return layout, {t: zf.read(names[f]) for t, f in wanted.items()}
-        except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
-            raise DataImportError(f"{path}: the zip archive is damaged or truncated ({exc})") from exc
-    names = {}
-    for f in sorted(path.rglob("*")):
-        if f.is_file() and len(f.relative_to(path).parts) <= 2:
-            names.setdefault(f.name.lower(), f)
-    layout, wanted = _choose_layout(names, str(path))
-    return layout, {t: names[f].read_bytes() for t, f in wanted.items()}
-
-
-def _choose_layout(names: dict, where: str) -> tuple[str, dict[str, str]]:
-    for layout, files in LAYOUTS.items():
-        if any(f in names for f in files.values()):
-            missing = [f for f in files.values() if f not in names]
-            if missing:
-                pretty = {"bx": "BX-Books.csv, BX-Users.csv, BX-Book-Ratings.csv", "kaggle": "Books.csv, Users.csv, Ratings.csv"}
-                raise DataImportError(
-                    f"{where}: looks like the {layout} layout but {', '.join(missing)} is missing "
-                    f"(expected {pretty[layout]})"
-                )
-            return layout, {t: files[t] for t in TABLES}
-    raise DataImportError(
-        f"{where}: not a BookCrossing copy (expected BX-Books.csv/BX-Users.csv/BX-Book-Ratings.csv "
-        f"or Books.csv/Users.csv/Ratings.csv)"
-    )
-
-
-def _decode(data: bytes, layout: str) -> str:
-    if layout == "bx":
-        return data.decode("latin-1")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    return data.decode("utf-8", errors="replace")
 
 
 def _header_key(field: str) -> str:
@@ -122,24 +65,37 @@ def _csv_rows(text: str, layout: str) -> list[list[str]]:
     return [row for row in reader]
 
 
-def _parse(table: str, text: str, layout: str, name: str) -> _Parsed:
-    """Fast path with pyarrow; invalid rows go through :func:`_repair_row`."""
+def _csv_error_reason(exc: csv.Error, line: str) -> str:
+    if "field larger than field limit" in str(exc):
+        return "field_too_long"
+    return "stray_carriage_return" if "\r" in line else "broken_quoting"
+
+
+def _check_header(opened: OpenedText, table: str, layout: str, name: str) -> None:
+    first_line = opened.header_line
+    if not first_line.strip():
+        raise DataImportError(f"{name} is empty (no header row)")
+    try:
+        rows = _csv_rows(first_line, layout)
+    except csv.Error:
+        rows = [[first_line]]
+    header = rows[0] if rows else []
+    if [_header_key(h) for h in header] != EXPECTED_HEADERS[table]:
+        shown = repr(header)
+        if len(shown) > SHOWN_HEADER_CHARS:
+            shown = shown[:SHOWN_HEADER_CHARS] + "..."
+        raise DataImportError(
+            f"{name}: unexpected header {shown}; this is not a BookCrossing {table} file (or it is truncated)"
+        )
+
+
+def _read_table(opened: OpenedText, table: str, layout: str, name: str, bad_lines: list[str]) -> pd.DataFrame:
+    """The fast path: pyarrow reads every row it can split; the others land in ``bad_lines``."""
     import pyarrow as pa
     import pyarrow.csv as pc
 
     d = DIALECTS[layout]
-    first_line, _, _rest = text.partition("\n")
-    if not first_line.strip():
-        raise DataImportError(f"{name} is empty (no header row)")
-    header = _csv_rows(first_line, layout)
-    header = header[0] if header else []
-    if [_header_key(h) for h in header] != EXPECTED_HEADERS[table]:
-        raise DataImportError(
-            f"{name}: unexpected header {header!r}; this is not a BookCrossing {table} file "
-            f"(or it is truncated)"
-        )
     cols = COLUMNS[table]
-    bad_lines: list[str] = []
 
     def on_invalid(row) -> str:
         bad_lines.append(row.text)
@@ -153,44 +109,74 @@ def _parse(table: str, text: str, layout: str, name: str) -> _Parsed:
         newlines_in_values=False,
         invalid_row_handler=on_invalid,
     )
-    read = pc.ReadOptions(column_names=cols, skip_rows=1, encoding="utf8", block_size=1 << 24)
+    # one thread: Arrow's allocator hands freed pages back only from the releasing thread's heap
+    read = pc.ReadOptions(column_names=cols, skip_rows=1, encoding="utf8", block_size=1 << 24, use_threads=False)
     convert = pc.ConvertOptions(
         column_types={c: pa.string() for c in cols}, strings_can_be_null=False, quoted_strings_can_be_null=False
     )
+    if opened.header_only:  # pyarrow cannot skip a header that has no line break after it
+        return pd.DataFrame({c: pd.Series([], dtype="str") for c in cols})
+    stream = opened.stream
     try:
-        tbl = pc.read_csv(io.BytesIO(text.encode("utf-8")), read_options=read, parse_options=parse, convert_options=convert)
+        with io.BufferedReader(stream, buffer_size=1 << 20) as buffered:
+            tbl = pc.read_csv(buffered, read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
-        raise DataImportError(f"{name}: cannot be read as CSV ({exc})") from exc
-    frame = tbl.to_pandas()
-    for c in cols:
-        frame[c] = frame[c].astype(object)
+        if stream.error:
+            raise DataImportError(stream.error) from exc
+        raise DataImportError(f"{name}: cannot be read as CSV ({' '.join(str(exc).split())})") from exc
+    if stream.error:
+        raise DataImportError(stream.error)
+    # Arrow-backed string columns: Python string objects would take several times the memory.
+    # One column at a time, dropping it from the table, so the two are never both held whole.
+    columns = {}
+    for name in cols:
+        series = tbl.column(name).to_pandas()
+        tbl = tbl.drop_columns([name])
+        empty = series == ""
+        columns[name] = series.where(~empty) if empty.any() else series  # empty means missing
+        del series, empty
+    # Arrow's allocator keeps freed pages for reuse; without this a large table counts twice in the peak
+    pa.default_memory_pool().release_unused()
+    return pd.DataFrame(columns, copy=False)
+
+
+def _parse(table: str, opened: OpenedText, layout: str, name: str) -> _Parsed:
+    """Fast path with pyarrow; invalid rows go through :func:`_repair_row`."""
+    _check_header(opened, table, layout, name)
+    cols = COLUMNS[table]
+    bad_lines: list[str] = []
+    frame = _read_table(opened, table, layout, name, bad_lines)
+    rows_read = len(frame) + len(bad_lines)
     repaired: Counter = Counter()
     rejected: Counter = Counter()
     fixed_rows: list[list[str]] = []
-    truncated_tail = not text.endswith("\n")
+    tail = opened.stream.tail
+    truncated_tail = not tail.endswith("\n")
     for i, line in enumerate(bad_lines):
         fields, reason = _repair_row(table, line, layout)
         if fields is None:
-            is_last = truncated_tail and i == len(bad_lines) - 1 and text.rstrip("\n").endswith(line.rstrip("\n"))
+            is_last = truncated_tail and i == len(bad_lines) - 1 and tail.rstrip("\n").endswith(line.rstrip("\n"))
             rejected["truncated_last_row" if is_last else reason] += 1
         else:
             fixed_rows.append(fields)
             repaired[reason] += 1
     if fixed_rows:
-        frame = pd.concat([frame, pd.DataFrame(fixed_rows, columns=cols, dtype=object)], ignore_index=True)
-    # empty strings mean missing
-    frame = frame.replace({"": None})
+        fixed = pd.DataFrame(fixed_rows, columns=cols, dtype="str")
+        frame = pd.concat([frame, fixed.where(fixed != "")], ignore_index=True)
     if table == "books":
         frame, n_shift = _unshift_books(frame)
         repaired["shifted_columns"] += n_shift
         if "short_row" in repaired:  # a 7-field shifted BX row is counted once, as shifted
             repaired.pop("short_row")
-    return _Parsed(frame=frame, rows_read=len(tbl) + len(bad_lines), repaired=+repaired, rejected=+rejected)
+    return _Parsed(frame=frame, rows_read=rows_read, repaired=+repaired, rejected=+rejected)
 
 
 def _repair_row(table: str, line: str, layout: str) -> tuple[list[str] | None, str]:
     """Fields of one row the fast path rejected, or ``(None, reason)`` when its intent is unclear."""
-    rows = _csv_rows(line, layout)
+    try:
+        rows = _csv_rows(line, layout)
+    except csv.Error as exc:
+        return None, _csv_error_reason(exc, line)
     if len(rows) != 1:
         return None, "broken_quoting"
     fields = [f for f in rows[0]]
@@ -205,7 +191,10 @@ def _repair_row(table: str, line: str, layout: str) -> tuple[list[str] | None, s
     if layout == "bx" and "\\" in line:
         # a field that really ends in a backslash ("C:\";) swallows its closing quote when
         # backslash is the escape character; read without escapes, the row may be whole
-        plain = list(csv.reader(io.StringIO(line), delimiter=";", quotechar='"', doublequote=True, strict=False))
+        try:
+            plain = list(csv.reader(io.StringIO(line), delimiter=";", quotechar='"', doublequote=True, strict=False))
+        except csv.Error:
+            plain = []
         if len(plain) == 1 and len(plain[0]) == n:
             return plain[0], "backslash_before_quote"
     if table == "users" and len(fields) > n and fields[0].strip().isdigit():
@@ -249,28 +238,69 @@ def _unshift_books(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return frame, int(mask.sum())
 
 
-def import_path(path: Path | str, progress=None) -> Dataset:
+def _no_ratings(name: str) -> DataImportError:
+    return DataImportError(f"{name} has a header but no rows: there are no ratings to import")
+
+
+def _check_headers(members: dict, layout: str, limits: Limits) -> None:
+    """Encoding, binary content and header of all three files, from their first bytes, so a bad
+    ratings file is reported before the books are read."""
+    for table in TABLES:
+        opened = open_text(members[table], layout, Budget(limits.max_expanded_bytes))
+        with opened.stream:
+            _check_header(opened, table, layout, PRETTY_NAMES[layout][table])
+            if table == "ratings" and opened.no_rows:
+                raise _no_ratings(PRETTY_NAMES[layout][table])
+
+
+def _read(table: str, members: dict, layout: str, budget: Budget) -> _Parsed:
+    opened = open_text(members[table], layout, budget)
+    with opened.stream:
+        return _parse(table, opened, layout, PRETTY_NAMES[layout][table])
+
+
+def import_path(path: Path | str, progress=None, limits: Limits | None = None) -> Dataset:
     """Read a BookCrossing copy (zip or folder, either layout) into a normalised :class:`Dataset`.
 
     ``dataset.manifest["report"]`` holds the import report: per table rows read, kept,
     repaired and rejected by reason, plus ratings whose ISBN is not in the books file.
     Raises :class:`DataImportError` when the input is unusable. ``progress`` (optional) receives
-    stage names.
+    stage names. ``limits`` caps decompression (default: from the settings).
     """
     say = progress or (lambda _msg: None)
+    limits = limits or Limits.from_settings()
     say("opening")
-    layout, blobs = _find_sources(Path(path))
-    files = PRETTY_NAMES[layout]
-    parsed = {}
-    for table in TABLES:
-        say(f"reading {files[table]} ({layout} layout)")
-        text = _decode(blobs.pop(table), layout)
-        parsed[table] = _parse(table, text, layout, files[table])
-        del text
+    parsed: dict[str, _Parsed] = {}
+    norm: dict[str, dict] = {}
+    with open_sources(Path(path), limits) as (layout, members):
+        files = PRETTY_NAMES[layout]
+        _check_headers(members, layout, limits)
+        budget = Budget(limits.max_expanded_bytes)
+        # one raw table in memory at a time: each is normalised, then its raw frame dropped
+        say(f"reading {files['users']} ({layout} layout)")
+        parsed["users"] = _read("users", members, layout, budget)
+        users, norm["users"] = normalize_users(parsed["users"].frame)
+        parsed["users"].frame = None
+        say(f"reading {files['books']} ({layout} layout)")
+        parsed["books"] = _read("books", members, layout, budget)
+        books, norm["books"] = normalize_books(parsed["books"].frame)
+        parsed["books"].frame = None
+        say(f"reading {files['ratings']} ({layout} layout)")
+        parsed["ratings"] = _read("ratings", members, layout, budget)
+    if parsed["ratings"].rows_read == 0:
+        raise _no_ratings(files["ratings"])
     say("normalising")
-    ratings, books, users, norm = normalize_tables(parsed["ratings"].frame, parsed["books"].frame, parsed["users"].frame)
+    ratings, norm["ratings"] = normalize_ratings(parsed["ratings"].frame, books, users)
+    parsed["ratings"].frame = None
+    if len(ratings) == 0:
+        n = parsed["ratings"].rows_read
+        raise DataImportError(f"{files['ratings']}: none of its {n:,} rows is a usable rating")
+    return Dataset(ratings=ratings, books=books, users=users, manifest=_manifest(path, layout, parsed, norm))
+
+
+def _manifest(path: Path | str, layout: str, parsed: dict[str, _Parsed], norm: dict[str, dict]) -> dict:
+    files = PRETTY_NAMES[layout]
     report: dict = {"layout": layout, "tables": {}}
-    kept = {"ratings": len(ratings), "books": len(books), "users": len(users)}
     for table in TABLES:
         p = parsed[table]
         rejected = Counter(p.rejected)
@@ -283,19 +313,18 @@ def import_path(path: Path | str, progress=None) -> Dataset:
         report["tables"][table] = {
             "file": files[table],
             "rows_read": p.rows_read,
-            "kept": kept[table],
+            "kept": norm[table]["kept"],
             "repaired": dict(sorted(p.repaired.items())),
             "rejected": dict(sorted((+rejected).items())),
             "notes": notes,
         }
     report["ratings_isbn_not_in_books"] = norm["ratings"]["isbn_not_in_books"]
-    manifest = {
+    return {
         "source": layout,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": str(Path(path).resolve()),
         "report": report,
     }
-    return Dataset(ratings=ratings, books=books, users=users, manifest=manifest, truth=None)
 
 
 def report_table(report: dict):

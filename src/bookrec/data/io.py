@@ -8,6 +8,9 @@ Parquet is written without timestamps so the same tables give the same bytes.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,6 +102,36 @@ def write_dataset(dataset: Dataset, path: Path | str) -> Path:
         np.savez_compressed(out / TRUTH_ARRAYS_FILE, **arrays)
         (out / TRUTH_JSON_FILE).write_text(json.dumps(scalars, indent=2, sort_keys=True, default=_json_default) + "\n")
     return out
+
+
+def publish_dataset(dataset: Dataset, path: Path | str) -> Path:
+    """Write ``dataset`` so that ``path`` never holds a half-written data set.
+
+    The files go to a temporary sibling directory first. A new ``path`` is that directory,
+    renamed; an existing one loses its manifest first and gets it back last, so a reader in
+    between sees no data set rather than a mixed one.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a directory")
+    tmp = out.parent / f".{out.name}.writing-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        write_dataset(dataset, tmp)
+        if not out.exists():
+            tmp.rename(out)
+            return out
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        for stale in (TRUTH_ARRAYS_FILE, TRUTH_JSON_FILE):
+            if not (tmp / stale).exists():
+                (out / stale).unlink(missing_ok=True)
+        for name in (RATINGS_FILE, BOOKS_FILE, USERS_FILE, TRUTH_ARRAYS_FILE, TRUTH_JSON_FILE, MANIFEST_FILE):
+            if (tmp / name).exists():
+                os.replace(tmp / name, out / name)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _json_default(value: Any) -> Any:

@@ -19,7 +19,7 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
-from bookrec.data.isbn import NOT_ISBN_CHAR
+from bookrec.data.isbn import NOT_ISBN_CHAR, isbn_twin
 
 # Years outside this window are junk (0 for unknown, 2030/2050, typos like 1376 are kept as
 # plausible old books; the crawl was in 2004 so anything after 2006 cannot be a real edition).
@@ -160,16 +160,8 @@ def _str_col(s: pd.Series) -> pd.Series:
     return out.where(s.notna() & (out != ""))
 
 
-def normalize_tables(
-    raw_ratings: pd.DataFrame, raw_books: pd.DataFrame, raw_users: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """Raw text tables -> normalised ``(ratings, books, users, report)`` per ARCHITECTURE.md 1.
-
-    Deterministic: output order is sorted (ratings by user, isbn; books by isbn; users by id).
-    """
-    report: dict = {}
-
-    # ---- users ----------------------------------------------------------------------
+def normalize_users(raw_users: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Raw users -> normalised users sorted by id, and their report counts."""
     uid = pd.to_numeric(raw_users["user_id"], errors="coerce")
     bad_uid = uid.isna() | (uid != uid.round()) | (uid < 0)
     users = raw_users.loc[~bad_uid]
@@ -178,12 +170,13 @@ def normalize_tables(
     users, uid = users.loc[~dup], uid[~dup]
     loc = parse_location(users["location"])
     ages, n_age_missing, n_age_junk = parse_age(users["age"])
+    # .array keeps strings Arrow-backed; .to_numpy() would make one Python object per value
     users_out = pd.DataFrame(
-        {"user_id": uid.to_numpy(), "city": loc["city"].to_numpy(), "state": loc["state"].to_numpy(),
-         "country": loc["country"].to_numpy(), "age": ages.to_numpy()}
+        {"user_id": uid.to_numpy(), "city": loc["city"].array, "state": loc["state"].array,
+         "country": loc["country"].array, "age": ages.array}
     )
     users_out = _typed_users(users_out.sort_values("user_id", kind="stable").reset_index(drop=True))
-    report["users"] = {
+    return users_out, {
         "rejected_bad_id": int(bad_uid.sum()),
         "rejected_duplicate": int(dup.sum()),
         "age_missing": n_age_missing,
@@ -191,7 +184,9 @@ def normalize_tables(
         "kept": len(users_out),
     }
 
-    # ---- books ----------------------------------------------------------------------
+
+def normalize_books(raw_books: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Raw books -> normalised books sorted by ISBN, and their report counts."""
     isbn = normalize_isbn(raw_books["isbn"])
     empty = isbn.isna() | (isbn == "")
     books = raw_books.loc[~empty]
@@ -204,17 +199,17 @@ def normalize_tables(
     years, n_year_junk = parse_year(books["year"])
     books_out = pd.DataFrame(
         {
-            "isbn": isbn.to_numpy(),
-            "title": title.to_numpy(),
-            "author": author.to_numpy(),
-            "year": years.to_numpy(),
-            "publisher": publisher.to_numpy(),
-            "image_url": _str_col(books["image_url_m"]).to_numpy(),
-            "work_key": work_keys(title, author).to_numpy(),
+            "isbn": isbn.array,
+            "title": title.array,
+            "author": author.array,
+            "year": years.array,
+            "publisher": publisher.array,
+            "image_url": _str_col(books["image_url_m"]).array,
+            "work_key": work_keys(title, author).array,
         }
     )
     books_out = _typed_books(books_out.sort_values("isbn", kind="stable").reset_index(drop=True))
-    report["books"] = {
+    return books_out, {
         "rejected_empty_isbn": int(empty.sum()),
         "rejected_duplicate_isbn": int(dup.sum()),
         "isbn_changed_by_normalisation": int((isbn != raw_books["isbn"].loc[isbn.index].astype("str")).sum()),
@@ -223,39 +218,125 @@ def normalize_tables(
         "kept": len(books_out),
     }
 
-    # ---- ratings --------------------------------------------------------------------
-    r_uid = pd.to_numeric(raw_ratings["user_id"], errors="coerce")
-    r_val = pd.to_numeric(raw_ratings["rating"], errors="coerce")
-    r_isbn = normalize_isbn(raw_ratings["isbn"])
-    bad_uid = r_uid.isna() | (r_uid != r_uid.round()) | (r_uid < 0)
-    bad_rating = ~bad_uid & (r_val.isna() | (r_val < 0) | (r_val > 10))
-    bad_isbn = ~bad_uid & ~bad_rating & (r_isbn.isna() | (r_isbn == ""))
+
+def match_isbn_twins(keys: pd.Index, book_isbns: pd.Series) -> tuple[pd.Index, np.ndarray]:
+    """Rating keys absent from the books whose ISBN-10/13 twin is a books key take that key.
+
+    The books keep their own form, so a rating on ``9780316666343`` joins the book stored as
+    ``0316666343``. ``keys`` are distinct normalised keys; returns them mapped, and which changed.
+    """
+    changed = np.zeros(len(keys), dtype=bool)
+    candidates = np.flatnonzero(~isin(keys, book_isbns) & is_valid_isbn(pd.Series(keys)).to_numpy())
+    twins = {i: twin for i in candidates if (twin := isbn_twin(keys[i])) is not None}
+    if not twins:
+        return keys, changed
+    known = isin(pd.Series(list(twins.values()), dtype="str"), book_isbns)
+    mapped = keys.to_numpy(dtype=object)
+    for (i, twin), ok in zip(twins.items(), known):
+        if ok:
+            mapped[i] = twin
+            changed[i] = True
+    return pd.Index(mapped, dtype="str"), changed
+
+
+def _release_arrow_memory() -> None:
+    """Hand the pages of dropped Arrow columns back: Arrow's allocator keeps them for itself,
+    and the numpy arrays that follow would add to the peak instead of reusing them."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _distinct_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.to_numeric(errors="coerce")`` of each distinct text: ``(codes, numbers)`` with
+    ``numbers[codes]`` the value of each row and code -1 (missing) taking the trailing NaN.
+
+    Millions of ratings hold few distinct user ids and ratings, so this is where a large table
+    stays cheap: rows carry 4-byte codes, and each text is converted once.
+    """
+    codes, uniques = pd.factorize(values)
+    numbers = pd.to_numeric(pd.Series(uniques), errors="coerce").to_numpy(dtype=np.float64)
+    return codes.astype(np.int32), np.append(numbers, np.nan)
+
+
+def _isbn_codes(values: pd.Series, book_isbns: pd.Series) -> tuple[np.ndarray, pd.Index, np.ndarray]:
+    """Each rating's ISBN as a code into sorted, normalised, twin-matched keys (-1: missing).
+
+    Only the distinct keys are normalised. Returns the codes, the keys, and per rating whether
+    its key was a twin match.
+    """
+    raw_codes, raw_keys = pd.factorize(values)
+    raw_codes = raw_codes.astype(np.int32)
+    keys = normalize_isbn(pd.Series(raw_keys, dtype="str"))
+    keys, changed = match_isbn_twins(pd.Index(keys, dtype="str"), book_isbns)
+    key_codes, sorted_keys = pd.factorize(keys, sort=True)
+    codes = np.append(key_codes.astype(np.int32), np.int32(-1))[raw_codes]
+    return codes, sorted_keys, np.append(changed, False)[raw_codes]
+
+
+def normalize_ratings(
+    raw_ratings: pd.DataFrame, books_out: pd.DataFrame, users_out: pd.DataFrame
+) -> tuple[pd.DataFrame, dict]:
+    """Raw ratings -> normalised ratings sorted by user and ISBN, and their report counts.
+
+    Consumes ``raw_ratings``: each raw column is dropped once converted, so a large table is
+    not held twice (pass ``raw.copy(deep=False)`` to keep yours).
+    """
+    uid_codes, uids = _distinct_numbers(raw_ratings.pop("user_id"))
+    _release_arrow_memory()
+    val_codes, vals = _distinct_numbers(raw_ratings.pop("rating"))
+    _release_arrow_memory()
+    codes, keys, twinned = _isbn_codes(raw_ratings.pop("isbn"), books_out["isbn"])
+    _release_arrow_memory()
+    with np.errstate(invalid="ignore"):
+        # float64 holds integers exactly only up to 2**53; larger ids would be silently changed
+        bad_uid = (np.isnan(uids) | (uids != np.round(uids)) | (uids < 0) | (uids >= 2**53))[uid_codes]
+        bad_rating = ~bad_uid & (np.isnan(vals) | (vals < 0) | (vals > 10))[val_codes]
+    empty_key = np.append(np.asarray(keys == "", dtype=bool), True)
+    bad_isbn = ~bad_uid & ~bad_rating & empty_key[codes]
     keep = ~(bad_uid | bad_rating | bad_isbn)
-    ratings_out = pd.DataFrame(
-        {
-            "user_id": r_uid[keep].astype("int64").to_numpy(),
-            "isbn": r_isbn[keep].to_numpy(),
-            "rating": r_val[keep].astype("float32").to_numpy(),
-        }
-    )
-    dup = ratings_out.duplicated(["user_id", "isbn"], keep="first")
-    ratings_out = ratings_out.loc[~dup]
+    n_twins = int(twinned[keep].sum())
+    del twinned
+    # ids as dense ranks (int32) so the sort key is small; rank order is numeric order
+    valid_ids, uid_rank = np.unique(np.nan_to_num(uids, nan=-1.0), return_inverse=True)
+    uid_codes, val_codes, codes = uid_rank.astype(np.int32)[uid_codes[keep]], val_codes[keep], codes[keep]
+    order = np.lexsort((codes, uid_codes))  # stable: of duplicates, the first read comes first
+    uid_codes, val_codes, codes = uid_codes[order], val_codes[order], codes[order]
+    del order
+    dup = np.zeros(len(codes), dtype=bool)
+    dup[1:] = (uid_codes[1:] == uid_codes[:-1]) & (codes[1:] == codes[:-1])
+    uid_codes, val_codes, codes = uid_codes[~dup], val_codes[~dup], codes[~dup]
+    rating = vals.astype(np.float32)[val_codes]
     ratings_out = _typed_ratings(
-        ratings_out.sort_values(["user_id", "isbn"], kind="stable").reset_index(drop=True)
+        pd.DataFrame({"user_id": valid_ids.astype(np.int64)[uid_codes], "isbn": keys.take(codes).array, "rating": rating})
     )
-    in_books = isin(ratings_out["isbn"], books_out["isbn"])
+    in_books = isin(keys, books_out["isbn"])[codes]
     known_users = isin(ratings_out["user_id"], users_out["user_id"])
-    report["ratings"] = {
+    return ratings_out, {
         "rejected_bad_user_id": int(bad_uid.sum()),
         "rejected_bad_rating": int(bad_rating.sum()),
         "rejected_empty_isbn": int(bad_isbn.sum()),
         "rejected_duplicate": int(dup.sum()),
         "kept": len(ratings_out),
-        "explicit": int((ratings_out["rating"] > 0).sum()),
-        "implicit": int((ratings_out["rating"] == 0).sum()),
+        "explicit": int((rating > 0).sum()),
+        "implicit": int((rating == 0).sum()),
         "isbn_not_in_books": int((~in_books).sum()),
+        "isbn_matched_by_twin": n_twins,
         "user_not_in_users": int((~known_users).sum()),
     }
+
+
+def normalize_tables(
+    raw_ratings: pd.DataFrame, raw_books: pd.DataFrame, raw_users: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Raw text tables -> normalised ``(ratings, books, users, report)`` per ARCHITECTURE.md 1.
+
+    Deterministic: output order is sorted (ratings by user, isbn; books by isbn; users by id).
+    """
+    users_out, users_report = normalize_users(raw_users)
+    books_out, books_report = normalize_books(raw_books)
+    ratings_out, ratings_report = normalize_ratings(raw_ratings.copy(deep=False), books_out, users_out)
+    report = {"users": users_report, "books": books_report, "ratings": ratings_report}
     return ratings_out, books_out, users_out, report
 
 

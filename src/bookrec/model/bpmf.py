@@ -16,6 +16,25 @@ from bookrec.model.sampler import Chain, Priors, RatingMatrix
 
 RANK_MODES = {"mean": 0, "lower": 1, "sample": 2}
 
+# The quantities traced every post-burn-in sweep (besides the tracked predictions) and judged by the
+# convergence rule. The last four see the directions predictions cannot: the balance between the
+# scales of U and V, and the factor precisions.
+TRACED = ("alpha", "mu", "train_rmse", "log_norm_U", "log_norm_V", "log_det_Lambda_U", "log_det_Lambda_V")
+
+
+def chain_summary(chain: Chain) -> dict[str, float]:
+    """The traced quantities of a chain's current state. ||U|| is the Frobenius norm of the factors,
+    read off the tracked side moments (the trace of the factor block of X^T X): no pass over the rows."""
+    st = chain.state
+    k = chain.k
+    out = {"alpha": st.alpha, "mu": st.mu, "train_rmse": st.train_rmse}
+    for side, label in (("users", "U"), ("items", "V")):
+        _, _, gram = chain.moments[side]
+        out[f"log_norm_{label}"] = 0.5 * math.log(max(float(np.trace(gram[:k, :k])), 1e-300))
+    out["log_det_Lambda_U"] = float(np.linalg.slogdet(st.lambda_user)[1])
+    out["log_det_Lambda_V"] = float(np.linalg.slogdet(st.lambda_item)[1])
+    return out
+
 
 def _as_index(name: str, values) -> np.ndarray:
     arr = np.asarray(values)
@@ -38,6 +57,9 @@ class BPMF(ParamsMixin):
     stored as float32). ``chain_mode``: "sweep" runs the chains in lock-step, each sweep using
     all cores (numba prange); "threads" runs each chain in its own thread with single-threaded
     GIL-free kernels; "auto" is "sweep" (measured as fast or faster, see ``_resolved_chain_mode``).
+    ``balance_move=False`` leaves out the balance moves (``sampler.Chain._balance``): the sampler as
+    it was before them, for side-by-side measurements. ``min_ess`` and ``rhat_threshold`` (None: the
+    settings' ``min_ess`` and ``rhat_threshold``) set the convergence rule of ``diagnostics_``.
     """
 
     def __init__(
@@ -57,7 +79,9 @@ class BPMF(ParamsMixin):
         alpha_prior: tuple[float, float] = (1.0, 1.0),
         mu_prior_precision: float = 1.0,
         n_tracked: int = 20,
-        min_ess: float = 100.0,
+        min_ess: float | None = None,
+        rhat_threshold: float | None = None,
+        balance_move: bool = True,
         chain_mode: str = "auto",
         show_progress: bool = True,
     ):
@@ -77,13 +101,15 @@ class BPMF(ParamsMixin):
         self.mu_prior_precision = mu_prior_precision
         self.n_tracked = n_tracked
         self.min_ess = min_ess
+        self.rhat_threshold = rhat_threshold
+        self.balance_move = balance_move
         self.chain_mode = chain_mode
         self.show_progress = show_progress
 
     PARAM_NAMES = (
         "n_factors", "n_samples", "burn_in", "n_chains", "thin", "max_kept_samples", "seed", "rating_range",
         "warm_start", "beta0", "w0_scale", "bias_prior", "alpha_prior", "mu_prior_precision", "n_tracked",
-        "min_ess", "chain_mode", "show_progress",
+        "min_ess", "rhat_threshold", "balance_move", "chain_mode", "show_progress",
     )
 
     def _check_params(self) -> None:
@@ -141,7 +167,8 @@ class BPMF(ParamsMixin):
         data = RatingMatrix.build(u, i, r, n_users, n_items)
         seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
         aux_rng = np.random.default_rng(seqs[-1])
-        chains = [Chain(data, k, self._priors(float(r.mean())), seq) for seq in seqs[:-1]]
+        chains = [Chain(data, k, self._priors(float(r.mean())), seq, balance_move=self.balance_move)
+                  for seq in seqs[:-1]]
         for chain in chains:
             chain.initialise(self.warm_start)
 
@@ -155,7 +182,7 @@ class BPMF(ParamsMixin):
         tracked = aux_rng.choice(r.size, size=min(self.n_tracked, r.size), replace=False)
         tracked_u, tracked_i = u[tracked], i[tracked]
         n_c, n_d = self.n_chains, self.n_samples
-        traces = {"alpha": np.empty((n_c, n_d)), "mu": np.empty((n_c, n_d)), "train_rmse": np.empty((n_c, n_d))}
+        traces = {name: np.empty((n_c, n_d)) for name in TRACED}
         tracked_traces = np.empty((n_c, n_d, tracked.size))
 
         ev = None
@@ -189,9 +216,8 @@ class BPMF(ParamsMixin):
                     if d >= 0:
                         for c, chain in enumerate(chains):
                             st = chain.state
-                            traces["alpha"][c, d] = st.alpha
-                            traces["mu"][c, d] = st.mu
-                            traces["train_rmse"][c, d] = st.train_rmse
+                            for name, value in chain_summary(chain).items():
+                                traces[name][c, d] = value
                             # A few pairs: a parallel launch would cost more than the loop.
                             tracked_traces[c, d] = chain.predict_pairs(tracked_u, tracked_i, parallel=False)
                         if (d + 1) % step == 0 and (d + 1) // step <= kept_per_chain:
@@ -220,10 +246,21 @@ class BPMF(ParamsMixin):
         self.n_train_ = int(r.size)
         from bookrec.model.diagnostics import convergence
 
-        self.diagnostics_ = convergence(self.traces_, min_ess=self.min_ess)
+        rhat_threshold, min_ess = self._thresholds()
+        self.diagnostics_ = convergence(self.traces_, rhat_threshold=rhat_threshold, min_ess=min_ess)
         self.fit_seconds_ = time.perf_counter() - started
         self.chain_mode_ = mode
         return self
+
+    def _thresholds(self) -> tuple[float, float]:
+        """(R-hat threshold, minimum ESS): the estimator's own, else the settings'
+        (BOOKREC_RHAT_THRESHOLD, BOOKREC_MIN_ESS)."""
+        from bookrec.config import get_settings
+
+        settings = get_settings()
+        rhat = settings.rhat_threshold if self.rhat_threshold is None else float(self.rhat_threshold)
+        ess = settings.min_ess if self.min_ess is None else float(self.min_ess)
+        return rhat, ess
 
     def _allocate(self, n_kept, n_users, n_items, k) -> None:
         f32 = np.float32
@@ -385,8 +422,11 @@ class BPMF(ParamsMixin):
             "tau_user_bias": self.tau_user_bias_, "rating_range": np.asarray(self.rating_range, dtype=np.float64),
         }
 
-    def fold_in(self, item_idx, ratings, level: float = 0.9, seed: int | None = None):
-        """Exact per-sample posterior of a new reader's factors and bias from a few ratings."""
+    def fold_in(self, item_idx, ratings, seed: int | None = None):
+        """Exact per-sample posterior of a new reader's factors and bias from a few ratings
+        (``bookrec.model.foldin.fold_in_from_arrays``). Each kept sample keeps its equal weight rather
+        than being reweighted by p(new ratings | sample): exact given each sample, and only an
+        approximation of the full posterior given the new ratings."""
         from bookrec.model.foldin import fold_in_from_arrays
 
         return fold_in_from_arrays(self.serving_arrays(), item_idx, ratings, seed=seed)

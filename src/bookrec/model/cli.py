@@ -87,6 +87,8 @@ def train(
     console.print(f"convergence: {'[green]converged' if diag['converged'] else '[yellow]NOT converged'}[/] "
                   f"(max R-hat {diag['max_rhat']:.3f} < {diag['rhat_threshold']}, min bulk ESS "
                   f"{diag['min_ess_bulk']:.0f}, min tail ESS {diag['min_ess_tail']:.0f}, needed {diag['min_ess']:.0f})")
+    if "summary" in diag:
+        console.print(f"  {diag['summary']}")
     if diag["failing"]:
         console.print(f"  not yet converged: {', '.join(diag['failing'][:10])}")
     if model.eval_history_:

@@ -9,6 +9,11 @@ Gaussian conditional given that sample's item factors/biases, mu, alpha and user
 
 Integrating x out analytically, the predictive of item j is the mixture over s of
 N(mu_s + c_sj + f_sj . m_s,  f_sj^T P_s^-1 f_sj + 1/alpha_s): exact, no Monte Carlo over x.
+
+Every kept sample keeps its equal weight 1/S: the samples are not reweighted by
+p(new ratings | sample). Each per-sample posterior is exact; the mixture is only approximately
+the full posterior given the new ratings (what a refit with the reader included would give),
+close when a few ratings barely move the rest of the model.
 """
 
 from __future__ import annotations
@@ -62,7 +67,11 @@ def _validate(arrays, item_idx, ratings):
 
 
 def fold_in_from_arrays(arrays: dict, item_idx, ratings, seed: int | None = None) -> FoldIn:
-    """Exact per-sample Gaussian posterior of a new reader's (factors, bias). Milliseconds."""
+    """Exact per-sample Gaussian posterior of a new reader's (factors, bias). Milliseconds.
+
+    Per-sample posteriors, no interval (``predict_fold_in`` gives those). The kept samples are
+    weighted equally, not by p(new ratings | sample): exact given each sample, an approximation of
+    the posterior of the whole model given the new ratings."""
     item_idx, ratings = _validate(arrays, item_idx, ratings)
     v = np.asarray(arrays["item_factors"][:, item_idx, :], dtype=np.float64)  # (S, n, k)
     c = np.asarray(arrays["item_bias"][:, item_idx], dtype=np.float64)  # (S, n)

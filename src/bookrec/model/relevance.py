@@ -35,6 +35,8 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
+from bookrec.model.kernels.relevance import add_cooccurrences, strongest_history_item
+from bookrec.model.kernels.topn import topn_dense
 from bookrec.model.params import ParamsMixin
 
 L2_GRID = (1.0, 3.0, 10.0)  # multiples of the mean interaction count of the candidates
@@ -91,27 +93,35 @@ def top_per_row(scores: np.ndarray, n: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def _inverse(gram: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive definite matrix (Cholesky, in place, full matrix back)."""
-    chol, info = sla.lapack.dpotrf(gram, lower=1, overwrite_a=1, clean=0)
+def _inverse(gram: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of a symmetric positive definite matrix as a C-ordered ``dtype`` array, and its
+    diagonal in float64. ``gram`` is overwritten (Cholesky in place, no full-size temporaries)."""
+    # A symmetric C array is its own Fortran transpose: LAPACK works on it without a copy.
+    chol, info = sla.lapack.dpotrf(gram.T, lower=1, overwrite_a=1, clean=0)
     if info != 0:
         raise np.linalg.LinAlgError("the Gram matrix is not positive definite")
     inv, info = sla.lapack.dpotri(chol, lower=1, overwrite_c=1)
     if info != 0:
         raise np.linalg.LinAlgError("could not invert the Gram matrix")
-    lower = np.tril_indices_from(inv, -1)
-    inv.T[lower] = inv[lower]
-    return inv
+    diag = np.diag(inv).copy()
+    upper = inv.T  # C-ordered view whose upper triangle is valid
+    n = upper.shape[0]
+    out = np.empty((n, n), dtype=dtype)
+    for a in range(0, n, 512):
+        b = min(a + 512, n)
+        out[a:b, a:] = upper[a:b, a:]
+        out[a:b, :a] = upper[:a, a:b].T
+        block = out[a:b, a:b]
+        i, j = np.tril_indices(b - a, -1)
+        block[i, j] = block[j, i]
+    return out, diag
 
 
-def _gram(x: sp.csr_matrix, l2: float, popularity_l2: float, block: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
-    """X^T X + diag(lambda) and lambda. Summed over blocks of readers: the sparse product of all
-    readers at once holds several copies of a nearly dense matrix."""
-    x = sp.csr_matrix(x, dtype=np.float64)
+def _gram(x: sp.csr_matrix, l2: float, popularity_l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """X^T X + diag(lambda) and lambda."""
+    x = sp.csr_matrix(x)
     gram = np.zeros((x.shape[1], x.shape[1]))
-    for a in range(0, x.shape[0], block):
-        part = x[a:a + block]
-        gram += (part.T @ part).toarray()
+    add_cooccurrences(x.indptr.astype(np.int64), x.indices.astype(np.int64), gram)
     prior = l2 + popularity_l2 * np.diag(gram)
     gram[np.diag_indices_from(gram)] += prior
     return gram, prior
@@ -178,12 +188,11 @@ class ItemRelevance(ParamsMixin):
             raise ValueError("l2 must be positive and popularity_l2 non-negative")
         if len(self.items_):
             gram, self.prior_ = _gram(xc, self.l2_, self.popularity_l2_)
-            p = _inverse(gram)
+            # C order: every sparse-dense product with a Fortran array would copy it first.
+            self.precision_, self.diag_ = _inverse(gram, np.float32)
         else:
-            p, self.prior_ = np.zeros((0, 0)), np.zeros(0)
-        self.diag_ = np.diag(p).copy()
+            self.precision_, self.diag_, self.prior_ = np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0)
         self.noise_var_ = np.maximum(1.0 / self.diag_ - self.prior_, 1e-12) / max(self.n_users_, 1)
-        self.precision_ = p.astype(np.float32)
         return self
 
     def _select_l2(self, xc: sp.csr_matrix, scale: float) -> tuple[float, dict]:
@@ -199,8 +208,8 @@ class ItemRelevance(ParamsMixin):
         for mult in L2_GRID:
             for pop_l2 in POPULARITY_L2_GRID:
                 gram, _ = _gram(kept, mult * scale, pop_l2)
-                p = _inverse(gram)
-                scores = np.asarray((kept @ p)) / -np.diag(p)
+                p, diag = _inverse(gram)
+                scores = np.asarray(kept @ p) / -diag
                 results[(float(mult * scale), pop_l2)] = _recall_at(scores, kept, held, 10)
         best = max(results, key=lambda v: (results[v], -v[0], -v[1]))
         return best, results
@@ -254,13 +263,17 @@ class ItemRelevance(ParamsMixin):
         return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
     def _recommend_block(self, history: sp.csr_matrix, n: int, excluded: sp.csr_matrix):
-        """``history`` and ``excluded`` are rows over the candidates (local indices)."""
-        mean, sd = self._score_local(history)
-        mean[excluded.nonzero()] = -np.inf
-        top = top_per_row(mean, n)
-        top_mean = np.take_along_axis(mean, top, axis=1)
-        top_sd = np.take_along_axis(sd, top, axis=1)
-        empty = ~np.isfinite(top_mean)
+        """``history`` and ``excluded`` are rows over the candidates (local indices). The sd is
+        computed for the top n only: over every candidate it costs more than the ranking."""
+        v = np.asarray(history @ self.precision_, dtype=np.float64)
+        excluded = excluded.tocsr()
+        top, top_mean = topn_dense(v / -self.diag_, excluded.indptr.astype(np.int64),
+                                   excluded.indices.astype(np.int64), n)
+        empty = top < 0
+        top = np.maximum(top, 0)
+        q = np.asarray(history.multiply(v).sum(axis=1)).ravel()  # x^T P x
+        v_top = np.take_along_axis(v, top, axis=1)
+        top_sd = np.sqrt(self.noise_var_[top] * np.maximum(q[:, None] - v_top * v_top / self.diag_[top], 0.0))
         because = self._because_local(history, np.where(empty, -1, top))
         items = np.where(empty, -1, self.items_[top])
         return items, np.where(empty, np.nan, top_mean), np.where(empty, np.nan, top_sd), because
@@ -271,16 +284,10 @@ class ItemRelevance(ParamsMixin):
         return self._because_local(self.local_history(x_rows), local_items)
 
     def _because_local(self, h: sp.csr_matrix, local_items: np.ndarray) -> np.ndarray:
-        out = np.full(local_items.shape, -1, dtype=np.int64)
-        for r in range(h.shape[0]):
-            hist = h.indices[h.indptr[r]:h.indptr[r + 1]]
-            cand = local_items[r]
-            ok = cand >= 0
-            if not len(hist) or not ok.any():
-                continue
-            w = -self.precision_[np.ix_(hist, cand[ok])] / self.diag_[cand[ok]]
-            out[r, ok] = self.items_[hist[np.argmax(w, axis=0)]]
-        return out
+        h = h.tocsr()
+        pos = strongest_history_item(h.indptr.astype(np.int64), h.indices.astype(np.int64), self.precision_,
+                                     np.ascontiguousarray(local_items, dtype=np.int64))
+        return np.where(pos >= 0, self.items_[h.indices[np.maximum(pos, 0)]] if h.nnz else -1, -1)
 
     def weights_from(self, item: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """b_item,j for every candidate j (how much reading ``item`` raises j) with its posterior sd:

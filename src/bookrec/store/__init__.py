@@ -19,15 +19,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bookrec.store.base import AsyncStoreReader, Publisher, Store
-from bookrec.store.errors import NothingToRollBack, StoreError, StoreUnavailable
+from bookrec.store.errors import NothingToRollBack, StoreCorrupt, StoreError, StoreUnavailable, VersionGone
 from bookrec.store.url import StoreURL, parse_store_url, redact_url
 
 if TYPE_CHECKING:
     from bookrec.config import Settings
 
 __all__ = [
-    "AsyncStoreReader", "NothingToRollBack", "Publisher", "Store", "StoreError", "StoreURL", "StoreUnavailable",
-    "open_async_reader", "open_store", "open_store_from_settings", "parse_store_url", "redact_url",
+    "AsyncStoreReader", "NothingToRollBack", "Publisher", "Store", "StoreCorrupt", "StoreError", "StoreURL",
+    "StoreUnavailable", "VersionGone", "open_async_reader", "open_store", "open_store_from_settings", "parse_store_url", "redact_url",
 ]
 
 

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from bookrec.store.errors import StoreError
+import orjson
+
+from bookrec.store.errors import StoreCorrupt, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 LZ4_MARK = b"\x00L"
 ZLIB_MARK = b"\x00z"  # also understood on read
 COMPRESS_MIN_BYTES = 512
+LZ4_MAX_RATIO = 256  # LZ4 cannot expand data more than ~255-fold
 _LENGTH = struct.Struct("<I")
 _codec = None
 
@@ -82,14 +85,37 @@ def check_bytes(data: Any, what: str) -> bytes:
 
 
 def expand_payload(stored: bytes | None) -> bytes | None:
-    if stored is None or stored[:1] != b"\x00":
+    """The payload as the publisher handed it over; ``StoreCorrupt`` when the stored bytes do not decode."""
+    if stored is None:
+        return None
+    if not isinstance(stored, bytes):
+        raise StoreCorrupt(f"stored payload is a {type(stored).__name__}, not bytes")
+    if stored[:1] != b"\x00":
         return stored
-    if stored[:2] == LZ4_MARK:
-        (size,) = _LENGTH.unpack_from(stored, 2)
-        return _lz4().decompress(stored[2 + _LENGTH.size:], decompressed_size=size, asbytes=True)
-    if stored[:2] == ZLIB_MARK:
-        return zlib.decompress(stored[2:])
-    raise StoreError("stored payload has an unknown compression mark")
+    mark = stored[:2]
+    try:
+        if mark == LZ4_MARK:
+            (size,) = _LENGTH.unpack_from(stored, 2)
+            if size > LZ4_MAX_RATIO * len(stored):  # a corrupt length must not allocate gigabytes
+                raise ValueError("declared length beyond what LZ4 can expand to")
+            return _lz4().decompress(stored[2 + _LENGTH.size:], decompressed_size=size, asbytes=True)
+        if mark == ZLIB_MARK:
+            return zlib.decompress(stored[2:])
+    except (struct.error, zlib.error, ValueError, OSError, MemoryError) as exc:
+        # pyarrow reports corrupt LZ4 data as OSError (ArrowIOError) or ValueError (ArrowInvalid)
+        raise StoreCorrupt(f"stored payload does not decompress ({type(exc).__name__})") from None
+    raise StoreCorrupt(f"stored payload has an unknown compression mark {mark!r}")
+
+
+def check_json_payload(payload: bytes | None) -> bytes | None:
+    """``payload`` if it is one JSON document, else ``StoreCorrupt``. For payloads that are handed on
+    verbatim (book pages): once sent with status 200, nobody downstream could tell them from a book."""
+    if payload is not None:
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise StoreCorrupt("stored payload is not JSON") from None
+    return payload
 
 
 def check_isbn(isbn: Any) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -47,11 +48,12 @@ from bookrec.store.base import (
     check_bytes,
     check_isbn,
     check_limit,
+    check_json_payload,
     check_user_id,
     expand_payload,
     new_version_id,
 )
-from bookrec.store.errors import NothingToRollBack, StoreError, StoreUnavailable
+from bookrec.store.errors import NothingToRollBack, StoreCorrupt, StoreError, StoreUnavailable, VersionGone
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,10 @@ def redis_errors(action: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:  # incl. auth failure and "loading"
         raise StoreUnavailable(f"store unavailable while {action}: {type(exc).__name__}: {exc}") from exc
+    except redis.ResponseError as exc:
+        if str(exc).startswith("WRONGTYPE"):  # a key of the layout overwritten with another type
+            raise StoreCorrupt(f"store entry of the wrong type while {action}: {exc}") from exc
+        raise StoreError(f"store error while {action}: {type(exc).__name__}: {exc}") from exc
     except redis.RedisError as exc:
         raise StoreError(f"store error while {action}: {type(exc).__name__}: {exc}") from exc
 
@@ -114,6 +120,15 @@ def _retry() -> Retry:
     # One immediate retry on connection errors only: it replaces a pooled connection that died with a
     # restarted server (so the service recovers by itself) without multiplying timeouts.
     return Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+
+def _async_retry() -> AsyncRetry:
+    # The same policy; redis.asyncio converts a synchronous Retry itself, with a warning at every start.
+    return AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+
+def _gone(version: str) -> VersionGone:
+    return VersionGone(f"version {version} is not published (any longer)")
 
 
 def _info_dict(raw: dict[bytes, bytes]) -> dict[str, Any]:
@@ -133,8 +148,15 @@ def _memory(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ints(members: list[bytes]) -> list[int]:
+    try:
+        return [int(m) for m in members]
+    except ValueError:
+        raise StoreCorrupt("a user index holds a member that is not a user id") from None
+
+
 def _page(members: list[bytes], limit: int) -> tuple[list[int], int | None]:
-    users = [int(m) for m in members[:limit]]
+    users = _ints(members[:limit])
     return users, (users[-1] if len(members) > limit else None)
 
 
@@ -468,7 +490,14 @@ class RedisStore(Store):
                 again = self.current_version()
                 if again is not None and again != resolved:
                     value = read(again)
+            elif value is None and self.client.zscore(self.keys.versions, version) is None:
+                raise _gone(version)
             return value
+
+    def _check_published(self, version: str | None) -> None:
+        """After an empty answer for a named version: was it empty, or is the version gone?"""
+        if version is not None and self.client.zscore(self.keys.versions, version) is None:
+            raise _gone(version)
 
     def current_version(self) -> str | None:
         with redis_errors("reading the current version"):
@@ -485,9 +514,9 @@ class RedisStore(Store):
         ))
 
     def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
-        return expand_payload(
+        return check_json_payload(expand_payload(
             self._read_versioned("reading a book", version, lambda v: self.client.hget(self.keys.books(v), isbn))
-        )
+        ))
 
     def get_blob(self, name: str, version: str | None = None) -> bytes | None:
         return self._read_versioned("reading a blob", version, lambda v: self.client.get(self.keys.blob(v, name)))
@@ -495,12 +524,18 @@ class RedisStore(Store):
     def count_users(self, version: str | None = None) -> int:
         with redis_errors("counting users"):
             resolved = self._resolve(version)
-            return int(self.client.zcard(self.keys.users(resolved))) if resolved else 0
+            count = int(self.client.zcard(self.keys.users(resolved))) if resolved else 0
+            if not count:
+                self._check_published(version)
+            return count
 
     def count_books(self, version: str | None = None) -> int:
         with redis_errors("counting books"):
             resolved = self._resolve(version)
-            return int(self.client.hlen(self.keys.books(resolved))) if resolved else 0
+            count = int(self.client.hlen(self.keys.books(resolved))) if resolved else 0
+            if not count:
+                self._check_published(version)
+            return count
 
     def list_users(self, after: int | None = None, limit: int = 100, version: str | None = None):
         limit = check_limit(limit)
@@ -510,6 +545,8 @@ class RedisStore(Store):
             if resolved is None:
                 return [], None
             members = self.client.zrangebyscore(self.keys.users(resolved), lower, "+inf", start=0, num=limit + 1)
+            if not members:
+                self._check_published(version)
         return _page(members, limit)
 
     def random_users(self, n: int, version: str | None = None) -> list[int]:
@@ -520,11 +557,13 @@ class RedisStore(Store):
                 return []
             key = self.keys.users(resolved)
             total = self.client.zcard(key)
+            if not total:
+                self._check_published(version)
             ranks = self._random.sample(range(total), min(n, total))
             pipe = self.client.pipeline(transaction=False)
             for rank in ranks:
                 pipe.zrange(key, rank, rank)
-            return [int(found[0]) for found in pipe.execute() if found]
+            return _ints([found[0] for found in pipe.execute() if found])
 
     def ping(self) -> bool:
         with redis_errors("pinging"):
@@ -598,9 +637,9 @@ class AsyncRedisReader(AsyncStoreReader):
         with redis_errors("connecting"):
             self._pool = aioredis.BlockingConnectionPool.from_url(
                 url, max_connections=pool_size, timeout=timeout, socket_timeout=timeout,
-                socket_connect_timeout=timeout, retry=_retry(), client_name="bookrec-api",
+                socket_connect_timeout=timeout, retry=_async_retry(), client_name="bookrec-api",
             )
-            self.client = aioredis.Redis(connection_pool=self._pool, retry=_retry())
+            self.client = aioredis.Redis(connection_pool=self._pool, retry=_async_retry())
 
     async def _resolve(self, version: str | None, fresh: bool = False) -> str | None:
         if version is not None:
@@ -622,7 +661,13 @@ class AsyncRedisReader(AsyncStoreReader):
                 again = await self._resolve(None, fresh=True)
                 if again is not None and again != resolved:
                     value = await read(again)
+            elif value is None:
+                await self._check_published(version)
             return value
+
+    async def _check_published(self, version: str | None) -> None:
+        if version is not None and await self.client.zscore(self.keys.versions, version) is None:
+            raise _gone(version)
 
     async def current_version(self) -> str | None:
         with redis_errors("reading the current version"):
@@ -639,9 +684,9 @@ class AsyncRedisReader(AsyncStoreReader):
         ))
 
     async def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
-        return expand_payload(await self._read_versioned(
+        return check_json_payload(expand_payload(await self._read_versioned(
             "reading a book", version, lambda v: self.client.hget(self.keys.books(v), isbn)
-        ))
+        )))
 
     async def get_blob(self, name: str, version: str | None = None) -> bytes | None:
         return await self._read_versioned(
@@ -651,12 +696,18 @@ class AsyncRedisReader(AsyncStoreReader):
     async def count_users(self, version: str | None = None) -> int:
         with redis_errors("counting users"):
             resolved = await self._resolve(version)
-            return int(await self.client.zcard(self.keys.users(resolved))) if resolved else 0
+            count = int(await self.client.zcard(self.keys.users(resolved))) if resolved else 0
+            if not count:
+                await self._check_published(version)
+            return count
 
     async def count_books(self, version: str | None = None) -> int:
         with redis_errors("counting books"):
             resolved = await self._resolve(version)
-            return int(await self.client.hlen(self.keys.books(resolved))) if resolved else 0
+            count = int(await self.client.hlen(self.keys.books(resolved))) if resolved else 0
+            if not count:
+                await self._check_published(version)
+            return count
 
     async def list_users(self, after: int | None = None, limit: int = 100, version: str | None = None):
         limit = check_limit(limit)
@@ -668,6 +719,8 @@ class AsyncRedisReader(AsyncStoreReader):
             members = await self.client.zrangebyscore(
                 self.keys.users(resolved), lower, "+inf", start=0, num=limit + 1
             )
+            if not members:
+                await self._check_published(version)
         return _page(members, limit)
 
     async def random_users(self, n: int, version: str | None = None) -> list[int]:
@@ -678,12 +731,14 @@ class AsyncRedisReader(AsyncStoreReader):
                 return []
             key = self.keys.users(resolved)
             total = await self.client.zcard(key)
+            if not total:
+                await self._check_published(version)
             ranks = self._random.sample(range(total), min(n, total))
             async with self.client.pipeline(transaction=False) as pipe:
                 for rank in ranks:
                     pipe.zrange(key, rank, rank)
                 results = await pipe.execute()
-            return [int(found[0]) for found in results if found]
+            return _ints([found[0] for found in results if found])
 
     async def ping(self) -> bool:
         with redis_errors("pinging"):

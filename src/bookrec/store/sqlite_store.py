@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from bookrec.store.base import (
     AsyncStoreReader,
@@ -29,11 +32,12 @@ from bookrec.store.base import (
     check_bytes,
     check_isbn,
     check_limit,
+    check_json_payload,
     check_user_id,
     expand_payload,
     new_version_id,
 )
-from bookrec.store.errors import NothingToRollBack, StoreError, StoreUnavailable
+from bookrec.store.errors import NothingToRollBack, StoreCorrupt, StoreError, StoreUnavailable, VersionGone
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,25 +67,83 @@ VID = (
 )
 MIN_ID = -(2**63)
 ROWS_PER_EXECUTEMANY = 5_000
+CHECKPOINT_SECONDS = 10.0
+
+
+# Errors that mean the file's content cannot be trusted (as opposed to "cannot get at it now").
+_CORRUPT_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+MISSING_REASON = (
+    "the store file does not exist: nothing has been published at the configured path "
+    "(check BOOKREC_STORE_URL, or run `bookrec batch`)"
+)
+FOREIGN_REASON = "the configured store file is not a bookrec store (check BOOKREC_STORE_URL)"
+CORRUPT_REASON = "the store file is corrupt: publish again or restore the file"
 
 
 @contextmanager
-def sqlite_errors(action: str) -> Iterator[None]:
+def sqlite_errors(action: str, reading: bool = False) -> Iterator[None]:
+    """sqlite3 errors as store errors. ``reading``: the arguments were checked before the query (as
+    ``StoreError``), so a TypeError or ValueError can only come from the data read: corruption."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        # "database is locked", "unable to open database file", "disk I/O error": the store is not usable now
-        raise StoreUnavailable(f"sqlite store unavailable while {action}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith(_CORRUPT_CODES):
+            raise StoreCorrupt(f"sqlite store corrupt while {action}: {exc}", CORRUPT_REASON) from exc
+        if isinstance(exc, sqlite3.OperationalError):
+            # "database is locked", "unable to open database file", "disk I/O error": not usable now
+            raise StoreUnavailable(f"sqlite store unavailable while {action}: {exc}") from exc
+        raise StoreError(f"sqlite store error while {action}: {exc}") from exc
     except sqlite3.Error as exc:
         raise StoreError(f"sqlite store error while {action}: {exc}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        if not reading:
+            raise
+        raise StoreCorrupt(f"sqlite store returned unreadable data while {action}: {exc!r}", CORRUPT_REASON) from exc
     except OSError as exc:  # the directory cannot be created or read
         raise StoreUnavailable(f"sqlite store unavailable while {action}: {exc}") from exc
 
 
+def file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime) of the store file, None when it does not exist.
+
+    A connection belongs to one identity: a deleted, replaced or rewritten file is then never
+    read through a connection (or a page cache) of its predecessor. The size and mtime change
+    when a publish checkpoints, which costs one reconnect per publish and nothing else.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreUnavailable(f"sqlite store file {path} cannot be examined: {exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreUnavailable(f"sqlite store path {path} is not a file", FOREIGN_REASON)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def check_creatable(path: Path) -> None:
+    """A publish could create ``path``: its nearest existing ancestor is a directory."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreUnavailable(f"sqlite store path {path}: {parent} is not a directory")
+            return
+
+
+def _tune(conn: sqlite3.Connection, timeout: float) -> None:
+    conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+
+
 def connect(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-write connection for publishing: creates the file, its directory and the schema."""
+    if not path.exists():
+        # A WAL or wal-index left by a deleted file would be replayed onto the new one.
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+    _tune(conn, timeout)
     # 16 kB pages hold several compressed payloads (~2 kB) each instead of one per 4 kB page; this
     # only takes effect on a new, empty file and must come before WAL mode is switched on.
     conn.execute("PRAGMA page_size = 16384")
@@ -98,13 +160,57 @@ def connect(path: Path, timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def connect_existing(path: Path, timeout: float, mode: str = "ro") -> sqlite3.Connection | None:
+    """A connection to an existing store file, never creating anything (``mode``: ro or rw).
+    None when the file holds no store schema yet; ``StoreUnavailable`` when it does not exist."""
+    uri = f"file:{quote(str(path.absolute()))}?mode={mode}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.OperationalError as exc:
+        if not path.exists():
+            raise StoreUnavailable(f"sqlite store file {path} does not exist", MISSING_REASON) from exc
+        raise
+    try:
+        _tune(conn, timeout)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except BaseException:
+        conn.close()
+        raise
+    if "pointers" in tables and "versions" in tables:
+        return conn
+    conn.close()
+    if tables:
+        raise StoreUnavailable(f"{path} is a SQLite file but not a bookrec store", FOREIGN_REASON)
+    return None
+
+
+def _blob(value: Any) -> bytes:
+    if not isinstance(value, bytes):  # a corrupt page can turn a BLOB cell into anything
+        raise StoreCorrupt(f"stored payload is a {type(value).__name__}, not bytes", CORRUPT_REASON)
+    return value
+
+
 def _version_row(conn: sqlite3.Connection, version: str | None) -> tuple[int, int, int] | None:
     row = conn.execute(f"SELECT vid, users, books FROM versions WHERE vid = {VID}", (version,)).fetchone()
+    if row is None and version is not None:
+        raise VersionGone(f"version {version} is not published (any longer)")
     return row
 
 
+def _miss(conn: sqlite3.Connection, version: str | None) -> None:
+    """A read found nothing: in a named version that is gone, that is not an answer (a wrong 404)."""
+    if version is not None and not conn.execute(
+        "SELECT 1 FROM versions WHERE name = ? AND state = 'published'", (version,)
+    ).fetchone():
+        raise VersionGone(f"version {version} is not published (any longer)")
+
+
 class SqliteReads:
-    """The read queries, each taking a connection, shared by the sync store and the async reader."""
+    """The read queries, each taking a connection, shared by the sync store and the async reader.
+
+    Reads naming a version that is no longer published raise ``VersionGone`` instead of answering
+    "not found"; the check costs a query on misses only.
+    """
 
     def __init__(self) -> None:
         self._random = random.Random()
@@ -115,20 +221,32 @@ class SqliteReads:
         return row[0] if row else None
 
     @staticmethod
+    def ping(conn: sqlite3.Connection) -> bool:
+        # Reads the pointer and its version row, so a file whose small tables are unreadable fails here.
+        conn.execute(f"SELECT vid FROM versions WHERE vid = {VID}", (None,)).fetchone()
+        return True
+
+    @staticmethod
     def get_recommendations(conn: sqlite3.Connection, user_id: int, version: str | None) -> bytes | None:
         user_id = check_user_id(user_id)
         row = conn.execute(f"SELECT payload FROM recs WHERE vid = {VID} AND user_id = ?", (version, user_id)).fetchone()
-        return expand_payload(bytes(row[0])) if row else None
+        if row is None:
+            return _miss(conn, version)
+        return expand_payload(_blob(row[0]))
 
     @staticmethod
     def get_book(conn: sqlite3.Connection, isbn: str, version: str | None) -> bytes | None:
         row = conn.execute(f"SELECT payload FROM books WHERE vid = {VID} AND isbn = ?", (version, isbn)).fetchone()
-        return expand_payload(bytes(row[0])) if row else None
+        if row is None:
+            return _miss(conn, version)
+        return check_json_payload(expand_payload(_blob(row[0])))
 
     @staticmethod
     def get_blob(conn: sqlite3.Connection, name: str, version: str | None) -> bytes | None:
         row = conn.execute(f"SELECT data FROM blobs WHERE vid = {VID} AND name = ?", (version, name)).fetchone()
-        return bytes(row[0]) if row else None
+        if row is None:
+            return _miss(conn, version)
+        return _blob(row[0])
 
     @staticmethod
     def count_users(conn: sqlite3.Connection, version: str | None) -> int:
@@ -150,7 +268,9 @@ class SqliteReads:
             f"SELECT user_id FROM recs WHERE vid = {VID} AND user_id > ? ORDER BY user_id LIMIT ?",
             (version, lower, limit + 1),
         ).fetchall()
-        users = [r[0] for r in rows[:limit]]
+        if not rows:
+            _miss(conn, version)
+        users = [int(r[0]) for r in rows[:limit]]
         return users, (users[-1] if len(rows) > limit else None)
 
     def random_users(self, conn: sqlite3.Connection, n: int, version: str | None) -> list[int]:
@@ -199,8 +319,10 @@ class SqliteReads:
     def memory_info(path: Path) -> dict[str, Any]:
         sizes = {}
         for suffix in ("", "-wal", "-shm"):
-            p = Path(str(path) + suffix)
-            sizes[suffix or "db"] = p.stat().st_size if p.exists() else 0
+            try:
+                sizes[suffix or "db"] = os.stat(str(path) + suffix).st_size
+            except OSError:
+                sizes[suffix or "db"] = 0
         total = sum(sizes.values())
         return {
             "backend": "sqlite", "used_memory": total, "used_memory_human": _human(total),
@@ -330,9 +452,13 @@ class SqlitePublisher(Publisher):
             conn.execute("BEGIN IMMEDIATE")
             self.stats["removed"] = _collect_garbage(conn)
             conn.execute("COMMIT")
-            # The WAL grew to the size of the whole version; fold it into the database and shrink it
-            # (does nothing harmful if a reader still holds an old snapshot: SQLite then skips it).
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # The WAL grew to the size of the whole version; fold it into the database and empty it.
+            # An empty WAL also matters when the file is later deleted or replaced: a WAL with frames
+            # left at the path would be replayed onto its successor. Readers on an old snapshot make
+            # the checkpoint report busy; they finish within a read, so a few retries suffice.
+            deadline = time.monotonic() + CHECKPOINT_SECONDS
+            while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
         except sqlite3.Error as exc:
             log.warning("version %s is live, but older versions could not be removed yet: %s", self.version, exc)
         finally:
@@ -351,6 +477,9 @@ class SqlitePublisher(Publisher):
 
 
 class SqliteStore(Store):
+    """The batch's and the CLI's handle. Opening it creates nothing: the first publish creates the
+    file, its directory and the schema; until then every read answers "nothing published"."""
+
     backend = "sqlite"
 
     def __init__(
@@ -363,12 +492,35 @@ class SqliteStore(Store):
         self.lock_wait = lock_wait
         self._reads = SqliteReads()
         self._lock = threading.RLock()
-        with sqlite_errors(f"opening {path}"):
-            self._conn = connect(path, timeout)
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int, int, int] | None = None
+        with self._lock, sqlite_errors(f"opening {path}"):
+            if self._connection() is None and not path.exists():
+                check_creatable(path)
 
-    def _read(self, action: str, fn: Callable[..., T], *args: Any) -> T:
-        with self._lock, sqlite_errors(action):
-            return fn(self._conn, *args)
+    def _connection(self) -> sqlite3.Connection | None:
+        """The connection to the file as it is now; None while no store exists at the path."""
+        identity = file_identity(self.path)
+        if identity != self._identity or self._conn is None:
+            self._drop()
+            if identity is not None:
+                self._conn = connect_existing(self.path, self.timeout, "rw")
+                self._identity = identity if self._conn is not None else None
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn, self._identity = None, None
+
+    def _read(self, action: str, fn: Callable[..., T], *args: Any, empty: Any = None, version: str | None = None) -> T:
+        with self._lock, sqlite_errors(action, reading=True):
+            conn = self._connection()
+            if conn is None:
+                if version is not None:
+                    raise VersionGone(f"version {version} is not published: no store exists at {self.path}")
+                return empty
+            return fn(conn, *args)
 
     def _start_publish(self) -> Publisher:
         return SqlitePublisher(self)
@@ -380,41 +532,58 @@ class SqliteStore(Store):
         return self._read("reading the previous version", SqliteReads.pointer, "previous")
 
     def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None:
-        return self._read("reading recommendations", SqliteReads.get_recommendations, user_id, version)
+        return self._read("reading recommendations", SqliteReads.get_recommendations, user_id, version, version=version)
 
     def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
-        return self._read("reading a book", SqliteReads.get_book, isbn, version)
+        return self._read("reading a book", SqliteReads.get_book, isbn, version, version=version)
 
     def get_blob(self, name: str, version: str | None = None) -> bytes | None:
-        return self._read("reading a blob", SqliteReads.get_blob, name, version)
+        return self._read("reading a blob", SqliteReads.get_blob, name, version, version=version)
 
     def count_users(self, version: str | None = None) -> int:
-        return self._read("counting users", SqliteReads.count_users, version)
+        return self._read("counting users", SqliteReads.count_users, version, empty=0, version=version)
 
     def count_books(self, version: str | None = None) -> int:
-        return self._read("counting books", SqliteReads.count_books, version)
+        return self._read("counting books", SqliteReads.count_books, version, empty=0, version=version)
 
     def list_users(self, after: int | None = None, limit: int = 100, version: str | None = None):
-        return self._read("listing users", SqliteReads.list_users, after, limit, version)
+        return self._read(
+            "listing users", SqliteReads.list_users, after, limit, version, empty=([], None), version=version
+        )
 
     def random_users(self, n: int, version: str | None = None) -> list[int]:
-        return self._read("sampling users", self._reads.random_users, n, version)
+        return self._read("sampling users", self._reads.random_users, n, version, empty=[], version=version)
 
     def ping(self) -> bool:
-        return self._read("pinging", lambda conn: conn.execute("SELECT 1").fetchone()[0] == 1)
+        """True when the store file answers, or when none exists yet and a publish could create it."""
+        with self._lock, sqlite_errors("pinging", reading=True):
+            conn = self._connection()
+            if conn is None:
+                if not self.path.exists():
+                    check_creatable(self.path)
+                return True
+            return SqliteReads.ping(conn)
 
     def memory_info(self) -> dict[str, Any]:
         return SqliteReads.memory_info(self.path)
 
     def versions(self) -> list[dict[str, Any]]:
-        return self._read("listing versions", SqliteReads.versions)
+        return self._read("listing versions", SqliteReads.versions, empty=[])
 
     def pending_versions(self) -> list[str]:
-        return self._read("listing pending versions", SqliteReads.pending_versions)
+        return self._read("listing pending versions", SqliteReads.pending_versions, empty=[])
+
+    def status(self) -> dict[str, Any]:
+        info = super().status()
+        if not self.path.exists():
+            info["note"] = f"no store file at {self.path} yet: nothing has been published there"
+        return info
 
     def rollback(self) -> str:
         with self._lock, sqlite_errors("rolling back"):
-            conn = self._conn
+            conn = self._connection()
+            if conn is None:
+                raise NothingToRollBack("nothing to roll back to: nothing is published yet")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 current = SqliteReads.pointer(conn, "current")
@@ -438,11 +607,19 @@ class SqliteStore(Store):
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._drop()
 
 
 class AsyncSqliteReader(AsyncStoreReader):
-    """Runs the read queries in a small thread pool, one SQLite connection per thread (WAL: never blocked)."""
+    """Runs the read queries in a small thread pool, one read-only SQLite connection per thread
+    (WAL: never blocked by the publisher).
+
+    Every read first stats the file: a connection only ever serves the file it was opened on, so
+    after a delete, a replacement or a rewrite in place, each thread reopens before its next read
+    (no thread keeps serving a deleted file, and no page cache outlives its file). A missing file
+    is ``StoreUnavailable`` and is never created. A corrupt page makes every connection reopen, and
+    ``ping`` reports the file as corrupt until it changes (restored, replaced or republished).
+    """
 
     backend = "sqlite"
 
@@ -453,22 +630,48 @@ class AsyncSqliteReader(AsyncStoreReader):
         self._reads = SqliteReads()
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="bookrec-sqlite")
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: set[sqlite3.Connection] = set()
         self._connections_lock = threading.Lock()
+        self._generation = 0
+        self._corrupt: tuple[int, int, int, int] | None = None  # identity of the file last seen corrupt
 
-    def _connection(self) -> sqlite3.Connection:
+    def _close_local(self) -> None:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.path, self.timeout)
-            self._local.conn = conn
+        if conn is not None:
+            self._local.conn = None
             with self._connections_lock:
-                self._connections.append(conn)
-        return conn
+                self._connections.discard(conn)
+            conn.close()
+
+    def _connection(self) -> tuple[sqlite3.Connection, tuple[int, int, int, int]]:
+        identity = file_identity(self.path)
+        if identity is None:
+            self._close_local()
+            raise StoreUnavailable(f"sqlite store file {self.path} does not exist", MISSING_REASON)
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.identity != identity or local.generation != self._generation:
+            self._close_local()
+            generation = self._generation
+            conn = connect_existing(self.path, self.timeout, "ro")
+            if conn is None:
+                raise StoreUnavailable(f"sqlite store file {self.path} holds no store yet", MISSING_REASON)
+            local.conn, local.identity, local.generation = conn, identity, generation
+            with self._connections_lock:
+                self._connections.add(conn)
+        return conn, identity
 
     async def _run(self, action: str, fn: Callable[..., T], *args: Any) -> T:
         def job() -> T:
-            with sqlite_errors(action):
-                return fn(self._connection(), *args)
+            identity = None
+            try:
+                with sqlite_errors(action, reading=True):
+                    conn, identity = self._connection()
+                    return fn(conn, *args)
+            except StoreCorrupt:
+                self._generation += 1
+                self._corrupt = identity or self._corrupt
+                raise
 
         loop = asyncio.get_running_loop()
         try:
@@ -504,7 +707,13 @@ class AsyncSqliteReader(AsyncStoreReader):
         return await self._run("sampling users", self._reads.random_users, n, version)
 
     async def ping(self) -> bool:
-        return await self._run("pinging", lambda conn: conn.execute("SELECT 1").fetchone()[0] == 1)
+        await self._run("pinging", SqliteReads.ping)
+        corrupt = self._corrupt
+        if corrupt is not None:
+            if file_identity(self.path) == corrupt:
+                raise StoreCorrupt(f"sqlite store file {self.path} was found corrupt", CORRUPT_REASON)
+            self._corrupt = None
+        return True
 
     async def memory_info(self) -> dict[str, Any]:
         return SqliteReads.memory_info(self.path)

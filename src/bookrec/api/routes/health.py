@@ -1,4 +1,4 @@
-"""`GET /health`: 200 only when the store answers and a model version is published."""
+"""`GET /health`: 200 only when the store answers, its data is readable and a model version is published."""
 
 
 from fastapi import APIRouter
@@ -6,15 +6,24 @@ from starlette.responses import Response
 
 from bookrec.api import metrics
 from bookrec.api.deps import ServiceUnavailable, StateDep
-from bookrec.api.errors import STORE_DOWN, json_response
+from bookrec.api.errors import STORE_FAILED, json_response
 from bookrec.api.schemas import HealthResponse, HealthUnavailable
 from bookrec.config import Settings
-from bookrec.store import StoreUnavailable
+from bookrec.store import StoreCorrupt, StoreError, StoreUnavailable
 
 
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["service"])
     retry = {"Retry-After": str(settings.retry_after_seconds)}
+
+    def store_down(state, exc: StoreError) -> Response:
+        metrics.STORE_ERRORS.labels("/health").inc()
+        kind = ("store corrupt" if isinstance(exc, StoreCorrupt)
+                else "store unavailable" if isinstance(exc, StoreUnavailable) else "store error")
+        state.faults.warning(kind, f"GET /health: {exc}")
+        # `reason` is written for users: unreachable, missing file, corrupt file... never a path.
+        reason = exc.reason if isinstance(exc, StoreUnavailable) else STORE_FAILED
+        return json_response(503, {"status": "unavailable", "store": "unavailable", "reason": reason}, retry)
 
     @router.get(
         "/health",
@@ -23,26 +32,20 @@ def build_router(settings: Settings) -> APIRouter:
         responses={
             503: {
                 "model": HealthUnavailable,
-                "description": "The store is unreachable or nothing is published (`reason` says which)",
+                "description": "The store is unreachable, missing or corrupt, or nothing is published (`reason` says which)",
                 "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
             }
         },
     )
     async def health(state: StateDep) -> Response:
         try:
-            alive = await state.reader.ping()
-            if not alive:
+            if not await state.reader.ping():
                 raise StoreUnavailable("ping failed")
-        except StoreUnavailable:
-            metrics.STORE_ERRORS.labels("/health").inc()
-            return json_response(503, {"status": "unavailable", "store": "unavailable", "reason": STORE_DOWN}, retry)
-        try:
             version = await state.versions.current(fresh=True)
         except ServiceUnavailable as exc:
             return json_response(503, {"status": "unavailable", "store": "ok", "reason": exc.reason}, retry)
-        except StoreUnavailable:
-            metrics.STORE_ERRORS.labels("/health").inc()
-            return json_response(503, {"status": "unavailable", "store": "unavailable", "reason": STORE_DOWN}, retry)
+        except StoreError as exc:
+            return store_down(state, exc)
         return json_response(200, {"status": "ok", "store": "ok", "model_version": version})
 
     return router

@@ -32,6 +32,8 @@ from bookrec.model.kernels.moves import (
     affine_move,
     affine_rows_par,
     affine_rows_ser,
+    balance_scales,
+    gig_draw,
     move_stats_par,
     move_stats_ser,
     scale_moves,
@@ -51,8 +53,8 @@ from bookrec.model.kernels.predict import (
 from bookrec.model.kernels.ranking import recommend_block, top_n
 
 __all__ = [
-    "LANES", "ZIG_R", "affine_move", "affine_rows_par", "affine_rows_ser", "block_prior_forms", "few_rating_groups",
-    "fill_normals", "mid_rating_rows", "mixture_crps", "mixture_logpdf", "mixture_quantiles", "mixture_quantiles_ser",
+    "LANES", "ZIG_R", "affine_move", "affine_rows_par", "affine_rows_ser", "balance_scales", "block_prior_forms",
+    "few_rating_groups", "fill_normals", "gig_draw", "mid_rating_rows", "mixture_crps", "mixture_logpdf", "mixture_quantiles", "mixture_quantiles_ser",
     "move_stats_par", "move_stats_ser", "normal_wishart_params", "normal_wishart_sample", "predict_pairs_par",
     "predict_pairs_ser", "predict_samples", "recommend_block", "row_state", "sample_block_par", "sample_block_ser",
     "scale_moves", "shift_draw", "side_moments_par", "side_moments_ser", "side_prior_draw", "top_n",

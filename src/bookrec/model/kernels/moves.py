@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from bookrec.model.kernels.compile import twin
+from bookrec.model.kernels.normals import _GOLDEN, _mix64, _unit, row_state
 from bookrec.model.kernels.partials import new_partials, reduce_partials, store_partial
 from bookrec.model.kernels.rows import accumulate_row_stats
 
@@ -214,3 +215,87 @@ def _affine_rows(rows, diag, bias_row, offset):
 
 affine_rows_par = twin(_affine_rows, True, fastmath=True, nogil=True)
 affine_rows_ser = twin(_affine_rows, False, fastmath=True, nogil=True)
+
+
+@njit(inline="always", cache=True)
+def _gig_psi(x, alpha, lam):
+    return -alpha * (math.cosh(x) - 1.0) - lam * (math.exp(x) - x - 1.0)
+
+
+@njit(inline="always", cache=True)
+def _gig_psi_prime(x, alpha, lam):
+    return -alpha * math.sinh(x) - lam * (math.exp(x) - 1.0)
+
+
+@njit(cache=True)
+def gig_draw(lam, omega, state):
+    """One draw of GIG(lam, omega), density proportional to y^(lam-1) exp(-omega (y + 1/y) / 2),
+    by Devroye's (2014) rejection from the log-concave density of log y; lam < 0 as the reciprocal
+    of GIG(-lam, omega). Returns (y, the advanced SplitMix64 state).
+
+    With X = log y - asinh(lam / omega), log f(X) = psi(X) + const, psi(0) = 0 = max psi, and
+    psi(x) = -a (cosh x - 1) - lam (e^x - x - 1), a = sqrt(omega^2 + lam^2) - lam. The envelope is 1
+    on [-s', t'] and the tangents of psi at t and -s outside it; it dominates exp(psi) for every
+    t, s > 0 because psi is concave, so the draw is exact whatever t and s are (Devroye's choices
+    below only keep the acceptance rate high, above 0.5 for all parameters)."""
+    flip = lam < 0.0
+    lam = abs(lam)
+    alpha = math.sqrt(omega * omega + lam * lam) - lam
+    x = -_gig_psi(1.0, alpha, lam)
+    if x > 2.0:
+        t = math.sqrt(2.0 / (alpha + lam))
+    elif x < 0.5:
+        t = math.log(4.0 / (alpha + 2.0 * lam))
+    else:
+        t = 1.0
+    x = -_gig_psi(-1.0, alpha, lam)
+    if x > 2.0:
+        s = math.sqrt(4.0 / (alpha * math.cosh(1.0) + lam))
+    elif x < 0.5:
+        s = math.log(1.0 + 1.0 / alpha + math.sqrt(1.0 / (alpha * alpha) + 2.0 / alpha))
+        if lam > 0.0:
+            s = min(1.0 / lam, s)
+    else:
+        s = 1.0
+    eta, zeta = -_gig_psi(t, alpha, lam), -_gig_psi_prime(t, alpha, lam)
+    theta, xi = -_gig_psi(-s, alpha, lam), _gig_psi_prime(-s, alpha, lam)
+    p, r = 1.0 / xi, 1.0 / zeta
+    t_flat, s_flat = t - r * eta, s - p * theta
+    q = t_flat + s_flat
+    while True:
+        state = state + _GOLDEN
+        u = _unit(_mix64(state))
+        state = state + _GOLDEN
+        v = _unit(_mix64(state))
+        state = state + _GOLDEN
+        w = _unit(_mix64(state))
+        if u < q / (p + q + r):
+            x = -s_flat + q * v
+            chi = 1.0
+        elif u < (q + r) / (p + q + r):
+            x = t_flat - r * math.log(v)
+            chi = math.exp(-eta - zeta * (x - t))
+        else:
+            x = -s_flat + p * math.log(v)
+            chi = math.exp(-theta + xi * (x + s))
+        if w * chi <= math.exp(_gig_psi(x, alpha, lam)):
+            break
+    y = (lam / omega + math.sqrt(1.0 + lam * lam / (omega * omega))) * math.exp(x)
+    return (1.0 / y if flip else y), state
+
+
+@njit(cache=True)
+def balance_scales(lam_u_diag, lam_v_diag, w0_inv_diag, power, seed):
+    """The balance moves' scales s_a, one per latent dimension: s_a^2 ~ GIG(power, 2 d_V, 2 d_U) with
+    d_U = (W0^-1)_aa Lambda_U,aa / 2 and d_V the same for the items (``Chain._balance``), i.e.
+    s_a^2 = sqrt(d_U / d_V) GIG(power, omega = 2 sqrt(d_U d_V)). ``seed`` keys the draws' stream."""
+    k = lam_u_diag.shape[0]
+    out = np.empty(k)
+    state = row_state(seed, 0)
+    for a in range(k):
+        d_u = 0.5 * w0_inv_diag[a] * lam_u_diag[a]
+        d_v = 0.5 * w0_inv_diag[a] * lam_v_diag[a]
+        y, state = gig_draw(power, 2.0 * math.sqrt(d_u * d_v), state)
+        out[a] = math.sqrt(math.sqrt(d_u / d_v) * y)
+    return out
+

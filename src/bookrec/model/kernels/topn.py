@@ -1,4 +1,4 @@
-"""Compiled top-n selection for the batch (parallel over rows, O(row length), no sorting).
+"""Compiled top-n selection (parallel over rows, O(row length), no sorting).
 
 Each row keeps a small descending buffer of its best n entries; a new entry is inserted only
 when it beats the current n-th, so a row of C scores costs about C comparisons. Ties are
