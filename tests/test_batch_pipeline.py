@@ -201,3 +201,36 @@ def test_a_publish_failing_half_way_leaves_the_previous_version_serving(two_runs
             assert raw is not None and b"poisoned" not in raw
         assert orjson.loads(store.get_blob("meta"))["version"] == second.version
         assert before in [v["version"] for v in store.versions()]
+
+
+def test_an_unusable_store_fails_the_batch_before_training(small_dir, tmp_path):
+    """A store that cannot take the publish is reported at once, not after minutes of training."""
+    from bookrec.batch.pipeline import BatchError
+
+    settings = quick_settings(tmp_path)
+    with pytest.raises(BatchError, match="nothing was trained") as err:
+        run_batch(settings, small_dir, "redis://127.0.0.1:1/0", "development", show_progress=False)
+    assert err.value.__cause__ is not None  # the store's own error, kept for the log
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    with pytest.raises(BatchError, match="nothing was trained"):
+        run_batch(settings, small_dir, f"sqlite:///{blocked}/store.sqlite3", "development", show_progress=False)
+
+
+def test_the_batch_honours_the_store_compression_setting(small_dir, tmp_path):
+    """BOOKREC_STORE_COMPRESS=false publishes plain payloads; the default compresses the large ones."""
+    import sqlite3
+
+    from bookrec.store.base import LZ4_MARK
+
+    marks = {}
+    for compress in (False, True):
+        url = f"sqlite:///{tmp_path}/store-{compress}.sqlite3"
+        settings = quick_settings(tmp_path).model_copy(update={"store_compress": compress})
+        run_batch(settings, small_dir, url, "development", show_progress=False)
+        with sqlite3.connect(tmp_path / f"store-{compress}.sqlite3") as conn:
+            payloads = [row[0] for row in conn.execute("SELECT payload FROM recs LIMIT 200")]
+        marks[compress] = sum(bytes(p).startswith(LZ4_MARK) for p in payloads)
+        assert len(payloads) == 200
+    assert marks[False] == 0
+    assert marks[True] > 100

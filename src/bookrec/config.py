@@ -145,11 +145,34 @@ class Settings(BaseSettings):
         None, ge=1, description="Posterior samples the API keeps for fold-in and similarity (None = all published)"
     )
     api_access_log: bool = Field(False, description="uvicorn access log (off: it costs ~15% throughput)")
+    api_max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request head (request line and headers) the server reads; more: 431"
+    )
+    api_max_headers: int = Field(100, ge=10, description="Most header fields in one request; more: 431")
+    api_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request head must arrive within this many seconds of its first byte (or of the connection)"
+    )
+    api_body_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request body must arrive within this many seconds of the end of its head"
+    )
+    api_keepalive_timeout_seconds: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this")
+    api_linger_seconds: float = Field(
+        1.0, gt=0, description="A refused connection is closed this long after its answer, so that the client can read it"
+    )
     batch_store_reads: bool = Field(
         True, description="Serve concurrent GET /recommend reads with one multi-get per event-loop turn"
     )
     fault_log_interval_seconds: float = Field(
         10.0, gt=0, description="Repeated store faults of one kind are logged once per this interval, with a count"
+    )
+    # Per client address and API worker (a token bucket): the costly endpoints answer 429 with
+    # Retry-After beyond these. 0 = no limit.
+    rate_limit_cold_start_per_minute: float = Field(30, ge=0, description="POST /recommend/cold-start per client")
+    rate_limit_cold_start_burst: int = Field(10, ge=1, description="Cold starts a client may send at once")
+    rate_limit_search_per_minute: float = Field(600, ge=0, description="/books/search (GET and POST) per client")
+    rate_limit_search_burst: int = Field(60, ge=1, description="Searches a client may send at once (type-ahead)")
+    rate_limit_max_clients: int = Field(
+        10_000, ge=1, description="Client addresses the rate limiter remembers (least recently seen forgotten first)"
     )
 
     @classmethod

@@ -1,4 +1,5 @@
-"""`bookrec serve`: run the API (and the web page at /app/) with uvicorn."""
+"""`bookrec serve`: run the API (and the web page at /app/) with uvicorn, with the connection limits
+of `bookrec.api.server` (head and body deadlines, head size, idle keep-alive)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the API on http://HOST:PORT (the web page at /app/, docs at /docs)."""
-    import uvicorn
-
+    from bookrec.api.server import run as run_server
     from bookrec.config import get_settings
 
     if store_url:
@@ -50,19 +50,8 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     typer.echo(f"bookrec API on http://{host}:{port} ({workers} worker(s), store {parse_store_url(settings.store_url).redacted})")
     try:
-        uvicorn.run(
-            "bookrec.api.main:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=log_level,
-            access_log=settings.api_access_log if access_log is None else access_log,
-            http="httptools",
-            loop="uvloop",
-            proxy_headers=False,
-            server_header=False,
-        )
+        run_server(settings, host=host, port=port, workers=workers, log_level=log_level,
+                   access_log=settings.api_access_log if access_log is None else access_log)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -44,6 +44,7 @@ from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parque
 from bookrec.batch.popularity import PopularityResult, popularity_lists, user_segments
 from bookrec.batch.presets import ResolvedParameters, resolve_parameters
 from bookrec.config import Settings
+from bookrec.model.bpmf import TRACED
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def train(ctx: BatchContext, show_progress: bool = True) -> None:
     tu, ti, tr = ctx.training.train
     vu, vi, vr = ctx.training.validation
     model = BPMF(
-        **ctx.params.model_kwargs(), seed=s.seed, rating_range=(s.rating_min, s.rating_max), show_progress=show_progress
+        **ctx.params.model_kwargs(), seed=s.seed, rating_range=(s.rating_min, s.rating_max), show_progress=show_progress,
+        min_ess=s.min_ess, rhat_threshold=s.rhat_threshold,
     )
     # The validation split only monitors the run (running RMSE / coverage); it never steers it.
     eval_set = (vu, vi, vr) if len(vr) else None
@@ -406,7 +408,7 @@ def build_meta(ctx: BatchContext, evaluation: dict, coverage: dict, stage_second
     model = ctx.model
     s = ctx.settings
     p = ctx.params
-    traces = {name: np.asarray(model.traces_[name]).tolist() for name in ("alpha", "mu", "train_rmse") if name in model.traces_}
+    traces = {name: np.asarray(values).tolist() for name, values in model.traces_.items() if name in TRACED}
     diag = model.diagnostics_
     r = ctx.dataset.ratings["rating"].to_numpy()
     rating_distribution = {str(v): int(c) for v, c in enumerate(np.bincount(np.clip(np.rint(r), 0, 10).astype(int), minlength=11))}
@@ -445,6 +447,7 @@ def build_meta(ctx: BatchContext, evaluation: dict, coverage: dict, stage_second
             "max_rhat": diag.get("max_rhat"),
             "min_ess_bulk": diag.get("min_ess_bulk"),
             "failing": diag.get("failing", []),
+            **{key: diag.get(key) for key in ("rhat_threshold", "min_ess", "min_ess_tail", "slowest", "worst_rhat", "summary")},
         },
         "traces": traces,
         "test_metrics": evaluation.get("test_metrics", {}),
@@ -507,6 +510,19 @@ def publish(store, recommendations: Iterable[tuple[int, bytes]], books: Iterable
 
 
 # ---------------------------------------------------------------------------------- the run
+def check_store(settings: Settings, store_url: str | None) -> None:
+    """Fail before minutes of training when the store cannot take the publish."""
+    from bookrec.store import StoreError, open_store_from_settings
+
+    try:
+        with open_store_from_settings(settings, store_url) as store:
+            usable = store.ping()
+    except StoreError as exc:
+        raise BatchError(f"the store cannot take a publish, so nothing was trained: {exc}") from exc
+    if not usable:
+        raise BatchError("the store does not answer, so nothing was trained")
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -527,9 +543,10 @@ def run_batch(
     from rich.console import Console
 
     from bookrec.data.io import load_dataset
-    from bookrec.store import open_store
+    from bookrec.store import open_store_from_settings
 
     timer = Timer()
+    check_store(settings, store_url)
     console = Console(quiet=not show_progress)
     params = resolve_parameters(settings, preset)
     log.info("batch preset %s: %s", params.preset, ", ".join(f"{k}={v}" for k, v in params.model_kwargs().items()))
@@ -549,7 +566,7 @@ def run_batch(
     console.print(
         f"trained in {ctx.model.fit_seconds_:.1f} s; max R-hat {diag.get('max_rhat', float('nan')):.3f}, "
         f"min bulk ESS {diag.get('min_ess_bulk', float('nan')):.0f}: "
-        + ("converged" if diag.get("converged") else "NOT converged by the R-hat/ESS rule")
+        + ("converged" if diag.get("converged") else f"NOT converged by the R-hat/ESS rule ({diag.get('summary', '')})")
     )
     with timer.stage("relevance"):
         fit_relevance(ctx)
@@ -607,7 +624,7 @@ def run_batch(
             "relevance": relevance_blob(ctx),
             "meta": meta,
         }
-        with open_store(store_url or settings.store_url, settings.store_prefix) as store:
+        with open_store_from_settings(settings, store_url) as store:
             with timer.stage("publish"):
                 version, stats = publish(store, counted(), book_payloads(ctx.catalog, in_model), blobs)
     timer.seconds["encode (within publish)"] = encode_seconds[0]

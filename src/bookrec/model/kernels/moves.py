@@ -299,3 +299,78 @@ def balance_scales(lam_u_diag, lam_v_diag, w0_inv_diag, power, seed):
         out[a] = math.sqrt(math.sqrt(d_u / d_v) * y)
     return out
 
+
+
+def _collapsed_row_stats(indptr, indices, ratings, other, mu):
+    """Per row of one side, with features f = [v_j, 1] and target y = r - mu - c_j of its ratings:
+    (sum f f^T (lower triangle), sum y f, sum y^2, count). What the marginal likelihood of alpha with
+    the side's rows integrated out reads (``collapsed_log_lik``)."""
+    n_rows = indptr.shape[0] - 1
+    m = other.shape[1]
+    k = m - 1
+    gram = np.zeros((n_rows, m, m))
+    fy = np.zeros((n_rows, m))
+    yy = np.zeros(n_rows)
+    count = np.zeros(n_rows)
+    for i in prange(n_rows):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        count[i] = hi - lo
+        acc = 0.0
+        for q in range(lo, hi):
+            j = indices[q]
+            y = ratings[q] - mu - other[j, k]
+            acc += y * y
+            for a in range(k):
+                fa = other[j, a]
+                fy[i, a] += y * fa
+                for b in range(a + 1):
+                    gram[i, a, b] += fa * other[j, b]
+            fy[i, k] += y
+            for b in range(k):
+                gram[i, k, b] += other[j, b]
+            gram[i, k, k] += 1.0
+        yy[i] = acc
+    return gram, fy, yy, count
+
+
+collapsed_row_stats_par = twin(_collapsed_row_stats, True, fastmath=True, nogil=True)
+collapsed_row_stats_ser = twin(_collapsed_row_stats, False, fastmath=True, nogil=True)
+
+
+def _collapsed_log_lik(alpha, gram, fy, yy, count, prec, prec_mean):
+    """log p(ratings | alpha, the other side, prior of the rows) up to a constant in alpha, with every
+    row x_i ~ N(m0, P0^-1) of this side integrated out: per row with F^T F = G, F^T y, y^T y, n,
+        n/2 log alpha - alpha/2 y^T y + 1/2 h^T M^-1 h - 1/2 log |M|,  M = P0 + alpha G, h = P0 m0 + alpha F^T y.
+    """
+    n_rows, m = fy.shape
+    total = 0.0
+    for i in prange(n_rows):
+        if count[i] == 0.0:
+            continue
+        chol = np.empty((m, m))
+        z = np.empty(m)
+        logdet = 0.0
+        quad = 0.0
+        for a in range(m):
+            for b in range(a + 1):
+                s = prec[a, b] + alpha * gram[i, a, b]
+                for c in range(b):
+                    s -= chol[a, c] * chol[b, c]
+                if a == b:
+                    d = math.sqrt(s)
+                    chol[a, a] = d
+                    logdet += math.log(d)
+                else:
+                    chol[a, b] = s / chol[b, b]
+            s = prec_mean[a] + alpha * fy[i, a]
+            for c in range(a):
+                s -= chol[a, c] * z[c]
+            z[a] = s / chol[a, a]
+            quad += z[a] * z[a]
+        total += 0.5 * count[i] * math.log(alpha) - 0.5 * alpha * yy[i] + 0.5 * quad - logdet
+    return total
+
+
+collapsed_log_lik_par = twin(_collapsed_log_lik, True, fastmath=True, nogil=True)
+collapsed_log_lik_ser = twin(_collapsed_log_lik, False, fastmath=True, nogil=True)

