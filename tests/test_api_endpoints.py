@@ -161,9 +161,12 @@ async def test_recommend_user_id_beyond_the_store_range_is_422(client):
     assert r.status_code == 422 and r.json()["detail"].startswith("user_id: ")
 
 
-@pytest.mark.parametrize("user", ["-1", "abc"])
-async def test_recommend_non_numeric_user_id_is_not_a_resource(client, user):
-    assert (await client.get(f"/recommend/{user}")).status_code == 404
+@pytest.mark.parametrize("user", ["-1", "abc", "1.5", "1" * 4301])
+async def test_recommend_non_numeric_user_id_is_422_with_help(client, user):
+    r = await client.get(f"/recommend/{user}")
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail.startswith("user_id: ") and "whole number" in detail and "/users" in detail
 
 
 async def test_405_lists_every_method_of_the_path(client):
@@ -407,9 +410,9 @@ async def test_cold_start_rank_by_lower_matches_the_model(client, world):
     assert lowers == sorted(lowers, reverse=True) and np.allclose(lowers, lower, atol=1e-3)
 
 
-async def test_cold_start_empty_is_400(client):
+async def test_cold_start_empty_is_422_as_the_schema_says(client):
     r = await client.post("/recommend/cold-start", json={"ratings": []})
-    assert r.status_code == 400 and "at least one book" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"].startswith("ratings: add at least one book")
 
 
 async def test_cold_start_nothing_recognised_is_400_with_the_list(client):

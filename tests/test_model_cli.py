@@ -45,7 +45,7 @@ def test_train_then_evaluate(tiny_dir, tmp_path, monkeypatch):
     # A damaged artifact gives a clear error, not a traceback.
     artifact.write_bytes(artifact.read_bytes()[:100])
     bad = runner.invoke(app, ["evaluate", "--data", str(tiny_dir), "--model", str(artifact)])
-    assert bad.exit_code == 1 and "truncated or altered" in bad.output
+    assert bad.exit_code == 2 and "truncated or altered" in bad.output  # bad input
     get_settings.cache_clear()
 
 

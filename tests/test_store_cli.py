@@ -64,6 +64,6 @@ def test_rollback_without_previous_fails_clearly(store_url):
 
 def test_bad_or_unreachable_store_fails_clearly():
     bad = runner.invoke(app, ["status", "--store", "mongodb://x"])
-    assert bad.exit_code == 1 and "unknown store URL scheme" in bad.stderr
+    assert bad.exit_code == 2 and "unknown store URL scheme" in bad.stderr  # bad input
     down = runner.invoke(app, ["status", "--store", "redis://:pw@127.0.0.1:1/0"])
     assert down.exit_code == 1 and "unavailable" in down.stderr and "pw" not in down.stderr

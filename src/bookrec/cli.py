@@ -1,9 +1,16 @@
-"""The `bookrec` command: wires together each part's own CLI module."""
+"""The `bookrec` command: wires together each part's own CLI module.
+
+Every command goes through `main` first: it answers `--version` and sets up logging once
+(`bookrec.logging`, BOOKREC_LOG_LEVEL and BOOKREC_LOG_FORMAT). Exit codes: `bookrec.exitcodes`.
+"""
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
+from bookrec import __version__, quickstart, warmup
 from bookrec.api import cli as api_cli
 from bookrec.batch import cli as batch_cli
 from bookrec.bench import cli as bench_cli
@@ -11,7 +18,6 @@ from bookrec.data import cli as data_cli
 from bookrec.model import cli as model_cli
 from bookrec.optimize import cli as optimize_cli
 from bookrec.store import cli as store_cli
-from bookrec import quickstart, warmup
 
 app = typer.Typer(
     name="bookrec",
@@ -19,6 +25,38 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"bookrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    from bookrec.exitcodes import USAGE, fail
+    from bookrec.logging import setup_logging
+
+    # click has consumed the arguments by now; a subcommand's --help must work whatever the
+    # environment holds, so it is looked for in the process's own arguments.
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        return
+    from pydantic import ValidationError
+
+    from bookrec.config import get_settings
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid settings (BOOKREC_* variables or bookrec.toml): {problems}", code=USAGE)
+    setup_logging()
+
 
 app.add_typer(data_cli.app, name="data")
 app.command("train")(model_cli.train)

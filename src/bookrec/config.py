@@ -49,12 +49,19 @@ class Settings(BaseSettings):
         15.0, gt=0, description="Store: a publisher's lease, renewed while it runs; a killed publisher blocks the next this long"
     )
     store_compress: bool = Field(True, description="Store recommendation/book payloads LZ4-compressed (reads expand them)")
+    require_converged: bool = Field(False, description="The batch refuses to publish a model whose chains did not converge")
     environment: Environment = Field(
         "development",
         validation_alias=AliasChoices("BOOKREC_ENVIRONMENT", "ENVIRONMENT", "environment"),
         description="Batch preset: development | staging | production",
     )
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log records: auto (rich on a terminal, else JSON lines), json or text (one line each)"
+    )
+    metrics_textfile: Path | None = Field(
+        None, description="`bookrec batch` writes its outcome and duration here for node_exporter's textfile collector"
+    )
 
     # --- data preparation ------------------------------------------------------------
     seed: int = 42

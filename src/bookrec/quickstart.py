@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import typer
 
+from bookrec.batch.cli import BatchPreset
+from bookrec.data.cli import PresetName
+
 
 def run(
-    preset: str = typer.Option(None, help="Synthetic data preset when no real data was imported (tiny|small|full)"),
-    batch_preset: str = typer.Option(
-        None, "--batch-preset", help="Batch quality preset: development | staging | production (default: BOOKREC_ENVIRONMENT)"
+    data_preset: PresetName = typer.Option(
+        None, "--data-preset", "--preset",
+        help="Synthetic data size when no real data was imported (default: BOOKREC_SYNTH_PRESET, small)", show_default=False,
+    ),
+    batch_preset: BatchPreset = typer.Option(
+        None, "--batch-preset", help="Batch quality preset (default: BOOKREC_ENVIRONMENT)", show_default=False
     ),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the API after publishing (--no-serve: stop after the batch)"),
 ) -> None:
@@ -24,15 +30,13 @@ def run(
     from bookrec.batch.presets import PresetError
     from bookrec.config import get_settings
     from bookrec.data.cli import ensure_data_and_report
-    from bookrec.logging import setup_logging
     from bookrec.store import StoreError
 
     settings = get_settings()
-    setup_logging(settings.log_level)
     console = Console()
-    dataset = ensure_data_and_report(settings, preset or settings.synth_preset)
+    dataset = ensure_data_and_report(settings, data_preset.value if data_preset else settings.synth_preset)
     try:
-        report = run_batch(settings, preset=batch_preset, dataset=dataset)
+        report = run_batch(settings, preset=batch_preset.value if batch_preset else None, dataset=dataset)
     except (BatchError, PresetError, StoreError) as exc:
         Console(stderr=True).print(f"[red]batch failed:[/red] {exc}")
         raise typer.Exit(code=1) from None

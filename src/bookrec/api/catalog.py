@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from bookrec.data.isbn import normalize_isbn_text
+from bookrec.data.isbn import isbn_lookup_keys
 
 COLUMNS = ("isbn", "work_key", "title", "author", "year", "publisher", "image_url", "n_ratings", "in_model")
 
@@ -125,7 +125,12 @@ class Catalog:
         }
 
     def find_isbn(self, text: str) -> int | None:
-        return self.row_of_isbn.get(normalize_isbn_text(text))
+        """The row of an ISBN as typed: the key as given first, then its ISBN-10/13 twin."""
+        for key in isbn_lookup_keys(text):
+            row = self.row_of_isbn.get(key)
+            if row is not None:
+                return row
+        return None
 
     def representative_row(self, work_key: str, isbn_hint: str | None = None) -> int | None:
         """The row to show for a work: the hinted edition when it is in the catalogue, else the most rated."""

@@ -110,16 +110,22 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+NO_SUCH_PATH = "no such path; GET / lists the endpoints, GET /docs describes them"
+
+
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)
+    if exc.status_code == 404 and detail == "Not Found" and request.scope.get("route") is None:
+        detail = NO_SUCH_PATH  # the router's own 404: no route matched the path
     return json_response(exc.status_code, {"detail": detail}, headers or None)
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # The path is the client's: cut it so one hostile URL cannot flood the log.
+    log.exception("unhandled error on %s %.200s", request.method, request.url.path)
     return json_response(500, {"detail": "internal error; it has been logged"})
 
 

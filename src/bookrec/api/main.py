@@ -2,8 +2,11 @@
 
     uvicorn --factory bookrec.api.main:create_app      # or: bookrec serve
 
-Middleware, outermost first: Prometheus metrics -> request size limit -> CORS -> the routes.
-All three are pure ASGI, so a request pays for no extra task or body copy.
+Middleware, outermost first: Prometheus metrics -> request size limit -> HEAD as GET -> CORS ->
+the routes. All are pure ASGI, so a request pays for no extra task or body copy.
+
+The web page (/app/) and the API docs (/docs, /redoc, their assets from the fastapi-offline
+package: no CDN) are served with security headers.
 """
 
 from __future__ import annotations
@@ -12,23 +15,58 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
 from bookrec import __version__
 from bookrec.api import errors
 from bookrec.api.deps import ApiState
-from bookrec.api.middleware import MetricsMiddleware, RequestSizeLimitMiddleware
+from bookrec.api.middleware import (
+    HeadAsGetMiddleware,
+    MetricsMiddleware,
+    RequestSizeLimitMiddleware,
+    SecurityHeaders,
+)
 from bookrec.api.routes import books, health, metrics, recommend, root, stats, users
 from bookrec.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
+# Swagger UI and ReDoc bundles, shipped by the fastapi-offline package (MIT).
+DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
+DOCS_ASSETS_URL = "/docs-assets"
+
+# The page's own policy (its index.html carries the same as a meta tag), plus what only a header
+# can say: frame-ancestors. The page has no inline script or style; covers come from other hosts.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' http: https: data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+# Swagger UI and ReDoc start from an inline script and style themselves inline; ReDoc runs a
+# worker from a blob. Everything else is same-origin.
+DOCS_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; "
+        "base-uri 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 DESCRIPTION = """
 Precomputed recommendations for every known reader, fold-in recommendations for new readers,
@@ -37,7 +75,8 @@ catalogue search and similar books, each predicted rating with a Bayesian credib
 half-width).
 
 Errors are `{"detail": "..."}`: 400/404 say what to try instead, 422 names the bad field,
-503 (with `Retry-After`) means the store is unreachable or nothing is published yet.
+429 (with `Retry-After`) means this address sent too many cold starts or searches, 503 (with
+`Retry-After`) that the store is unreachable or nothing is published yet.
 """
 
 
@@ -71,6 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Our own Prometheus metrics cover requests; FastAPI's OpenTelemetry hooks would only look
         # up (unconfigured) providers on every request (~15 us each).
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        docs_url=None,
+        redoc_url=None,
+        # Starlette's trailing-slash redirect builds an absolute URL from the Host header.
+        redirect_slashes=False,
     )
     errors.install(app)
     route_methods = []  # (path regex, methods) of every API route, for the Allow header of a 405
@@ -79,9 +122,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
         route_methods += [(r.path_regex, r.methods or set()) for r in router.routes if hasattr(r, "path_regex")]
     app.state.route_methods = route_methods
+    _add_docs(app)
     if settings.serve_static:
+        @app.get("/app", include_in_schema=False)
+        async def page_redirect() -> Response:
+            # Relative: never built from the Host header; "app/" also holds behind a path prefix.
+            return RedirectResponse("app/", status_code=307)
+
         # The web page (bookrec/web/static); check_dir=False so the API still starts without it.
-        app.mount("/app", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False), name="app")
+        page = StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)
+        app.mount("/app", SecurityHeaders(page, PAGE_HEADERS), name="app")
 
     origins = [o for o in settings.cors_origins if o]
     app.add_middleware(
@@ -92,6 +142,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Content-Type", "Accept"],
         max_age=600,
     )
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestSizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, from local files (FastAPI's defaults load a CDN)."""
+    app.mount(DOCS_ASSETS_URL, SecurityHeaders(StaticFiles(directory=DOCS_ASSETS), DOCS_HEADERS), name="docs-assets")
+    oauth_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    def page(html: HTMLResponse) -> HTMLResponse:
+        html.headers.update(DOCS_HEADERS)
+        return html
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return page(get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{oauth_redirect}",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        ))
+
+    @app.get(oauth_redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return page(get_swagger_ui_oauth2_redirect_html())
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return page(get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        ))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RankBy = Literal["for_you", "mean", "lower", "sample"]
 
@@ -57,15 +57,19 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "The request cannot be answered (the message says why), or its body is not readable JSON text",
         404: "Not found (the message says what to try instead)",
+        405: "This path takes another method (the `Allow` header lists it)",
         413: "Request body too large",
         422: "Invalid parameters or body",
+        429: "Too many requests from this address; retry after `Retry-After` seconds",
         503: "The store is unreachable or no model version is published yet; retry after `Retry-After` seconds",
     }
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         entry: dict[str, Any] = {"description": text[code], "model": ValidationErrorResponse if code == 422 else ErrorResponse}
-        if code == 503:
+        if code in (429, 503):
             entry["headers"] = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+        elif code == 405:
+            entry["headers"] = {"Allow": {"description": "The methods this path takes", "schema": {"type": "string"}}}
         out[code] = entry
     return out
 
@@ -168,8 +172,10 @@ class RatingIn(BaseModel):
         None, min_length=1, max_length=300, description="A title (typos tolerated) when the ISBN is unknown"
     )
     # strict: a rating sent as a string ("7") or a boolean is refused, not converted.
+    # allow_inf_nan=False: NaN (which Python's JSON parser accepts) is refused as not a number,
+    # rather than by a bound it happens to fail.
     rating: float | None = Field(
-        None, ge=1, le=10, strict=True,
+        None, ge=1, le=10, strict=True, allow_inf_nan=False,
         description="The reader's rating on the 1-10 scale; absent or null: read, not rated (it feeds relevance only)",
     )
 
@@ -183,9 +189,20 @@ class RatingIn(BaseModel):
 class ColdStartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ratings: list[RatingIn] = Field(description="The new reader's books, rated or not (at least one must be usable)")
+    # minItems in the schema, checked by the validator below so that the message says what to do.
+    ratings: list[RatingIn] = Field(
+        description="The new reader's books, rated or not (at least one must be usable)",
+        json_schema_extra={"minItems": 1},
+    )
     top_k: int = Field(10, ge=1, description="How many recommendations to return")
     rank_by: RankBy = Field("for_you", description=RANK_BY_HELP)
+
+    @field_validator("ratings")
+    @classmethod
+    def _not_empty(cls, ratings: list[RatingIn]) -> list[RatingIn]:
+        if not ratings:
+            raise ValueError("add at least one book you read (by isbn or title) to get recommendations")
+        return ratings
 
 
 class RecognizedRating(BaseModel):

@@ -66,6 +66,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
         self._events = 0  # messages begun or completed during the current feed
+        self._feed_bytes = 0
         self._refusal: tuple[int, str] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_phase = _IDLE
@@ -148,6 +149,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         self._events = 0
+        self._feed_bytes = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -209,6 +211,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
+        # A whole head can arrive in one read; measure it exactly only when it might be too large.
+        if self._head_bytes + self._feed_bytes > self.limits.max_header_bytes:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > self.limits.max_header_bytes:
+                self._refusal = (431, "Request header fields too large.")
+                raise _Refused
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -233,6 +241,8 @@ def run(settings: Any, host: str, port: int, workers: int, log_level: str, acces
     """uvicorn with the bounded protocol; `bounded=False` is plain httptools, kept for the benchmarks."""
     import uvicorn
 
+    from bookrec.logging import uvicorn_log_config
+
     limits = ConnectionLimits.from_settings(settings)
     uvicorn.run(
         "bookrec.api.main:create_app",
@@ -241,6 +251,7 @@ def run(settings: Any, host: str, port: int, workers: int, log_level: str, acces
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=uvicorn_log_config(log_level),  # bookrec's handler and format, in every worker
         access_log=access_log,
         http=protocol_factory(limits) if bounded else "httptools",
         loop="uvloop",

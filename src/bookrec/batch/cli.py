@@ -2,42 +2,145 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from bookrec.batch.presets import PRESETS
+
+log = logging.getLogger("bookrec.batch")
+
+# The choices are the presets themselves, so an unknown name is a usage error that lists them.
+BatchPreset = Enum("BatchPreset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
+
 
 def batch(
-    preset: str = typer.Option(
-        None, "--preset", help="development | staging | production (default: BOOKREC_ENVIRONMENT / ENVIRONMENT)"
+    preset: BatchPreset = typer.Option(
+        None, "--preset", help="Quality preset (default: BOOKREC_ENVIRONMENT / ENVIRONMENT)", show_default=False
     ),
     data: Path = typer.Option(None, "--data", help="Normalised data directory (default: BOOKREC_DATA_DIR)"),
     store: str = typer.Option(None, "--store", help="Store URL: redis://..., rediss://... or sqlite:///path (default: BOOKREC_STORE_URL)"),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary table (logs only)"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary table; the summary is still logged"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout (implies --quiet)"),
+    force: bool = typer.Option(False, "--force", help="Publish even when the publish gate refuses (recorded in the meta)"),
+    require_converged: bool = typer.Option(
+        False, "--require-converged", help="Also refuse a model whose chains did not converge (BOOKREC_REQUIRE_CONVERGED)"
+    ),
 ) -> None:
     """Train, evaluate and publish recommendations for every reader, atomically.
 
     Parameters come from the preset, then the tuner's file (BOOKREC_TUNED_CONFIG_PATH) when it
     exists, then explicit BOOKREC_* variables (BOOKREC_N_FACTORS, BOOKREC_N_SAMPLES,
     BOOKREC_BURN_IN, BOOKREC_THIN, BOOKREC_N_CHAINS, BOOKREC_MAX_KEPT_SAMPLES, BOOKREC_TOP_N, ...).
-    A failed run leaves the previously published version serving.
+    A failed run leaves the previously published version serving. With BOOKREC_METRICS_TEXTFILE
+    set, the outcome and duration are written there for node_exporter's textfile collector.
     """
-    from rich.console import Console
-
+    from bookrec.batch.gate import PublishRefused
     from bookrec.batch.pipeline import BatchError, run_batch
     from bookrec.batch.presets import PresetError
     from bookrec.config import get_settings
     from bookrec.data.io import DatasetError
-    from bookrec.logging import setup_logging
-    from bookrec.store import StoreError
+    from bookrec.exitcodes import FAILURE, OK, REFUSED, USAGE, fail
+    from bookrec.logging import console
+    from bookrec.store import StoreError, parse_store_url
 
     settings = get_settings()
-    setup_logging(settings.log_level)
+    if require_converged:
+        settings = settings.model_copy(update={"require_converged": True})
+    started = time.time()
+    code = FAILURE
     try:
-        report = run_batch(settings, data_dir=data, store_url=store, preset=preset, show_progress=not quiet)
-    except (BatchError, PresetError, DatasetError, StoreError) as exc:
-        Console(stderr=True).print(f"[red]batch failed:[/red] {exc}")
-        raise typer.Exit(code=1) from None
-    Console().print(
+        try:
+            parse_store_url(store or settings.store_url)
+        except StoreError as exc:
+            code = USAGE
+            fail(str(exc), code=code, prefix="batch failed:")
+        try:
+            report = run_batch(settings, data_dir=data, store_url=store, preset=preset.value if preset else None,
+                               show_progress=not (quiet or as_json), force=force)
+        except StoreError as exc:
+            fail(str(exc), code=code, prefix="batch failed:")
+        except (PresetError, DatasetError) as exc:
+            code = USAGE
+            fail(str(exc), code=code, prefix="batch failed:")
+        except PublishRefused as exc:
+            code = REFUSED
+            fail(str(exc), code=code, prefix="batch")  # "batch refused to publish: <reasons>"
+        except BatchError as exc:
+            fail(str(exc), code=code, prefix="batch failed:")
+        code = OK
+    finally:
+        _write_textfile(settings.metrics_textfile, code, started)
+    summary = batch_summary(report)
+    log_summary(summary)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1))
+        return
+    console().print(
         f"published version {report.version}: {report.users_published:,} of {report.n_users:,} readers have recommendations"
     )
+
+
+def batch_summary(report: Any) -> dict[str, Any]:
+    """What an operator needs from a run: version, convergence verdict, test metrics, stage times."""
+    meta = report.meta or {}
+    convergence = meta.get("convergence") or {}
+    metrics = meta.get("test_metrics") or {}
+    return {
+        "version": report.version,
+        "preset": report.preset,
+        "readers": report.n_users,
+        "readers_with_recommendations": report.users_published,
+        "coverage_by_tier": report.coverage_by_tier,
+        "converged": bool(convergence.get("converged")),
+        "convergence": convergence.get("summary"),
+        "max_rhat": convergence.get("max_rhat"),
+        "min_ess_bulk": convergence.get("min_ess_bulk"),
+        "test_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "stage_seconds": {k: round(float(v), 3) for k, v in report.stage_seconds.items()},
+        "parameters": report.parameters,
+        "publish_gate": meta.get("publish_gate"),
+    }
+
+
+def log_summary(summary: dict[str, Any]) -> None:
+    log.info("published version %s (preset %s): %s of %s readers have recommendations", summary["version"],
+             summary["preset"], f"{summary['readers_with_recommendations']:,}", f"{summary['readers']:,}")
+    verdict = "converged" if summary["converged"] else "NOT converged"
+    log.info("convergence: %s%s", verdict, f" ({summary['convergence']})" if summary["convergence"] else "")
+    if summary["test_metrics"]:
+        log.info("test metrics: %s", ", ".join(f"{k} {_number(v)}" for k, v in summary["test_metrics"].items()))
+    log.info("stage times: %s", ", ".join(f"{k} {v:.1f} s" for k, v in summary["stage_seconds"].items()))
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def _write_textfile(path: Path | None, code: int, started: float) -> None:
+    """The run's outcome for node_exporter's textfile collector (written whole, then renamed)."""
+    if path is None:
+        return
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    finished = time.time()
+    registry = CollectorRegistry()
+
+    def gauge(name: str, doc: str, value: float) -> None:
+        Gauge(name, doc, registry=registry).set(value)
+
+    gauge("bookrec_batch_last_run_timestamp_seconds", "When the last batch run ended", finished)
+    gauge("bookrec_batch_last_run_duration_seconds", "How long the last batch run took", finished - started)
+    gauge("bookrec_batch_last_run_success", "1 when the last batch run published a version, else 0", float(code == 0))
+    gauge("bookrec_batch_last_run_exit_code", "Exit code of the last batch run (0 ok, 1 failed, 2 bad input, 3 refused)",
+          code)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_to_textfile(str(path), registry)
+    except OSError as exc:
+        log.warning("cannot write the metrics textfile %s: %s", path, exc)

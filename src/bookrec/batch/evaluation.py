@@ -109,7 +109,14 @@ def evaluate_ranking(ctx) -> dict:
             "overlap": mt["overlap@10"], "novelty": mt["novelty@10"],
             "recall@10_se": None if name == "for_you" else paired_se(first.per_user["recall@10"], res.per_user["recall@10"]),
         })
+    recall = first.per_user["recall@10"]
+    per_reader = {  # what the next batch's publish gate compares against (bookrec.batch.gate)
+        "fingerprint": _fingerprint(ctx),
+        "readers": ctx.interactions.users.values[eval_users].tolist(),
+        "recall@10": [None if not np.isfinite(v) else round(float(v), 6) for v in recall],
+    }
     return {
+        "per_reader": per_reader,
         "protocol": (f"{len(eval_users):,} of the rating model's readers; held out: its test ratings and "
                      f"{s.test_fraction:.0%} of each reader's unrated interactions; every untouched work ranked"),
         "k": 10, "n_readers": int(len(eval_users)), "n_held_out": int(len(hu)),
@@ -117,6 +124,14 @@ def evaluate_ranking(ctx) -> dict:
         "relevance_l2": float(rel.l2_), "relevance_popularity_l2": float(rel.popularity_l2_), "relevance_candidates": int(len(rel.items_)),
         "rows": rows,
     }
+
+
+def _fingerprint(ctx) -> str:
+    from bookrec.batch.gate import data_fingerprint
+
+    inter = ctx.interactions
+    return data_fingerprint(inter.users.values, inter.seen.indptr, inter.seen.indices, inter.explicit_user,
+                            inter.explicit_work, inter.explicit_rating, np.array([ctx.settings.seed, ctx.settings.test_fraction]))
 
 
 def _rating_lists(ctx, core_pos: np.ndarray, exclude: sp.csr_matrix, n: int) -> np.ndarray:

@@ -40,6 +40,7 @@ from bookrec.batch.catalog import Catalog, Interactions, RatingModel, build_cata
 from bookrec.batch.evaluation import evaluate_ranking
 from bookrec.batch.foldin_batch import BatchFoldIn
 from bookrec.batch.foryou import ForYouBlock, ForYouRanker, fallback_predictive
+from bookrec.batch.gate import GateVerdict, PublishRefused, converged_check, nll_check, recall_check
 from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parquet, segment_reason
 from bookrec.batch.popularity import PopularityResult, popularity_lists, user_segments
 from bookrec.batch.presets import ResolvedParameters, resolve_parameters
@@ -453,6 +454,7 @@ def build_meta(ctx: BatchContext, evaluation: dict, coverage: dict, stage_second
         "test_metrics": evaluation.get("test_metrics", {}),
         "baselines": evaluation.get("baselines", {}),
         "ranking": evaluation.get("ranking", {}),
+        "publish_gate": evaluation.get("publish_gate", {}),
         "relevance": _relevance_meta(ctx),
         "calibration": evaluation.get("calibration", []),
         "rating_distribution": rating_distribution,
@@ -510,17 +512,46 @@ def publish(store, recommendations: Iterable[tuple[int, bytes]], books: Iterable
 
 
 # ---------------------------------------------------------------------------------- the run
-def check_store(settings: Settings, store_url: str | None) -> None:
-    """Fail before minutes of training when the store cannot take the publish."""
+def check_store(settings: Settings, store_url: str | None) -> dict | None:
+    """Fail before minutes of training when the store cannot take the publish; returns the serving
+    version's meta (the publish gate compares against it), or None."""
     from bookrec.store import StoreError, open_store_from_settings
 
     try:
         with open_store_from_settings(settings, store_url) as store:
-            usable = store.ping()
+            if not store.ping():
+                raise BatchError("the store does not answer, so nothing was trained")
+            blob = store.get_blob("meta") if store.current_version() else None
     except StoreError as exc:
         raise BatchError(f"the store cannot take a publish, so nothing was trained: {exc}") from exc
-    if not usable:
-        raise BatchError("the store does not answer, so nothing was trained")
+    try:
+        return orjson.loads(blob) if blob else None
+    except orjson.JSONDecodeError:
+        log.warning("the serving version's meta does not parse: the publish gate skips the comparison")
+        return None
+
+
+def gate(ctx: BatchContext, evaluation: dict, previous_meta: dict | None, force: bool) -> GateVerdict:
+    """The publish gate's checks (:mod:`bookrec.batch.gate`); raises PublishRefused unless ``force``."""
+    from bookrec.model.baselines import BiasBaseline
+    from bookrec.model.metrics import mixture_logpdfs
+
+    s = ctx.settings
+    verdict = GateVerdict(forced=force)
+    vu, vi, vr = ctx.training.validation
+    if len(vr) >= 2:
+        tu, ti, tr = ctx.training.train
+        y = np.asarray(vr, dtype=np.float64)
+        baseline = BiasBaseline(rating_range=(s.rating_min, s.rating_max)).fit(
+            tu, ti, tr, n_users=ctx.training.n_users, n_items=ctx.training.n_items)
+        logpdf = [mixture_logpdfs(y, *m.predictive_components(vu, vi)) for m in (ctx.model, baseline)]
+        verdict.checks["nll"] = nll_check(*logpdf)
+    previous = ((previous_meta or {}).get("ranking") or {}).get("per_reader")
+    verdict.checks["recall"] = recall_check((evaluation.get("ranking") or {}).get("per_reader"), previous)
+    verdict.checks["converged"] = converged_check(ctx.model.diagnostics_, s.require_converged)
+    if verdict.reasons and not force:
+        raise PublishRefused(verdict.reasons)
+    return verdict
 
 
 def _progress():
@@ -538,15 +569,17 @@ def run_batch(
     dataset=None,
     show_progress: bool = True,
     keep_context: bool = False,
+    force: bool = False,
 ) -> BatchReport:
-    """Train, evaluate, precompute for every reader and publish one new version."""
+    """Train, evaluate, precompute for every reader and publish one new version. The publish gate
+    (:mod:`bookrec.batch.gate`) raises PublishRefused before the precompute unless ``force``."""
     from rich.console import Console
 
     from bookrec.data.io import load_dataset
     from bookrec.store import open_store_from_settings
 
     timer = Timer()
-    check_store(settings, store_url)
+    previous_meta = check_store(settings, store_url)
     console = Console(quiet=not show_progress)
     params = resolve_parameters(settings, preset)
     log.info("batch preset %s: %s", params.preset, ", ".join(f"{k}={v}" for k, v in params.model_kwargs().items()))
@@ -577,6 +610,10 @@ def run_batch(
     with timer.stage("evaluate"):
         evaluation = evaluate(ctx)
         evaluation["ranking"] = evaluate_ranking(ctx)
+    verdict = gate(ctx, evaluation, previous_meta, force)
+    evaluation["publish_gate"] = verdict.as_meta()
+    if verdict.reasons:
+        log.warning("publishing although the gate refused (--force): %s", "; ".join(verdict.reasons))
     tiers = assign_tiers(ctx)
     coverage = {name: int(len(tiers[name])) for name in TIERS}
     progress = _progress() if show_progress else None

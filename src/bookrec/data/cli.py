@@ -33,12 +33,9 @@ class OutputFormat(str, Enum):
 
 
 def _fail(message: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
+    from bookrec.exitcodes import USAGE, fail
 
-    line = " ".join(str(message).split())
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(line)}", highlight=False)
-    raise typer.Exit(code=2)
+    fail(message, code=USAGE)
 
 
 @app.command("synth")
@@ -50,11 +47,11 @@ def synth(
     continuous: bool = typer.Option(False, "--continuous", help="Keep explicit ratings unrounded (mean + Gaussian noise)"),
 ) -> None:
     """Generate BookCrossing-shaped data with a known ground truth (truth.npz + truth.json)."""
-    from rich.console import Console
+    from bookrec.logging import console as make_console
 
     from bookrec.data.synth import generate, write_synthetic
 
-    console = Console()
+    console = make_console()
     with console.status("generating") as status:
         result = generate(preset.value, seed=seed, continuous=continuous, progress=lambda s: status.update(f"generating: {s}"))
         status.update(f"writing {fmt.value}")
@@ -73,12 +70,12 @@ def import_(
     as_json: bool = typer.Option(False, "--json", help="Print the import report as JSON"),
 ) -> None:
     """Import a BookCrossing copy (layout detected), repair what is clear, report the rest."""
-    from rich.console import Console
+    from bookrec.logging import console as make_console
 
     from bookrec.data.importer import DataImportError, import_path, report_table
     from bookrec.data.io import DatasetError, publish_dataset
 
-    console = Console()
+    console = make_console()
     try:
         with console.status("importing") as status:
             dataset = import_path(path, progress=lambda s: status.update(f"importing: {s}"))
@@ -108,7 +105,7 @@ def stats(
     min_book: int = typer.Option(10, "--min-book", help="k-core preview: explicit ratings per work"),
 ) -> None:
     """Counts, rating distribution, activity/popularity quantiles, sparsity, k-core preview."""
-    from rich.console import Console
+    from bookrec.logging import console as make_console
 
     from bookrec.data.io import DatasetError, load_dataset
     from bookrec.data.stats import compute_stats, stats_tables
@@ -122,7 +119,7 @@ def stats(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    console = Console()
+    console = make_console()
     for table in stats_tables(result):
         console.print(table)
 
@@ -130,13 +127,13 @@ def stats(
 def ensure_data_and_report(settings: "Settings", preset: str) -> "Dataset":
     """Use the data set in ``settings.data_dir`` (imported real data wins), else synthesise
     ``preset`` there; print its statistics as rich tables and return it."""
-    from rich.console import Console
+    from bookrec.logging import console as make_console
 
     from bookrec.data.io import is_dataset_dir, load_dataset, write_dataset
     from bookrec.data.stats import compute_stats, stats_tables
     from bookrec.data.synth import generate
 
-    console = Console()
+    console = make_console()
     data_dir = Path(settings.data_dir)
     if is_dataset_dir(data_dir):
         dataset = load_dataset(data_dir)

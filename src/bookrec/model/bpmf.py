@@ -82,7 +82,6 @@ class BPMF(ParamsMixin):
         min_ess: float | None = None,
         rhat_threshold: float | None = None,
         balance_move: bool = True,
-        collapsed_alpha: bool = True,
         chain_mode: str = "auto",
         show_progress: bool = True,
     ):
@@ -104,14 +103,13 @@ class BPMF(ParamsMixin):
         self.min_ess = min_ess
         self.rhat_threshold = rhat_threshold
         self.balance_move = balance_move
-        self.collapsed_alpha = collapsed_alpha
         self.chain_mode = chain_mode
         self.show_progress = show_progress
 
     PARAM_NAMES = (
         "n_factors", "n_samples", "burn_in", "n_chains", "thin", "max_kept_samples", "seed", "rating_range",
         "warm_start", "beta0", "w0_scale", "bias_prior", "alpha_prior", "mu_prior_precision", "n_tracked",
-        "min_ess", "rhat_threshold", "balance_move", "collapsed_alpha", "chain_mode", "show_progress",
+        "min_ess", "rhat_threshold", "balance_move", "chain_mode", "show_progress",
     )
 
     def _check_params(self) -> None:
@@ -169,8 +167,7 @@ class BPMF(ParamsMixin):
         data = RatingMatrix.build(u, i, r, n_users, n_items)
         seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
         aux_rng = np.random.default_rng(seqs[-1])
-        chains = [Chain(data, k, self._priors(float(r.mean())), seq, balance_move=self.balance_move,
-                        collapsed_alpha=self.collapsed_alpha)
+        chains = [Chain(data, k, self._priors(float(r.mean())), seq, balance_move=self.balance_move)
                   for seq in seqs[:-1]]
         for chain in chains:
             chain.initialise(self.warm_start)
@@ -449,9 +446,12 @@ class BPMF(ParamsMixin):
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(
+    from bookrec.logging import progress
+
+    # Outside a terminal: a log line every 10 s instead of a bar (see bookrec.logging.progress).
+    return progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), disable=not enabled, transient=False,
+        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), enabled=enabled, transient=False,
     )

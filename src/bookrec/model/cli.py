@@ -12,11 +12,11 @@ from typing import Optional
 import typer
 
 
-def _fail(message: str, code: int = 1) -> None:
-    from rich.console import Console
+def _fail(message: str, code: int | None = None) -> None:
+    """Bad input (a missing or unreadable data folder or artifact) unless `code` says otherwise."""
+    from bookrec.exitcodes import USAGE, fail
 
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code=code)
+    fail(message, code=USAGE if code is None else code)
 
 
 def _load_training(data: Path):
@@ -53,13 +53,13 @@ def train(
     thin: Optional[int] = typer.Option(None, "--thin", min=1, help="Keep every THIN-th draw"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: settings.seed)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (artifact, convergence, validation) as JSON"),
 ) -> None:
     """Train the Bayesian matrix factorisation (Gibbs sampling) on the training split and save it."""
-    from rich.console import Console
-
+    from bookrec.logging import console as make_console
     from bookrec.model.bpmf import BPMF
 
-    console = Console()
+    console = make_console(quiet=as_json)
     settings, training = _load_training(data)
     params = dict(
         n_factors=factors or settings.n_factors or 10,
@@ -71,7 +71,7 @@ def train(
         seed=settings.seed if seed is None else seed,
         rating_range=(settings.rating_min, settings.rating_max),
         warm_start=True if settings.warm_start is None else settings.warm_start,
-        show_progress=progress,
+        show_progress=progress and not as_json,
     )
     sizes = training.sizes()
     console.print(f"training on {sizes['train']:,} ratings: {sizes['core_users']:,} readers x "
@@ -81,7 +81,10 @@ def train(
     # The validation split is only reported (running metrics); nothing during training reads the test split.
     model.fit(u, i, r, training.n_users, training.n_items,
               eval_set=training.validation if len(training.validation[2]) else None, eval_every=25)
-    npz, manifest = model.save(out, metadata={"split": _split_fingerprint(settings, training), "data": str(data)})
+    try:
+        npz, manifest = model.save(out, metadata={"split": _split_fingerprint(settings, training), "data": str(data)})
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}", code=1)
     diag = model.diagnostics_
     console.print(f"fitted in {model.fit_seconds_:.1f} s ({model.n_kept_} kept samples, chains: {model.chain_mode_})")
     console.print(f"convergence: {'[green]converged' if diag['converged'] else '[yellow]NOT converged'}[/] "
@@ -95,6 +98,19 @@ def train(
         last = model.eval_history_[-1]
         console.print(f"validation: rmse {last['rmse']:.3f}, nll {last['nll']:.3f}, 90% coverage {last['coverage90']:.3f}")
     console.print(f"saved {npz} and {manifest}")
+    if as_json:
+        typer.echo(json.dumps({
+            "artifact": str(npz), "manifest": str(manifest), "parameters": {k: v for k, v in params.items() if k != "show_progress"},
+            "fit_seconds": model.fit_seconds_, "kept_samples": model.n_kept_, "chain_mode": model.chain_mode_,
+            "convergence": {key: diag.get(key) for key in (
+                "converged", "max_rhat", "min_ess_bulk", "min_ess_tail", "rhat_threshold", "min_ess", "summary", "failing")},
+            "validation": model.eval_history_[-1] if model.eval_history_ else None,
+        }, indent=1, default=_jsonable))
+
+
+def _jsonable(value):
+    """numpy scalars and arrays in the JSON output."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def evaluation_report(model, training, k: int = 10) -> dict:
@@ -129,9 +145,9 @@ def evaluate(
 ) -> None:
     """Rating accuracy and calibration of a trained model on the test split, beside the global-mean
     and bias baselines (top-N ranking: `bookrec bench ranking` and the batch's meta.ranking)."""
-    from rich.console import Console
     from rich.table import Table
 
+    from bookrec.logging import console as make_console
     from bookrec.model.artifact import ArtifactError, load_model
 
     try:
@@ -147,7 +163,7 @@ def evaluate(
     report = evaluation_report(model, training, k=k)
     report["convergence"] = {key: model.diagnostics_[key] for key in ("converged", "max_rhat", "min_ess_bulk", "min_ess_tail")}
     if as_json:
-        typer.echo(json.dumps(report, indent=1))
+        typer.echo(json.dumps(report, indent=1, default=_jsonable))
         return
     table = Table(title=f"test split ({report['bpmf']['n']:,} ratings)")
     table.add_column("metric")
@@ -160,7 +176,8 @@ def evaluate(
         table.add_row(f"coverage {lv}", *(f"{report[n]['coverage'][lv]:.3f}" for n in ("bpmf", "bias", "global_mean")))
         table.add_row(f"width {lv}", *(f"{report[n]['width'][lv]:.2f}" for n in ("bpmf", "bias", "global_mean")))
     table.add_row(f"catalogue coverage (top {k} by rating)", f"{report['bpmf']['catalogue_coverage']:.3f}", "", "")
-    Console().print(table)
+    console = make_console()
+    console.print(table)
     c = report["convergence"]
-    Console().print(f"convergence: {'converged' if c['converged'] else 'NOT converged'} (max R-hat {c['max_rhat']:.3f})")
+    console.print(f"convergence: {'converged' if c['converged'] else 'NOT converged'} (max R-hat {c['max_rhat']:.3f})")
 

@@ -65,10 +65,15 @@ def mixture_interval(means, sds, level: float, rating_range=None):
     return mean, lower, upper
 
 
+def mixture_logpdfs(y, means, sds) -> np.ndarray:
+    """Log predictive density of each y under its (unclipped) mixture."""
+    means, sds = _as_2d(means, sds)
+    return kernels.mixture_logpdf(np.asarray(y, dtype=np.float64), means, sds)
+
+
 def mixture_nll(y, means, sds) -> float:
     """Mean negative log predictive density of the (unclipped) mixture."""
-    means, sds = _as_2d(means, sds)
-    return float(-np.mean(kernels.mixture_logpdf(np.asarray(y, dtype=np.float64), means, sds)))
+    return float(-np.mean(mixture_logpdfs(y, means, sds)))
 
 
 def mixture_crps(y, means, sds, max_components: int = 100) -> float:

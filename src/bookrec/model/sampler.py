@@ -16,7 +16,6 @@ of the biases (``Chain._translate_biases``); mu | rest;  alpha | rest.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +28,6 @@ from bookrec.model import kernels
 # or 5 ratings faster (paired sweeps: 2-3% on the k-core, 1-2% on the explicit ratings).
 FEW_RATINGS = 3
 MID_RATINGS = 32
-SLICE_WIDTH = 4.0
-SLICE_MAX_STEPS = 10
 SCALE_MH_STEPS = 2  # independence Metropolis-Hastings steps per scale move (acceptance is high: a Laplace fit)
 # draw=False: every row one at a time in precision form
 NO_GROUPS = (np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64))
@@ -167,10 +164,9 @@ class Chain:
     _balance_power = 0.0
 
     def __init__(self, data: RatingMatrix, n_factors: int, priors: Priors, seed_sequence: np.random.SeedSequence,
-                 balance_move: bool = True, collapsed_alpha: bool = True):
+                 balance_move: bool = True):
         self.data = data
         self.balance_move = balance_move
-        self.collapsed_alpha = collapsed_alpha
         self.k = n_factors
         self.priors = priors
         self.rng = np.random.default_rng(seed_sequence)
@@ -245,14 +241,10 @@ class Chain:
         if not moments:
             moments.update(users=side_moments(st.users, parallel), items=side_moments(st.items, parallel))
         st.mu_user, st.lambda_user, st.tau_user_bias, prior = self._side_hyper(moments["users"])
-        if self.collapsed_alpha:
-            self._draw_alpha_collapsed(d.user_indptr, d.user_items, d.user_ratings, st.items, prior, parallel)
         block(d.user_indptr, d.user_items, d.user_ratings, st.items, st.mu, st.alpha, prior, st.users,
               int(self.rng.integers(2**63)), True, *d.user_groups, kernels.LANES, False)
         moments["users"] = side_moments(st.users, parallel)
         st.mu_item, st.lambda_item, st.tau_item_bias, prior = self._side_hyper(moments["items"])
-        if self.collapsed_alpha:
-            self._draw_alpha_collapsed(d.item_indptr, d.item_users, d.item_ratings, st.users, prior, parallel)
         # The book block also returns the statistics of the group moves for the new state.
         move_stats = block(d.item_indptr, d.item_users, d.item_ratings, st.users, st.mu, st.alpha, prior, st.items,
                            int(self.rng.integers(2**63)), True, *d.item_groups, kernels.LANES, True)
@@ -276,43 +268,6 @@ class Chain:
         st.alpha = float(self.rng.gamma(p.a_alpha + 0.5 * n, 1.0 / (p.b_alpha + 0.5 * sse)))
         st.train_rmse = float(np.sqrt(sse / max(n, 1)))
         return st
-
-    def _draw_alpha_collapsed(self, indptr, indices, ratings, other, prior, parallel) -> None:
-        st = self.state
-        p = self.priors
-        stats = (kernels.collapsed_row_stats_par if parallel else kernels.collapsed_row_stats_ser)(
-            indptr, indices, ratings, other, st.mu)
-        log_lik = kernels.collapsed_log_lik_par if parallel else kernels.collapsed_log_lik_ser
-        prec, prec_mean = prior[0], prior[1]
-
-        def log_post(t):
-            return log_lik(math.exp(t), *stats, prec, prec_mean) + p.a_alpha * t - p.b_alpha * math.exp(t)
-
-        x0 = math.log(st.alpha)
-        width = SLICE_WIDTH * math.sqrt(2.0 / max(self.data.n_ratings, 1))
-        rng = self.rng
-        level = log_post(x0) - rng.exponential()
-        left = x0 - width * rng.random()
-        right = left + width
-        j = int(SLICE_MAX_STEPS * rng.random())
-        k = SLICE_MAX_STEPS - 1 - j
-        while j > 0 and log_post(left) > level:
-            left -= width
-            j -= 1
-        while k > 0 and log_post(right) > level:
-            right += width
-            k -= 1
-        self.n_evals = getattr(self, "n_evals", 0) + 3 + (SLICE_MAX_STEPS - 1 - j - k)
-        while True:
-            x1 = left + (right - left) * rng.random()
-            self.n_evals += 1
-            if log_post(x1) > level:
-                break
-            if x1 < x0:
-                left = x1
-            else:
-                right = x1
-        st.alpha = math.exp(x1)
 
     def _move(self, side: str, transform: np.ndarray, offset: np.ndarray) -> None:
         """Record the move x -> T x + e of every row of one side: its moments now, the rows at the end

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-import logging
+import json
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+
+class Objective(str, Enum):
+    nll = "nll"
+    crps = "crps"
+
+
+class Pruner(str, Enum):
+    median = "median"
+    hyperband = "hyperband"
+    none = "none"
 
 
 def optimize(
@@ -25,11 +37,11 @@ def optimize(
     ),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: settings.optuna_study)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Normalised data directory (default: settings.data_dir)."),
-    objective: str = typer.Option("nll", "--objective", help="Validation quality to minimise: nll or crps."),
+    objective: Objective = typer.Option(Objective.nll, "--objective", help="Validation quality to minimise."),
     multi_objective: bool = typer.Option(
         False, "--multi-objective", help="Minimise (quality, training seconds); reports the Pareto front."
     ),
-    pruner: str = typer.Option("median", "--pruner", help="median, hyperband or none."),
+    pruner: Pruner = typer.Option(Pruner.median, "--pruner", help="How unpromising trials are stopped early."),
     seed: Optional[int] = typer.Option(
         None, "--seed", help="Sampler seed (default: random, so simultaneous workers explore different points)."
     ),
@@ -41,15 +53,14 @@ def optimize(
         True, "--start-from-default/--no-start-from-default",
         help="When this worker creates the study, make the model's default configuration its first trial.",
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (best trial, Pareto front, file written) as JSON."),
 ) -> None:
     """Tune BPMF hyperparameters with Optuna on the validation split and write the best ones for `bookrec batch`."""
-    from rich.console import Console
-
     from bookrec.config import get_settings
     from bookrec.data.io import DatasetError
-    from bookrec.logging import setup_logging
+    from bookrec.exitcodes import FAILURE, USAGE, fail
+    from bookrec.logging import console as make_console
     from bookrec.optimize.objective import (
-        OBJECTIVES,
         ObjectiveOptions,
         load_tuning_data,
         objective_options_from_settings,
@@ -58,28 +69,27 @@ def optimize(
     from bookrec.optimize.study import redact_url, run_optimization, summary_tables
 
     settings = get_settings()
-    setup_logging(settings.log_level)
-    logging.getLogger("arviz").setLevel(logging.WARNING)  # its import-time notes are not ours to show
-    console = Console()
-    if objective not in OBJECTIVES:
-        raise typer.BadParameter(f"choose one of {', '.join(OBJECTIVES)}", param_hint="--objective")
-    if pruner not in ("median", "hyperband", "none"):
-        raise typer.BadParameter("choose median, hyperband or none", param_hint="--pruner")
+    console = make_console(quiet=as_json)
+    import optuna
+
+    # Optuna's warnings through bookrec's handler (one format, JSON lines when not on a terminal).
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    objective_name = objective.value
     n_trials = trials if trials is not None else settings.optimizer_n_calls
     storage_url = storage or settings.optuna_storage
     study_name = study or settings.optuna_study
     data_dir = data or settings.data_dir
     try:
         tuning_data = load_tuning_data(data_dir, settings)
-    except DatasetError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(code=1) from None
+    except (DatasetError, ValueError) as exc:
+        fail(str(exc), code=USAGE)
     options: ObjectiveOptions = objective_options_from_settings(
-        settings, objective=objective, multi_objective=multi_objective
+        settings, objective=objective_name, multi_objective=multi_objective
     )
     console.print(
         f"study [bold]{study_name}[/bold] on {redact_url(storage_url)}: {n_trials} trial(s), validation "
-        f"{objective}{' + training seconds' if multi_objective else ''}, "
+        f"{objective_name}{' + training seconds' if multi_objective else ''}, "
         f"{len(tuning_data.train[2]):,} train / {len(tuning_data.validation[2]):,} validation ratings"
     )
     try:
@@ -90,25 +100,42 @@ def optimize(
             storage_url=storage_url,
             study_name=study_name,
             options=options,
-            pruner=pruner,  # type: ignore[arg-type]
+            pruner=pruner.value,  # type: ignore[arg-type]
             sampler_seed=seed,
             config_path=None if no_write else (output or settings.tuned_config_path),
             start_points=[from_bpmf_kwargs(default_bpmf_kwargs(options.space.n_chains))] if start_from_default else (),
-            show_progress=console.is_terminal,
+            show_progress=console.is_terminal and not as_json,
         )
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(code=1) from None
+    except ValueError as exc:  # an unsupported storage URL, or a study made for another objective
+        fail(str(exc), code=USAGE)
     except Exception as exc:  # storage unreachable, bad credentials: say which storage, not the password
         if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg"}:
             raise
-        console.print(f"[red]cannot use Optuna storage {redact_url(storage_url)}: {type(exc).__name__}[/red]")
-        raise typer.Exit(code=1) from None
+        fail(f"cannot use Optuna storage {redact_url(storage_url)}: {type(exc).__name__}", code=FAILURE)
+    if as_json:
+        typer.echo(json.dumps(_result_json(result, study_name, redact_url(storage_url)), indent=1, default=str))
     for table in summary_tables(result):
         console.print(table)
     if result.chosen is None:
-        console.print("[red]no trial completed; nothing written[/red]")
-        raise typer.Exit(code=1)
+        fail("no trial completed; nothing written", code=FAILURE)
     if result.config_path is not None:
         console.print(f"best parameters written to [bold]{result.config_path}[/bold] (read by `bookrec batch`)")
     console.print(f"open the study in a browser: optuna-dashboard {redact_url(storage_url)}")
+
+
+def _trial(trial) -> dict:
+    return {"number": trial.number, "values": trial.values, "params": trial.params}
+
+
+def _result_json(result, study_name: str, storage: str) -> dict:
+    return {
+        "study": study_name,
+        "storage": storage,
+        "trials_run_here": result.trials_run_here,
+        "trials_in_study": len(result.study.trials),
+        "wall_seconds": result.wall_seconds,
+        "best": _trial(result.chosen) if result.chosen is not None else None,
+        "pareto_front": [_trial(t) for t in result.pareto_front],
+        "tuned_parameters": result.payload,
+        "written_to": str(result.config_path) if result.config_path is not None else None,
+    }

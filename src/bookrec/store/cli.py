@@ -17,17 +17,25 @@ StoreOption = Annotated[
 
 
 def _open(url: str | None):
-    from bookrec.store import StoreError, open_store_from_settings
+    from bookrec.config import get_settings
+    from bookrec.exitcodes import USAGE
+    from bookrec.store import StoreError, open_store_from_settings, parse_store_url
 
+    try:
+        parse_store_url(url or get_settings().store_url)
+    except StoreError as exc:
+        _fail(str(exc), code=USAGE)
     try:
         return open_store_from_settings(url=url)
     except StoreError as exc:
         _fail(str(exc))
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
+def _fail(message: str, code: int | None = None) -> None:
+    """A store that does not answer, or refuses the operation, unless `code` says otherwise."""
+    from bookrec.exitcodes import FAILURE, fail
+
+    fail(message, code=FAILURE if code is None else code)
 
 
 def _when(ts: Any) -> str:
@@ -51,8 +59,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
 ) -> None:
     """Show the published versions (users, books, bytes), the current and previous pointers and memory use."""
-    from rich.console import Console
     from rich.table import Table
+
+    from bookrec.logging import console as make_console
 
     from bookrec.store import StoreError
 
@@ -66,7 +75,7 @@ def status(
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    console = Console()
+    console = make_console()
     console.print(f"store: [bold]{info['url']}[/] ({info['backend']})")
     console.print(f"current:  {info['current'] or '(nothing published)'}")
     console.print(f"previous: {info['previous'] or '(none)'}")
@@ -89,7 +98,10 @@ def status(
 
 
 @app.command()
-def rollback(store: StoreOption = None) -> None:
+def rollback(
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the pointers before and after as JSON")] = False,
+) -> None:
     """Serve the previous version again (swaps the current and previous pointers; run again to undo)."""
     from bookrec.store import StoreError
 
@@ -101,4 +113,7 @@ def rollback(store: StoreOption = None) -> None:
         _fail(str(exc))
     finally:
         st.close()
+    if as_json:
+        typer.echo(json.dumps({"current": after, "previous": before}, indent=2))
+        return
     typer.echo(f"rolled back: current is now {after} (was {before}; run `bookrec store rollback` again to undo)")

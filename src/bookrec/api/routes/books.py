@@ -5,11 +5,12 @@ import asyncio
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import Field, create_model
 from starlette.responses import Response
 
 from bookrec.api.deps import BundleDep
+from bookrec.api.middleware import RateLimiter
 from bookrec.api.schemas import (
     Book,
     BooksPage,
@@ -20,7 +21,7 @@ from bookrec.api.schemas import (
 )
 from bookrec.api.serving import ServingBundle
 from bookrec.config import Settings
-from bookrec.data.isbn import normalize_isbn_text
+from bookrec.data.isbn import isbn_lookup_keys, normalize_isbn_text
 
 ISBN_PATH = Path(min_length=1, max_length=40, description="ISBN-10 or ISBN-13; dashes and spaces are ignored")
 
@@ -32,8 +33,7 @@ def _json(body: dict[str, Any]) -> Response:
 def _search(bundle: ServingBundle, query: str, limit: int) -> dict[str, Any]:
     catalog, index = bundle.need_catalog()
     exact = []
-    as_isbn = normalize_isbn_text(query)
-    if len(as_isbn) in (10, 13) and (row := catalog.row_of_isbn.get(as_isbn)) is not None:
+    if len(normalize_isbn_text(query)) in (10, 13) and (row := catalog.find_isbn(query)) is not None:
         exact.append(row)
     hits = index.search(query, limit=limit, exact_rows=exact)
     return {"query": query, "results": [{**catalog.summary(h.row), "score": h.score} for h in hits]}
@@ -42,6 +42,11 @@ def _search(bundle: ServingBundle, query: str, limit: int) -> dict[str, Any]:
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["books"])
     max_results = settings.max_search_results
+    # One bucket per client for both forms of the search.
+    search_limit = Depends(RateLimiter(
+        settings.rate_limit_search_per_minute, settings.rate_limit_search_burst,
+        settings.rate_limit_max_clients, "search",
+    ))
 
     SearchBody = create_model(  # noqa: N806 - a class
         "SearchRequest",
@@ -53,7 +58,8 @@ def build_router(settings: Settings) -> APIRouter:
         "/books/search",
         response_model=SearchResponse,
         summary="Search the whole catalogue by title and author (typos tolerated)",
-        responses=error_responses(422, 503),
+        responses=error_responses(422, 429, 503),
+        dependencies=[search_limit],
     )
     async def search_get(
         bundle: BundleDep,
@@ -67,7 +73,8 @@ def build_router(settings: Settings) -> APIRouter:
         "/books/search",
         response_model=SearchResponse,
         summary="Search the catalogue (JSON body, as in the original API)",
-        responses=error_responses(400, 413, 422, 503),
+        responses=error_responses(400, 413, 422, 429, 503),
+        dependencies=[search_limit],
     )
     async def search_post(bundle: BundleDep, body: SearchBody) -> Response:  # type: ignore[valid-type]
         return _json(await asyncio.to_thread(_search, bundle, body.query, body.limit))
@@ -95,14 +102,17 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def book(request: Request, isbn: Annotated[str, ISBN_PATH]) -> Response:
         state = request.app.state.api
-        key = normalize_isbn_text(isbn)
-        if not key:
+        keys = isbn_lookup_keys(isbn)
+        if not keys[0]:
             raise HTTPException(404, f"{isbn!r} is not an ISBN; search by title with GET /books/search?q=")
         version = await state.versions.current()
-        payload = await state.reader.get_book(key, version)
-        if payload is None:
-            raise HTTPException(404, f"no book with ISBN {key} in the catalogue; search with GET /books/search?q=")
-        return Response(payload, media_type="application/json")
+        # The key as typed first, then its ISBN-10/13 twin: books are stored under the form they
+        # were imported with.
+        for key in keys:
+            payload = await state.reader.get_book(key, version)
+            if payload is not None:
+                return Response(payload, media_type="application/json")
+        raise HTTPException(404, f"no book with ISBN {keys[0]} in the catalogue; search with GET /books/search?q=")
 
     @router.get(
         "/books/{isbn}/similar",
@@ -123,9 +133,10 @@ def build_router(settings: Settings) -> APIRouter:
     ) -> Response:
         catalog, _ = bundle.need_catalog()
         key = normalize_isbn_text(isbn)
-        row = catalog.row_of_isbn.get(key) if key else None
+        row = catalog.find_isbn(isbn) if key else None
         if row is None:
             raise HTTPException(404, f"no book with ISBN {key or isbn!r} in the catalogue; search with GET /books/search?q=")
+        key = catalog.isbn[row]  # the stored form, whichever form was asked for
         work = catalog.work_key[row] or ""
         together = await asyncio.to_thread(bundle.read_together, work, n)
         if together is not None:

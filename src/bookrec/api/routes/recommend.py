@@ -6,17 +6,19 @@ from the fold-in of the rated books into the published model, in-process)."""
 import asyncio
 import math
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, ValidationError, create_model
 from starlette.responses import Response
 
 from bookrec.api.deps import BundleDep
+from bookrec.api.middleware import RateLimiter
 from bookrec.api.schemas import (
     ColdStartRequest,
     ColdStartResponse,
@@ -26,6 +28,7 @@ from bookrec.api.schemas import (
     RecommendationsResponse,
     error_responses,
 )
+from bookrec.api.search import TitleBudget
 from bookrec.api.serving import ServingBundle
 from bookrec.config import Settings
 from bookrec.data.isbn import normalize_isbn_text
@@ -36,10 +39,15 @@ from bookrec.store.base import MAX_USER_ID
 # almost the same (rapidfuzz WRatio against the book's title alone).
 TITLE_MIN_COVERAGE = 0.75
 TITLE_MIN_RATIO = 85.0
+# CPU a cold start may spend matching typed titles fuzzily (exact titles and ISBNs are not
+# counted): a body of hundreds of long made-up titles otherwise costs seconds. Titles left when
+# it is spent are reported as not matched, with the reason.
+TITLE_MATCH_CPU_SECONDS = 0.15
+USER_ID = re.compile(r"[0-9]{1,19}")
 
 
-def _json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _num(value: Any) -> float | None:
@@ -90,7 +98,7 @@ def build_router(settings: Settings) -> APIRouter:
     ColdStartBody = create_model(  # noqa: N806 - a class
         "ColdStartRequest",
         __base__=ColdStartRequest,
-        ratings=(list[RatingIn], Field(max_length=settings.max_cold_start_ratings,
+        ratings=(list[RatingIn], Field(max_length=settings.max_cold_start_ratings, json_schema_extra={"minItems": 1},
                                        description="The new reader's ratings (at least one must be recognised)")),
         top_k=(int, Field(10, ge=1, le=max_top_k, description="How many recommendations to return")),
     )
@@ -112,27 +120,40 @@ def build_router(settings: Settings) -> APIRouter:
         parameters.append({"name": name, "in": "query", "required": False, "schema": prop,
                            "description": prop.get("description", "")})
 
+    cold_start_limit = RateLimiter(
+        settings.rate_limit_cold_start_per_minute, settings.rate_limit_cold_start_burst,
+        settings.rate_limit_max_clients, "cold-start",
+    )
+    bad_user_id = (
+        f"a reader id is a whole number from 0 to {MAX_USER_ID - 1} (GET /users lists known readers; "
+        "POST /recommend/cold-start recommends for a new reader)"
+    )
+
     @router.get(
-        # :int so that /recommend/cold-start is never taken for a user id (405 lists POST only).
-        "/recommend/{user_id:int}",
+        # The path segment is parsed here rather than by an :int converter, which took 4,301+ digits
+        # to a 500 and any other text to a bare 404.
+        "/recommend/{user_id}",
         response_model=RecommendationsResponse,
         summary="Stored recommendations of a known reader",
-        responses=error_responses(404, 422, 503),
+        description="`GET /recommend/cold-start` answers 405: the cold start takes POST.",
+        responses=error_responses(404, 405, 422, 503),
         openapi_extra={"parameters": parameters},
     )
     async def recommend(request: Request) -> Response:
         # One store round trip (the version pointer is cached), orjson in and out.
-        user_id: int = request.path_params["user_id"]
+        raw: str = request.path_params["user_id"]
+        if raw == "cold-start":
+            # Answered here: the 405 handler would list this route's GET among the allowed methods.
+            return _json({"detail": "the cold start takes POST with a JSON body"}, status=405, headers={"Allow": "POST"})
+        if not USER_ID.fullmatch(raw) or int(raw) >= MAX_USER_ID:
+            raise RequestValidationError([{"type": "value_error", "loc": ("path", "user_id"), "msg": bad_user_id}])
+        user_id = int(raw)
         try:
             query = RecommendQuery.model_validate(dict(request.query_params))
         except ValidationError as exc:
             raise RequestValidationError(
                 [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
             ) from None
-        if not 0 <= user_id < MAX_USER_ID:
-            raise RequestValidationError(
-                [{"type": "less_than", "loc": ("path", "user_id"), "msg": f"Input should be less than {MAX_USER_ID}"}]
-            )
         top_k, rank_by, seed = query.top_k, query.rank_by, query.seed
         state = request.app.state.api
         version = await state.versions.current()
@@ -183,11 +204,10 @@ def build_router(settings: Settings) -> APIRouter:
             "are folded into it exactly to predict the ratings, and P(liked) follows from that prediction. "
             "The candidates are then sorted by `rank_by`, as for a known reader."
         ),
-        responses=error_responses(400, 413, 422, 503),
+        responses=error_responses(400, 413, 422, 429, 503),
+        dependencies=[Depends(cold_start_limit)],
     )
     async def cold_start(body: ColdStartBody, bundle: BundleDep) -> Response:  # type: ignore[valid-type]
-        if not body.ratings:
-            raise HTTPException(400, "add at least one book you read (by isbn or title) to get recommendations")
         bundle.need_catalog()
         bundle.need_model()
         lo, hi = bundle.rating_range
@@ -228,7 +248,7 @@ class _Read:
     local: int | None  # relevance candidate index (feeds relevance, rated or not)
 
 
-def _resolve(bundle: ServingBundle, rating: RatingIn) -> tuple[_Read | None, dict[str, Any]]:
+def _resolve(bundle: ServingBundle, rating: RatingIn, budget: TitleBudget) -> tuple[_Read | None, dict[str, Any]]:
     """Find the book a rating is about: (what it can feed or None, recognized/unrecognized entry)."""
     catalog, search = bundle.need_catalog()
     rel = bundle.relevance
@@ -243,9 +263,14 @@ def _resolve(bundle: ServingBundle, rating: RatingIn) -> tuple[_Read | None, dic
         text = rating.title or ""
         rows = search.exact_title_rows(text)
         if not rows:
-            for hit in search.search(text, limit=5):
-                if hit.coverage >= TITLE_MIN_COVERAGE and search.title_ratio(text, hit.row) >= TITLE_MIN_RATIO:
-                    rows.append(hit.row)
+            if text in budget.memo:
+                rows = budget.memo[text]
+            elif budget.exhausted:
+                return None, {"input": text, "reason": "not matched: this request has too many titles to match "
+                              "(typed titles that are not exact); send ISBNs, exact titles or fewer books"}
+            else:
+                with budget.charge():
+                    rows = budget.memo[text] = search.match_title(text, TITLE_MIN_COVERAGE, TITLE_MIN_RATIO)
         if not rows:
             return None, {"input": text, "reason": "no book with a title like this in the catalogue"}
 
@@ -280,8 +305,9 @@ def _cold_start(bundle: ServingBundle, ratings: list[RatingIn], top_k: int, rank
     rated: dict[int, list[float]] = {}  # serving-model item -> ratings (several editions of a work)
     history: list[int] = []  # relevance candidates read, in the order given
     reasons: dict[int, dict[str, Any]] = {}
+    budget = TitleBudget(TITLE_MATCH_CPU_SECONDS)
     for rating in ratings:  # at most settings.max_cold_start_ratings (the body's limit)
-        read, entry = _resolve(bundle, rating)
+        read, entry = _resolve(bundle, rating, budget)
         if read is None:
             unrecognized.append(entry)
             continue

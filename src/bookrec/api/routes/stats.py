@@ -9,6 +9,9 @@ from bookrec.api.schemas import ModelInfo, StatsResponse, error_responses
 from bookrec.config import Settings
 
 
+PUBLIC_STORE_FIELDS = frozenset({"used_memory", "used_memory_human", "maxmemory", "file_bytes", "wal_bytes"})
+
+
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["service"])
 
@@ -21,7 +24,10 @@ def build_router(settings: Settings) -> APIRouter:
         books = await state.reader.count_books(version)
         memory = await state.reader.memory_info()
         _, _, meta = await state.versions.meta()
-        store = {"backend": state.reader.backend, **(memory if isinstance(memory, dict) else {})}
+        # Sizes only: the store's own report also names its file or host, which is not public.
+        store = {"backend": state.reader.backend}
+        if isinstance(memory, dict):
+            store.update((k, v) for k, v in memory.items() if k in PUBLIC_STORE_FIELDS)
         coverage = meta.get("coverage_by_tier")
         body = {
             "users_with_recommendations": users,

@@ -33,10 +33,6 @@ from bookrec.model.kernels.moves import (
     affine_rows_par,
     affine_rows_ser,
     balance_scales,
-    collapsed_log_lik_par,
-    collapsed_log_lik_ser,
-    collapsed_row_stats_par,
-    collapsed_row_stats_ser,
     gig_draw,
     move_stats_par,
     move_stats_ser,
@@ -58,7 +54,6 @@ from bookrec.model.kernels.ranking import recommend_block, top_n
 
 __all__ = [
     "LANES", "ZIG_R", "affine_move", "affine_rows_par", "affine_rows_ser", "balance_scales", "block_prior_forms",
-    "collapsed_log_lik_par", "collapsed_log_lik_ser", "collapsed_row_stats_par", "collapsed_row_stats_ser",
     "few_rating_groups", "fill_normals", "gig_draw", "mid_rating_rows", "mixture_crps", "mixture_logpdf", "mixture_quantiles", "mixture_quantiles_ser",
     "move_stats_par", "move_stats_ser", "normal_wishart_params", "normal_wishart_sample", "predict_pairs_par",
     "predict_pairs_ser", "predict_samples", "recommend_block", "row_state", "sample_block_par", "sample_block_ser",
