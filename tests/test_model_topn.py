@@ -318,6 +318,7 @@ class _FakeRecommender:
         self.fitted_ratings = np.asarray(ratings)
         self.score = np.bincount(item_idx, weights=np.asarray(ratings) > 0, minlength=n_items)
         self.seen = sp.csr_matrix((np.ones(len(user_idx)), (user_idx, item_idx)), shape=(n_users, n_items))
+        self.rating_model_ = self  # the bench's "every work by rating" row asks the rating model directly
         return self
 
     def recommend_all(self, users, n, exclude_csr=None, rank_by="for_you"):
@@ -342,7 +343,7 @@ def test_project_recommender_plugs_in(monkeypatch):
     specs = base + ranking.project_recommender(
         ranking.BenchContext(0, 0, None, seed=3))  # the lookup is only used when fitting
     assert [s.name for s in specs] == ["Popularity", "bookrec"]
-    assert sorted(specs[1].variants) == sorted(f" {m}" for m in ranking.RANK_BY_MODES)
+    assert sorted(specs[1].variants) == sorted([f" {m}" for m in ranking.RANK_BY_MODES] + [" BPMF mean, every work"])
 
     seen = {}
 
@@ -356,7 +357,8 @@ def test_project_recommender_plugs_in(monkeypatch):
     monkeypatch.setattr(ranking, "baseline_specs", lambda X, ctx: base)
     report = ranking.run_ranking(dataset, seed=3)
     rows = report["models"]
-    assert list(rows) == ["Popularity", "bookrec for_you", "bookrec mean", "bookrec lower", "bookrec sample"]
+    assert list(rows) == ["Popularity", "bookrec for_you", "bookrec mean", "bookrec lower", "bookrec sample",
+                          "bookrec BPMF mean, every work"]
     assert report["best_baseline"] == "Popularity"
     assert all("metrics" in row for row in rows.values())
     fake = seen["adapter"].model

@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from bookrec.batch.cli import BatchPreset
+from bookrec.exitcodes import REFUSED, USAGE
 from bookrec.data.cli import PresetName
 
 
@@ -22,10 +23,12 @@ def run(
         None, "--batch-preset", help="Batch quality preset (default: BOOKREC_ENVIRONMENT)", show_default=False
     ),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the API after publishing (--no-serve: stop after the batch)"),
+    force: bool = typer.Option(False, "--force", help="Publish even when the publish gate refuses (recorded in the meta)"),
 ) -> None:
     """Prepare data, train and publish recommendations for every reader, then serve them."""
     from rich.console import Console
 
+    from bookrec.batch.gate import PublishRefused
     from bookrec.batch.pipeline import BatchError, run_batch
     from bookrec.batch.presets import PresetError
     from bookrec.config import get_settings
@@ -34,9 +37,14 @@ def run(
 
     settings = get_settings()
     console = Console()
+    if serve:
+        _check_port_free(settings.api_host, settings.api_port)
     dataset = ensure_data_and_report(settings, data_preset.value if data_preset else settings.synth_preset)
     try:
-        report = run_batch(settings, preset=batch_preset.value if batch_preset else None, dataset=dataset)
+        report = run_batch(settings, preset=batch_preset.value if batch_preset else None, dataset=dataset, force=force)
+    except PublishRefused as exc:
+        Console(stderr=True).print(f"[red]batch {exc}[/red]")
+        raise typer.Exit(code=REFUSED) from None
     except (BatchError, PresetError, StoreError) as exc:
         Console(stderr=True).print(f"[red]batch failed:[/red] {exc}")
         raise typer.Exit(code=1) from None
@@ -51,3 +59,20 @@ def run(
     from bookrec.api.cli import serve as serve_api
 
     serve_api(host=settings.api_host, port=settings.api_port, workers=settings.api_workers, store_url=None)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Stop before minutes of training when the API could not bind its port afterwards."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"[red]port {port} on {host} is in use:[/red] stop what holds it, or choose another port "
+                "(BOOKREC_API_PORT=8001 bookrec run); nothing was trained")
+            raise typer.Exit(code=USAGE) from None

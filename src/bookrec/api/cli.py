@@ -70,7 +70,7 @@ def serve(
     )
     try:
         run_server(settings, host=host, port=port, workers=workers, log_level=log_level,
-                   access_log=settings.api_access_log if access_log is None else access_log, bounded=False)
+                   access_log=settings.api_access_log if access_log is None else access_log)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

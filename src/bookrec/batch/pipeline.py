@@ -554,10 +554,14 @@ def gate(ctx: BatchContext, evaluation: dict, previous_meta: dict | None, force:
     return verdict
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _progress(enabled: bool):
+    """A progress bar on a terminal; outside one, a log line per stage every 10 s (even when quiet)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    from bookrec.logging import progress
+
+    return progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    enabled=enabled, logger="bookrec.batch.progress")
 
 
 def run_batch(
@@ -573,14 +577,13 @@ def run_batch(
 ) -> BatchReport:
     """Train, evaluate, precompute for every reader and publish one new version. The publish gate
     (:mod:`bookrec.batch.gate`) raises PublishRefused before the precompute unless ``force``."""
-    from rich.console import Console
-
     from bookrec.data.io import load_dataset
+    from bookrec.logging import console as bookrec_console
     from bookrec.store import open_store_from_settings
 
     timer = Timer()
     previous_meta = check_store(settings, store_url)
-    console = Console(quiet=not show_progress)
+    console = bookrec_console(quiet=not show_progress)
     params = resolve_parameters(settings, preset)
     log.info("batch preset %s: %s", params.preset, ", ".join(f"{k}={v}" for k, v in params.model_kwargs().items()))
     with timer.stage("load"):
@@ -616,8 +619,8 @@ def run_batch(
         log.warning("publishing although the gate refused (--force): %s", "; ".join(verdict.reasons))
     tiers = assign_tiers(ctx)
     coverage = {name: int(len(tiers[name])) for name in TIERS}
-    progress = _progress() if show_progress else None
-    with (progress or _null()):
+    progress = _progress(show_progress)
+    with progress:
         with timer.stage("precompute"):
             pre = precompute(ctx, progress)
         encoder = PayloadEncoder(ctx.catalog)
@@ -677,11 +680,6 @@ def run_batch(
     if show_progress:
         console.print(summary_table(report))
     return report
-
-
-@contextmanager
-def _null():
-    yield
 
 
 def summary_table(report: BatchReport):

@@ -99,6 +99,9 @@ def baseline_specs(X, ctx: BenchContext) -> list[ModelSpec]:
     ]
 
 
+EVERY_WORK_BY_RATING = "every_work_by_rating"
+
+
 class RecommenderAdapter:
     """``bookrec.model.Recommender`` behind the harness interface: fit(X) looks the ratings of
     X's pairs up (0 = implicit) and recommend_all keeps the items of its returned tuple."""
@@ -127,7 +130,10 @@ class RecommenderAdapter:
             place = sp.csr_matrix((np.ones(users.shape[0], np.float32), (users, np.arange(users.shape[0]))),
                                   shape=(n_users, users.shape[0]))
             exclude_csr = (place @ sp.csr_matrix(exclude_csr)).tocsr()
-        out = self.model.recommend_all(users, n, exclude_csr=exclude_csr, rank_by=rank_by)
+        if rank_by == EVERY_WORK_BY_RATING:  # how the project ranked before the relevance model
+            out = self.model.rating_model_.recommend_all(users, n, exclude_csr=exclude_csr, rank_by="mean")
+        else:
+            out = self.model.recommend_all(users, n, exclude_csr=exclude_csr, rank_by=rank_by)
         items = out[0] if isinstance(out, tuple) else out
         return np.asarray(items, dtype=np.int64)
 
@@ -139,7 +145,8 @@ def project_recommender(ctx: BenchContext) -> list[ModelSpec]:
     except ImportError:
         return []
     return [ModelSpec("bookrec", lambda **p: RecommenderAdapter(Recommender, ctx, p), [{}],
-                      variants={f" {mode}": {"rank_by": mode} for mode in RANK_BY_MODES}, baseline=False)]
+                      variants={**{f" {mode}": {"rank_by": mode} for mode in RANK_BY_MODES},
+                                " BPMF mean, every work": {"rank_by": EVERY_WORK_BY_RATING}}, baseline=False)]
 
 
 register_model(project_recommender)
