@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+import tomllib
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from bookrec.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-DOCKERFILES = sorted(ROOT.glob("Dockerfile.*"))
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+NGINX = (ROOT / "deploy" / "nginx.conf").read_text()
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 BOOKREC_SERVICES = ["api", "batch", "optimizer"]
 
 
@@ -77,7 +89,8 @@ def test_on_demand_services_carry_profiles():
 def test_dragonfly_port_is_not_published_and_password_is_supported():
     dragonfly = SERVICES["dragonfly"]
     assert "ports" not in dragonfly
-    assert any("requirepass" in part for part in dragonfly["command"])
+    # Dragonfly reads DFLY_<flag> from its environment; the value comes from .env.
+    assert dragonfly["environment"]["DFLY_requirepass"] == "${DRAGONFLY_PASSWORD:-}"
     assert "DRAGONFLY_PASSWORD" in SERVICES["api"]["environment"]["REDIS_URL"]
 
 
@@ -92,39 +105,389 @@ def test_ports_and_health_checks_match_the_api():
     assert "--port" in api["command"] and api["command"][api["command"].index("--port") + 1] == "8000"
     health = " ".join(api["healthcheck"]["test"])
     assert "127.0.0.1:8000/health" in health
+    # nginx listens on 3000 inside (a port an unprivileged user may bind), published as 3000.
     assert "3000:3000" in SERVICES["frontend"]["ports"]
-    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
-    assert "listen 3000;" in nginx and "proxy_pass http://api:8000/;" in nginx
+    assert "listen 3000;" in NGINX
+    assert "http://api:8000" in NGINX
 
 
 def test_optimizer_config_is_shared_with_batch():
     batch_env = SERVICES["batch"]["environment"]
     optimizer_env = SERVICES["optimizer"]["environment"]
     assert batch_env["BOOKREC_TUNED_CONFIG_PATH"] == optimizer_env["BOOKREC_TUNED_CONFIG_PATH"]
-    assert SERVICES["batch"]["volumes"] == SERVICES["optimizer"]["volumes"]
+    assert "bookrec-data:/data" in SERVICES["batch"]["volumes"]
+    assert "bookrec-data:/data" in SERVICES["optimizer"]["volumes"]
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_dockerfile_copies_existing_files_and_runs_a_real_command(dockerfile):
-    text = dockerfile.read_text()
+# --- the Dockerfile --------------------------------------------------------------------------------
+
+
+def dockerfile_args() -> dict[str, str]:
+    """Default values of the global ARGs (those before the first FROM)."""
+    preamble = DOCKERFILE.split("\nFROM ", 1)[0]
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", preamble, flags=re.M))
+
+
+def dockerfile_stages() -> dict[str, dict]:
+    """Each stage: its base (ARGs substituted), and its instructions in order (continuations joined)."""
+    args = dockerfile_args()
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    stages: dict[str, dict] = {}
+    current = None
     for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = re.match(r"FROM (\S+) AS (\w+)$", line)
+        if match:
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], match.group(1))
+            current = stages[match.group(2)] = {"base": base, "lines": []}
+        elif current is not None:
+            current["lines"].append(line)
+    return stages
+
+
+STAGES = dockerfile_stages()
+PYTHON_TARGETS = {"api": ["bookrec", "serve"], "batch": ["bookrec", "batch"], "optimizer": ["bookrec", "optimize"]}
+
+
+def stage_chain(name: str) -> list[str]:
+    """The stage and the stages it is built on, base first."""
+    chain = [name]
+    while STAGES[chain[0]]["base"] in STAGES:
+        chain.insert(0, STAGES[chain[0]]["base"])
+    return chain
+
+
+def lines_of(name: str) -> list[str]:
+    return [line for stage in stage_chain(name) for line in STAGES[stage]["lines"]]
+
+
+def test_compose_builds_every_image_from_the_dockerfile_targets():
+    for service in ["api", "batch", "optimizer", "frontend"]:
+        build = SERVICES[service]["build"]
+        assert build["context"] == "."
+        assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+        assert build["target"] == service and service in STAGES
+        assert "args" not in build, "no image has to be built by hand first"
+    assert not list(ROOT.glob("Dockerfile.*")), "one Dockerfile, a target per service"
+
+
+def test_dockerfile_copies_existing_files_only():
+    for line in DOCKERFILE.splitlines():
         if line.startswith("COPY"):
-            sources = shlex.split(line)[1:-1]
+            sources = [word for word in shlex.split(line)[1:-1] if not word.startswith("--")]
             for source in sources:
-                if source.startswith("--"):
-                    continue
-                assert (ROOT / source).exists(), f"{dockerfile.name} copies {source}, which does not exist"
-    cmd = re.search(r"^CMD (\[.*\])$", text, flags=re.M)
-    if dockerfile.name == "Dockerfile.frontend":
-        assert cmd is None  # nginx's own CMD
-        return
-    if dockerfile.name == "Dockerfile.base":
-        assert "install_dependencies.py" in text
-        return
-    command = yaml.safe_load(cmd.group(1))
-    assert command[0] == "bookrec"
+                assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+                assert not dockerignored(source), f"Dockerfile copies {source}, which .dockerignore excludes"
+
+
+@pytest.mark.parametrize("target", PYTHON_TARGETS)
+def test_python_targets_run_real_commands_as_a_user(target):
+    lines = lines_of(target)
+    cmd = [line for line in lines if line.startswith("CMD ")][-1]
+    command = yaml.safe_load(cmd[len("CMD "):])
+    assert command[:2] == PYTHON_TARGETS[target]
     result = bookrec_help(command)
     assert result.returncode == 0, result.stderr
-    # The service images compile the kernels at build time with a real command.
-    assert "RUN bookrec warmup" in text
+    for option in [word for word in command if word.startswith("--")]:
+        assert option in result.stdout
+    # The kernels are compiled at build time with a real command, as root, before dropping to the user.
+    assert "RUN bookrec warmup" in " ".join(lines)
     assert bookrec_help(["bookrec", "warmup"]).returncode == 0
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+
+
+def test_dependencies_are_installed_from_the_lock_before_the_source_is_copied():
+    lines = lines_of("api")
+    copies = [i for i, line in enumerate(lines) if line.startswith("COPY ")]
+    lock_copy = next(i for i in copies if "requirements.lock" in lines[i])
+    install = next(i for i, line in enumerate(lines) if line.startswith("RUN ") and "-r requirements.lock" in line)
+    assert lock_copy < install
+    for flag in ("--require-hashes", "--no-deps", "--only-binary :all:"):
+        assert flag in lines[install]
+    # Nothing else reaches the image before the dependencies are installed, so a source or README
+    # edit reuses the dependency layer.
+    for i in copies:
+        if i < install:
+            assert shlex.split(lines[i])[1:-1] == ["requirements.lock"], lines[i]
+    later = " ".join(lines[i] for i in copies if i > install)
+    for path in ("pyproject.toml", "README.md", "src"):
+        assert path in later
+    package_install = next(line for line in lines if "pip install" in line and "--no-deps" in line and " ." in line)
+    assert "--no-build-isolation" in package_install and "pip check" in package_install
+
+
+# --- the lock file ---------------------------------------------------------------------------------
+
+
+def locked() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock as {name: (version, hashes)}."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "requirements.lock").read_text())
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("--hash") else line
+        if not line:
+            continue
+        requirement, *options = line.split(" --hash=")
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==([^\s;]+)(\s*;.*)?", requirement.strip())
+        assert match, f"requirements.lock: {line!r} is not an exact pin"
+        assert not match.group(3), f"requirements.lock is made for one platform and Python: {line!r}"
+        pins[canonicalize_name(match.group(1))] = (match.group(2), [h.strip() for h in options])
+    return pins
+
+
+def test_lock_pins_every_dependency_with_hashes():
+    pins = locked()
+    assert len(pins) > 30
+    for name, (version, hashes) in pins.items():
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+    project = PYPROJECT["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["postgres"],
+              *PYPROJECT["build-system"]["requires"]]
+    for spec in wanted:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is not in requirements.lock: run bash scripts/lock.sh"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), \
+            f"requirements.lock pins {name}=={pins[name][0]}, outside pyproject.toml's {requirement.specifier}"
+    # what the extras in the requirements (uvicorn[standard], redis[hiredis], psycopg[binary]) pull in
+    assert {"uvloop", "httptools", "watchfiles", "hiredis", "psycopg-binary"} <= set(pins)
+
+
+def test_lock_is_made_by_the_lock_script_for_the_images_python():
+    header = (ROOT / "requirements.lock").read_text().splitlines()[:2]
+    assert "uv" in header[0] and "bash scripts/lock.sh" in header[1]
+    script = (ROOT / "scripts" / "lock.sh").read_text()
+    assert "uv pip compile" in script and "--generate-hashes" in script and "--extra postgres" in script
+    python_image = dockerfile_args()["PYTHON_IMAGE"]
+    version = re.search(r"--python-version (\S+)", script).group(1)
+    assert python_image.startswith(f"python:{version}-"), f"the lock is made for Python {version}, the image is {python_image}"
+    build_in = [line for line in (ROOT / "deploy" / "build-requirements.in").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert build_in == PYPROJECT["build-system"]["requires"]
+
+
+# --- .dockerignore ---------------------------------------------------------------------------------
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore excludes `path` or a folder above it (Docker's rules without `!`)."""
+    parts = Path(path).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in dockerignore_patterns():
+        for prefix in prefixes:
+            if fnmatch.fnmatch(prefix, pattern) or (pattern.startswith("**/") and (
+                    fnmatch.fnmatch(prefix, pattern[3:]) or fnmatch.fnmatch(prefix, pattern))):
+                return True
+            if pattern.startswith("**/") and fnmatch.fnmatch(Path(prefix).name, pattern[3:]):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("path", [".git", ".venv", "var", "var/bookrec.sqlite3", ".env", "artifacts/screenshots",
+                                  ".pytest_cache", ".hypothesis", "src/bookrec/__pycache__/cli.cpython-311.pyc",
+                                  "src/bookrec.egg-info", "tests", "bench-results"])
+def test_dockerignore_excludes(path):
+    assert dockerignored(path)
+
+
+# --- pinned images ---------------------------------------------------------------------------------
+
+
+def all_images() -> list[str]:
+    images = [stage["base"] for stage in STAGES.values() if stage["base"] not in STAGES]
+    images += [service["image"] for service in SERVICES.values() if "build" not in service]
+    return images
+
+
+@pytest.mark.parametrize("image", all_images())
+def test_images_are_pinned_to_exact_versions(image):
+    name, _, tag = image.partition("@")[0].rpartition(":")
+    assert name and "/" not in tag, f"{image} has no tag"
+    assert tag != "latest"
+    # a full version: major.minor.patch (v1.23.2, 3.11.14-slim-bookworm, 1.27.5-alpine3.21)
+    assert re.match(r"v?\d+\.\d+\.\d+(?:-[a-z0-9.]+)*$", tag), f"{image} is not pinned to an exact version"
+
+
+def test_frontend_is_unprivileged_nginx_on_a_high_port():
+    frontend = STAGES["frontend"]
+    assert frontend["base"].startswith("nginxinc/nginx-unprivileged:")
+    users = [line.split()[1] for line in frontend["lines"] if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+    ports = [int(p) for p in re.findall(r"^\s*listen (\d+);", NGINX, flags=re.M)]
+    assert ports and all(port >= 1024 for port in ports)
+
+
+def test_nginx_re_resolves_the_api():
+    assert re.search(r"^\s*resolver 127\.0\.0\.11 [^;]*valid=\d+s", NGINX, flags=re.M)
+    proxy_passes = re.findall(r"^\s*proxy_pass (\S+);", NGINX, flags=re.M)
+    assert proxy_passes and all(target.startswith("$") for target in proxy_passes), \
+        "a literal host in proxy_pass is resolved once, at start"
+    # the limit directives of the proxy stay in place
+    for directive in ("client_header_timeout", "client_max_body_size", "proxy_read_timeout"):
+        assert directive in NGINX
+
+
+class _EchoPath(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        body = self.path.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed")
+def test_nginx_config_is_valid_and_proxies_under_api():
+    # Started as root, nginx's workers run as nobody, who cannot enter pytest's private tmp_path.
+    with tempfile.TemporaryDirectory(prefix="bookrec-nginx-") as folder:
+        tmp_path = Path(folder)
+        tmp_path.chmod(0o755)
+        _run_nginx_with_the_site(tmp_path)
+
+
+def _run_nginx_with_the_site(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    upstream = HTTPServer(("127.0.0.1", 0), _EchoPath)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = _free_port()
+    html = tmp_path / "html"
+    html.mkdir()
+    (html / "index.html").write_text("page")
+    # The same server block, with the api's address as an IP literal and paths a user may write.
+    site = (NGINX.replace("listen 3000;", f"listen 127.0.0.1:{port};")
+            .replace("http://api:8000", f"http://127.0.0.1:{upstream.server_port}")
+            .replace("/usr/share/nginx/html", str(html)))
+    (tmp_path / "site.conf").write_text(site)
+    temp_paths = " ".join(f"{kind}_temp_path {tmp_path / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off; pid {tmp_path / 'nginx.pid'}; error_log stderr;\nevents {{}}\n"
+        f"http {{ access_log off; {temp_paths} include {tmp_path / 'site.conf'}; }}\n"
+    )
+    base = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr"]
+    check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    server = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        import urllib.error
+        import urllib.request
+
+        def get(path: str) -> str:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                        return response.read().decode()
+                except urllib.error.HTTPError:
+                    raise
+                except OSError:  # not listening yet
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise
+                    time.sleep(0.1)
+
+        assert get("/api/health") == "/health"
+        assert get("/api/books/search?q=bright%20storm&limit=2") == "/books/search?q=bright%20storm&limit=2"
+        assert get("/api/recommend/8?top_k=2") == "/recommend/8?top_k=2"
+        assert get("/") == "page"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        upstream.shutdown()
+
+
+# --- Dragonfly -------------------------------------------------------------------------------------
+
+
+def with_defaults(value) -> str:
+    """A Compose value with ${NAME:-default} replaced by its default (and ${NAME} by nothing)."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(value))
+
+
+def megabytes(size: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)\s*([kmgt]?)i?b?", size.strip().lower()).groups()
+    return float(number) * {"": 2**-20, "k": 2**-10, "m": 1, "g": 2**10, "t": 2**20}[unit]
+
+
+def test_dragonfly_flags_and_no_password_on_its_command_line():
+    dragonfly = SERVICES["dragonfly"]
+    command = [with_defaults(word) for word in dragonfly["command"]]
+    flags = {word.split("=", 1)[0]: word.split("=", 1)[1] if "=" in word else "" for word in command[1:]}
+    assert "--logtostderr" in flags
+    assert megabytes(flags["--maxmemory"]) > 0
+    assert len(flags["--snapshot_cron"].split()) == 5, "a cron expression"
+    assert flags["--dir"] == "/data" and "dragonfly-data:/data" in dragonfly["volumes"]
+    # one proactor thread per CPU it may use (else one per host core, each demanding 256 MB)
+    assert float(flags["--proactor_threads"]) == float(with_defaults(dragonfly["cpus"]))
+    assert megabytes(flags["--maxmemory"]) <= megabytes(with_defaults(dragonfly["mem_limit"])) - 512
+    # The password never appears in an argument list: not Dragonfly's, not the health check's.
+    raw = " ".join(map(str, dragonfly["command"]))
+    assert "requirepass" not in raw and "PASSWORD" not in raw
+    health = " ".join(dragonfly["healthcheck"]["test"])
+    assert " -a " not in health and "REDISCLI_AUTH" in health
+
+
+# --- limits ----------------------------------------------------------------------------------------
+
+GUIDE = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
+
+
+def measured(table_heading: str, column: int, row_filter: str) -> float:
+    """The largest MB figure in a column of the guide's table that follows `table_heading`."""
+    section = GUIDE[GUIDE.index(table_heading):]
+    table = re.search(r"((?:^\|.*\|\n)+)", section, flags=re.M).group(1)
+    values = []
+    for row in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if row_filter in row:
+            found = re.search(r"([\d,]+) MB", cells[column])
+            if found:
+                values.append(float(found.group(1).replace(",", "")))
+    assert values, f"no figures under {table_heading!r}"
+    return max(values)
+
+
+def test_every_service_has_memory_and_cpu_limits():
+    for name, service in SERVICES.items():
+        assert "mem_limit" in service and "cpus" in service, f"{name} has no limits"
+        assert megabytes(with_defaults(service["mem_limit"])) >= 64
+        assert 0 < float(with_defaults(service["cpus"])) <= 8
+
+
+def test_limits_cover_the_measured_figures():
+    batch_peak = measured("**Batch** (peak memory per run", 2, "| full |")
+    api_rss = measured("**API** on the `full` data", 2, "")
+    assert megabytes(with_defaults(SERVICES["batch"]["mem_limit"])) >= batch_peak * 1.2
+    assert megabytes(with_defaults(SERVICES["api"]["mem_limit"])) >= api_rss * 1.2
+    assert 1767 <= batch_peak  # the current development preset's peak on full (docs/BENCHMARKS.md)
+
+
+def test_batch_writes_its_metrics_textfile_to_a_mounted_volume():
+    batch = SERVICES["batch"]
+    path = Path(batch["environment"]["BOOKREC_METRICS_TEXTFILE"])
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in batch["volumes"]}
+    assert str(path.parent) in mounts and mounts[str(path.parent)] in COMPOSE["volumes"]
+    # a fresh named volume takes the ownership of the image's directory: the bookrec user's
+    assert re.search(rf"mkdir -p [^&]*{re.escape(str(path.parent))}\b.*chown bookrec [^&]*{re.escape(str(path.parent))}\b",
+                     " ".join(lines_of("batch")))
+
+
+def test_the_cron_line_in_the_docs_does_not_overlap_runs():
+    cron_lines = [line for line in GUIDE.splitlines() if re.match(r"^[\d*/,-]+ [\d*/,-]+ [\d*/,-]+ [\d*/,-]+ [\d*/,-]+ ", line)]
+    assert cron_lines
+    for line in cron_lines:
+        assert "flock -n" in line and line.index("flock") < line.index("docker compose run")

@@ -347,6 +347,8 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def assert_quoted(printed: str) -> None:
+    # Log records (JSON lines off a terminal) come before the message; the guide quotes the message.
+    printed = "\n".join(x for x in printed.splitlines() if not x.startswith('{"time"'))
     line = " ".join(printed.split())  # as one line, however the terminal wrapped it
     assert line, "the command printed nothing"
     assert normalise(line) in normalise(GUIDE), f"the guide does not quote what the system prints:\n{line}"

@@ -259,7 +259,7 @@ class SearchIndex:
         """Rows whose title reads like `title` (a cold start's typed title), best first.
 
         The rule of the search, bounded: a row needs idf-weighted word coverage >= `min_coverage`
-        (typos matched against the vocabulary, no prefixes: a typed title is complete) and a
+        (typos and prefixes matched against the vocabulary, as in the search) and a
         WRatio of its title alone >= `min_ratio`. At most MAX_TITLE_WORDS words are looked up,
         coverage is summed into one array (no per-word arrays), a title whose known words cannot
         reach the coverage stops before touching the catalogue, and only the TITLE_CANDIDATES best
@@ -272,7 +272,10 @@ class SearchIndex:
         looked_up: list[tuple[float, dict[int, float]]] = []
         weight_sum = 0.0
         reachable = 0.0
-        for matches in self._word_matches([(t, False) for t in tokens]):
+        # Prefixes as in the search box: a typed 'and' then meets 'andrew' rather than counting as
+        # the rarest possible word, which would sink titles that write '&'.
+        prefixes = [(t, len(t) >= (2 if n == len(tokens) - 1 else 3)) for n, t in enumerate(tokens)]
+        for matches in self._word_matches(prefixes):
             if not matches:
                 weight_sum += math.log(self.n_docs + 1) + 1.0
                 continue
