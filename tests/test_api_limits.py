@@ -115,6 +115,8 @@ def test_a_head_dripped_byte_by_byte_is_cut_at_the_deadline_not_kept_alive_by_ea
     received = b""
     try:
         for byte in head:
+            if time.monotonic() - started > 10:
+                break
             try:
                 sock.sendall(bytes([byte]))
             except OSError:
@@ -129,8 +131,6 @@ def test_a_head_dripped_byte_by_byte_is_cut_at_the_deadline_not_kept_alive_by_ea
             received += chunk
             if not chunk:
                 closed_after = time.monotonic() - started
-                break
-            if time.monotonic() - started > 10:
                 break
     finally:
         sock.close()
@@ -258,3 +258,90 @@ def test_ordinary_requests_still_work_on_one_keep_alive_connection(api):
         time.sleep(HEADER_TIMEOUT * 0.6)
         sock.sendall(b"Host: x\r\n\r\n")
         assert responses.next()[0] == 200
+
+
+# --- nginx in front (deploy/nginx.conf, as the frontend image runs it) ------------------------------
+
+NGINX_HEADER_TIMEOUT = 10.0  # client_header_timeout in deploy/nginx.conf
+
+
+def _nginx_config(tmp_path, api_port: int, port: int) -> tuple[str, str]:
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    site = (repo / "deploy" / "nginx.conf").read_text()
+    site = site.replace("listen 3000;", f"listen 127.0.0.1:{port};")
+    assert "http://api:8000" in site
+    site = site.replace("http://api:8000", f"http://127.0.0.1:{api_port}")
+    site = re.sub(r"root [^;]+;", f"root {repo / 'src' / 'bookrec' / 'web' / 'static'};", site)
+    (tmp_path / "site.conf").write_text(site)
+    temp = {name: tmp_path / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    main = (
+        f"daemon off; master_process off; pid {tmp_path / 'nginx.pid'}; error_log {tmp_path / 'error.log'} warn;\n"
+        "events { worker_connections 512; }\n"
+        "http {\n  access_log off;\n"
+        + "".join(f"  {name}_temp_path {path};\n" for name, path in
+                  [("client_body", temp["body"]), *[(n, temp[n]) for n in ("proxy", "fastcgi", "uwsgi", "scgi")]])
+        + f"  include {tmp_path / 'site.conf'};\n}}\n"
+    )
+    (tmp_path / "nginx.conf").write_text(main)
+    return str(tmp_path / "nginx.conf"), site
+
+
+def test_nginx_in_front_applies_the_same_limits(api, tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.support.redis_server import free_port
+
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    port = free_port()
+    config, _ = _nginx_config(tmp_path, api.port, port)
+    process = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", config], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+
+        def request(raw: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                sock.sendall(raw)
+                return _read_until_closed(sock)[0]
+
+        proxied = request(b"GET /api/recommend/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % api.fixture.user_ids[0])
+        assert _status(proxied) == 200 and b'"recommendations"' in proxied
+        assert _status(request(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")) in (400, 431)
+        body = b"{" + b" " * 100_000 + b"}"
+        assert _status(request(b"POST /api/recommend/cold-start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n" % len(body) + body)) == 413
+
+        # A silent connection and an unfinished head, side by side: both closed at nginx's deadline.
+        silent = socket.create_connection(("127.0.0.1", port), timeout=NGINX_HEADER_TIMEOUT + 10)
+        partial = socket.create_connection(("127.0.0.1", port), timeout=NGINX_HEADER_TIMEOUT + 10)
+        partial.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Partial: ")
+        results: dict[str, tuple[bytes, float]] = {}
+        threads = [threading.Thread(target=lambda n=n, s=s: results.__setitem__(n, _read_until_closed(s)))
+                   for n, s in (("silent", silent), ("partial", partial))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        silent.close()
+        partial.close()
+        for name in ("silent", "partial"):
+            data, seconds = results[name]
+            assert seconds < NGINX_HEADER_TIMEOUT + SLACK + 1, f"{name}: held {seconds:.1f} s"
+            assert data == b"" or _status(data) == 408, f"{name}: {data[:100]!r}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -491,3 +491,31 @@ def test_the_cron_line_in_the_docs_does_not_overlap_runs():
     assert cron_lines
     for line in cron_lines:
         assert "flock -n" in line and line.index("flock") < line.index("docker compose run")
+
+
+def test_nginx_bounds_requests_like_the_api_server():
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+
+    def directive(name: str) -> str:
+        found = re.findall(rf"^\s*{name}\s+([^;]+);", nginx, flags=re.M)
+        assert len(found) == 1, f"{name}: {found}"
+        return found[0]
+
+    def seconds(text: str) -> float:
+        assert text.endswith("s"), text
+        return float(text[:-1])
+
+    def size(text: str) -> int:
+        return int(text[:-1]) * 1024 if text.endswith("k") else int(text)
+
+    default = {name: field.default for name, field in Settings.model_fields.items()}
+    assert seconds(directive("client_header_timeout")) == default["api_header_timeout_seconds"]
+    assert seconds(directive("client_body_timeout")) == default["api_body_timeout_seconds"]
+    assert seconds(directive("keepalive_timeout")) == default["api_keepalive_timeout_seconds"]
+    assert seconds(directive("send_timeout")) > 0
+    count, each = directive("large_client_header_buffers").split()
+    assert int(count) * size(each) == default["api_max_header_bytes"]
+    assert size(directive("client_max_body_size")) == default["max_request_bytes"]
+    # The API port is published too: it must be the bounded server, not a bare uvicorn.
+    assert SERVICES["api"]["command"][:2] == ["bookrec", "serve"]
+    assert "uvicorn" not in " ".join(SERVICES["api"]["command"])

@@ -161,3 +161,22 @@ def faults(
     from bookrec.bench.faults import bench_faults
 
     bench_faults(list(fault), duration, connections, users, users, workdir, as_json)
+
+
+@app.command("slowclients")
+def slowclients(
+    server: list[str] = typer.Option(["bounded", "plain"], "--server", help="bounded (`bookrec serve`) and/or plain (uvicorn's own httptools protocol); repeat the option"),
+    users: int = typer.Option(20_000, "--users", min=100, help="Readers published (books: the same number)"),
+    duration: int = typer.Option(15, "--duration", min=1, help="Seconds of wrk GET /recommend load, unloaded and attacked"),
+    connections: int = typer.Option(16, "--connections", min=1, help="wrk connections (as `bookrec bench api`)"),
+    slow: int = typer.Option(2000, "--slow", min=0, help="Slow connections held (silent, dripped head, dripped body)"),
+    big: int = typer.Option(10, "--big", min=0, help="Connections sending an oversized header"),
+    big_mb: int = typer.Option(10, "--big-mb", min=1, help="Size of each oversized header (MB)"),
+    rounds: int = typer.Option(4, "--rounds", min=1, help="Unloaded wrk runs per server, alternating between the servers"),
+    workdir: Path = typer.Option(None, "--workdir", help="Keep server logs here (default: a temporary directory)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+) -> None:
+    """Slow and oversized clients against the API: RSS against rest, GET /recommend p99 against unloaded, and the connection limits' cost in throughput."""
+    from bookrec.bench.slowclients import bench_slowclients
+
+    bench_slowclients(list(server), users, duration, connections, slow, big, big_mb, rounds=rounds, workdir=workdir, as_json=as_json)
