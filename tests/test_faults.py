@@ -157,7 +157,8 @@ def test_corrupt_redis_entries_are_503_counted_and_logged_once(own_redis, live_s
     counted = sum(float(m) for m in re.findall(r'^bookrec_store_corrupt_total\{route="[^"]+"\} (\S+)', metrics, re.M))
     assert counted == 76
     time.sleep(API_SETTINGS["fault_log_interval_seconds"] + 0.5)
-    lines = [ln for ln in api.log().splitlines() if ln.startswith("store corrupt")]
+    messages = [orjson.loads(ln)["message"] for ln in api.log().splitlines() if ln.startswith('{"time"')]
+    lines = [m for m in messages if m.startswith("store corrupt")]  # the server logs JSON lines to a file
     assert len(lines) == 2, lines  # the first at once, then one with the count of the other 75
     assert "75 more" in lines[1]
     assert "Traceback" not in api.log()

@@ -51,6 +51,18 @@ FAULTS = ("redis-kill", "redis-stop", "redis-restart", "sqlite-delete", "sqlite-
 RECOVERY_TARGET_SECONDS = 5.0
 
 
+def _terminate(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 20 s; returns once the process is gone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 # --- the load ------------------------------------------------------------------------------------
 
 
@@ -285,12 +297,7 @@ class RedisProcess:
     def stop(self) -> None:
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            _terminate(self.process)
             self.process = None
 
 
@@ -370,13 +377,7 @@ class ApiProcess:
         raise RuntimeError(f"the API did not serve version {version} within {timeout} s; log: {self.log_path}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process)
         self._log.close()
 
 
