@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Every bookrec image, one target per service: api, batch, optimizer (Python) and frontend (nginx).
+# Every bookrec image, one target per service: api, batch, optimizer, jupyter (Python) and frontend (nginx).
 # `docker compose build` builds them all; one by hand:
 #   docker build -f Dockerfile --target api -t bookrec-api .
 #
@@ -52,6 +52,22 @@ CMD ["bookrec", "batch"]
 
 FROM app AS optimizer
 CMD ["bookrec", "optimize"]
+
+# Development mode: JupyterLab on 8888 over bookrec; Compose mounts ./notebooks in its folder.
+# The notebook extra is not in requirements.lock (the services do not run it), so it resolves here,
+# constrained by the lock so that bookrec's own dependencies stay at their locked versions. The
+# hashes are stripped because pip refuses hashed requirements beside a local directory.
+FROM app AS jupyter
+USER root
+RUN sed '/--hash/d; s/ \\$//' /app/requirements.lock > /tmp/constraints.txt \
+    && pip install --no-build-isolation -c /tmp/constraints.txt "/app[notebook]" && pip check \
+    && rm -rf /tmp/constraints.txt /app/build \
+    && mkdir -p /home/bookrec/notebooks && chown bookrec /home/bookrec/notebooks
+USER bookrec
+WORKDIR /home/bookrec/notebooks
+EXPOSE 8888
+# Jupyter reads its token from JUPYTER_TOKEN; unset or empty, it makes a random one and logs it.
+CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser"]
 
 # nginx serving the static page and proxying the API under /api/, as user 101 (nginx), not root.
 # It listens on 3000 inside, a port an unprivileged user may bind.

@@ -56,8 +56,8 @@ def bookrec_help(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_compose_has_the_five_services():
-    assert set(SERVICES) == {"dragonfly", "api", "frontend", "batch", "optimizer"}
+def test_compose_has_the_six_services():
+    assert set(SERVICES) == {"dragonfly", "api", "frontend", "batch", "optimizer", "jupyter"}
     assert SERVICES["dragonfly"]["image"].startswith("docker.dragonflydb.io/dragonflydb/dragonfly")
 
 
@@ -82,7 +82,8 @@ def test_service_environment_is_read_by_settings(service):
 def test_on_demand_services_carry_profiles():
     assert SERVICES["batch"]["profiles"] == ["batch"]
     assert SERVICES["optimizer"]["profiles"] == ["optimizer"]
-    for service in ("api", "frontend", "dragonfly"):
+    # jupyter too: the spec's development mode starts it with plain `docker compose up -d`.
+    for service in ("api", "frontend", "dragonfly", "jupyter"):
         assert "profiles" not in SERVICES[service]
 
 
@@ -163,7 +164,7 @@ def lines_of(name: str) -> list[str]:
 
 
 def test_compose_builds_every_image_from_the_dockerfile_targets():
-    for service in ["api", "batch", "optimizer", "frontend"]:
+    for service in ["api", "batch", "optimizer", "frontend", "jupyter"]:
         build = SERVICES[service]["build"]
         assert build["context"] == "."
         assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
@@ -194,6 +195,27 @@ def test_python_targets_run_real_commands_as_a_user(target):
     # The kernels are compiled at build time with a real command, as root, before dropping to the user.
     assert "RUN bookrec warmup" in " ".join(lines)
     assert bookrec_help(["bookrec", "warmup"]).returncode == 0
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+
+
+def test_jupyter_serves_the_notebooks_with_a_token_as_a_user():
+    jupyter = SERVICES["jupyter"]
+    assert "8888:8888" in jupyter["ports"]
+    assert jupyter["environment"]["JUPYTER_TOKEN"].startswith("${JUPYTER_TOKEN")
+    lines = lines_of("jupyter")
+    assert stage_chain("jupyter")[:2] == ["deps", "app"], "bookrec from the locked dependencies"
+    workdir = [line.split()[1] for line in lines if line.startswith("WORKDIR ")][-1]
+    assert f"./notebooks:{workdir}" in jupyter["volumes"]
+    assert (ROOT / "notebooks" / "quickstart.ipynb").exists()
+    command = yaml.safe_load([line for line in lines if line.startswith("CMD ")][-1][len("CMD "):])
+    assert command[:2] == ["jupyter", "lab"] and "--port=8888" in command and "--ip=0.0.0.0" in command
+    # Nothing may switch the token off: an empty token means no login on a published port.
+    assert not [word for word in command if "token" in word.lower() or "password" in word.lower()]
+    assert "token" not in " ".join(map(str, jupyter.get("command", []))).lower()
+    install = next(line for line in lines if "[notebook]" in line)
+    assert "requirements.lock" in install and "pip check" in install
+    assert "notebook" in PYPROJECT["project"]["optional-dependencies"]
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in {"root", "0"}
 
