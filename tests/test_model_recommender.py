@@ -40,6 +40,18 @@ def test_clone_and_params_round_trip():
         model.set_params(not_a_parameter=1)
 
 
+def test_every_estimator_clones_with_its_parameters():
+    from sklearn.base import clone
+
+    from bookrec.model import BPMF
+    from bookrec.model.relevance import ItemRelevance
+
+    for model in (BPMF(rating_range=(0.5, 5), n_factors=3, balance_move=False), BPMF(), ItemRelevance(l2=50.0)):
+        copy = clone(model)
+        assert copy is not model and type(copy) is type(model)
+        assert copy.get_params() == model.get_params()
+
+
 def test_liked_threshold_is_the_top_30_percent_of_the_scale():
     assert Recommender(rating_range=(1, 10)).liked_threshold == pytest.approx(7.3)
     assert Recommender(rating_range=(0.5, 5)).liked_threshold == pytest.approx(3.65)

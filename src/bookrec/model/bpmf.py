@@ -92,7 +92,7 @@ class BPMF(ParamsMixin):
         self.thin = thin
         self.max_kept_samples = max_kept_samples
         self.seed = seed
-        self.rating_range = (float(rating_range[0]), float(rating_range[1]))
+        self.rating_range = rating_range  # as given: scikit-learn's clone checks parameters by identity
         self.warm_start = warm_start
         self.beta0 = beta0
         self.w0_scale = w0_scale
