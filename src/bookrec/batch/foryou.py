@@ -111,11 +111,6 @@ class ForYouRanker:
         self.work_to_core = np.full(n_works, -1, dtype=np.int64)
         self.work_to_core[core_works] = np.arange(len(core_works))
 
-    def has_history(self, users: np.ndarray) -> np.ndarray:
-        """Readers with at least one interaction on a relevance candidate."""
-        h = self.relevance.local_history(self.interactions.seen[users])
-        return np.diff(h.indptr) > 0
-
     def rank(self, users: np.ndarray, tier: str, draws: np.ndarray | None = None,
              rated: sp.csr_matrix | None = None, mode: str = "for_you",
              rng: np.random.Generator | None = None) -> ForYouBlock:

@@ -47,20 +47,10 @@ from typing import Any
 
 import httpx
 
+from bookrec.bench.resources import stop_process
+
 FAULTS = ("redis-kill", "redis-stop", "redis-restart", "sqlite-delete", "sqlite-replace", "sqlite-corrupt")
 RECOVERY_TARGET_SECONDS = 5.0
-
-
-def _terminate(process: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after 20 s; returns once the process is gone."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # --- the load ------------------------------------------------------------------------------------
@@ -297,7 +287,7 @@ class RedisProcess:
     def stop(self) -> None:
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-            _terminate(self.process)
+            stop_process(self.process)
             self.process = None
 
 
@@ -377,7 +367,7 @@ class ApiProcess:
         raise RuntimeError(f"the API did not serve version {version} within {timeout} s; log: {self.log_path}")
 
     def stop(self) -> None:
-        _terminate(self.process)
+        stop_process(self.process)
         self._log.close()
 
 

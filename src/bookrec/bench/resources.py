@@ -53,6 +53,18 @@ class Measured:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 20 s; returns once the process is gone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def tree_rss(proc: psutil.Process, proportional: bool = False) -> int:
     """Resident bytes of a process and all its descendants (0 once it is gone).
 
@@ -265,12 +277,7 @@ def measure_api(store_url: str, workers: int, duration: int, connections: int, w
                 load_note = f"python client: {json.loads(out)['requests']:,} requests (wrk not installed)"
         after, after_pss = tree_rss(tree), tree_rss(tree, proportional=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
     label = f"API, {workers} worker(s) ({n_procs} processes)"
     return [
