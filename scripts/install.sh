@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv with Python 3.11+ and install bookrec into it (extras given as arguments).
+# Create ./.venv with Python 3.11+ and install bookrec into it, from the locked dependency set
+# (extras given as an argument).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,9 +27,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 EXTRAS="${1:-}"
+# The pinned set first (exact versions, checked hashes), then bookrec itself on top of it. The test
+# extra has its own lock; any other extra resolves from pyproject.toml's floors.
+LOCK=requirements.lock
+if [ "$EXTRAS" = "test" ]; then LOCK=requirements-test.lock; fi
 .venv/bin/python -m pip install -q --upgrade pip
-if [ -n "$EXTRAS" ]; then
+.venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
+if [ -n "$EXTRAS" ] && [ "$EXTRAS" != "test" ]; then
     .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
 else
-    .venv/bin/python -m pip install -q -e .
+    .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 fi

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Regenerate requirements.lock, the exact dependency set the Docker images install: the runtime
-# dependencies of pyproject.toml, the `postgres` extra (shared Optuna studies) and the build
-# backend, for the images' Python (python:3.11.14-slim-bookworm) on Linux, with the hashes of every
-# file PyPI has for each pinned version (so the same lock installs on amd64 and arm64).
+# Regenerate the two exact dependency sets, with the hashes of every file PyPI has for each pinned
+# version (so the same lock installs on amd64 and arm64), for Python 3.11 on Linux:
+#   requirements.lock       what the Docker images install: the runtime dependencies of
+#                           pyproject.toml, the `postgres` extra (shared Optuna studies) and the
+#                           build backend;
+#   requirements-test.lock  what scripts/install.sh installs, for the quick start and CI: the same
+#                           plus the `test` and `bench` extras.
 # `pip install .` is unaffected: pyproject.toml keeps floors only.
 #   bash scripts/lock.sh            # re-resolve at the newest versions allowed by the floors
-#   bash scripts/lock.sh --check    # fail if requirements.lock is not what the inputs resolve to
+#   bash scripts/lock.sh --check    # fail if a lock is not what the inputs resolve to
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,19 +19,30 @@ fi
 
 compile() {
     .venv/bin/uv pip compile pyproject.toml deploy/build-requirements.in \
-        --extra postgres \
         --python-version 3.11.14 --python-platform linux \
         --generate-hashes --quiet \
         --custom-compile-command "bash scripts/lock.sh" \
         "$@"
 }
+declare -A EXTRAS=(
+    [requirements.lock]="--extra postgres"
+    [requirements-test.lock]="--extra postgres --extra test --extra bench"
+)
 
-if [ "${1:-}" = "--check" ]; then
-    # Keep the current pins (uv prefers the versions already in the output file) and compare.
-    tmp="$(mktemp)"; trap 'rm -f "$tmp"' EXIT
-    cp requirements.lock "$tmp"
-    compile --output-file "$tmp"
-    diff -u requirements.lock "$tmp" && echo "requirements.lock is up to date"
-else
-    compile --upgrade --output-file requirements.lock
-fi
+status=0
+for lock in requirements.lock requirements-test.lock; do
+    # shellcheck disable=SC2086  # the extras are separate words
+    if [ "${1:-}" = "--check" ]; then
+        # Keep the current pins (uv prefers the versions already in the output file) and compare.
+        tmp="$(mktemp)"
+        cp "$lock" "$tmp"
+        compile ${EXTRAS[$lock]} --output-file "$tmp"
+        if diff -u "$lock" "$tmp"; then echo "$lock is up to date"; else status=1; fi
+        rm -f "$tmp"
+    else
+        # The test set starts from the runtime pins, so both locks agree on every shared package.
+        if [ "$lock" = requirements-test.lock ]; then cp requirements.lock "$lock"; upgrade=(); else upgrade=(--upgrade); fi
+        compile ${EXTRAS[$lock]} "${upgrade[@]}" --output-file "$lock"
+    fi
+done
+exit $status

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real redis-server per test session, synthetic data sets built once."""
+"""Shared fixtures: one real redis-server for the whole test run, synthetic data sets built once."""
 
 from __future__ import annotations
 
@@ -16,6 +16,6 @@ def redis_server():
 
 @pytest.fixture()
 def redis_url(redis_server):
-    """A clean database on the session's redis-server."""
+    """A clean database on the test run's redis-server."""
     redis_server.flush()
     return redis_server.url

@@ -18,12 +18,17 @@ import pytest
 
 from bookrec.api.main import create_app
 from bookrec.config import Settings
+from bookrec.contracts.payloads import P_LIKED_DIGITS, RATING_DECIMALS
 from scipy.special import ndtr
 
 from bookrec.model.foldin import fold_in_components, fold_in_from_arrays, rank_items_for_fold_in
 from bookrec.store import open_store
 from tests.support.asgi import serving
 from tests.support.publish import _catalog_parquet, publish_fixture
+
+# How far a served figure may be from the exact one: the payload contract's rounding.
+RATING_ABS = 0.5 * 10.0**-RATING_DECIMALS + 1e-9
+P_LIKED_REL = 0.5 * 10.0 ** (1 - P_LIKED_DIGITS)
 
 N_USERS, N_BOOKS, TOP_N = 120, 60, 20
 
@@ -385,13 +390,13 @@ async def test_cold_start_from_books_without_relevance_folds_in_with_the_serving
     top, mean, lower, upper = rank_items_for_fold_in(arrays, fold, n=6, exclude=items, level=0.9)
     recs = body["recommendations"]
     assert [x["work_key"] for x in recs] == [keys[i] for i in top]
-    assert np.allclose([x["predicted_rating"] for x in recs], mean, atol=1e-3)
-    assert np.allclose([x["confidence_interval"] for x in recs], np.c_[lower, upper], atol=1e-3)
+    assert np.allclose([x["predicted_rating"] for x in recs], mean, rtol=0, atol=RATING_ABS)
+    assert np.allclose([x["confidence_interval"] for x in recs], np.c_[lower, upper], rtol=0, atol=RATING_ABS)
     assert not {by_isbn["work_key"], by_title["work_key"]} & {x["work_key"] for x in recs}
     # P(liked) of each: the mixture mean of the per-sample normal tails above the liked threshold.
     means, sds = fold_in_components(arrays, fold, top)
     p_liked = ndtr((means - float(fx.relevance["liked_threshold"])) / sds).mean(axis=1)
-    assert np.allclose([x["p_liked"] for x in recs], p_liked, atol=1e-4)
+    assert np.allclose([x["p_liked"] for x in recs], p_liked, rtol=P_LIKED_REL, atol=0)
 
 
 async def test_cold_start_rank_by_lower_matches_the_model(client, world):
@@ -407,7 +412,7 @@ async def test_cold_start_rank_by_lower_matches_the_model(client, world):
     top, _, lower, _ = rank_items_for_fold_in(arrays, fold, n=8, exclude=items, rank_by="lower", level=0.9)
     assert [x["work_key"] for x in body["recommendations"]] == [keys[i] for i in top]
     lowers = [x["confidence_interval"][0] for x in body["recommendations"]]
-    assert lowers == sorted(lowers, reverse=True) and np.allclose(lowers, lower, atol=1e-3)
+    assert lowers == sorted(lowers, reverse=True) and np.allclose(lowers, lower, rtol=0, atol=RATING_ABS)
 
 
 async def test_cold_start_empty_is_422_as_the_schema_says(client):

@@ -1,4 +1,4 @@
-"""Hostile and odd requests (issue #20), in-process against real stores holding a published fixture:
+"""Hostile and odd requests, in-process against real stores holding a published fixture:
 big and non-numeric ids, HEAD, the page's security headers and relative redirect, local API docs,
 per-client rate limits, bounded fuzzy title matching, ISBN-13 lookups, and what /stats reveals.
 """
@@ -192,6 +192,47 @@ async def test_search_and_cold_start_answer_429_with_retry_after_beyond_the_limi
             assert (await two.post("/recommend/cold-start", json=body)).status_code == 200
 
 
+SMALL_BOUNDS = {"max_top_k": 3, "max_page_size": 4, "max_random_users": 2, "max_search_results": 5,
+                "max_cold_start_ratings": 2}
+
+
+async def test_bounds_set_in_the_settings_are_checked_and_documented(world):
+    """The routes are shared by every app: each app checks and documents the bounds of its own settings."""
+    isbn = _in_model(world["fx"])[0]["isbn"]
+    user = world["fx"].user_ids[0]
+    over = [
+        ("GET", f"/recommend/{user}?top_k=4", None, "top_k: Input should be less than or equal to 3"),
+        ("GET", "/users?limit=5&random=3", None,
+         "limit: Input should be less than or equal to 4; random: Input should be less than or equal to 2"),
+        ("GET", "/books?limit=5", None, "limit: Input should be less than or equal to 4"),
+        ("GET", "/books/search?q=garden&limit=6", None, "limit: Input should be less than or equal to 5"),
+        ("POST", "/books/search", {"query": "garden", "limit": 6}, "limit: Input should be less than or equal to 5"),
+        ("GET", f"/books/{isbn}/similar?n=4", None, "n: Input should be less than or equal to 3"),
+        ("POST", "/recommend/cold-start", {"ratings": [{"isbn": isbn}] * 3, "top_k": 4},
+         "ratings: List should have at most 2 items after validation, not 3; "
+         "top_k: Input should be less than or equal to 3"),
+    ]
+    async with serving(world["url"], **SMALL_BOUNDS) as small:
+        for method, path, body, detail in over:
+            r = await small.request(method, path, json=body)
+            assert (r.status_code, r.json()["detail"]) == (422, detail), path
+            at_most = path.replace("top_k=4", "top_k=3").replace("limit=5", "limit=4").replace("random=3", "random=2")
+            at_most = at_most.replace("limit=6", "limit=5").replace("n=4", "n=3")
+            if body is None:
+                assert (await small.request(method, at_most)).status_code == 200, at_most
+    spec = create_app(Settings(store_url="sqlite:///unused.sqlite3", **SMALL_BOUNDS)).openapi()
+    params = {(path, p["name"]): p["schema"] for path, item in spec["paths"].items()
+              for op in item.values() for p in op.get("parameters", [])}
+    assert params[("/recommend/{user_id}", "top_k")]["maximum"] == params[("/books/{isbn}/similar", "n")]["maximum"] == 3
+    assert params[("/users", "limit")]["maximum"] == params[("/books", "limit")]["maximum"] == 4
+    assert params[("/users", "random")]["anyOf"][0]["maximum"] == 2
+    assert params[("/books/search", "limit")]["maximum"] == 5
+    bodies = spec["components"]["schemas"]
+    assert bodies["ColdStartRequest"]["properties"]["ratings"]["maxItems"] == 2
+    assert bodies["ColdStartRequest"]["properties"]["top_k"]["maximum"] == 3
+    assert bodies["SearchRequest"]["properties"]["limit"]["maximum"] == 5
+
+
 def test_the_rate_limiter_refills_and_keeps_a_bounded_table():
     limiter = RateLimiter(per_minute=60, burst=2, max_clients=100, what="test")
     assert [limiter.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, pytest.approx(1.0)]
@@ -246,7 +287,7 @@ async def test_typed_titles_with_a_typo_are_still_matched(client, world):
 
 
 async def test_title_matching_stops_at_its_budget_but_exact_titles_still_match(world):
-    from bookrec.api.routes.recommend import _resolve
+    from bookrec.api.services import resolve_book
     from bookrec.api.schemas import RatingIn
 
     work = _in_model(world["fx"])[0]
@@ -254,12 +295,12 @@ async def test_title_matching_stops_at_its_budget_but_exact_titles_still_match(w
     async with app.router.lifespan_context(app):
         bundle = await app.state.api.versions.bundle()
     spent = TitleBudget(0.0)
-    read, entry = _resolve(bundle, RatingIn(title=work["title"], rating=8), spent)
+    read, entry = resolve_book(bundle, RatingIn(title=work["title"], rating=8), spent)
     assert read is not None and entry["work_key"] == work["work_key"]
-    read, entry = _resolve(bundle, RatingIn(title=work["title"].lower() + "x", rating=8), spent)
+    read, entry = resolve_book(bundle, RatingIn(title=work["title"].lower() + "x", rating=8), spent)
     assert read is None and "too many titles" in entry["reason"]
     # With time left, the same typo matches.
-    read, entry = _resolve(bundle, RatingIn(title=work["title"].lower() + "x", rating=8), TitleBudget(1.0))
+    read, entry = resolve_book(bundle, RatingIn(title=work["title"].lower() + "x", rating=8), TitleBudget(1.0))
     assert read is not None and entry["work_key"] == work["work_key"]
 
 

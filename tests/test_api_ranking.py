@@ -18,11 +18,17 @@ import orjson
 import pytest
 from scipy.special import ndtr
 
+from bookrec.contracts.payloads import P_LIKED_DIGITS, RATING_DECIMALS, SCORE_DIGITS
 from bookrec.model import kernels
 from bookrec.model.foldin import fold_in_components, fold_in_from_arrays
 from bookrec.store import open_store
 from tests.support.asgi import serving
 from tests.support.publish import _catalog_parquet, publish_fixture
+
+# How far a served figure may be from the exact one: the payload contract's rounding.
+RATING_ABS = 0.5 * 10.0**-RATING_DECIMALS + 1e-9
+SCORE_REL = 0.5 * 10.0 ** (1 - SCORE_DIGITS)
+P_LIKED_REL = 0.5 * 10.0 ** (1 - P_LIKED_DIGITS)
 
 N_USERS, N_BOOKS, TOP_N = 80, 60, 20
 Z90 = 1.6448536269514722
@@ -248,14 +254,14 @@ async def test_cold_start_from_unrated_books_ranks_relevance_with_reasons(client
     read_isbns = {w["isbn"] for w in read}
     for x in recs:
         score, relevance, sd, p, j, because = expected[x["work_key"]]
-        assert x["score"] == pytest.approx(score, rel=1e-5, abs=1e-8)
-        assert x["relevance"] == pytest.approx(relevance, abs=2e-6)
-        assert x["relevance_sd"] == pytest.approx(sd, abs=2e-6)
-        assert x["p_liked"] == pytest.approx(p, abs=1e-4)
+        assert x["score"] == pytest.approx(score, rel=SCORE_REL, abs=1e-12)
+        assert x["relevance"] == pytest.approx(relevance, rel=SCORE_REL)
+        assert x["relevance_sd"] == pytest.approx(sd, rel=SCORE_REL)
+        assert x["p_liked"] == pytest.approx(p, rel=P_LIKED_REL)
         m = float(np.clip(rel.fmean[j], 1, 10))
-        assert x["predicted_rating"] == pytest.approx(m, abs=1e-3)
+        assert x["predicted_rating"] == pytest.approx(m, abs=RATING_ABS)
         lo, hi = np.clip([rel.fmean[j] - Z90 * rel.fsd[j], rel.fmean[j] + Z90 * rel.fsd[j]], 1, 10)
-        assert x["confidence_interval"] == pytest.approx([lo, hi], abs=1e-3)
+        assert x["confidence_interval"] == pytest.approx([lo, hi], abs=RATING_ABS)
         assert x["basis"] == "similar_reading"
         # The reason names the read book with the largest weight towards this one.
         assert x["reason"]["kind"] == "because_you_read" and x["reason"]["isbn"] in read_isbns
@@ -287,15 +293,16 @@ async def test_cold_start_with_a_rated_book_folds_it_in_for_the_model_books(clie
             seen["model"] += 1
             means, sds = fold_in_components(arrays, fold, np.array([keys.index(x["work_key"])]))
             q = kernels.mixture_quantiles_ser(means, sds, np.array([0.05, 0.95]))
-            assert x["predicted_rating"] == pytest.approx(float(np.clip(means.mean(), 1, 10)), abs=1e-3)
-            assert x["confidence_interval"] == pytest.approx(np.clip(q[0], 1, 10).tolist(), abs=1e-3)
+            assert x["predicted_rating"] == pytest.approx(float(np.clip(means.mean(), 1, 10)), abs=RATING_ABS)
+            assert x["confidence_interval"] == pytest.approx(np.clip(q[0], 1, 10).tolist(), abs=RATING_ABS)
             p = ndtr((means - rel.threshold) / sds).mean()
         else:
             seen["fallback"] += 1
-            assert x["predicted_rating"] == pytest.approx(float(np.clip(rel.fmean[j], 1, 10)), abs=1e-3)
+            assert x["predicted_rating"] == pytest.approx(float(np.clip(rel.fmean[j], 1, 10)), abs=RATING_ABS)
             p = ndtr((rel.fmean[j] - rel.threshold) / rel.fsd[j])
-        assert x["p_liked"] == pytest.approx(p, abs=1e-4)
-        assert x["score"] == pytest.approx(x["relevance"] * x["p_liked"] ** rel.like_weight, rel=1e-3)
+        assert x["p_liked"] == pytest.approx(p, rel=P_LIKED_REL)
+        assert x["score"] == pytest.approx(x["relevance"] * x["p_liked"] ** rel.like_weight,
+                                             rel=2 * SCORE_REL + rel.like_weight * P_LIKED_REL)
         assert x["basis"] == "folded_in"
     assert seen["model"] and seen["fallback"], seen
     # for_you: positive-relevance candidates by score, then the popularity fill.
@@ -452,7 +459,7 @@ async def test_without_a_usable_relevance_blob_cold_start_and_similar_fall_back(
         body = r.json()
         assert body["basis"] == "folded_in" and "relevance model" in body["note"]
         recs = body["recommendations"]
-        assert len(recs) == 5 and all(x["basis"] == "folded_in" and "reason" not in x for x in recs)
+        assert len(recs) == 5 and all(x["basis"] == "folded_in" and x["reason"] is None for x in recs)
         means = [x["predicted_rating"] for x in recs]
         assert means == sorted(means, reverse=True)
         # Read, not rated: nothing to use without relevance.

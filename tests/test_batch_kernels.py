@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bookrec.batch import pipeline as P
-from bookrec.batch.foldin_batch import BatchFoldIn
-from bookrec.batch.presets import resolve_parameters
-from bookrec.model.kernels.topn import mixture_quantiles_fast, topn_dense
-from bookrec.model import kernels
 from scipy.stats import norm
+
+from bookrec.batch import pipeline as P
+from bookrec.batch.presets import resolve_parameters
 from bookrec.config import Settings
 from bookrec.data.synth import generate
+from bookrec.model import kernels
 from bookrec.model.foldin import fold_in_from_arrays, predict_fold_in
+from bookrec.model.similar import similar_items, unit_factors
 
 N = 10
 
@@ -96,19 +96,44 @@ def test_compiled_top_n_equals_sorting():
     rng = np.random.default_rng(1)
     scores = rng.integers(0, 50, size=(200, 300)).astype(np.float64)  # many ties
     excl = sp.random(200, 300, density=0.1, random_state=2, format="csr")
-    idx, val = topn_dense(scores, excl.indptr.astype(np.int64), excl.indices.astype(np.int64), 7)
+    idx, val = kernels.top_n_rows(scores, excl.indptr.astype(np.int64), excl.indices.astype(np.int64), 7)
     for r in range(200):
         allowed = np.setdiff1d(np.arange(300), excl[r].indices)
         ref = allowed[np.lexsort((allowed, -scores[r, allowed]))][:7]
         assert list(idx[r]) == list(ref)
+        mask = np.zeros(300, dtype=bool)
+        mask[excl[r].indices] = True
+        assert list(kernels.top_n(scores[r], 7, mask)) == list(ref)
+    kept = sp.random(200, 300, density=0.2, random_state=3, format="csr")
+    kept.data = np.round(kept.data * 10).astype(np.float32)  # ties again
+    ptr, cols, vals = kernels.top_n_csr(kept.indptr.astype(np.int64), kept.indices.astype(np.int32), kept.data, 5)
+    for r in range(200):
+        row_cols, row_vals = kept[r].indices, kept[r].data
+        order = np.lexsort((row_cols, -row_vals))[:5]
+        assert list(cols[ptr[r]:ptr[r + 1]]) == list(row_cols[order])
 
 
-def test_fast_mixture_quantiles_equal_the_model_kernel():
+def test_quantiles_from_the_moment_matched_start_equal_those_from_the_mean():
     rng = np.random.default_rng(5)
     means = rng.normal(7, rng.uniform(0.01, 2.0, (3000, 1)), (3000, 40))  # narrow to wide spreads
     sds = rng.uniform(0.3, 2.0, (3000, 40))
     means[:5] = 8.0  # degenerate: all components equal
     probs = np.array([0.025, 0.05, 0.5, 0.95, 0.975])
-    fast = mixture_quantiles_fast(means, sds, probs, norm.ppf(probs))
+    fast = kernels.mixture_quantiles(means, sds, probs, norm.ppf(probs))
     ref = kernels.mixture_quantiles(means, sds, probs)
     np.testing.assert_allclose(fast, ref, atol=1e-7)
+
+
+def test_similar_items_are_the_highest_mean_cosines():
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(7, 50, 4))
+    factors[:, 5] = 0.0  # a zero vector: cosine 0 with everything, no division by zero
+    unit = unit_factors(factors)
+    cos = np.einsum("sik,sk->si", unit, unit[:, 3, :])
+    mean, sd = cos.mean(axis=0), cos.std(axis=0)
+    mean[3] = -np.inf
+    ref = np.lexsort((np.arange(50), -mean))[:10]
+    items, got_mean, got_sd = similar_items(unit, 3, 10)
+    assert list(items) == list(ref)
+    np.testing.assert_array_equal(got_mean, mean[ref])
+    np.testing.assert_array_equal(got_sd, sd[ref])

@@ -18,6 +18,8 @@ import pytest
 from bookrec.batch.pipeline import TIERS, iter_recommendations, publish, run_batch
 from bookrec.batch.payloads import PayloadEncoder, book_payloads
 from bookrec.config import Settings
+from bookrec.contracts.payloads import META_KEYS
+from bookrec.contracts.serving import ServingModel
 from bookrec.data.io import load_dataset, write_dataset
 from bookrec.data.synth import generate
 from bookrec.store import open_store
@@ -116,6 +118,7 @@ def test_published_blobs_and_books(two_runs, small_dir):
                     "interval_level", "stage_seconds", "ranking", "relevance"):
             assert key in meta, key
         assert meta["version"] == second.version
+        assert set(META_KEYS) <= set(meta)
         # Only finished stages are published (the publish itself is still running when meta is written).
         assert meta["stage_seconds"] and all(value >= 0 for value in meta["stage_seconds"].values())
         assert meta["coverage_by_tier"] == second.coverage_by_tier
@@ -142,8 +145,7 @@ def test_published_blobs_and_books(two_runs, small_dir):
         assert sum(meta["rating_distribution"].values()) == len(dataset.ratings)
         assert [c["nominal"] for c in meta["calibration"]] == sorted(c["nominal"] for c in meta["calibration"])
 
-        with np.load(io.BytesIO(store.get_blob("serving_model")), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = ServingModel.from_npz(store.get_blob("serving_model")).arrays()
         n_items = meta["dataset"]["core_books"]
         assert arrays["item_factors"].shape[1] == n_items == len(arrays["item_keys"]) == len(arrays["item_isbns"])
         assert set(arrays["item_isbns"]) <= set(dataset.books["isbn"])

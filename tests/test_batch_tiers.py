@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 
 from bookrec.batch import pipeline as P
-from bookrec.batch.foldin_batch import BatchFoldIn
-from bookrec.batch.popularity import popularity_lists, user_segments
 from bookrec.batch.presets import resolve_parameters
 from bookrec.config import Settings
 from bookrec.data.io import Dataset
 from bookrec.data.prep import attach_work_keys, prepare_training
-from bookrec.data.synth import Preset, generate
+from bookrec.data.synth import SynthPreset, generate
+from bookrec.model.foldin import FoldInMany
+from bookrec.model.popularity import popularity_lists, user_segments
 
 N = 10
 Z_REQUIRED = 2.0
@@ -111,7 +111,7 @@ def test_similar_reading_beats_popularity_on_held_out_interactions(tmp_path):
 # A denser synthetic world than `small`: there the factor structure is not learnable from the
 # ratings at all (BPMF's test RMSE equals the bias baseline's), so no method using factors can
 # beat one using biases only. Here BPMF does learn factors, which is what fold-in relies on.
-DENSE = Preset(
+DENSE = SynthPreset(
     "dense", n_users=3000, n_books=800, n_ratings=150_000, n_implicit=60_000, n_authors=300, n_publishers=50,
     active_user_fraction=0.9, activity_sigma=1.0, popularity_sigma=0.8, missing_isbn_share=0.02,
 )
@@ -146,7 +146,7 @@ def test_fold_in_beats_similar_reading_on_held_out_ratings(tmp_path):
     users, works, y = users[ok], works[ok], held["rating"].to_numpy(dtype=np.float64)[ok]
     readers, local = np.unique(users, return_inverse=True)
     rated, _ = P._core_matrices(ctx, readers)  # their remaining (known) ratings
-    folder = BatchFoldIn(ctx.serving, s.interval_level)
+    folder = FoldInMany(ctx.serving, s.interval_level)
     means, chols = folder.fold(rated)
     fold_pred, _, _ = folder.predict(means, chols, local, work_to_core[works])
     offset, offset_var = ctx.rating_model.user_offsets(ctx.interactions, users)

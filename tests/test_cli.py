@@ -176,3 +176,23 @@ def test_batch_quiet_json_prints_and_logs_the_summary_and_writes_the_textfile(ti
     prom = textfile.read_text()
     assert re.search(r"^bookrec_batch_last_run_success 0\.0$", prom, re.M), prom
     assert re.search(r"^bookrec_batch_last_run_exit_code 2\.0$", prom, re.M), prom
+
+
+def test_run_checks_the_port_given_by_port_before_preparing_data(tmp_path, monkeypatch):
+    import socket
+
+    from bookrec.config import get_settings
+
+    monkeypatch.setenv("BOOKREC_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        try:
+            result = invoke("run", "--host", "127.0.0.1", "--port", str(port))
+        finally:
+            get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert f"port {port} on 127.0.0.1 is in use" in flat(result.stderr)
+    assert not (tmp_path / "data").exists()

@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+from scipy.stats import ks_2samp
 from typer.testing import CliRunner
 
 from bookrec.cli import app
@@ -14,7 +16,9 @@ from bookrec.config import Settings
 from bookrec.data.importer import import_path
 from bookrec.data.io import is_dataset_dir, load_dataset, write_dataset
 from bookrec.data.prep import explicit, kcore, attach_work_keys, average_per_work
-from bookrec.data.synth import PRESETS, REAL_EXPLICIT_SHARE, generate, truth_mean, write_synthetic
+from bookrec.data.synth import (
+    PRESETS, READER_TRUTH, REAL_EXPLICIT_SHARE, generate, truth_mean, write_in_chunks, write_synthetic,
+)
 
 runner = CliRunner()
 
@@ -235,3 +239,47 @@ def test_readers_have_personal_structure_item_based_beats_popularity(small):
     ease_recall = _recall_at_10(ease, x_eval, h_eval)
     assert pop_recall > 0.02  # popularity stays a meaningful baseline (the top works are read widely)
     assert ease_recall >= 1.5 * pop_recall, (ease_recall, pop_recall)
+
+
+def test_chunks_of_readers_make_one_dataset_shaped_as_the_batch(tmp_path, small):
+    # small in 6 chunks of 1,500 readers against the batch small (both seed 11): the chunked path
+    # (xl's) must give the same files the loaders read and the same marginals
+    p = PRESETS["small"]
+    counts, _seconds = write_in_chunks(p, tmp_path / "c", seed=11, readers_per_chunk=1_500)
+    d, batch = load_dataset(tmp_path / "c"), small.dataset
+    assert counts == d.counts() == {"users": p.n_users, "books": p.n_books, "ratings": p.n_ratings,
+                                    "explicit": p.n_ratings - p.n_implicit, "implicit": p.n_implicit}
+    assert d.manifest["counts"] == counts and d.manifest["readers_per_chunk"] == 1_500
+    assert pq.ParquetFile(tmp_path / "c" / "ratings.parquet").num_row_groups == 6
+    for t in ("ratings", "books", "users"):
+        assert getattr(d, t).dtypes.to_dict() == getattr(batch, t).dtypes.to_dict()
+    r = d.ratings
+    assert d.users["user_id"].tolist() == list(range(1, p.n_users + 1))
+    assert not r.duplicated(["user_id", "isbn"]).any() and d.books["isbn"].is_unique
+    assert r.equals(r.sort_values(["user_id", "isbn"], kind="stable").reset_index(drop=True))
+    assert d.manifest["report"]["ratings"]["kept"] == p.n_ratings
+    # ghost picks are exact counts per chunk: the missing-ISBN share is met as in one batch
+    assert abs((~r["isbn"].isin(d.books["isbn"])).mean() - p.missing_isbn_share) < 0.005
+    # the thresholds are the first chunk's quantiles (about 10,000 explicit ratings): a share
+    # between two thresholds has sd <= sqrt(2) * 0.5 / sqrt(10,000) = 0.007; 0.03 is > 4 sd
+    ex = explicit(r)["rating"].to_numpy().astype(int)
+    assert np.abs(np.bincount(ex, minlength=11)[1:] / len(ex) - REAL_EXPLICIT_SHARE).max() < 0.03
+    # per-reader activity (6,400 readers each) and per-ISBN popularity (about 3,100 ISBNs each)
+    # have the batch's distribution: two-sample KS tests at the 0.1% level
+    assert ks_2samp(r.groupby("user_id").size(), batch.ratings.groupby("user_id").size()).pvalue > 0.001
+    assert ks_2samp(r.groupby("isbn").size(), batch.ratings.groupby("isbn").size()).pvalue > 0.001
+    # ages: 8,000 users, binomial sd 0.0055 of each share; the two differ by < 5 sd of their difference
+    assert abs(d.users["age"].isna().mean() - batch.users["age"].isna().mean()) < 5 * np.sqrt(2) * 0.0055
+    # the truth keeps what does not grow with the readers
+    assert d.truth["reader_truth"].startswith("omitted") and not set(READER_TRUTH) & set(d.truth)
+    assert len(d.truth["work_factors"]) == len(d.truth["work_keys"]) and np.all(np.diff(d.truth["mapping"]["thresholds"]) > 0)
+
+
+def test_xl_is_generated_in_chunks_only(tmp_path):
+    with pytest.raises(ValueError, match="chunks"):
+        generate("xl")
+    res = runner.invoke(app, ["data", "synth", "--preset", "xl", "--format", "bx", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "normalized directory only" in res.output
+    xl, full = PRESETS["xl"], PRESETS["full"]
+    assert (xl.n_users, xl.n_books, xl.n_ratings, xl.n_implicit) == tuple(
+        10 * v for v in (full.n_users, full.n_books, full.n_ratings, full.n_implicit))

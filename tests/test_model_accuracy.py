@@ -8,7 +8,7 @@ import pytest
 from bookrec.model import BPMF
 from bookrec.model.baselines import BiasBaseline, GlobalMean
 from bookrec.model.metrics import evaluate_predictive
-from bookrec.model.simulate import holdout_split, simulate_ratings
+from tests.support.simulate import holdout_split, simulate_ratings
 
 pytestmark = pytest.mark.slow
 

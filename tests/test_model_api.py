@@ -10,9 +10,10 @@ import scipy.sparse as sp
 
 from bookrec.model import BPMF
 from bookrec.model.artifact import ArtifactError, artifact_paths
-from bookrec.model.foldin import SERVING_KEYS, fold_in_from_arrays, predict_fold_in, rank_items_for_fold_in
+from bookrec.contracts.serving import ServingModel
+from bookrec.model.foldin import fold_in_from_arrays, predict_fold_in, rank_items_for_fold_in
 from bookrec.model.metrics import mixture_quantiles
-from bookrec.model.simulate import simulate_ratings
+from tests.support.simulate import simulate_ratings
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_fitted_attributes_follow_the_contract(fitted):
     assert d["converged"] == (d["max_rhat"] < d["rhat_threshold"] and min(d["min_ess_bulk"], d["min_ess_tail"]) >= d["min_ess"])
     assert {"log_norm_U", "log_norm_V", "log_det_Lambda_U", "log_det_Lambda_V"} <= set(d["rhat"])
     assert d["slowest"]["name"] in d["rhat"] and d["summary"].startswith("slowest ")
-    assert set(m.serving_arrays()) == set(SERVING_KEYS)
+    assert set(m.serving_arrays()) == set(ServingModel.number_fields())
 
 
 def test_same_seed_same_model_whatever_the_chain_mode(fitted):

@@ -51,12 +51,13 @@ def _closed_form(user, users, items, ratings, item_side, prior_prec, prior_mean,
 def _groups(indptr, few, mid):
     """Rows with <= few ratings drawn in conditioning lanes, few < m <= mid in precision lanes, longer
     rows one at a time (what ``lane_groups`` builds with the sampler's thresholds)."""
-    return (*kernels.few_rating_groups(indptr, few), kernels.mid_rating_rows(indptr, few, mid))
+    few_rows, few_ptr = kernels.few_rating_groups(indptr, few)
+    return kernels.RowGroups(few_rows, few_ptr, kernels.mid_rating_rows(indptr, few, mid), kernels.LANES)
 
 
 def _run_block(kernel, data, item_side, mu, alpha, prior, out, seed, draw, few, mid):
-    kernel(data.user_indptr, data.user_items, data.user_ratings, item_side, mu, alpha, prior, out, seed, draw,
-           *_groups(data.user_indptr, few, mid), kernels.LANES, False)
+    kernel(data.by_user, item_side, mu, alpha, prior, out, seed, _groups(data.user_indptr, few, mid), draw=draw,
+           with_stats=False)
 
 
 def test_mid_rating_rows_are_the_rows_in_range_sorted_by_count():
@@ -129,7 +130,7 @@ def test_kernel_streams_do_not_depend_on_threads():
     data, _, _, _, item_side, prior_prec, prior_mean = _tiny_problem(n_users=300, n_items=40)
     k = item_side.shape[1] - 1
     prior = block_prior(prior_prec[:k, :k], prior_mean[:k], prior_prec[k, k])
-    args = (data.user_indptr, data.user_items, data.user_ratings, item_side, 6.0, 0.8, prior)
+    args = (data.by_user, item_side, 6.0, 0.8, prior)
     a = np.zeros((data.n_users, item_side.shape[1]))
     b = np.zeros_like(a)
     # Readers have 23 to 39 ratings: some in each of the three forms.
@@ -137,10 +138,10 @@ def test_kernel_streams_do_not_depend_on_threads():
     few, mid = 30, 33
     assert (per_row <= few).any() and ((per_row > few) & (per_row <= mid)).any() and (per_row > mid).any()
     groups = _groups(data.user_indptr, few, mid)
-    kernels.sample_block_par(*args, a, 42, True, *groups, kernels.LANES, False)
-    kernels.sample_block_ser(*args, b, 42, True, *groups, kernels.LANES, False)
+    kernels.sample_block_par(*args, a, 42, groups, draw=True, with_stats=False)
+    kernels.sample_block_ser(*args, b, 42, groups, draw=True, with_stats=False)
     np.testing.assert_array_equal(a, b)
-    kernels.sample_block_ser(*args, b, 43, True, *groups, kernels.LANES, False)
+    kernels.sample_block_ser(*args, b, 43, groups, draw=True, with_stats=False)
     assert not np.allclose(a, b)
 
 
@@ -236,8 +237,8 @@ def test_block_returns_the_move_statistics_of_its_draw(few, mid):
     groups = _groups(data.user_indptr, few, mid)
     for kernel, stats_kernel in ((kernels.sample_block_ser, kernels.move_stats_ser),
                                  (kernels.sample_block_par, kernels.move_stats_par)):
-        gram, resid, sum_e2 = kernel(data.user_indptr, data.user_items, data.user_ratings, other_side, mu, 0.8, prior,
-                                     drawn, 7, True, *groups, kernels.LANES, True)
+        gram, resid, sum_e2 = kernel(data.by_user, other_side, mu, 0.8, prior, drawn, 7, groups, draw=True,
+                                     with_stats=True)
         ref = stats_kernel(data.item_indptr, data.item_users, data.item_ratings, other_side, drawn, mu)
         np.testing.assert_allclose(gram, ref[0], rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(resid, ref[1], rtol=1e-10, atol=1e-10)
@@ -353,8 +354,8 @@ def test_shift_draw_is_the_gaussian_of_the_shift_move():
     tau_other, beta0, tau0, mu_offset = 1.7, 100.0, 0.01, 0.4
     z = rng.normal(size=k)
     n_other, total, gram = side_moments(other)
-    got, vbar = kernels.shift_draw(float(n_other), total, gram, lam, own_mean, mu0, tau_other, beta0, tau0, mu_offset,
-                                   z)
+    got, vbar = kernels.shift_draw((float(n_other), total, gram), lam, own_mean, mu0, tau_other, beta0, tau0,
+                                   mu_offset, z)
     v, c = other[:, :k], other[:, k]
     w = v - v.mean(axis=0)
     prec = tau0 * np.outer(v.mean(axis=0), v.mean(axis=0)) + beta0 * lam + tau_other * w.T @ w

@@ -11,23 +11,28 @@ from bookrec.config import Settings
 from bookrec.data.prep import prepare_training
 from bookrec.data.synth import generate
 from bookrec.model import BPMF
+from bookrec.contracts.params import BOOL, INT, MODEL_PARAMS, TUNABLE_PARAMS
 from bookrec.optimize.space import SEARCHED, SearchSpace, kept_samples, suggest_params
 
-# A short run is enough: the question is whether a value is *read*, not whether it is good.
-BASE = {
-    "n_factors": 3, "beta0": 2.0, "w0_scale": 1.0, "bias_prior_shape": 1.0, "bias_prior_rate": 1.0,
-    "noise_prior_shape": 1.0, "noise_prior_rate": 1.0, "burn_in": 10, "n_samples": 12, "thin": 2,
-    "warm_start": True,
-}
-OTHER = {
-    "n_factors": 5, "beta0": 20.0, "w0_scale": 0.1, "bias_prior_shape": 10.0, "bias_prior_rate": 10.0,
-    "noise_prior_shape": 10.0, "noise_prior_rate": 20.0, "burn_in": 12, "n_samples": 14, "thin": 3,
-    "warm_start": False,
-}
-
-
-# Bounds that admit the short runs above (the defaults start at 10 burn-in / 20 samples).
+# Bounds that admit short runs (the contract's start at 10 burn-in / 20 samples): the question is
+# whether a value is *read*, not whether it is good.
 SPACE = SearchSpace(burn_in=(5, 20), n_samples=(5, 20))
+
+
+def _points(at: float) -> dict:
+    """Each dimension of the space at the fraction ``at`` of its range (booleans: True below one half),
+    read from the contract so that a newly tunable parameter is tested without editing this file."""
+    values = {}
+    for param in TUNABLE_PARAMS:
+        kind = MODEL_PARAMS[param].kind
+        for name, _ in MODEL_PARAMS[param].dimensions():
+            r = SPACE.ranges[name]
+            x = r.low * (r.high / r.low) ** at if r.log else r.low + at * (r.high - r.low)
+            values[name] = (at < 0.5) if kind == BOOL else round(x) if kind == INT else x
+    return values
+
+
+BASE, OTHER = _points(1 / 3), _points(2 / 3)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +50,15 @@ def fitted_predictive(tiny, trial_params: dict) -> tuple[dict, np.ndarray]:
     return kwargs, np.concatenate([means.ravel(), np.asarray(sds).ravel()])
 
 
-def test_the_space_covers_what_the_issue_names():
-    # factors, Normal-Wishart strengths, bias hyperprior, noise prior, burn-in, samples, thinning, warm start
-    assert set(SEARCHED) == set(BASE) == set(OTHER)
+def test_the_space_is_the_contracts_tunable_parameters():
+    # factors, Normal-Wishart strengths, bias hyperprior, noise prior, mu's prior, burn-in, samples,
+    # thinning, warm start: every one the contract gives a search range, and nothing else.
+    assert {"n_factors", "beta0", "w0_scale", "bias_prior", "alpha_prior", "mu_prior_precision", "burn_in",
+            "n_samples", "thin", "warm_start"} <= set(TUNABLE_PARAMS)
+    expected = [n for p in MODEL_PARAMS.values() if p.tunable for n in (p.trial_names or (p.name,))]
+    assert list(SEARCHED) == expected
+    kwargs = suggest_params(optuna.trial.FixedTrial(BASE), SPACE)
+    assert set(kwargs) == set(TUNABLE_PARAMS) | {"n_chains", "max_kept_samples"}
     assert all(BASE[name] != OTHER[name] for name in SEARCHED)
 
 

@@ -18,12 +18,13 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from bookrec.config import Settings
+from bookrec.contracts.params import PRESET_PARAMS, PRIOR_PARAMS
 from bookrec.data.io import write_dataset
 from bookrec.data.prep import prepare_training
 from bookrec.data.synth import generate
 from bookrec.model import BPMF
 from bookrec.optimize.objective import ObjectiveOptions, TuningData
-from bookrec.optimize.space import SearchSpace, from_bpmf_kwargs
+from bookrec.optimize.space import SearchSpace, default_bpmf_kwargs, from_bpmf_kwargs
 from bookrec.optimize.study import read_tuned_config, redact_url, run_optimization, summary_tables
 
 # Short chains keep a trial well under a second on `tiny`; the noise-prior bounds are wide so the
@@ -102,8 +103,8 @@ def _tuned_and_resolved(tmp_path, tiny_data):
     return params, model_kwargs, resolved
 
 
-SCHEDULE = ("n_factors", "n_samples", "burn_in", "thin", "n_chains", "max_kept_samples", "warm_start")
-PRIORS = ("beta0", "w0_scale", "bias_prior", "alpha_prior")
+SCHEDULE = PRESET_PARAMS  # what a preset fixes; the tuner writes every one of them
+PRIORS = PRIOR_PARAMS  # the tuned prior strengths
 
 
 def test_the_batch_trains_with_the_tuned_schedule(tmp_path, tiny_data):
@@ -173,8 +174,7 @@ def test_pruning_stops_a_bad_trial(tmp_path, tiny_data):
     # residuals ~ 1.5): its predictive density is far too narrow, so its running validation NLL is
     # many nats above the median of the finished trials at every reported sweep, and MedianPruner
     # stops it right after the warm-up (4 reports).
-    good = dict(n_factors=3, beta0=2.0, w0_scale=1.0, bias_prior_shape=1.0, bias_prior_rate=1.0,
-                noise_prior_shape=1.0, noise_prior_rate=1.0, burn_in=10, n_samples=30, thin=1, warm_start=True)
+    good = from_bpmf_kwargs(default_bpmf_kwargs(2, n_factors=3, beta0=2.0, burn_in=10, n_samples=30, thin=1))
     bad = {**good, "noise_prior_shape": 1e5, "noise_prior_rate": 1e3}
     enqueue = [{**good, "n_factors": k} for k in (2, 3, 4, 5, 6)] + [bad]
     result = run_optimization(
@@ -239,7 +239,6 @@ def test_the_objective_score_is_the_validation_score(tmp_path, tiny_training, ti
 
 def test_enqueued_default_round_trips(tiny_data, tmp_path):
     # from_bpmf_kwargs is the inverse of the mapping a trial goes through.
-    from bookrec.optimize.space import default_bpmf_kwargs
 
     defaults = default_bpmf_kwargs(2, burn_in=10, n_samples=20, n_factors=4)
     result = run_optimization(

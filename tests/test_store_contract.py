@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 
-from bookrec.store import NothingToRollBack, StoreError, VersionGone, open_async_reader, open_store
+from bookrec.store import NothingToRollBack, StoreCorrupt, StoreError, VersionGone, open_async_reader, open_store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -284,12 +284,65 @@ async def test_async_reader_equals_sync_reader(store, store_url):
 
 async def test_async_reader_picks_up_new_version(store, store_url):
     publish(store, range(10), "v1")
-    # even when trusting its cached pointer for a minute, a miss makes the reader look again
-    async with open_async_reader(store_url, version_cache_seconds=60.0) as reader:
+    async with open_async_reader(store_url) as reader:
         assert tag_of(await reader.get_recommendations(5)) == "v1"
         publish(store, range(100, 110), "v2")
         assert tag_of(await reader.get_recommendations(105)) == "v2"
         assert tag_of(await reader.get_recommendations(5)) is None
+
+
+def corrupt_entry(url: str, version: str, user_id: int) -> None:
+    """Overwrite one stored recommendation payload with bytes no reader can expand."""
+    bad = b"\x00Q unknown compression mark"
+    if url.startswith("redis"):
+        redis.Redis.from_url(url).hset(f"bookrec:v:{version}:recs", str(user_id), bad)
+        return
+    con = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        with con:
+            con.execute("UPDATE recs SET payload = ? WHERE user_id = ? AND vid = (SELECT vid FROM versions WHERE name = ?)",
+                        (bad, user_id, version))
+    finally:
+        con.close()
+
+
+async def test_many_reads_answer_as_single_reads(store, store_url):
+    old = publish(store, USERS[:1000], "v1")
+    current = publish(store, USERS, "v2")
+    # more ids than one SQLite query takes, ids not in the version, a repeated id
+    asked = USERS[::2] + [0, -5, USERS[0], USERS[1]]
+    async with open_async_reader(store_url, timeout=5.0) as reader:
+        for version in (current, old):
+            expected = [store.get_recommendations(u, version) for u in asked]
+            assert store.get_recommendations_many(asked, version) == expected
+            assert await reader.get_recommendations_many(asked, version) == expected
+        assert {tag_of(p) for p in expected if p is not None} == {"v1"} and expected.count(None) > 2
+        assert store.get_recommendations_many([], current) == await reader.get_recommendations_many([], current) == []
+
+
+async def test_many_reads_of_a_version_gone_answer_none(store, store_url):
+    gone = publish(store, USERS[:10], "v1")
+    publish(store, USERS[:10], "v2")
+    publish(store, USERS[:10], "v3")
+    with pytest.raises(VersionGone):
+        store.get_recommendations(USERS[0], gone)
+    # unlike the single read: the batch's callers resolve the pointer afresh on a miss
+    async with open_async_reader(store_url, timeout=5.0) as reader:
+        for version in (gone, "20000101T000000-0000"):
+            assert store.get_recommendations_many(USERS[:3] + [0], version) == [None] * 4
+            assert await reader.get_recommendations_many(USERS[:3] + [0], version) == [None] * 4
+
+
+async def test_many_reads_keep_a_corrupt_entry_to_itself(store, store_url):
+    version = publish(store, [1, 2, 3], "v1")
+    corrupt_entry(store_url, version, 2)
+    async with open_async_reader(store_url, timeout=5.0) as reader:
+        for answers in (store.get_recommendations_many([1, 2, 3, 4], version),
+                        await reader.get_recommendations_many([1, 2, 3, 4], version)):
+            assert tag_of(answers[0]) == tag_of(answers[2]) == "v1" and answers[3] is None
+            assert isinstance(answers[1], StoreCorrupt)
+        with pytest.raises(StoreCorrupt):
+            await reader.get_recommendations(2, version)
 
 
 def test_publish_fixture_helper_round_trips(store_url):

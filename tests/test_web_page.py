@@ -574,7 +574,7 @@ def test_model_view_shows_the_top_n_ranking_table_and_chart(page, world):
     expect(caption).to_contain_text("held out")
     expect(caption).to_contain_text("every work the reader had not touched was ranked")
     expect(caption).to_contain_text("7.3 or more")
-    # The rating-accuracy table no longer shows the old ranking figures (they re-ordered held-out items).
+    # The rating-accuracy table shows rating figures only; ranking figures live in the top-N table.
     metrics = p.locator(".view-model .table-metrics")
     expect(metrics).to_contain_text("RMSE")
     for old in ("nDCG", "Precision", "Recall"):

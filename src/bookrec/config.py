@@ -13,13 +13,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, create_model
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from bookrec.contracts.params import settings_fields
 
 Environment = Literal["development", "staging", "production"]
 
@@ -28,7 +30,12 @@ def _toml_path() -> Path:
     return Path(os.environ.get("BOOKREC_CONFIG", "bookrec.toml"))
 
 
-class Settings(BaseSettings):
+# One optional field per parameter the tuner's file may set (bookrec.contracts.params): None = the
+# preset's value (or the model's default).
+ModelOverrides = create_model("ModelOverrides", __base__=BaseSettings, **settings_fields())
+
+
+class Settings(ModelOverrides):
     model_config = SettingsConfigDict(
         env_prefix="BOOKREC_",
         extra="ignore",
@@ -77,14 +84,7 @@ class Settings(BaseSettings):
         100, gt=1, description="Import: largest expansion ratio of a zip member (a guard against zip bombs)"
     )
 
-    # --- model (None = take the preset's value) --------------------------------------
-    n_factors: int | None = Field(None, ge=1, le=200)
-    n_samples: int | None = Field(None, ge=1)
-    burn_in: int | None = Field(None, ge=0)
-    thin: int | None = Field(None, ge=1)
-    n_chains: int | None = Field(None, ge=1, le=16)
-    max_kept_samples: int | None = Field(None, ge=1)
-    warm_start: bool | None = None
+    # --- model (the BOOKREC_* overrides of its parameters come from ModelOverrides) --
     rating_min: float = 1.0
     rating_max: float = 10.0
     # The convergence rule (Vehtari et al. 2021): every traced quantity needs rank-normalised split

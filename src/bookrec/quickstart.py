@@ -24,6 +24,10 @@ def run(
     ),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the API after publishing (--no-serve: stop after the batch)"),
     force: bool = typer.Option(False, "--force", help="Publish even when the publish gate refuses (recorded in the meta)"),
+    host: str = typer.Option(None, "--host", help="Interface to serve on (default: BOOKREC_API_HOST, 127.0.0.1)", show_default=False),
+    port: int = typer.Option(
+        None, "--port", min=1, max=65535, help="Port to serve on (default: BOOKREC_API_PORT, 8000)", show_default=False
+    ),
 ) -> None:
     """Prepare data, train and publish recommendations for every reader, then serve them."""
     from rich.console import Console
@@ -37,8 +41,10 @@ def run(
 
     settings = get_settings()
     console = Console()
+    host = host or settings.api_host
+    port = port or settings.api_port
     if serve:
-        _check_port_free(settings.api_host, settings.api_port)
+        _check_port_free(host, port)
     dataset = ensure_data_and_report(settings, data_preset.value if data_preset else settings.synth_preset)
     try:
         report = run_batch(settings, preset=batch_preset.value if batch_preset else None, dataset=dataset, force=force)
@@ -58,7 +64,7 @@ def run(
         return
     from bookrec.api.cli import serve as serve_api
 
-    serve_api(host=settings.api_host, port=settings.api_port, workers=settings.api_workers, store_url=None)
+    serve_api(host=host, port=port, workers=settings.api_workers, store_url=None)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -74,5 +80,5 @@ def _check_port_free(host: str, port: int) -> None:
 
             Console(stderr=True).print(
                 f"[red]port {port} on {host} is in use:[/red] stop what holds it, or choose another port "
-                "(BOOKREC_API_PORT=8001 bookrec run); nothing was trained")
+                "(bookrec run --port 8001); nothing was trained")
             raise typer.Exit(code=USAGE) from None

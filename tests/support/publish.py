@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bookrec.contracts.payloads import recommendation_item
+from bookrec.contracts.serving import ServingModel
 from bookrec.store import open_store
 
 BASES = ("personal", "folded_in", "similar_reading", "popular")
@@ -101,20 +103,20 @@ def _works(rng: np.random.Generator, n_works: int) -> list[dict[str, Any]]:
     return works
 
 
-def _serving_model(rng: np.random.Generator, works: list[dict], n_samples: int, k: int) -> dict[str, np.ndarray]:
+def _serving_model(rng: np.random.Generator, works: list[dict], n_samples: int, k: int) -> ServingModel:
     n = len(works)
-    return {
-        "item_factors": rng.normal(0.0, 0.4, size=(n_samples, n, k)).astype(np.float32),
-        "item_bias": rng.normal(0.0, 0.5, size=(n_samples, n)).astype(np.float32),
-        "mu": rng.normal(7.5, 0.05, size=n_samples),
-        "alpha": rng.gamma(50.0, 1 / 20.0, size=n_samples),            # noise precision ~2.5
-        "mu_user": rng.normal(0.0, 0.05, size=(n_samples, k)),
-        "lambda_user": np.stack([np.eye(k) * rng.uniform(1.5, 2.5) for _ in range(n_samples)]),
-        "tau_user_bias": rng.gamma(20.0, 1 / 10.0, size=n_samples),
-        "item_keys": np.array([w["work_key"] for w in works]),
-        "item_isbns": np.array([w["isbn"] for w in works]),
-        "rating_range": np.array([1.0, 10.0]),
-    }
+    return ServingModel(
+        item_factors=rng.normal(0.0, 0.4, size=(n_samples, n, k)).astype(np.float32),
+        item_bias=rng.normal(0.0, 0.5, size=(n_samples, n)).astype(np.float32),
+        mu=rng.normal(7.5, 0.05, size=n_samples),
+        alpha=rng.gamma(50.0, 1 / 20.0, size=n_samples),            # noise precision ~2.5
+        mu_user=rng.normal(0.0, 0.05, size=(n_samples, k)),
+        lambda_user=np.stack([np.eye(k) * rng.uniform(1.5, 2.5) for _ in range(n_samples)]),
+        tau_user_bias=rng.gamma(20.0, 1 / 10.0, size=n_samples),
+        item_keys=np.array([w["work_key"] for w in works]),
+        item_isbns=np.array([w["isbn"] for w in works]),
+        rating_range=np.array([1.0, 10.0]),
+    )
 
 
 def _p_liked(predicted: float, half: float) -> float:
@@ -129,15 +131,8 @@ def _item(rank: int, work: dict, predicted: float, half: float, basis: str, rele
     p_liked = _p_liked(predicted, (hi - lo) / 2)
     # for_you = relevance x P(liked)^like_weight; popularity slots use the share of readers instead.
     score = (relevance if relevance is not None else share) * p_liked**LIKE_WEIGHT
-    return {
-        "rank": rank, "work_key": work["work_key"], "isbn": work["isbn"], "title": work["title"],
-        "author": work["author"], "year": work["year"], "image_url": work["image_url"],
-        "predicted_rating": round(predicted, 2), "uncertainty": round((hi - lo) / 2, 2),
-        "confidence_interval": [round(lo, 2), round(hi, 2)], "basis": basis,
-        "score": round(score, 6), "relevance": None if relevance is None else round(relevance, 6),
-        "relevance_sd": None if relevance_sd is None else round(relevance_sd, 6), "p_liked": round(p_liked, 4),
-        "reason": reason or {"kind": "popular"},
-    }
+    return recommendation_item(rank, work, predicted, lo, hi, basis, score=score, relevance=relevance,
+                               relevance_sd=relevance_sd, p_liked=p_liked, reason=reason or {"kind": "popular"})
 
 
 def _sorted_by_score(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -294,10 +289,10 @@ def publish_fixture(
     serving = _serving_model(rng, works, n_samples, n_factors)
     if serving_works == "in_model":
         keep = np.array([w["in_model"] for w in works])
-        serving = {
+        serving = ServingModel(**{
             k: (v[:, keep] if k in ("item_factors", "item_bias") else v[keep] if k in ("item_keys", "item_isbns") else v)
-            for k, v in serving.items()
-        }
+            for k, v in serving.arrays().items()
+        })
     relevance_arrays = _relevance(rng, works, n_users)
     tiers = {b: sum(1 for r in recommendations.values() if r["basis"] == b) for b in BASES}
     meta = {
@@ -323,8 +318,6 @@ def publish_fixture(
         "ranking": _ranking(rng, n_users, n_books),
     }
 
-    buffer = io.BytesIO()
-    np.savez(buffer, **serving)
     relevance_buffer = io.BytesIO()
     np.savez(relevance_buffer, **relevance_arrays)
     with open_store(store_url, prefix) as store:
@@ -335,11 +328,11 @@ def publish_fixture(
             pub.put_blob("meta", orjson.dumps(meta))
             pub.put_blob("catalog", _catalog_parquet(works))
             pub.put_blob("popular", orjson.dumps(popular))
-            pub.put_blob("serving_model", buffer.getvalue())
+            pub.put_blob("serving_model", serving.to_npz())
             if relevance:
                 pub.put_blob("relevance", relevance_buffer.getvalue())
     return PublishedFixture(
         version=pub.version, user_ids=user_ids, isbns=list(books), works=works, recommendations=recommendations,
-        books=books, meta=meta, popular=popular, serving_model=serving, top_n=top_n,
+        books=books, meta=meta, popular=popular, serving_model=serving.arrays(), top_n=top_n,
         relevance=relevance_arrays if relevance else None,
     )

@@ -2,16 +2,11 @@
 
 Under load, the cost of `GET /recommend/{id}` is dominated by system calls: the client's request
 and response (shared with every endpoint) plus one write and one read to the store per request.
-Readers that arrive in the same event-loop turn are therefore served by a single multi-get
-(one `HMGET` on Redis): the first request of a turn yields once, every request parsed meanwhile
-joins its batch, and the first one fetches for all. At low load a batch is one request and the
-cost is one extra loop turn; at 16 concurrent connections batches of 4-8 cut the store's share of
-system calls by that factor.
-
-The multi-get comes from the store when it offers `get_recommendations_many(user_ids, version)`;
-for the Redis reader of `bookrec.store` it is done here with its own client and key layout (the
-store contract of ARCHITECTURE.md section 3: hash `{prefix}:v:{version}:recs`), otherwise the
-reads are issued concurrently one by one.
+Readers that arrive in the same event-loop turn are therefore served by a single multi-get (the
+store's `get_recommendations_many`: one `HMGET` on Redis, one query on SQLite): the first request
+of a turn yields once, every request parsed meanwhile joins its batch, and the first one fetches
+for all. At low load a batch is one request and the cost is one extra loop turn; at 16 concurrent
+connections batches of 4-8 cut the store's share of system calls by that factor.
 """
 
 from __future__ import annotations
@@ -19,47 +14,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from bookrec.store import AsyncStoreReader, StoreCorrupt, VersionGone
+from bookrec.store import AsyncStoreReader, RecommendationRead, VersionGone
 
-# One answer per user: the payload, None (not in this version), or the error of that user's read
-# alone (a corrupt entry fails its own request, never the batch).
-FetchMany = Callable[[list[int], str], Awaitable[list[bytes | None | Exception]]]
+# The store's `get_recommendations_many`, or `one_by_one` of a reader: one answer per user.
+FetchMany = Callable[[list[int], str], Awaitable[list[RecommendationRead]]]
 
 MAX_BATCH = 128
 
 
-def multi_get(reader: AsyncStoreReader) -> FetchMany:
-    """The best available way to read many users' payloads of one version at once."""
-    many = getattr(reader, "get_recommendations_many", None)
-    if many is not None:
-        return many
-    try:
-        from bookrec.store.base import expand_payload
-        from bookrec.store.redis_store import AsyncRedisReader, redis_errors
-    except ImportError:  # pragma: no cover - the store without its Redis backend
-        AsyncRedisReader = None  # type: ignore[assignment]  # noqa: N806
-    if AsyncRedisReader is not None and isinstance(reader, AsyncRedisReader):
+def one_by_one(reader: AsyncStoreReader) -> FetchMany:
+    """The answers of `get_recommendations_many`, from concurrent single reads (one round trip each)."""
 
-        async def redis_many(user_ids: list[int], version: str) -> list[bytes | None | Exception]:
-            with redis_errors("reading recommendations"):
-                raw = await reader.client.hmget(reader.keys.recs(version), [str(u) for u in user_ids])
-            out: list[bytes | None | Exception] = []
-            for r in raw:
-                try:
-                    out.append(expand_payload(r))
-                except StoreCorrupt as exc:
-                    out.append(exc)
-            if None in out:  # a miss in a version that is gone is not an answer (see one_by_one)
-                try:
-                    with redis_errors("reading recommendations"):
-                        await reader._check_published(version)
-                except VersionGone:
-                    return [None] * len(user_ids)
-            return out
-
-        return redis_many
-
-    async def one_by_one(user_ids: list[int], version: str) -> list[bytes | None | Exception]:
+    async def fetch(user_ids: list[int], version: str) -> list[RecommendationRead]:
         results = await asyncio.gather(
             *(reader.get_recommendations(u, version) for u in user_ids), return_exceptions=True
         )
@@ -67,7 +33,7 @@ def multi_get(reader: AsyncStoreReader) -> FetchMany:
         # the pointer afresh and reads again before it would say 404.
         return [None if isinstance(r, VersionGone) else r for r in results]
 
-    return one_by_one
+    return fetch
 
 
 class RecommendationBatcher:

@@ -1,6 +1,8 @@
-"""Dependencies of the routes: settings, the async store reader, the current published version
-(trusted for `settings.version_refresh_seconds`), and the per-version serving bundle (model,
-relevance blob, catalogue, search index) loaded once per version and swapped when the version flips.
+"""Dependencies of the routes: the app's state (settings, the async store reader, the request
+batcher, the rate limiters), the current published version (the one cached pointer, trusted for
+`settings.version_refresh_seconds`), the per-version serving bundle (model, relevance blob,
+catalogue, search index) loaded once per version and swapped when the version flips, and the
+request bounds that come from the settings.
 
 Every dependency is `async def`: FastAPI runs plain `def` dependencies in a thread pool, which
 costs more than the work they do.
@@ -16,9 +18,12 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from bookrec.api import metrics
-from bookrec.api.batching import RecommendationBatcher, multi_get
+from bookrec.api.batching import RecommendationBatcher, one_by_one
+from bookrec.api.middleware import RateLimiter
 from bookrec.api.serving import BundleUnavailable, ServingBundle
 from bookrec.config import Settings
 from bookrec.store import AsyncStoreReader, StoreError, open_async_reader
@@ -117,10 +122,6 @@ class VersionTracker:
         """Resolve the pointer afresh on the next request (a read found its version gone)."""
         self._checked_at = float("-inf")
 
-    @property
-    def cached_version(self) -> str | None:
-        return self._version
-
     # --- the bundle --------------------------------------------------------------------------
     def _start_loading(self, version: str) -> asyncio.Task[ServingBundle]:
         task = self._loading.get(version)
@@ -216,13 +217,6 @@ def _parse_json(blob: bytes | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _single_reads(reader: AsyncStoreReader):
-    async def fetch(user_ids: list[int], version: str) -> list[bytes | None]:
-        return list(await asyncio.gather(*(reader.get_recommendations(u, version) for u in user_ids)))
-
-    return fetch
-
-
 class ApiState:
     """Everything the app holds for its lifetime (created by the lifespan in `main.py`)."""
 
@@ -236,7 +230,16 @@ class ApiState:
         self.versions = VersionTracker(settings, self.reader, self.faults)
         # GET /recommend reads go through the batcher: concurrent requests share one round trip.
         self.recommendations = RecommendationBatcher(
-            multi_get(self.reader) if settings.batch_store_reads else _single_reads(self.reader), max_batch=128
+            self.reader.get_recommendations_many if settings.batch_store_reads else one_by_one(self.reader)
+        )
+        # One bucket per client for each costly endpoint (both forms of the search share one).
+        self.cold_start_limit = RateLimiter(
+            settings.rate_limit_cold_start_per_minute, settings.rate_limit_cold_start_burst,
+            settings.rate_limit_max_clients, "cold-start",
+        )
+        self.search_limit = RateLimiter(
+            settings.rate_limit_search_per_minute, settings.rate_limit_search_burst,
+            settings.rate_limit_max_clients, "search",
         )
 
     async def warm_up(self) -> None:
@@ -262,29 +265,74 @@ async def get_state(request: Request) -> ApiState:
     return request.app.state.api
 
 
-async def get_settings_dep(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.api.settings
-
-
-async def get_reader(request: Request) -> AsyncStoreReader:
-    return request.app.state.api.reader
-
-
-async def get_versions(request: Request) -> VersionTracker:
-    return request.app.state.api.versions
-
-
-async def get_current_version(request: Request) -> str:
-    return await request.app.state.api.versions.current()
 
 
 async def get_bundle(request: Request) -> ServingBundle:
     return await request.app.state.api.versions.bundle()
 
 
+async def limit_cold_starts(request: Request) -> None:
+    await request.app.state.api.cold_start_limit(request)
+
+
+async def limit_searches(request: Request) -> None:
+    await request.app.state.api.search_limit(request)
+
+
 StateDep = Annotated[ApiState, Depends(get_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-ReaderDep = Annotated[AsyncStoreReader, Depends(get_reader)]
-VersionsDep = Annotated[VersionTracker, Depends(get_versions)]
-CurrentVersionDep = Annotated[str, Depends(get_current_version)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 BundleDep = Annotated[ServingBundle, Depends(get_bundle)]
+
+
+# --- upper bounds set by the settings ----------------------------------------------------------
+# The routes are module-level and shared by every app, so their declarations carry only fixed
+# constraints. A bound that comes from the settings is checked by the handler (`check_bounds`,
+# naming the setting) and written into each app's OpenAPI document from these tables
+# (`document_bounds`); tests/test_api_hardening.py holds the two to each other.
+
+# (path, method, query parameter) -> the setting that bounds it from above
+QUERY_BOUNDS: dict[tuple[str, str, str], str] = {
+    ("/recommend/{user_id}", "get", "top_k"): "max_top_k",
+    ("/books/search", "get", "limit"): "max_search_results",
+    ("/books", "get", "limit"): "max_page_size",
+    ("/books/{isbn}/similar", "get", "n"): "max_top_k",
+    ("/users", "get", "limit"): "max_page_size",
+    ("/users", "get", "random"): "max_random_users",
+}
+# (body model, field) -> the setting that bounds its value (or, for a list, its length)
+BODY_BOUNDS: dict[tuple[str, str], str] = {
+    ("ColdStartRequest", "ratings"): "max_cold_start_ratings",
+    ("ColdStartRequest", "top_k"): "max_top_k",
+    ("SearchRequest", "limit"): "max_search_results",
+}
+
+
+def check_bounds(settings: Settings, *checks: tuple[tuple[str, str], Any, str]) -> None:
+    """422 for every `(location, name), value, setting` whose value (or list length) exceeds the setting,
+    worded as pydantic words its own bounds."""
+    errors: list[dict[str, Any]] = []
+    for loc, value, setting in checks:
+        bound = getattr(settings, setting)
+        if isinstance(value, list) and len(value) > bound:
+            errors.append({"type": "too_long", "loc": loc, "input": value,
+                           "ctx": {"field_type": "List", "max_length": bound, "actual_length": len(value)}})
+        elif isinstance(value, int) and value > bound:
+            errors.append({"type": "less_than_equal", "loc": loc, "input": value, "ctx": {"le": bound}})
+    if errors:
+        raise RequestValidationError(ValidationError.from_exception_data("bounds", errors).errors(include_url=False))
+
+
+def document_bounds(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """`document` (an OpenAPI dict) with the bounds of QUERY_BOUNDS and BODY_BOUNDS filled in."""
+    for (path, method, name), setting in QUERY_BOUNDS.items():
+        (parameter,) = [p for p in document["paths"][path][method]["parameters"] if p["name"] == name]
+        schema = parameter["schema"]
+        # an optional parameter: the bound belongs to its integer alternative
+        target = next((s for s in schema.get("anyOf", ()) if s.get("type") == "integer"), schema)
+        target["maximum"] = getattr(settings, setting)
+    for (model, name), setting in BODY_BOUNDS.items():
+        field = document["components"]["schemas"][model]["properties"][name]
+        field["maxItems" if field.get("type") == "array" else "maximum"] = getattr(settings, setting)
+    return document

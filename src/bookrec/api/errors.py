@@ -21,8 +21,7 @@ from starlette.responses import Response
 from bookrec.api import metrics
 from bookrec.api.deps import ServiceUnavailable
 from bookrec.api.serving import BundleUnavailable
-from bookrec.store import StoreCorrupt, StoreError, StoreUnavailable, VersionGone
-from bookrec.store.errors import STORE_DOWN
+from bookrec.store import STORE_DOWN, StoreCorrupt, StoreError, StoreUnavailable, VersionGone
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from bookrec import __version__
 from bookrec.api import errors
-from bookrec.api.deps import ApiState
+from bookrec.api.deps import ApiState, document_bounds
 from bookrec.api.middleware import (
     HeadAsGetMiddleware,
     MetricsMiddleware,
@@ -118,10 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     route_methods = []  # (path regex, methods) of every API route, for the Allow header of a 405
     for module in (recommend, root, health, users, books, stats, metrics):  # the hot route first
-        router = module.build_router(settings)
-        app.include_router(router)
-        route_methods += [(r.path_regex, r.methods or set()) for r in router.routes if hasattr(r, "path_regex")]
+        app.include_router(module.router)
+        route_methods += [(r.path_regex, r.methods or set()) for r in module.router.routes if hasattr(r, "path_regex")]
     app.state.route_methods = route_methods
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        # FastAPI caches the document: the bounds from the settings are written into it once.
+        return app.openapi_schema or document_bounds(default_openapi(), settings)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     _add_docs(app)
     if settings.serve_static:
         @app.get("/app", include_in_schema=False)

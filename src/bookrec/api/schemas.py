@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bookrec.contracts.payloads import BASIS_HELP, OpenPayload, RecommendationItem
+
 RankBy = Literal["for_you", "mean", "lower", "sample"]
 
 RANK_BY_HELP = (
@@ -19,20 +21,6 @@ RANK_BY_HELP = (
     "mean: the predicted rating; lower: the lower end of the credible interval (safe bets); "
     "sample: one draw from a normal with the predicted mean and the sd implied by the interval (explore)"
 )
-BASIS_HELP = (
-    "personal: a reader of the rating model's training core (relevance + the rating model's posterior predictive); "
-    "folded_in: explicit ratings of model books folded into the rating model exactly, without retraining; "
-    "similar_reading: interactions with books the relevance model knows, but none folded in (relevance from "
-    "the reading history, the rating from the book-level shrinkage model); "
-    "popular: nothing usable is known about the reader (popularity). "
-    "An item's basis equals the reader's, except slots filled by popularity, which say popular"
-)
-
-
-class _Open(BaseModel):
-    """A payload written by the batch: the documented fields, plus whatever a newer batch adds."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -98,49 +86,6 @@ class HealthUnavailable(BaseModel):
 
 
 # --- recommendations -------------------------------------------------------------------------
-
-
-class Reason(_Open):
-    """Why a book is recommended."""
-
-    kind: Literal["because_you_read", "popular_in_segment", "popular"] = Field(
-        description="because_you_read: the reader's book with the strongest item-item association to it; "
-        "popular_in_segment: popular with readers like this one (`segment` says which); popular: popular overall"
-    )
-    isbn: str | None = Field(None, description="because_you_read: the book the reader read")
-    work_key: str | None = None
-    title: str | None = None
-    author: str | None = None
-    segment: str | None = Field(None, description="popular_in_segment: e.g. 'readers in usa aged 25-34'")
-
-
-class RecommendationItem(_Open):
-    rank: int = Field(ge=1)
-    work_key: str | None = None
-    isbn: str | None = None
-    title: str
-    author: str | None = None
-    year: int | None = None
-    image_url: str | None = None
-    predicted_rating: float = Field(description="Posterior predictive mean on the 1-10 scale")
-    uncertainty: float = Field(description="Half-width of the credible interval")
-    confidence_interval: list[float] = Field(
-        min_length=2, max_length=2, description="Bayesian credible interval [lower, upper] at the published level"
-    )
-    basis: str | None = Field(None, description=BASIS_HELP)
-    score: float | None = Field(
-        None, description="The ranking mode's sort key: for_you: relevance x P(liked)^like_weight; mean: the "
-        "predicted rating; lower: the interval's lower end; sample: the draw. Absent in older versions"
-    )
-    relevance: float | None = Field(
-        None, description="The relevance model's posterior mean (how likely the reader picks the book up); "
-        "null for slots filled by popularity"
-    )
-    relevance_sd: float | None = Field(None, description="Posterior standard deviation of `relevance`")
-    p_liked: float | None = Field(
-        None, ge=0, le=1, description="P(rating >= the liked threshold) under the rating's posterior predictive"
-    )
-    reason: Reason | None = None
 
 
 class RecommendationsResponse(BaseModel):
@@ -252,7 +197,7 @@ class RandomUsers(BaseModel):
 # --- books -----------------------------------------------------------------------------------
 
 
-class BookSummary(_Open):
+class BookSummary(OpenPayload):
     isbn: str
     work_key: str | None = None
     title: str
@@ -287,7 +232,7 @@ class BooksPage(BaseModel):
     offset: int
 
 
-class Book(_Open):
+class Book(OpenPayload):
     isbn: str
     work_key: str | None = None
     title: str
@@ -339,7 +284,7 @@ class StatsResponse(BaseModel):
     coverage_by_tier: dict[str, int] | None = None
 
 
-class ModelInfo(_Open):
+class ModelInfo(OpenPayload):
     """The published `meta` blob as written by the batch (public by design)."""
 
     version: str | None = None

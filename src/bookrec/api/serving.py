@@ -11,7 +11,6 @@ relevance blob or the book is not one of its candidates).
 
 from __future__ import annotations
 
-import io
 import zipfile
 import logging
 import time
@@ -23,10 +22,10 @@ import numpy as np
 from bookrec.api.catalog import Catalog, CatalogFormatError
 from bookrec.api.relevance import RelevanceFormatError, RelevanceModel
 from bookrec.api.search import SearchIndex
+from bookrec.contracts.payloads import recommendation_item
+from bookrec.contracts.serving import ServingModel
 
 log = logging.getLogger(__name__)
-
-_FLOAT_KEYS = ("item_factors", "item_bias", "mu", "alpha", "mu_user", "lambda_user", "tau_user_bias", "rating_range")
 
 
 class BundleUnavailable(Exception):
@@ -41,14 +40,13 @@ def load_serving_arrays(blob: bytes, max_samples: int | None = None) -> dict[str
     `item_factors_flat` (I, S*k): the mean-ranking of a cold start is then one matrix-vector
     product over contiguous memory, with no second copy of the largest array.
     """
-    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
+    arrays = ServingModel.from_npz(blob).arrays()
     n_samples = arrays["item_factors"].shape[0]
     keep: slice | np.ndarray = slice(None)
     if max_samples is not None and n_samples > max_samples:
         # Evenly spaced samples: the chains are thinned further, their mixture is still the posterior.
         keep = np.unique(np.linspace(0, n_samples - 1, max_samples).round().astype(np.int64))
-    for name in _FLOAT_KEYS:
+    for name in ServingModel.number_fields():
         if name == "item_factors":
             v = arrays[name][keep]
             item_major = np.ascontiguousarray(np.transpose(v, (1, 0, 2)), dtype=np.float64)
@@ -73,7 +71,7 @@ class ServingBundle:
     load_seconds: float = 0.0
     _mean_offset: np.ndarray | None = None  # per-work mean of mu + item bias over samples (computed once)
     problems: list[str] = field(default_factory=list)
-    # The relevance blob (None: absent, as in versions published before it, or unreadable: then
+    # The relevance blob (None: absent from the version, or unreadable: then
     # cold start and similar books fall back to the serving model alone, and `degraded` says why).
     relevance: RelevanceModel | None = None
     degraded: list[str] = field(default_factory=list)
@@ -113,9 +111,9 @@ class ServingBundle:
                 v = model["item_factors"]
                 if v.ndim != 3 or len(keys) != v.shape[1]:
                     raise ValueError("item_keys do not match item_factors")
-                bundle.unit_factors = (v / np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)).astype(
-                    np.float32
-                )
+                from bookrec.model.similar import unit_factors
+
+                bundle.unit_factors = unit_factors(v).astype(np.float32)
                 bundle.item_of_work = {key: i for i, key in enumerate(keys)}
                 bundle._mean_offset = model["item_bias"].mean(axis=0) + float(model["mu"].mean())
                 bundle.model = model
@@ -204,31 +202,24 @@ class ServingBundle:
         mean_j = 1/S sum_s (mu_s + c_sj + b_s + v_sj . u_s), the mixture mean of
         bookrec.model.foldin.fold_in_components; ties go to the lower index, as there.
         """
+        from bookrec.model.kernels.topn import top_n
+
         model = self.need_model()
         n_samples, n_items, k = model["item_factors"].shape
         u = fold.mean[:, :k]  # (S, k)
         assert self._mean_offset is not None
         scores = self._mean_offset + float(fold.mean[:, k].mean()) + model["item_factors_flat"] @ (u.ravel() / n_samples)
-        scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
-        n = min(n, n_items - len(set(np.asarray(exclude).tolist())))
-        if n <= 0:
-            return np.zeros(0, dtype=np.int64)
-        top = np.argpartition(-scores, n - 1)[:n]
-        return top[np.lexsort((top, -scores[top]))]
+        excluded = np.zeros(n_items, dtype=bool)
+        excluded[np.asarray(exclude, dtype=np.int64)] = True
+        return top_n(scores, max(n, 0), excluded)
 
     def similar(self, item: int, n: int) -> list[tuple[int, float, float]]:
         """Works most similar to `item`: posterior mean and sd of the cosine of their factor vectors."""
+        from bookrec.model.similar import similar_items
+
         assert self.unit_factors is not None
-        u = self.unit_factors
-        cos = np.einsum("sik,sk->si", u, u[:, item, :], dtype=np.float64)  # (S, I)
-        mean, sd = cos.mean(axis=0), cos.std(axis=0)
-        mean[item] = -np.inf
-        n = min(n, max(len(mean) - 1, 0))
-        if n == 0:
-            return []
-        top = np.argpartition(-mean, n - 1)[:n]
-        top = top[np.lexsort((top, -mean[top]))]
-        return [(int(i), float(mean[i]), float(sd[i])) for i in top]
+        top, mean, sd = similar_items(self.unit_factors, item, max(n, 0))
+        return [(int(i), float(m), float(s)) for i, m, s in zip(top, mean, sd)]
 
     def fold_in_recommend(
         self, items: np.ndarray, ratings: np.ndarray, n: int, rank_by: str, seed: int | None = None,
@@ -257,19 +248,12 @@ class ServingBundle:
 
             means, sds = fold_in_components(model, fold, top)
             p_liked = ndtr((means - self.liked_threshold()) / sds).mean(axis=1).tolist()
-        out = []
-        for rank, (item, m, lo, hi, p) in enumerate(
-            zip(top.tolist(), mean.tolist(), lower.tolist(), upper.tolist(), p_liked), 1
-        ):
-            entry = self.describe_item(item)
-            entry.update(
-                rank=rank, predicted_rating=round(m, 3), uncertainty=round((hi - lo) / 2, 3),
-                confidence_interval=[round(lo, 3), round(hi, 3)], basis="folded_in",
+        return [
+            recommendation_item(rank, self.describe_item(item), m, lo, hi, "folded_in", p_liked=p)
+            for rank, (item, m, lo, hi, p) in enumerate(
+                zip(top.tolist(), mean.tolist(), lower.tolist(), upper.tolist(), p_liked), 1
             )
-            if p is not None:
-                entry["p_liked"] = round(float(p), 4)
-            out.append(entry)
-        return out
+        ]
 
     # --- the relevance model: similar books and a new reader's candidates ---------------------
     @property
@@ -378,21 +362,16 @@ class ServingBundle:
         mean, lower, upper, p_liked, _ = self._rating_predictive(keys, local, fold)
         score = np.zeros(len(local))
         score[: len(cand)] = np.maximum(relevance, 0.0) * p_liked[: len(cand)] ** rel.like_weight
-        out = []
-        for pos, (j, key) in enumerate(zip(local.tolist(), keys)):
-            entry = self.describe_work(key, rel.item_isbns[j] or None)
-            is_fill = pos >= len(cand)
-            entry.update(
-                predicted_rating=round(float(mean[pos]), 3), uncertainty=round(float(upper[pos] - lower[pos]) / 2, 3),
-                confidence_interval=[round(float(lower[pos]), 3), round(float(upper[pos]), 3)],
-                basis="popular" if is_fill else basis,
-                score=round(float(score[pos]), 8),
-                relevance=None if is_fill else round(float(relevance[pos]), 6),
-                relevance_sd=None if is_fill else round(float(relevance_sd[pos]), 6),
-                p_liked=round(float(p_liked[pos]), 4),
-                reason={"kind": "popular"} if is_fill else reasons.get(int(because[pos]), {"kind": "popular"}),
-            )
-            out.append(entry)
         # for_you order; ties (and the fill, all 0) keep relevance / popularity order.
-        order = sorted(range(len(out)), key=lambda k: -out[k]["score"])
-        return [{"rank": rank, **out[k]} for rank, k in enumerate(order, 1)]
+        order = sorted(range(len(local)), key=lambda pos: -score[pos])
+        out = []
+        for rank, pos in enumerate(order, 1):
+            is_fill = pos >= len(cand)
+            out.append(recommendation_item(
+                rank, self.describe_work(keys[pos], rel.item_isbns[int(local[pos])] or None),
+                mean[pos], lower[pos], upper[pos], "popular" if is_fill else basis, score=score[pos],
+                relevance=None if is_fill else relevance[pos], relevance_sd=None if is_fill else relevance_sd[pos],
+                p_liked=p_liked[pos],
+                reason={"kind": "popular"} if is_fill else reasons.get(int(because[pos]), {"kind": "popular"}),
+            ))
+        return out

@@ -3,14 +3,12 @@
 Items everywhere in the batch are *works* (editions merged by ``work_key``). This module builds,
 once per run and fully vectorised:
 
-- ``Catalog``: one row per work (representative edition, title, author, ...), the editions of
+- ``WorkCatalog``: one row per work (representative edition, title, author, ...), the editions of
   each work, and per-work interaction / rating counts;
-- ``Interactions``: every user of the data (``users.parquet`` and anyone appearing in
+- :class:`~bookrec.model.interactions.Interactions`: every user of the data (``users.parquet`` and anyone appearing in
   ``ratings.parquet``) indexed 0..n-1, a sparse "seen" matrix users x works over ALL
-  interactions (explicit and implicit, any edition) used to never recommend a read work, and
-  the explicit ratings averaged per (user, work);
-- ``RatingModel``: Bayesian-shrunk book means (normal-normal, variances by moments) that give
-  tiers 3 and 4 a predicted rating with an honest predictive interval.
+  interactions (explicit and implicit, any edition), which keeps a read work out of every list, and
+  the explicit ratings averaged per (user, work).
 """
 
 from __future__ import annotations
@@ -22,11 +20,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bookrec.data.prep import IndexMap
-from bookrec.model.metrics import central_z
+from bookrec.model.interactions import Interactions
 
 
 @dataclass
-class Catalog:
+class WorkCatalog:
     works: IndexMap  # sorted work keys
     isbn: np.ndarray  # representative ISBN per work (the edition with most interactions)
     title: np.ndarray
@@ -43,21 +41,7 @@ class Catalog:
         return len(self.works)
 
 
-@dataclass
-class Interactions:
-    users: IndexMap  # every user id of the data set
-    seen: sp.csr_matrix  # (n_users, n_works) bool-ish float32, 1 where the user touched the work
-    explicit_user: np.ndarray  # explicit ratings averaged per (user, work): user index
-    explicit_work: np.ndarray  # work index
-    explicit_rating: np.ndarray  # float32
-    n_unjoined: int  # ratings whose ISBN is not a known book (kept as interactions, unusable)
-
-    @property
-    def n_users(self) -> int:
-        return len(self.users)
-
-
-def build_catalog_and_interactions(ratings: pd.DataFrame, books: pd.DataFrame, users: pd.DataFrame) -> tuple[Catalog, Interactions]:
+def build_catalog_and_interactions(ratings: pd.DataFrame, books: pd.DataFrame, users: pd.DataFrame) -> tuple[WorkCatalog, Interactions]:
     books = books.drop_duplicates("isbn").reset_index(drop=True)
     works = IndexMap.from_values(books["work_key"].to_numpy())
     book_work = works.encode(books["work_key"].to_numpy())
@@ -109,19 +93,8 @@ def build_catalog_and_interactions(ratings: pd.DataFrame, books: pd.DataFrame, u
     er = averaged.to_numpy(dtype=np.float32)
     n_explicit = np.bincount(ew, minlength=n_works).astype(np.int64)
 
-    book_table = pd.DataFrame(
-        {
-            "isbn": books["isbn"].astype(str).to_numpy(),
-            "work_key": books["work_key"].astype(str).to_numpy(),
-            "work_idx": book_work,
-            "title": books["title"].fillna("").astype(str).to_numpy(),
-            "author": books["author"].fillna("").astype(str).to_numpy(),
-            "year": books["year"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64),
-            "publisher": books["publisher"].fillna("").astype(str).to_numpy(),
-            "image_url": books["image_url"].to_numpy(dtype=object),
-        }
-    )
-    catalog = Catalog(
+    book_table = _book_table(books, book_work)
+    catalog = WorkCatalog(
         works=works,
         isbn=books["isbn"].astype(str).to_numpy()[rep],
         title=book_table["title"].to_numpy()[rep],
@@ -145,87 +118,17 @@ def build_catalog_and_interactions(ratings: pd.DataFrame, books: pd.DataFrame, u
     return catalog, interactions
 
 
-@dataclass
-class RatingModel:
-    """Normal-normal shrinkage of book means, with variances estimated by the method of moments.
-
-    rating = theta_w + b_u + noise; theta_w ~ N(m, tau2), b_u ~ N(0, tau2_user), noise ~ N(0, sigma2).
-    Posterior of theta_w given its n_w explicit ratings: precision 1/tau2 + n_w/sigma2. It is the
-    rating "prior" of the non-model tiers: a predicted rating is a shrunk book mean (plus a shrunk
-    reader offset when the reader has explicit ratings) and its interval is the posterior
-    predictive one, sqrt(sigma2 + var(theta_w) + var(b_u)) wide per z.
-    """
-
-    global_mean: float
-    sigma2: float  # within-book (residual) variance
-    tau2: float  # between-book variance of true means
-    tau2_user: float  # between-reader variance of offsets
-    post_mean: np.ndarray  # per work
-    post_var: np.ndarray  # per work
-    rating_min: float
-    rating_max: float
-
-    @classmethod
-    def fit(cls, interactions: Interactions, n_works: int, rating_min: float, rating_max: float) -> "RatingModel":
-        w, r, u = interactions.explicit_work, interactions.explicit_rating.astype(np.float64), interactions.explicit_user
-        if len(r) == 0:
-            mid = (rating_min + rating_max) / 2
-            var = ((rating_max - rating_min) / 4) ** 2
-            return cls(mid, var, var, 0.0, np.full(n_works, mid), np.full(n_works, var), rating_min, rating_max)
-        m = float(r.mean())
-        n = np.bincount(w, minlength=n_works).astype(np.float64)
-        s = np.bincount(w, weights=r, minlength=n_works)
-        mean_w = np.divide(s, n, out=np.full(n_works, m), where=n > 0)
-        resid = r - mean_w[w]
-        dof = float(len(r) - np.count_nonzero(n))
-        sigma2 = float((resid**2).sum() / dof) if dof > 0 else float(r.var())
-        sigma2 = max(sigma2, 1e-3)
-        # Between-book variance: var of book means among well-rated books minus their noise share.
-        well = n >= 5
-        if well.sum() >= 2:
-            tau2 = float(np.var(mean_w[well]) - np.mean(sigma2 / n[well]))
-        else:
-            tau2 = float(np.var(mean_w[n > 0])) if (n > 0).sum() >= 2 else sigma2
-        tau2 = max(tau2, 0.01 * sigma2)
-        prec = 1.0 / tau2 + n / sigma2
-        post_var = 1.0 / prec
-        post_mean = post_var * (m / tau2 + s / sigma2)
-        # Reader offsets around the shrunk book means, same moment estimator.
-        res_u = r - post_mean[w]
-        n_users = int(u.max()) + 1
-        nu = np.bincount(u, minlength=n_users).astype(np.float64)
-        su = np.bincount(u, weights=res_u, minlength=n_users)
-        well_u = nu >= 5
-        if well_u.sum() >= 2:
-            tau2_user = float(np.var(su[well_u] / nu[well_u]) - np.mean(sigma2 / nu[well_u]))
-        else:
-            tau2_user = 0.0
-        tau2_user = max(tau2_user, 0.01 * sigma2)
-        # The within-book spread holds the readers' offsets too; predictions add the offset
-        # variance separately, so take it out of the noise (else it is counted twice).
-        sigma2 = max(sigma2 - tau2_user, 0.25 * sigma2)
-        return cls(m, sigma2, tau2, tau2_user, post_mean, post_var, rating_min, rating_max)
-
-    def user_offsets(self, interactions: Interactions, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and variance of each reader's offset from their explicit ratings (0 if none)."""
-        n_users = interactions.n_users
-        res = interactions.explicit_rating - self.post_mean[interactions.explicit_work]
-        nu = np.bincount(interactions.explicit_user, minlength=n_users).astype(np.float64)
-        su = np.bincount(interactions.explicit_user, weights=res, minlength=n_users)
-        prec = 1.0 / self.tau2_user + nu[user_idx] / self.sigma2
-        var = 1.0 / prec
-        return var * su[user_idx] / self.sigma2, var
-
-    def predictive(
-        self, works: np.ndarray, level: float, offset: np.ndarray | float = 0.0, offset_var: np.ndarray | float = 0.0,
-        mean: np.ndarray | None = None, mean_var: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(predicted, lower, upper) for works (any shape); optional per-work mean override (segments)."""
-        mu = self.post_mean[works] if mean is None else mean
-        var = self.post_var[works] if mean_var is None else mean_var
-        pred = mu + offset
-        sd = np.sqrt(self.sigma2 + var + offset_var)
-        z = central_z(level)
-        lo = np.clip(pred - z * sd, self.rating_min, self.rating_max)
-        hi = np.clip(pred + z * sd, self.rating_min, self.rating_max)
-        return np.clip(pred, self.rating_min, self.rating_max), lo, hi
+def _book_table(books: pd.DataFrame, book_work: np.ndarray) -> pd.DataFrame:
+    """Per ISBN: isbn, work_key, work_idx, title, author, year, publisher, image_url (no missing text)."""
+    return pd.DataFrame(
+        {
+            "isbn": books["isbn"].astype(str).to_numpy(),
+            "work_key": books["work_key"].astype(str).to_numpy(),
+            "work_idx": book_work,
+            "title": books["title"].fillna("").astype(str).to_numpy(),
+            "author": books["author"].fillna("").astype(str).to_numpy(),
+            "year": books["year"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64),
+            "publisher": books["publisher"].fillna("").astype(str).to_numpy(),
+            "image_url": books["image_url"].to_numpy(dtype=object),
+        }
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from bookrec.batch.catalog import Interactions
+from bookrec.model.interactions import Interactions
 
 KS = (10, 20)
 MODES = (("for_you", "For you (default)"), ("mean", "Highest rated"), ("lower", "Safe bets"), ("sample", "Explore"))
@@ -136,9 +136,9 @@ def _fingerprint(ctx) -> str:
 
 def _rating_lists(ctx, core_pos: np.ndarray, exclude: sp.csr_matrix, n: int) -> np.ndarray:
     """The rating model's top n by predictive mean over its works (works as catalogue indices)."""
-    from bookrec.batch.foldin_batch import BatchFoldIn
+    from bookrec.model.foldin import FoldInMany
 
-    folder = BatchFoldIn(ctx.serving, ctx.settings.interval_level)
+    folder = FoldInMany(ctx.serving, ctx.settings.interval_level)
     work_to_core = np.full(len(ctx.catalog), -1, dtype=np.int64)
     work_to_core[ctx.core_works] = np.arange(len(ctx.core_works))
     coo = exclude.tocoo()

@@ -13,34 +13,28 @@ from collections.abc import Iterator
 import numpy as np
 import orjson
 
-from bookrec.batch.catalog import Catalog
+from bookrec.batch.catalog import WorkCatalog
+from bookrec.contracts.payloads import BOOK_FIELDS, ITEM_TEMPLATE, P_LIKED_DIGITS, READER_TEMPLATE, json_number
 
 BASES = ("personal", "folded_in", "similar_reading", "popular")
 POPULAR_REASON = b'{"kind":"popular"}'
 
 
 class PayloadEncoder:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: WorkCatalog) -> None:
         self.catalog = catalog
         self._static: dict[int, bytes] = {}
         self._reasons: dict[int, bytes] = {}
 
     def static(self, work: int) -> bytes:
-        """``"work_key":..,"isbn":..,"title":..,"author":..,"year":..,"image_url":..`` of one work."""
+        """The book fields (``BOOK_FIELDS``) of one work, as the inside of a JSON object."""
         cached = self._static.get(work)
         if cached is None:
             c = self.catalog
             year = int(c.year[work])
-            cached = orjson.dumps(
-                {
-                    "work_key": c.works.values[work],
-                    "isbn": c.isbn[work],
-                    "title": c.title[work],
-                    "author": c.author[work],
-                    "year": year if year >= 0 else None,
-                    "image_url": c.image_url[work],
-                }
-            )[1:-1]
+            book = {"work_key": c.works.values[work], "isbn": c.isbn[work], "title": c.title[work],
+                    "author": c.author[work], "year": year if year >= 0 else None, "image_url": c.image_url[work]}
+            cached = orjson.dumps({name: book[name] for name in BOOK_FIELDS})[1:-1]
             self._static[work] = cached
         return cached
 
@@ -72,15 +66,14 @@ class PayloadEncoder:
                 continue
             rank += 1
             parts.append(
-                b'{"rank":%d,%s,"predicted_rating":%.2f,"uncertainty":%.2f,"confidence_interval":[%.2f,%.2f],'
-                b'"basis":"%s","score":%s,"relevance":%s,"relevance_sd":%s,"p_liked":%s,"reason":%s}'
-                % (rank, self.static(w), p, (hi - lo) / 2.0, lo, hi, b, _num(sc), _num(rel), _num(rsd), _num(pl, 3),
-                   self.reason_because(bw) if bw >= 0 else reason)
+                ITEM_TEMPLATE
+                % (rank, self.static(w), p, (hi - lo) / 2.0, lo, hi, b, json_number(sc), json_number(rel),
+                   json_number(rsd), json_number(pl, P_LIKED_DIGITS), self.reason_because(bw) if bw >= 0 else reason)
             )
         return b"[" + b",".join(parts) + b"]"
 
     def reader(self, user_id: int, basis: str, items_json: bytes) -> bytes:
-        return b'{"user_id":%d,"basis":"%s","recommendations":%s}' % (user_id, basis.encode(), items_json)
+        return READER_TEMPLATE % (user_id, basis.encode(), items_json)
 
     def ranked_block(self, user_ids: np.ndarray, basis: str, block) -> Iterator[tuple[int, bytes]]:
         """(user_id, payload) for each reader of a :class:`~bookrec.batch.foryou.ForYouBlock`;
@@ -98,13 +91,6 @@ class PayloadEncoder:
         return orjson.loads(self.items(works, predicted, lower, upper, [basis.encode()] * len(works), p_liked=p_liked))
 
 
-def _num(value: float, digits: int = 4) -> bytes:
-    """A JSON number with ``digits`` significant digits, or null."""
-    if value != value or value in (float("inf"), float("-inf")):
-        return b"null"
-    return b"%.*g" % (digits, value)
-
-
 def segment_reason(segment: str) -> bytes:
     """The reason of a segment's popularity list ("country+age:usa|25-34" -> readers in usa aged 25-34)."""
     level, _, key = segment.partition(":")
@@ -120,7 +106,7 @@ def segment_reason(segment: str) -> bytes:
     return orjson.dumps({"kind": "popular_in_segment", "segment": text})
 
 
-def book_payloads(catalog: Catalog, in_model: np.ndarray, max_editions: int = 50) -> Iterator[tuple[str, bytes]]:
+def book_payloads(catalog: WorkCatalog, in_model: np.ndarray, max_editions: int = 50) -> Iterator[tuple[str, bytes]]:
     """(isbn, payload) for every edition: its own fields plus its work's editions and rating summary."""
     books = catalog.books
     order = np.lexsort((books["isbn"].to_numpy(), books["work_idx"].to_numpy()))
@@ -157,7 +143,7 @@ def book_payloads(catalog: Catalog, in_model: np.ndarray, max_editions: int = 50
         )
 
 
-def catalog_parquet(catalog: Catalog, in_model: np.ndarray) -> bytes:
+def catalog_parquet(catalog: WorkCatalog, in_model: np.ndarray) -> bytes:
     """The catalogue blob: one row per edition, Parquet bytes (zstd)."""
     import io
 

@@ -2,9 +2,9 @@
 
 Every user of the data set (``users.parquet`` and anyone appearing in ``ratings.parquet``) gets
 a list. Readers with an interaction on a relevance candidate get the ``for_you`` ranking
-(:mod:`bookrec.batch.foryou`): the relevance model, trained on every interaction, picks the
+(:mod:`bookrec.model.foryou`): the relevance model, trained on every interaction, picks the
 candidates and the best rating model that knows the reader scores them. The payload's ``basis``
-says which rating model that is:
+says which rating model that is; each tier is one entry of ``TIER_REGISTRY`` (name, who, how):
 
 1. ``personal``: readers in the training core (BPMF's posterior predictive);
 2. ``folded_in``: readers with explicit ratings on the model's works but outside the core,
@@ -12,7 +12,7 @@ says which rating model that is:
 3. ``similar_reading``: every other reader with a usable interaction (the book-level shrinkage
    model with the reader's offset);
 4. ``popular``: everyone else, from uncertainty-aware popularity by segment
-   (:mod:`bookrec.batch.popularity`).
+   (:mod:`bookrec.model.popularity`).
 
 Works the reader interacted with, in any edition, are never recommended. Publication is one
 versioned, atomic ``store.begin_publish()``: a failure anywhere leaves the previous version serving.
@@ -24,10 +24,11 @@ import io
 import logging
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +37,22 @@ import orjson
 import scipy.sparse as sp
 from scipy.special import ndtr
 
-from bookrec.batch.catalog import Catalog, Interactions, RatingModel, build_catalog_and_interactions
+from bookrec.batch.catalog import WorkCatalog, build_catalog_and_interactions
 from bookrec.batch.evaluation import evaluate_ranking
-from bookrec.batch.foldin_batch import BatchFoldIn
-from bookrec.batch.foryou import ForYouBlock, ForYouRanker, fallback_predictive
 from bookrec.batch.gate import GateVerdict, PublishRefused, converged_check, nll_check, recall_check
 from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parquet, segment_reason
-from bookrec.batch.popularity import PopularityResult, popularity_lists, user_segments
 from bookrec.batch.presets import ResolvedParameters, resolve_parameters
 from bookrec.config import Settings
+from bookrec.contracts.serving import ServingModel
 from bookrec.model.bpmf import TRACED
+from bookrec.model.foldin import FoldInMany
+from bookrec.model.foryou import ForYouBlock, ForYouRanker
+from bookrec.model.interactions import Interactions
+from bookrec.model.popularity import PopularityResult, popularity_lists, user_segments
+from bookrec.model.shrinkage import RatingModel, fallback_predictive
 
 log = logging.getLogger(__name__)
 
-TIERS = ("personal", "folded_in", "similar_reading", "popular")
 CALIBRATION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
@@ -62,8 +65,9 @@ class Timer:
     """Wall and CPU seconds (all threads of the process) per stage: on a shared machine the
     CPU figure tells the work apart from waiting for a core."""
 
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # finished stages only
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    running: dict[str, tuple[float, float]] = field(default_factory=dict)  # stage -> (wall, CPU) at its start
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -74,12 +78,12 @@ class Timer:
             self.stop(name)
 
     def start(self, name: str) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) - time.perf_counter()
-        self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) - time.process_time()
+        self.running[name] = (time.perf_counter(), time.process_time())
 
     def stop(self, name: str) -> None:
-        self.seconds[name] += time.perf_counter()
-        self.cpu_seconds[name] += time.process_time()
+        wall, cpu = self.running.pop(name)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - wall
+        self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - cpu
 
 
 @dataclass
@@ -89,7 +93,7 @@ class BatchContext:
     settings: Settings
     params: ResolvedParameters
     dataset: Any
-    catalog: Catalog
+    catalog: WorkCatalog
     interactions: Interactions
     training: Any  # bookrec.data.prep.TrainingData
     rating_model: RatingModel
@@ -109,11 +113,8 @@ class BatchContext:
 
 @dataclass
 class Precomputed:
-    personal: ForYouBlock
-    folded_in: ForYouBlock
-    similar_reading: ForYouBlock
-    popular: PopularityResult
-    popular_users: np.ndarray
+    readers: dict[str, np.ndarray]  # tier -> reader indices
+    lists: dict[str, Any]  # tier -> what its `recommend` made
     seconds: dict[str, float] = field(default_factory=dict)  # per tier
     cpu_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -195,7 +196,7 @@ def fit_relevance(ctx: BatchContext) -> None:
 
 def ranker(ctx: BatchContext, relevance=None, interactions: Interactions | None = None) -> ForYouRanker:
     s = ctx.settings
-    folder = BatchFoldIn(ctx.serving, s.interval_level) if ctx.serving is not None else None
+    folder = FoldInMany(ctx.serving, s.interval_level) if ctx.serving is not None else None
     return ForYouRanker(
         relevance if relevance is not None else ctx.relevance, interactions or ctx.interactions, ctx.rating_model,
         ctx.core_works, folder, ctx.params.top_n, s.n_candidates, s.like_weight, liked_threshold(s), s.interval_level,
@@ -244,24 +245,21 @@ def _baselines(ctx: BatchContext, metrics) -> dict:
     return found
 
 
-def assign_tiers(ctx: BatchContext) -> dict[str, np.ndarray]:
-    inter = ctx.interactions
-    n_users = inter.n_users
-    tier = np.full(n_users, 3, dtype=np.int8)
-    has_any = np.diff(inter.seen.indptr) > 0
-    if ctx.relevance is not None:
-        users = np.flatnonzero(has_any)
-        usable = np.diff(ctx.relevance.local_history(inter.seen[users]).indptr) > 0
-        tier[users[usable]] = 2
-    else:
-        tier[has_any] = 2
+def _work_to_core(ctx: BatchContext) -> np.ndarray:
+    """The model item of each work, -1 for works outside the model."""
     work_to_core = np.full(len(ctx.catalog), -1, dtype=np.int64)
     work_to_core[ctx.core_works] = np.arange(len(ctx.core_works))
-    rated_core = np.zeros(n_users, dtype=bool)
-    rated_core[inter.explicit_user[work_to_core[inter.explicit_work] >= 0]] = True
-    tier[rated_core] = 1
-    tier[ctx.core_users] = 0
-    ctx.tiers = {name: np.flatnonzero(tier == t) for t, name in enumerate(TIERS)}
+    return work_to_core
+
+
+def assign_tiers(ctx: BatchContext) -> dict[str, np.ndarray]:
+    """Each reader's tier: the first one in TIER_REGISTRY that serves them."""
+    unassigned = np.ones(ctx.interactions.n_users, dtype=bool)
+    ctx.tiers = {}
+    for tier in TIER_REGISTRY:
+        mine = tier.serves(ctx) & unassigned
+        ctx.tiers[tier.name] = np.flatnonzero(mine)
+        unassigned &= ~mine
     return ctx.tiers
 
 
@@ -270,8 +268,7 @@ def _core_matrices(ctx: BatchContext, users: np.ndarray) -> tuple[sp.csr_matrix,
     (any edition, explicit or implicit) restricted to model items (the exclusion set)."""
     inter = ctx.interactions
     n_core = len(ctx.core_works)
-    work_to_core = np.full(len(ctx.catalog), -1, dtype=np.int64)
-    work_to_core[ctx.core_works] = np.arange(n_core)
+    work_to_core = _work_to_core(ctx)
     local = np.full(inter.n_users, -1, dtype=np.int64)
     local[users] = np.arange(len(users))
     eu, ew, er = inter.explicit_user, inter.explicit_work, inter.explicit_rating
@@ -287,65 +284,127 @@ def _core_matrices(ctx: BatchContext, users: np.ndarray) -> tuple[sp.csr_matrix,
 
 def precompute(ctx: BatchContext, progress=None) -> Precomputed:
     """Top-n for every reader, tier by tier (vectorised; chunks only bound memory)."""
-    s = ctx.settings
-    n = ctx.params.top_n
-    level = s.interval_level
-    chunk = s.batch_chunk_users
-    tiers = ctx.tiers or assign_tiers(ctx)
+    readers = ctx.tiers or assign_tiers(ctx)
     rank = ranker(ctx)
     clock = Timer()
-
-    def task(name, total):
-        clock.start(name)
-        return progress.add_task(f"precompute: {name}", total=max(total, 1)) if progress is not None else None
-
-    def advance(t, k):
-        if progress is not None:
-            progress.update(t, advance=k)
-
-    # Both index maps are sorted by user id, so the personal tier's readers (ascending user
-    # index) are exactly the model's users 0..n-1 in order.
-    users1 = tiers["personal"]
-    assert np.array_equal(users1, ctx.core_users)
-    blocks = {}
-    for name in ("personal", "folded_in", "similar_reading"):
-        users = tiers[name]
-        t = task(name, len(users))
-        parts = []
-        for a in range(0, len(users), chunk):
-            rows = users[a:a + chunk]
-            draws = rated = None
-            if name == "personal":
-                m = ctx.model
-                x = np.concatenate([m.user_factors_[:, a:a + len(rows), :], m.user_bias_[:, a:a + len(rows), None]], axis=2)
-                draws = np.transpose(x, (1, 0, 2))
-            elif name == "folded_in":
-                rated, _ = _core_matrices(ctx, rows)
-            parts.append(rank.rank(rows, name, draws=draws, rated=rated))
-            advance(t, len(rows))
-        blocks[name] = ForYouBlock.concat(users, parts, n)
-        clock.stop(name)
-
-    users4 = tiers["popular"]
-    t = task("popular", len(users4))
-    segments = user_segments(ctx.dataset.users, ctx.interactions.users.values)
-    popular = popularity_lists(
-        ctx.interactions, ctx.rating_model, segments, users4, n, level, s.popularity_min_segment_ratings
-    )
-    advance(t, len(users4))
-    clock.stop("popular")
-    return Precomputed(blocks["personal"], blocks["folded_in"], blocks["similar_reading"], popular, users4,
-                       dict(clock.seconds), dict(clock.cpu_seconds))
+    lists = {}
+    for tier in TIER_REGISTRY:
+        users = readers[tier.name]
+        with clock.stage(tier.name):
+            advance = _progress_task(progress, f"precompute: {tier.name}", len(users))
+            lists[tier.name] = tier.recommend(ctx, rank, users, advance)
+    return Precomputed(dict(readers), lists, dict(clock.seconds), dict(clock.cpu_seconds))
 
 
-# ---------------------------------------------------------------------------------- payloads
+def _progress_task(progress, description: str, total: int) -> Callable[[int], None]:
+    """A progress task; the returned function advances it by a number of readers."""
+    if progress is None:
+        return lambda done: None
+    task = progress.add_task(description, total=max(total, 1))
+    return lambda done: progress.update(task, advance=done)
+
+
 def iter_recommendations(ctx: BatchContext, pre: Precomputed, encoder: PayloadEncoder) -> Iterator[tuple[int, bytes]]:
     """(user_id, payload bytes) for every reader, tier by tier."""
-    ids = ctx.interactions.users.values
-    for name in ("personal", "folded_in", "similar_reading"):
-        block = getattr(pre, name)
-        yield from encoder.ranked_block(ids[block.users], name, block)
-    pop = pre.popular
+    for tier in TIER_REGISTRY:
+        yield from tier.encode(ctx, encoder, pre.readers[tier.name], pre.lists[tier.name])
+
+
+# ---------------------------------------------------------------------------------- tiers
+@dataclass(frozen=True)
+class Tier:
+    """A tier of readers: who it serves and how their recommendations are made. A reader belongs
+    to the first tier in TIER_REGISTRY that serves them; the tier's name is the payload's basis."""
+
+    name: str
+    serves: Callable[[BatchContext], np.ndarray]  # a mask over every reader
+    recommend: Callable[[BatchContext, ForYouRanker, np.ndarray, Callable[[int], None]], Any]  # (ctx, ranker, readers, advance)
+    encode: Callable[[BatchContext, PayloadEncoder, np.ndarray, Any], Iterator[tuple[int, bytes]]]  # -> (user id, payload)
+
+
+def _serves_core_readers(ctx: BatchContext) -> np.ndarray:
+    mask = np.zeros(ctx.interactions.n_users, dtype=bool)
+    mask[ctx.core_users] = True
+    return mask
+
+
+def _serves_raters_of_model_works(ctx: BatchContext) -> np.ndarray:
+    inter = ctx.interactions
+    mask = np.zeros(inter.n_users, dtype=bool)
+    mask[inter.explicit_user[_work_to_core(ctx)[inter.explicit_work] >= 0]] = True
+    return mask
+
+
+def _serves_readers_with_usable_history(ctx: BatchContext) -> np.ndarray:
+    """Readers with an interaction the relevance model can use (any interaction without it)."""
+    inter = ctx.interactions
+    has_any = np.diff(inter.seen.indptr) > 0
+    if ctx.relevance is None:
+        return has_any
+    users = np.flatnonzero(has_any)
+    usable = np.diff(ctx.relevance.local_history(inter.seen[users]).indptr) > 0
+    mask = np.zeros(inter.n_users, dtype=bool)
+    mask[users[usable]] = True
+    return mask
+
+
+def _serves_everyone(ctx: BatchContext) -> np.ndarray:
+    return np.ones(ctx.interactions.n_users, dtype=bool)
+
+
+def _personal_draws(ctx: BatchContext, rows: np.ndarray, start: int) -> dict:
+    """BPMF's draws of the chunk's readers. Both index maps are sorted by user id, so the
+    personal readers (ascending user index) are exactly the model's users in order."""
+    assert np.array_equal(rows, ctx.core_users[start:start + len(rows)])
+    m = ctx.model
+    stop = start + len(rows)
+    x = np.concatenate([m.user_factors_[:, start:stop, :], m.user_bias_[:, start:stop, None]], axis=2)
+    return {"draws": np.transpose(x, (1, 0, 2))}
+
+
+def _explicit_ratings(ctx: BatchContext, rows: np.ndarray, start: int) -> dict:
+    """The chunk's explicit ratings on model works, to fold the readers in from."""
+    rated, _ = _core_matrices(ctx, rows)
+    return {"rated": rated}
+
+
+def _relevance_only(ctx: BatchContext, rows: np.ndarray, start: int) -> dict:
+    return {}
+
+
+def _rank_in_chunks(name: str, chunk_inputs: Callable[[BatchContext, np.ndarray, int], dict], ctx: BatchContext,
+                    rank: ForYouRanker, readers: np.ndarray, advance: Callable[[int], None]) -> ForYouBlock:
+    """The for-you ranking of ``readers``, in chunks of ``batch_chunk_users`` (they bound memory)."""
+    size = ctx.settings.batch_chunk_users
+    parts = []
+    for start in range(0, len(readers), size):
+        rows = readers[start:start + size]
+        parts.append(rank.rank(rows, name, **chunk_inputs(ctx, rows, start)))
+        advance(len(rows))
+    return ForYouBlock.concat(readers, parts, ctx.params.top_n)
+
+
+def _encode_ranked(name: str, ctx: BatchContext, encoder: PayloadEncoder, readers: np.ndarray,
+                   block: ForYouBlock) -> Iterator[tuple[int, bytes]]:
+    yield from encoder.ranked_block(ctx.interactions.users.values[block.users], name, block)
+
+
+def _popular_by_segment(ctx: BatchContext, rank: ForYouRanker, readers: np.ndarray,
+                        advance: Callable[[int], None]) -> PopularityResult:
+    """Uncertainty-aware popularity lists, one per reader segment."""
+    s = ctx.settings
+    segments = user_segments(ctx.dataset.users, ctx.interactions.users.values)
+    popular = popularity_lists(
+        ctx.interactions, ctx.rating_model, segments, readers, ctx.params.top_n, s.interval_level,
+        s.popularity_min_segment_ratings,
+    )
+    advance(len(readers))
+    return popular
+
+
+def _encode_popular(ctx: BatchContext, encoder: PayloadEncoder, readers: np.ndarray,
+                    pop: PopularityResult) -> Iterator[tuple[int, bytes]]:
+    """Each segment's list is encoded once and shared by the segment's readers."""
     thr = liked_threshold(ctx.settings)
     encoded = []
     for lst in pop.lists:
@@ -353,8 +412,22 @@ def iter_recommendations(ctx: BatchContext, pre: Precomputed, encoder: PayloadEn
         p_liked = ndtr((mean - thr) / sd)
         encoded.append(encoder.items(lst.works, lst.predicted, lst.lower, lst.upper, [b"popular"] * len(lst.works),
                                      p_liked=p_liked, reason=segment_reason(lst.segment)))
-    for uid, which in zip(ids[pre.popular_users].tolist(), pop.user_list.tolist()):
+    ids = ctx.interactions.users.values
+    for uid, which in zip(ids[readers].tolist(), pop.user_list.tolist()):
         yield uid, encoder.reader(uid, "popular", encoded[which])
+
+
+# The tiers, best rating model first (the module docstring says who each one serves).
+TIER_REGISTRY: tuple[Tier, ...] = (
+    Tier("personal", _serves_core_readers,
+         partial(_rank_in_chunks, "personal", _personal_draws), partial(_encode_ranked, "personal")),
+    Tier("folded_in", _serves_raters_of_model_works,
+         partial(_rank_in_chunks, "folded_in", _explicit_ratings), partial(_encode_ranked, "folded_in")),
+    Tier("similar_reading", _serves_readers_with_usable_history,
+         partial(_rank_in_chunks, "similar_reading", _relevance_only), partial(_encode_ranked, "similar_reading")),
+    Tier("popular", _serves_everyone, _popular_by_segment, _encode_popular),
+)
+TIERS = tuple(tier.name for tier in TIER_REGISTRY)
 
 
 def popular_blob(ctx: BatchContext, encoder: PayloadEncoder) -> bytes:
@@ -381,10 +454,10 @@ def relevance_blob(ctx: BatchContext, neighbours: int = 50) -> bytes:
         liked_threshold=np.float64(liked_threshold(ctx.settings)), like_weight=np.float64(ctx.settings.like_weight),
         n_users=np.int64(rel.n_users_),
     )
-    return serving_model_bytes(arrays)
+    return npz_bytes(arrays)
 
 
-def serving_model_bytes(arrays: dict) -> bytes:
+def npz_bytes(arrays: dict) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     return buf.getvalue()
@@ -579,7 +652,6 @@ def run_batch(
     (:mod:`bookrec.batch.gate`) raises PublishRefused before the precompute unless ``force``."""
     from bookrec.data.io import load_dataset
     from bookrec.logging import console as bookrec_console
-    from bookrec.store import open_store_from_settings
 
     timer = Timer()
     previous_meta = check_store(settings, store_url)
@@ -589,6 +661,32 @@ def run_batch(
     with timer.stage("load"):
         if dataset is None:
             dataset = load_dataset(Path(data_dir or settings.data_dir), with_truth=False)  # synthetic truth: tests only
+    ctx = _fit_models(dataset, settings, params, timer, console, show_progress)
+    evaluation = _evaluate_and_gate(ctx, previous_meta, force, timer)
+    coverage = {name: int(len(readers)) for name, readers in assign_tiers(ctx).items()}
+    progress = _progress(show_progress)
+    with progress:
+        with timer.stage("precompute"):
+            pre = precompute(ctx, progress)
+        published = _publish_version(ctx, pre, evaluation, coverage, timer, store_url, progress)
+    timer.seconds["encode (within publish)"] = published.payloads.seconds
+    timer.cpu_seconds["encode (within publish)"] = published.payloads.seconds  # single-threaded: wall ~ CPU
+    report = BatchReport(
+        version=published.version, preset=params.preset, parameters=params.as_dict(), coverage_by_tier=coverage,
+        n_users=ctx.interactions.n_users, users_published=int(published.stats.get("users", 0)),
+        stage_seconds=dict(timer.seconds), meta=published.meta, bytes_recommendations=published.payloads.n_bytes,
+        tier_seconds=dict(pre.seconds), publish_stats=published.stats, stage_cpu_seconds=dict(timer.cpu_seconds),
+        tier_cpu_seconds=dict(pre.cpu_seconds),
+        context=ctx if keep_context else None, precomputed=pre if keep_context else None,
+    )
+    if show_progress:
+        console.print(summary_table(report))
+    return report
+
+
+def _fit_models(dataset, settings: Settings, params: ResolvedParameters, timer: Timer, console,
+                show_progress: bool) -> BatchContext:
+    """Prepare the data, train the rating model and fit the relevance model."""
     with timer.stage("prepare"):
         ctx = prepare(dataset, settings, params)
     sizes = ctx.training.sizes()
@@ -610,6 +708,11 @@ def run_batch(
         f"relevance: {len(ctx.relevance.items_):,} candidate works, l2 {ctx.relevance.l2_:.3g}, "
         f"popularity l2 {ctx.relevance.popularity_l2_:.3g}"
     )
+    return ctx
+
+
+def _evaluate_and_gate(ctx: BatchContext, previous_meta: dict | None, force: bool, timer: Timer) -> dict:
+    """Test-split and ranking metrics, and the publish gate's verdict on them."""
     with timer.stage("evaluate"):
         evaluation = evaluate(ctx)
         evaluation["ranking"] = evaluate_ranking(ctx)
@@ -617,69 +720,70 @@ def run_batch(
     evaluation["publish_gate"] = verdict.as_meta()
     if verdict.reasons:
         log.warning("publishing although the gate refused (--force): %s", "; ".join(verdict.reasons))
-    tiers = assign_tiers(ctx)
-    coverage = {name: int(len(tiers[name])) for name in TIERS}
-    progress = _progress(show_progress)
-    with progress:
-        with timer.stage("precompute"):
-            pre = precompute(ctx, progress)
-        encoder = PayloadEncoder(ctx.catalog)
-        in_model = ctx.in_model
-        n_users = ctx.interactions.n_users
-        publish_task = progress.add_task("publish: recommendations", total=n_users) if progress else None
-        encode_seconds = [0.0]
-        rec_bytes = [0]
+    return evaluation
 
-        def counted() -> Iterator[tuple[int, bytes]]:
-            it = iter_recommendations(ctx, pre, encoder)
-            done = 0
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    item = next(it)
-                except StopIteration:
-                    encode_seconds[0] += time.perf_counter() - t0
-                    break
-                encode_seconds[0] += time.perf_counter() - t0
-                rec_bytes[0] += len(item[1])
-                done += 1
-                if progress is not None and done % 5000 == 0:
-                    progress.update(publish_task, completed=done)
-                yield item
-            if progress is not None:
-                progress.update(publish_task, completed=done)
 
-        stage_seconds = timer.seconds  # meta is built last, inside the publish (it needs the version)
+@dataclass
+class CountedPayloads:
+    """The readers' payloads as the publish consumes them, counting bytes and encoding seconds."""
 
-        def meta(version: str) -> bytes:
-            # The publish stage is still running while meta is written (it holds a negative
-            # start mark), so only finished stages are published.
-            finished = {name: value for name, value in stage_seconds.items() if value >= 0}
-            return orjson.dumps(build_meta(ctx, evaluation, coverage, finished, version, pre.seconds))
+    payloads: Iterator[tuple[int, bytes]]
+    progress: Any
+    total: int
+    seconds: float = 0.0
+    n_bytes: int = 0
 
-        blobs = {
-            "catalog": catalog_parquet(ctx.catalog, in_model),
-            "serving_model": serving_model_bytes(ctx.serving),
-            "popular": popular_blob(ctx, encoder),
-            "relevance": relevance_blob(ctx),
-            "meta": meta,
-        }
-        with open_store_from_settings(settings, store_url) as store:
-            with timer.stage("publish"):
-                version, stats = publish(store, counted(), book_payloads(ctx.catalog, in_model), blobs)
-    timer.seconds["encode (within publish)"] = encode_seconds[0]
-    timer.cpu_seconds["encode (within publish)"] = encode_seconds[0]  # single-threaded: wall ~ CPU
-    meta_doc = build_meta(ctx, evaluation, coverage, dict(timer.seconds), version, pre.seconds)
-    report = BatchReport(
-        version=version, preset=params.preset, parameters=params.as_dict(), coverage_by_tier=coverage,
-        n_users=n_users, users_published=int(stats.get("users", 0)), stage_seconds=dict(timer.seconds),
-        meta=meta_doc, bytes_recommendations=rec_bytes[0], tier_seconds=dict(pre.seconds), publish_stats=stats,
-        stage_cpu_seconds=dict(timer.cpu_seconds), tier_cpu_seconds=dict(pre.cpu_seconds),
-        context=ctx if keep_context else None, precomputed=pre if keep_context else None,
-    )
-    if show_progress:
-        console.print(summary_table(report))
-    return report
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        task = self.progress.add_task("publish: recommendations", total=self.total)
+        done = 0
+        while True:
+            t0 = time.perf_counter()
+            item = next(self.payloads, None)
+            self.seconds += time.perf_counter() - t0
+            if item is None:
+                break
+            self.n_bytes += len(item[1])
+            done += 1
+            if done % 5000 == 0:
+                self.progress.update(task, completed=done)
+            yield item
+        self.progress.update(task, completed=done)
+
+
+@dataclass
+class Published:
+    version: str
+    stats: dict
+    meta: dict
+    payloads: CountedPayloads
+
+
+def _publish_version(ctx: BatchContext, pre: Precomputed, evaluation: dict, coverage: dict, timer: Timer,
+                     store_url: str | None, progress) -> Published:
+    """Publish every payload and blob as one new version. Meta is built once, inside the publish
+    (it needs the version id), so its stage times are the stages finished before the publish."""
+    from bookrec.store import open_store_from_settings
+
+    encoder = PayloadEncoder(ctx.catalog)
+    in_model = ctx.in_model
+    payloads = CountedPayloads(iter_recommendations(ctx, pre, encoder), progress, ctx.interactions.n_users)
+    meta: dict = {}
+
+    def meta_blob(version: str) -> bytes:
+        meta.update(build_meta(ctx, evaluation, coverage, dict(timer.seconds), version, pre.seconds))
+        return orjson.dumps(meta)
+
+    blobs = {
+        "catalog": catalog_parquet(ctx.catalog, in_model),
+        "serving_model": ServingModel(**ctx.serving).to_npz(),
+        "popular": popular_blob(ctx, encoder),
+        "relevance": relevance_blob(ctx),
+        "meta": meta_blob,
+    }
+    with open_store_from_settings(ctx.settings, store_url) as store:
+        with timer.stage("publish"):
+            version, stats = publish(store, iter(payloads), book_payloads(ctx.catalog, in_model), blobs)
+    return Published(version, stats, meta, payloads)
 
 
 def summary_table(report: BatchReport):

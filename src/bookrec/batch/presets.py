@@ -15,24 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bookrec.config import Settings
+from bookrec.contracts.params import MODEL_PARAMS, PRESET_PARAMS, PRIOR_PARAMS
 
 log = logging.getLogger(__name__)
 
-# The parameters a preset fixes; the same names are fields of Settings (None there = "use preset").
-PARAMETER_NAMES = (
-    "n_factors",
-    "n_samples",
-    "burn_in",
-    "thin",
-    "n_chains",
-    "max_kept_samples",
-    "warm_start",
-    "top_n",
-)
-
-# Prior strengths of the model: the presets leave them at the model's defaults; the tuner's file
-# may set them, and then the batch must train with exactly those values.
-PRIOR_NAMES = ("beta0", "w0_scale", "bias_prior", "alpha_prior", "mu_prior_precision")
+# The parameters a preset fixes (the model's, from bookrec.contracts.params, plus the batch's top_n);
+# the same names are fields of Settings (None there = "use preset").
+PARAMETER_NAMES = (*PRESET_PARAMS, "top_n")
 
 
 @dataclass(frozen=True)
@@ -53,18 +42,15 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # Sized so `bookrec run` (synthetic `small` data) finishes in well under a minute on 2 cores
-    # once compiled. At k=5 the slowest quantities (alpha and the train RMSE, i.e. how the variance
-    # splits between signal and noise) are borderline on `small`: the train RMSE's bulk ESS was 98, 73
-    # and 139 at seeds 42, 1 and 2, with R-hat 1.01-1.04 (100 needed). 6,000 was no more reliable: one
-    # chain's slow excursions set the ESS. On the `full` preset's core this passes (ESS 362-406).
+    # Sized so that `bookrec run` (synthetic `small` data) finishes in well under a minute on 2 cores
+    # once compiled; its mixing per seed is in docs/BENCHMARKS.md ("Mixing on the quick start").
     "development": Preset(
         "development", n_factors=5, n_samples=3500, burn_in=300, thin=5, n_chains=2,
         max_kept_samples=50, warm_start=True, top_n=20,
         description="300 burn-in + 3,500 samples, 2 chains, k=5",
     ),
-    # More factors mix more slowly (k=10 at 500 + 3,000 draws: ESS ~40), so the longer presets
-    # buy their extra factors with proportionally longer chains.
+    # More factors mix more slowly, so the longer presets buy their extra factors with
+    # proportionally longer chains.
     "staging": Preset(
         "staging", n_factors=8, n_samples=5000, burn_in=500, thin=10, n_chains=2,
         max_kept_samples=100, warm_start=True, top_n=20,
@@ -98,7 +84,7 @@ class ResolvedParameters:
     top_n: int
     sources: dict[str, str] = field(default_factory=dict)
     tuned: dict[str, Any] | None = None  # study, n_trials, best_value, path of the tuned file used
-    priors: dict[str, Any] = field(default_factory=dict)  # tuned prior strengths (empty = model defaults)
+    priors: dict[str, Any] = field(default_factory=dict)  # set by the tuned file or env (empty: model defaults)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`bookrec.model.BPMF` (top_n is the batch's own)."""
@@ -136,31 +122,19 @@ def read_tuned_file(path: Path) -> dict[str, Any] | None:
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:
-    if name == "warm_start":
-        if not isinstance(value, bool):
-            raise PresetError(f"{origin}: warm_start must be true or false, got {value!r}")
-        return value
+    """A value as the model takes it (the contract's check and coercion); ``origin`` names the source."""
+    if name == "top_n":
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if isinstance(value, (bool, str)) or number != value or number < 1:
+            raise PresetError(f"{origin}: top_n must be a positive integer, got {value!r}")
+        return number
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise PresetError(f"{origin}: {name} must be an integer, got {value!r}") from None
-    if number != value or number < (0 if name == "burn_in" else 1):
-        raise PresetError(f"{origin}: {name} must be a {'non-negative' if name == 'burn_in' else 'positive'} integer, got {value!r}")
-    return number
-
-
-def _coerce_prior(name: str, value: Any, origin: str) -> Any:
-    if name in ("bias_prior", "alpha_prior"):
-        if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(float(v) > 0 for v in value)):
-            raise PresetError(f"{origin}: {name} must be a pair of positive numbers (shape, rate), got {value!r}")
-        return (float(value[0]), float(value[1]))
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise PresetError(f"{origin}: {name} must be a positive number, got {value!r}") from None
-    if not number > 0:
-        raise PresetError(f"{origin}: {name} must be a positive number, got {value!r}")
-    return number
+        return MODEL_PARAMS[name].coerce(value)
+    except ValueError as exc:
+        raise PresetError(f"{origin}: {exc}") from None
 
 
 def resolve_parameters(settings: Settings, preset: str | None = None) -> ResolvedParameters:
@@ -179,8 +153,8 @@ def resolve_parameters(settings: Settings, preset: str | None = None) -> Resolve
             if name in PARAMETER_NAMES:
                 used[name] = values[name] = _coerce(name, value, str(tuned_path))
                 sources[name] = "tuned"
-            elif name in PRIOR_NAMES:
-                used[name] = priors[name] = _coerce_prior(name, value, str(tuned_path))
+            elif name in PRIOR_PARAMS:
+                used[name] = priors[name] = _coerce(name, value, str(tuned_path))
                 sources[name] = "tuned"
         tuned_info = {
             "path": str(tuned_path),
@@ -195,13 +169,18 @@ def resolve_parameters(settings: Settings, preset: str | None = None) -> Resolve
             ", ".join(f"{k}={v}" for k, v in used.items()) or "none of them are batch parameters",
         )
 
-    for name in PARAMETER_NAMES:
+    for name in (*PARAMETER_NAMES, *PRIOR_PARAMS):
         explicit = getattr(settings, name)
-        if explicit is not None:
-            values[name] = _coerce(name, explicit, f"BOOKREC_{name.upper()}")
-            sources[name] = "env"
-    overridden = [n for n in PARAMETER_NAMES if sources[n] == "env"]
+        if explicit is None:
+            continue
+        value = _coerce(name, explicit, f"BOOKREC_{name.upper()}")
+        if name in PRIOR_PARAMS:
+            priors[name] = value
+        else:
+            values[name] = value
+        sources[name] = "env"
+    overridden = [n for n in sources if sources[n] == "env"]
     if overridden:
-        log.info("explicit settings override: %s", ", ".join(f"{n}={values[n]}" for n in overridden))
+        log.info("explicit settings override: %s", ", ".join(f"{n}={values.get(n, priors.get(n))}" for n in overridden))
 
     return ResolvedParameters(preset=chosen.name, sources=sources, tuned=tuned_info, priors=priors, **values)

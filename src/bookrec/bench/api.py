@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bookrec.contracts.payloads import recommendation_item
+from bookrec.contracts.serving import ServingModel
+
 TARGETS = {"recommend_rps": 2000.0, "recommend_p99_ms": 20.0, "ratio": 0.60, "cold_start_p95_ms": 50.0}
 
 # wrk prints its summary through this Lua `done` hook as one JSON line (latencies in microseconds).
@@ -163,12 +166,10 @@ def publish_synthetic(
     def item(rank: int, row: int) -> dict[str, Any]:
         mean = float(rng.uniform(6, 9.5))
         half = float(rng.uniform(0.8, 2.2))
-        return {"rank": rank, "work_key": work_keys[row], "isbn": isbns[row], "title": titles[row],
-                "author": authors[row], "year": int(rng.integers(1950, 2005)),
-                "image_url": f"http://images.amazon.com/images/P/{isbns[row]}.01.MZZZZZZZ.jpg",
-                "predicted_rating": round(mean, 3), "uncertainty": round(half, 3),
-                "confidence_interval": [round(max(1, mean - half), 3), round(min(10, mean + half), 3)],
-                "basis": "personal"}
+        book = {"work_key": work_keys[row], "isbn": isbns[row], "title": titles[row], "author": authors[row],
+                "year": int(rng.integers(1950, 2005)),
+                "image_url": f"http://images.amazon.com/images/P/{isbns[row]}.01.MZZZZZZZ.jpg"}
+        return recommendation_item(rank, book, mean, max(1, mean - half), min(10, mean + half), "personal")
 
     # 5,000 distinct lists, shared round-robin: realistic sizes without minutes of JSON encoding.
     bodies = [[item(r + 1, int(w)) for r, w in enumerate(rng.choice(model_rows, size=top_n, replace=False))]
@@ -183,15 +184,13 @@ def publish_synthetic(
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     k, s, i = n_factors, n_samples, n_items
-    serving = {
-        "item_factors": rng.normal(0, 0.4, (s, i, k)).astype(np.float32), "item_bias": rng.normal(0, 0.5, (s, i)).astype(np.float32),
-        "mu": rng.normal(7.6, 0.02, s), "alpha": rng.gamma(50, 1 / 20, s), "mu_user": rng.normal(0, 0.05, (s, k)),
-        "lambda_user": np.stack([np.eye(k) * 2.0] * s), "tau_user_bias": rng.gamma(20, 0.1, s),
-        "item_keys": np.asarray([work_keys[r] for r in model_rows], dtype=str),
-        "item_isbns": np.asarray([isbns[r] for r in model_rows], dtype=str), "rating_range": np.array([1.0, 10.0]),
-    }
-    model_buf = io.BytesIO()
-    np.savez(model_buf, **serving)
+    serving = ServingModel(
+        item_factors=rng.normal(0, 0.4, (s, i, k)).astype(np.float32), item_bias=rng.normal(0, 0.5, (s, i)).astype(np.float32),
+        mu=rng.normal(7.6, 0.02, s), alpha=rng.gamma(50, 1 / 20, s), mu_user=rng.normal(0, 0.05, (s, k)),
+        lambda_user=np.stack([np.eye(k) * 2.0] * s), tau_user_bias=rng.gamma(20, 0.1, s),
+        item_keys=np.asarray([work_keys[r] for r in model_rows], dtype=str),
+        item_isbns=np.asarray([isbns[r] for r in model_rows], dtype=str), rating_range=np.array([1.0, 10.0]),
+    )
     meta = {"created_at": "synthetic", "environment": "bench", "n_kept": s, "interval_level": 0.9, "top_n": top_n,
             "coverage_by_tier": {"personal": n_users}, "dataset": {"users": n_users, "books": n_books}}
     with open_store(store_url, timeout=120) as store:
@@ -207,7 +206,7 @@ def publish_synthetic(
                 for r in range(n_books)
             )
             pub.put_blob("catalog", sink.getvalue())
-            pub.put_blob("serving_model", model_buf.getvalue())
+            pub.put_blob("serving_model", serving.to_npz())
             pub.put_blob("meta", orjson.dumps(meta))
     return {"source": f"synthetic ({n_users:,} readers x {top_n}, {n_books:,} books, model S={s} I={i} k={k})",
             "version": pub.version, "publish_seconds": round(time.perf_counter() - started, 1)}
@@ -230,16 +229,13 @@ def _all_user_ids(store_url: str) -> list[int]:
 
 
 def _cold_start_bodies(store_url: str, n: int, per_body: int, seed: int) -> list[bytes]:
-    import io
-
     from bookrec.store import open_store
 
     with open_store(store_url) as store:
         blob = store.get_blob("serving_model")
     if blob is None:
         raise RuntimeError("the published version has no serving model")
-    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-        isbns = npz["item_isbns"].tolist()
+    isbns = ServingModel.from_npz(blob).item_isbns.tolist()
     rng = random.Random(seed)
     return [
         orjson.dumps({"ratings": [{"isbn": isbn, "rating": rng.randint(1, 10)} for isbn in rng.sample(isbns, per_body)],
@@ -291,7 +287,6 @@ def bench_api(
     json_out: Path | None = None,
 ) -> dict[str, Any]:
     from rich.console import Console
-    from rich.table import Table
 
     from bookrec.store.bench import temporary_redis
 
@@ -315,22 +310,7 @@ def bench_api(
             results["publish"] = {"source": "existing store (not published by the benchmark)"}
         console.print(f"published: {results['publish']}")
 
-        user_ids = _all_user_ids(store_url)
-        users_file = workdir / "users.txt"
-        users_file.write_text("\n".join(map(str, user_ids)) + "\n")
-        bodies = _cold_start_bodies(store_url, 500, 10, seed)
-        bodies_file = workdir / "cold.jsonl"
-        bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-        scripts = {
-            "root": DONE_LUA,
-            "recommend": RECOMMEND_LUA % {"users": users_file, "seed": seed} + DONE_LUA,
-            "cold_start": COLD_START_LUA % {"bodies": bodies_file, "seed": seed} + DONE_LUA,
-        }
-        paths = {}
-        for name, text in scripts.items():
-            paths[name] = workdir / f"{name}.lua"
-            paths[name].write_text(text)
-        results["users"] = len(user_ids)
+        paths, results["users"], first_body = _load_scripts(workdir, store_url, seed)
 
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
@@ -346,7 +326,7 @@ def bench_api(
         )
         stack.callback(lambda: (proc.terminate(), proc.wait(timeout=20)))
         started = time.perf_counter()
-        wait_until_serving(base, proc, bodies[0])
+        wait_until_serving(base, proc, first_body)
         results["server_ready_seconds"] = round(time.perf_counter() - started, 1)
         console.print(f"server ready in {results['server_ready_seconds']} s; loading for {duration} s per scenario")
 
@@ -356,6 +336,37 @@ def bench_api(
             run_wrk(base, "POST /recommend/cold-start (10 books)", cold_duration, cold_connections, threads,
                     paths["cold_start"]),
         ]
+    _judge_and_print(console, runs, results, workers, connections)
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _load_scripts(workdir: Path, store_url: str, seed: int) -> tuple[dict[str, Path], int, bytes]:
+    """wrk's Lua scripts (GET /, random readers, cold starts) in ``workdir``; also the number of
+    readers and one cold-start body."""
+    user_ids = _all_user_ids(store_url)
+    users_file = workdir / "users.txt"
+    users_file.write_text("\n".join(map(str, user_ids)) + "\n")
+    bodies = _cold_start_bodies(store_url, 500, 10, seed)
+    bodies_file = workdir / "cold.jsonl"
+    bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+    scripts = {
+        "root": DONE_LUA,
+        "recommend": RECOMMEND_LUA % {"users": users_file, "seed": seed} + DONE_LUA,
+        "cold_start": COLD_START_LUA % {"bodies": bodies_file, "seed": seed} + DONE_LUA,
+    }
+    paths = {}
+    for name, text in scripts.items():
+        paths[name] = workdir / f"{name}.lua"
+        paths[name].write_text(text)
+    return paths, len(user_ids), bodies[0]
+
+
+def _judge_and_print(console, runs: list, results: dict[str, Any], workers: int, connections: int) -> None:
+    """Check the runs against TARGETS, add the figures to ``results`` and print them."""
+    from rich.table import Table
+
     root, rec, cold = runs
     ratio = rec.rps / root.rps if root.rps else 0.0
     checks = {
@@ -384,6 +395,3 @@ def bench_api(
     )
     for name, ok in checks.items():
         console.print(f"  {'[green]met[/green]' if ok else '[red]missed[/red]'}  {name}")
-    if json_out is not None:
-        json_out.write_text(json.dumps(results, indent=2))
-    return results

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext, redirect_stdout
 from pathlib import Path
 
 TARGETS = {"precompute": 60.0, "publish": 30.0, "total": 180.0, "peak_rss_mb": 2048.0}
@@ -32,9 +32,8 @@ def _cpu() -> float:
 def bench_batch(data_dir: Path | None, synth_preset: str, seed: int, batch_preset: str, store_url: str | None,
                 workdir: Path | None, as_json: bool) -> dict:
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console()
+    console = Console(stderr=as_json)
     tmp = Path(tempfile.mkdtemp(prefix="bookrec-bench-batch-")) if workdir is None else Path(workdir)
     tmp.mkdir(parents=True, exist_ok=True)
     stack = ExitStack()
@@ -62,7 +61,9 @@ def bench_batch(data_dir: Path | None, synth_preset: str, seed: int, batch_prese
         settings = Settings(tuned_config_path=tmp / "no-tuned-params.json")
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         cpu0, t0 = _cpu(), time.perf_counter()
-        report = run_batch(settings, data_dir=data_dir, store_url=store_url, preset=batch_preset, show_progress=True)
+        # With --json, stdout carries the figures alone: the batch's own report goes to stderr.
+        with redirect_stdout(sys.stderr) if as_json else nullcontext():
+            report = run_batch(settings, data_dir=data_dir, store_url=store_url, preset=batch_preset, show_progress=True)
         total = time.perf_counter() - t0
         cpu_total = _cpu() - cpu0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -70,30 +71,7 @@ def bench_batch(data_dir: Path | None, synth_preset: str, seed: int, batch_prese
             versions = {v["version"]: v for v in store.versions()}
             stored = versions.get(report.version, {})
             memory = store.memory_info()
-        users = max(report.users_published, 1)
-        figures = {
-            "data": str(data_dir),
-            "batch_preset": report.preset,
-            "parameters": report.parameters,
-            "readers": report.n_users,
-            "readers_published": report.users_published,
-            "coverage_by_tier": report.coverage_by_tier,
-            "stage_seconds": report.stage_seconds,
-            "precompute_seconds_by_tier": report.tier_seconds,
-            "stage_cpu_seconds": report.stage_cpu_seconds,
-            "precompute_cpu_seconds_by_tier": report.tier_cpu_seconds,
-            "total_seconds": total,
-            "cpu_seconds": cpu_total,
-            "peak_rss_mb": peak,
-            "rss_before_batch_mb": rss_before,
-            "payload_bytes_total": report.bytes_recommendations,
-            "payload_bytes_per_reader": report.bytes_recommendations / users,
-            "stored_bytes_version": stored.get("bytes"),
-            "stored_bytes_per_reader": (stored.get("bytes") or 0) / users,
-            "store_memory": memory,
-            "test_rmse": report.meta.get("test_metrics", {}).get("rmse"),
-            "converged": report.meta.get("convergence", {}).get("converged"),
-        }
+        figures = _figures(report, data_dir, memory, stored, rss_before, peak, total, cpu_total)
     finally:
         stack.close()
         if workdir is None:
@@ -102,6 +80,42 @@ def bench_batch(data_dir: Path | None, synth_preset: str, seed: int, batch_prese
     if as_json:
         print(json.dumps(figures, indent=2, default=str))
         return figures
+    console.print(_table(figures))
+    return figures
+
+
+def _figures(report, data_dir: Path, memory: dict | None, stored: dict, rss_before: float, peak: float,
+             total: float, cpu_total: float) -> dict:
+    users = max(report.users_published, 1)
+    return {
+        "data": str(data_dir),
+        "batch_preset": report.preset,
+        "parameters": report.parameters,
+        "readers": report.n_users,
+        "readers_published": report.users_published,
+        "coverage_by_tier": report.coverage_by_tier,
+        "stage_seconds": report.stage_seconds,
+        "precompute_seconds_by_tier": report.tier_seconds,
+        "stage_cpu_seconds": report.stage_cpu_seconds,
+        "precompute_cpu_seconds_by_tier": report.tier_cpu_seconds,
+        "total_seconds": total,
+        "cpu_seconds": cpu_total,
+        "peak_rss_mb": peak,
+        "rss_before_batch_mb": rss_before,
+        "payload_bytes_total": report.bytes_recommendations,
+        "payload_bytes_per_reader": report.bytes_recommendations / users,
+        "stored_bytes_version": stored.get("bytes"),
+        "stored_bytes_per_reader": (stored.get("bytes") or 0) / users,
+        "store_memory": memory,
+        "test_rmse": report.meta.get("test_metrics", {}).get("rmse"),
+        "converged": report.meta.get("convergence", {}).get("converged"),
+    }
+
+
+def _table(figures: dict):
+    from rich.table import Table
+
+    total, cpu_total, peak = figures["total_seconds"], figures["cpu_seconds"], figures["peak_rss_mb"]
     st = figures["stage_seconds"]
     table = Table(title=f"bookrec bench batch: {figures['readers']:,} readers, preset {figures['batch_preset']}",
                   caption="CPU = process CPU time over all threads (2 cores: a parallel stage can use 2 s per second)")
@@ -126,8 +140,7 @@ def bench_batch(data_dir: Path | None, synth_preset: str, seed: int, batch_prese
         table.add_row("store memory used", f"{used / 1e6:,.0f} MB", "")
     for tier, n in figures["coverage_by_tier"].items():
         table.add_row(f"readers: {tier}", f"{n:,} ({100 * n / max(figures['readers'], 1):.1f}%)", "")
-    console.print(table)
-    return figures
+    return table
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -235,10 +235,9 @@ def _import_case_messages(rows: list[dict]) -> list[str]:
     return [f"{r['case']}: {r['message']}" for r in rows if r["message"]]
 
 
-def bench_data(preset: str = "full", seed: int = 0, workdir: Path | None = None, as_json: bool = False) -> dict:
+def bench_data(preset: str = "full", seed: int = 42, workdir: Path | None = None, as_json: bool = False) -> dict:
     """Run the data benchmark and print a table (or JSON); returns the figures."""
     from rich.console import Console
-    from rich.table import Table
 
     from bookrec.data.synth import PRESETS, REAL_COUNTS, REAL_EXPLICIT_SHARE
 
@@ -296,6 +295,15 @@ def bench_data(preset: str = "full", seed: int = 0, workdir: Path | None = None,
     if as_json:
         print(json.dumps(figures, indent=2))
         return figures
+    _print_report(console, figures, gen, raw, imp, seed)
+    return figures
+
+
+def _print_report(console, figures: dict, gen: dict, raw: dict, imp: dict, seed: int) -> None:
+    from rich.table import Table
+
+    c, stats_kcore, cases = figures["counts"], figures["kcore_5_10"], figures["import_cases"]
+    counts_ok, max_dev_pp, preset = figures["counts_match_preset"], figures["explicit_share_max_deviation_pp"], figures["preset"]
     t = Table(title=f"bookrec bench data ({preset}, seed {seed})")
     t.add_column("step")
     t.add_column("time (s)", justify="right")
@@ -312,14 +320,13 @@ def bench_data(preset: str = "full", seed: int = 0, workdir: Path | None = None,
     console.print(
         f"counts {c['users']:,} users, {c['books']:,} books, {c['ratings']:,} ratings, {c['implicit']:,} implicit: "
         f"{'match' if counts_ok else 'DO NOT match'} the preset; explicit distribution max deviation from the real "
-        f"one {max_dev_pp:.2f} percentage points; {stats['share_isbn_not_in_books']:.1%} of ratings on ISBNs "
-        f"absent from books; k-core 5/10: {stats['kcore']['users']:,} users x {stats['kcore']['works']:,} works, "
-        f"{stats['kcore']['ratings']:,} ratings"
+        f"one {max_dev_pp:.2f} percentage points; {figures['share_isbn_not_in_books']:.1%} of ratings on ISBNs "
+        f"absent from books; k-core 5/10: {stats_kcore['users']:,} users x {stats_kcore['works']:,} works, "
+        f"{stats_kcore['ratings']:,} ratings"
     )
     console.print(_import_cases_table(cases))
     for line in _import_case_messages(cases):
         console.print(line, highlight=False, soft_wrap=True)
-    return figures
 
 
 if __name__ == "__main__":

@@ -89,7 +89,6 @@ def bench_optimize(
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
     from bookrec.config import Settings
-    from bookrec.data.prep import prepare_training
     from bookrec.optimize.objective import TuningData, objective_options_from_settings
     from bookrec.optimize.space import from_bpmf_kwargs
     from bookrec.optimize.study import run_optimization, summary_tables
@@ -97,23 +96,7 @@ def bench_optimize(
     console = Console() if sys.stdout.isatty() else Console(width=120)
     settings = Settings(seed=seed)
     wall_started = time.perf_counter()
-    if data_dir is not None:
-        from bookrec.data.io import load_dataset
-
-        dataset = load_dataset(data_dir, with_truth=False)
-        source = str(data_dir)
-    else:
-        from bookrec.data.synth import generate
-
-        with console.status(f"generating synthetic {preset} data"):
-            dataset = generate(preset, seed=seed).dataset
-        source = f"synthetic {preset} (seed {seed})"
-    training = prepare_training(dataset, settings)
-    sizes = training.sizes()
-    console.print(
-        f"{source}: {sizes['core_users']:,} users x {sizes['core_books']:,} works; "
-        f"train {sizes['train']:,} / validation {sizes['validation']:,} / test {sizes['test']:,}"
-    )
+    training = _training_data(preset, seed, data_dir, settings, console)
     options = objective_options_from_settings(settings, objective=objective)
 
     defaults = default_configuration(options.space.n_chains)
@@ -155,20 +138,66 @@ def bench_optimize(
     if tmpdir is not None:
         tmpdir.cleanup()
 
+    console.print(_default_vs_tuned(default_scores, tuned_scores, result.chosen.number, preset, trials, objective))
+    verdict, test_gain, test_gain_se = _verdict(console, default_scores, tuned_scores, objective)
+    console.print(f"study wall time {study_seconds:.1f} s; whole benchmark {wall:.1f} s")
+    return {
+        "default": default_scores,
+        "tuned": tuned_scores,
+        "tuned_params": tuned,
+        "default_params": defaults,
+        "study_seconds": study_seconds,
+        "wall_seconds": wall,
+        "verdict": verdict,
+        "test_nll_gain": test_gain,
+        "test_nll_gain_se": test_gain_se,
+    }
+
+
+def _training_data(preset: str, seed: int, data_dir: Path | None, settings, console):
+    """The training core and its splits, from ``data_dir`` or freshly generated synthetic data."""
+    from bookrec.data.prep import prepare_training
+
+    if data_dir is not None:
+        from bookrec.data.io import load_dataset
+
+        dataset = load_dataset(data_dir, with_truth=False)
+        source = str(data_dir)
+    else:
+        from bookrec.data.synth import generate
+
+        with console.status(f"generating synthetic {preset} data"):
+            dataset = generate(preset, seed=seed).dataset
+        source = f"synthetic {preset} (seed {seed})"
+    training = prepare_training(dataset, settings)
+    sizes = training.sizes()
+    console.print(
+        f"{source}: {sizes['core_users']:,} users x {sizes['core_books']:,} works; "
+        f"train {sizes['train']:,} / validation {sizes['validation']:,} / test {sizes['test']:,}"
+    )
+    return training
+
+
+def _default_vs_tuned(default_scores: dict, tuned_scores: dict, chosen: int, preset: str, trials: int,
+                      objective: str) -> Table:
     table = Table(title=f"default vs tuned ({preset}, {trials} trials, objective validation {objective})")
     table.add_column("configuration")
     for split in ("validation", "test"):
         for metric in ("RMSE", "NLL", "cov90"):
             table.add_column(f"{split[:3] if split == 'validation' else split} {metric}", justify="right")
     table.add_column("fit s", justify="right")
-    for name, scores in (("default", default_scores), (f"tuned #{result.chosen.number}", tuned_scores)):
+    for name, scores in (("default", default_scores), (f"tuned #{chosen}", tuned_scores)):
         row = [name]
         for split in ("validation", "test"):
             m = scores[split]
             row += [f"{m['rmse']:.4f}", f"{m['nll']:.4f}", f"{m['coverage90']:.3f}"]
         row.append(f"{scores['train_seconds']:.1f}")
         table.add_row(*row)
-    console.print(table)
+    return table
+
+
+def _verdict(console, default_scores: dict, tuned_scores: dict, objective: str) -> tuple[dict, float, float]:
+    """Whether tuned beats default per split and metric, and the paired test NLL gain with its SE."""
     verdict = {
         split: {m: tuned_scores[split][m] < default_scores[split][m] for m in ("rmse", "nll")}
         for split in ("validation", "test")
@@ -184,15 +213,4 @@ def bench_optimize(
         f"tuned beats default on validation {objective}: {verdict['validation'][objective] if objective in ('rmse', 'nll') else '-'}; "
         f"on test NLL: {verdict['test']['nll']}, test RMSE: {verdict['test']['rmse']}"
     )
-    console.print(f"study wall time {study_seconds:.1f} s; whole benchmark {wall:.1f} s")
-    return {
-        "default": default_scores,
-        "tuned": tuned_scores,
-        "tuned_params": tuned,
-        "default_params": defaults,
-        "study_seconds": study_seconds,
-        "wall_seconds": wall,
-        "verdict": verdict,
-        "test_nll_gain": test_gain,
-        "test_nll_gain_se": test_gain_se,
-    }
+    return verdict, test_gain, test_gain_se

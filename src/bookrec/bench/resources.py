@@ -304,7 +304,6 @@ def bench_resources(
     as_json: bool,
 ) -> list[Measured]:
     from rich.console import Console
-    from rich.table import Table
 
     from bookrec.bench.api import publish_synthetic
     from bookrec.store.bench import temporary_redis
@@ -327,18 +326,7 @@ def bench_resources(
                 console.print(f"[red]{what} failed:[/red] {exc}")
                 return False
 
-        presets = [p for p in presets if p and p != "none"]
-        if presets:
-            small = workdir / "small"
-            if not (small / "manifest.json").is_file():
-                console.print("generating the [bold]small[/bold] synthetic data ...")
-                synth("small", small, workdir)
-            for preset in presets:
-                console.print(f"batch [bold]{preset}[/bold] on small ...")
-                store = f"sqlite:///{(workdir / f'batch-{preset}.sqlite3').resolve()}"
-                if attempt(f"batch --preset {preset} on small",
-                           lambda: results.append(measure_batch(preset, small, store, workdir, "small"))):
-                    console.print(f"  {results[-1]}")
+        _batches_on_small([p for p in presets if p and p != "none"], workdir, console, attempt, results)
 
         redis_url = stack.enter_context(temporary_redis())
         published = False
@@ -373,6 +361,28 @@ def bench_resources(
 
     if as_json:
         print(json.dumps([asdict(r) for r in results], indent=2, default=str))
+    _print_results(console, results)
+    return results
+
+
+def _batches_on_small(presets: list[str], workdir: Path, console, attempt, results: list[Measured]) -> None:
+    """One batch per preset on the small synthetic data, each into its own SQLite store."""
+    if presets:
+        small = workdir / "small"
+        if not (small / "manifest.json").is_file():
+            console.print("generating the [bold]small[/bold] synthetic data ...")
+            synth("small", small, workdir)
+        for preset in presets:
+            console.print(f"batch [bold]{preset}[/bold] on small ...")
+            store = f"sqlite:///{(workdir / f'batch-{preset}.sqlite3').resolve()}"
+            if attempt(f"batch --preset {preset} on small",
+                       lambda: results.append(measure_batch(preset, small, store, workdir, "small"))):
+                console.print(f"  {results[-1]}")
+
+
+def _print_results(console, results: list[Measured]) -> None:
+    from rich.table import Table
+
     table = Table(title=f"bookrec resources on this machine ({os.cpu_count()} CPUs, "
                         f"{psutil.virtual_memory().total / 1024**3:.1f} GB RAM, load {os.getloadavg()[0]:.1f})")
     for column in ("what", "peak RSS MB", "RSS MB", "store MB", "seconds", "note"):
@@ -388,4 +398,3 @@ def bench_resources(
     console.print("peak RSS = the kernel's ru_maxrss of the batch process (wait4), or the polled peak of the API's "
                   "process tree under load (RSS summed over processes counts shared pages in each; PSS does not); "
                   "store MB = growth of Redis INFO used_memory.")
-    return results

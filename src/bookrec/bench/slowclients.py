@@ -244,7 +244,6 @@ def bench_slowclients(modes: list[str], users: int = 20_000, duration: int = 15,
                       slow: int = 2000, big: int = 10, big_mb: int = 10, settle: float = 4.0, rounds: int = 4,
                       workdir: Path | None = None, as_json: bool = False) -> dict[str, Any]:
     from rich.console import Console
-    from rich.table import Table
 
     from bookrec.bench.api import DONE_LUA, RECOMMEND_LUA, _all_user_ids, publish_synthetic
     from bookrec.store.bench import temporary_redis
@@ -290,6 +289,17 @@ def bench_slowclients(modes: list[str], users: int = 20_000, duration: int = 15,
             entry["p99_ratio"] = round(entry["attacked"]["p99_ms"] / best.p99_ms, 2) if best.p99_ms else None
             results["servers"].append(entry)
 
+    _judge_targets(results)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return results
+
+    _print_results(console, results, slow, big, big_mb, connections, duration)
+    return results
+
+
+def _judge_targets(results: dict[str, Any]) -> None:
+    """The bounded server against the plain one and the targets."""
     by_mode = {s["mode"]: s for s in results["servers"]}
     if "bounded" in by_mode and "plain" in by_mode:
         results["throughput_ratio"] = round(by_mode["bounded"]["unloaded_rps_median"] / by_mode["plain"]["unloaded_rps_median"], 3)
@@ -301,9 +311,11 @@ def bench_slowclients(modes: list[str], users: int = 20_000, duration: int = 15,
             **({"throughput_ratio": results["throughput_ratio"] >= TARGETS["throughput_ratio"]}
                if "throughput_ratio" in results else {}),
         }
-    if as_json:
-        print(json.dumps(results, indent=2))
-        return results
+
+
+def _print_results(console, results: dict[str, Any], slow: int, big: int, big_mb: int, connections: int,
+                   duration: int) -> None:
+    from rich.table import Table
 
     table = Table(title=f"GET /recommend, unloaded and under {slow:,} slow connections + {big} x {big_mb} MB headers "
                         f"(wrk {connections} connections, {duration} s, {os.cpu_count()} CPUs)")
@@ -330,4 +342,3 @@ def bench_slowclients(modes: list[str], users: int = 20_000, duration: int = 15,
                       f"(target >= {TARGETS['throughput_ratio']:.0%})")
     for name, ok in results.get("targets_met", {}).items():
         console.print(f"  {'[green]met[/green]' if ok else '[red]missed[/red]'}  {name}")
-    return results

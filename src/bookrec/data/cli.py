@@ -24,6 +24,7 @@ class PresetName(str, Enum):
     tiny = "tiny"
     small = "small"
     full = "full"
+    xl = "xl"
 
 
 class OutputFormat(str, Enum):
@@ -41,17 +42,31 @@ def _fail(message: str) -> None:
 @app.command("synth")
 def synth(
     out: Path = typer.Option(..., "--out", help="Output directory"),
-    preset: PresetName = typer.Option(PresetName.small, help="Size: tiny (unit tests), small (dense k-core), full (real counts)"),
-    seed: int = typer.Option(0, help="Random seed (same seed, same data)"),
+    preset: PresetName = typer.Option(
+        PresetName.small, help="Size: tiny (unit tests), small (dense k-core), full (real counts), xl (10x full, written in chunks)"
+    ),
+    seed: int = typer.Option(42, help="Random seed (same seed, same data)"),
     fmt: OutputFormat = typer.Option(OutputFormat.normalized, "--format", help="normalized directory, or raw bx / kaggle CSV files"),
     continuous: bool = typer.Option(False, "--continuous", help="Keep explicit ratings unrounded (mean + Gaussian noise)"),
 ) -> None:
     """Generate BookCrossing-shaped data with a known ground truth (truth.npz + truth.json)."""
     from bookrec.logging import console as make_console
 
-    from bookrec.data.synth import generate, write_synthetic
+    from bookrec.data.synth import CHUNKED_READERS, generate, write_in_chunks, write_synthetic
 
     console = make_console()
+    if preset.value in CHUNKED_READERS:
+        if fmt is not OutputFormat.normalized:
+            _fail(f"--preset {preset.value} is written in chunks as a normalized directory only")
+            return
+        with console.status("generating") as status:
+            c, seconds = write_in_chunks(preset.value, out, seed=seed, continuous=continuous,
+                                         progress=lambda s: status.update(f"generating: {s}"))
+        console.print(
+            f"wrote normalized data to {out}: {c['users']:,} users, {c['books']:,} books, "
+            f"{c['ratings']:,} ratings ({c['implicit']:,} implicit) in {seconds:.1f} s"
+        )
+        return
     with console.status("generating") as status:
         result = generate(preset.value, seed=seed, continuous=continuous, progress=lambda s: status.update(f"generating: {s}"))
         status.update(f"writing {fmt.value}")

@@ -66,14 +66,18 @@ def is_dataset_dir(path: Path | str) -> bool:
     return all((p / f).is_file() for f in (RATINGS_FILE, BOOKS_FILE, USERS_FILE, MANIFEST_FILE))
 
 
+# No statistics timestamps exist in Parquet; fixed writer options keep bytes reproducible.
+PARQUET_COMPRESSION = "zstd"
+PARQUET_ROW_GROUP = 1 << 20
+
+
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     tmp = path.with_suffix(".parquet.tmp")
-    # No statistics timestamps exist in Parquet; fixed writer options keep bytes reproducible.
-    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+    pq.write_table(table, tmp, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP)
     tmp.replace(path)
 
 
@@ -93,15 +97,77 @@ def write_dataset(dataset: Dataset, path: Path | str) -> Path:
     manifest.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     manifest["counts"] = dataset.counts()
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    for stale in (TRUTH_ARRAYS_FILE, TRUTH_JSON_FILE):
-        if dataset.truth is None and (out / stale).exists():
-            (out / stale).unlink()
-    if dataset.truth is not None:
-        arrays = {k: v for k, v in dataset.truth.items() if isinstance(v, np.ndarray)}
-        scalars = {k: v for k, v in dataset.truth.items() if not isinstance(v, np.ndarray)}
-        np.savez_compressed(out / TRUTH_ARRAYS_FILE, **arrays)
-        (out / TRUTH_JSON_FILE).write_text(json.dumps(scalars, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_truth(dataset.truth, out)
     return out
+
+
+class ChunkedDatasetWriter:
+    """Writes a normalised directory whose ratings and users arrive in chunks, so a data set
+    larger than memory can be written: the same files :func:`write_dataset` writes, which
+    :func:`load_dataset` reads the same way (only the Parquet row groups differ).
+
+    Chunks must come in ascending user ids (each table sorted within its chunk), so the files
+    keep the batch order. Files are written under temporary names and the manifest comes last.
+    """
+
+    def __init__(self, path: Path | str, books: pd.DataFrame) -> None:
+        self.out = Path(path)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / MANIFEST_FILE).unlink(missing_ok=True)  # no manifest: not a data set until closed
+        _write_parquet(books, self.out / BOOKS_FILE)
+        self.n_books = len(books)
+        self._writers: dict[str, Any] = {}
+        self.counts = {"users": 0, "ratings": 0, "explicit": 0, "implicit": 0}
+
+    def _append(self, name: str, df: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        writer = self._writers.get(name)
+        if writer is None:
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            writer = pq.ParquetWriter(self.out / f"{name}.tmp", table.schema, compression=PARQUET_COMPRESSION)
+            self._writers[name] = writer
+        else:  # the first chunk's schema for all (a column null throughout a chunk keeps its type)
+            table = pa.Table.from_pandas(df, schema=writer.schema, preserve_index=False)
+        writer.write_table(table, row_group_size=PARQUET_ROW_GROUP)
+
+    def append(self, ratings: pd.DataFrame, users: pd.DataFrame) -> None:
+        """Add one chunk of readers: their ratings and their rows of the users table."""
+        self._append(RATINGS_FILE, ratings)
+        self._append(USERS_FILE, users)
+        r = ratings["rating"].to_numpy()
+        self.counts["users"] += len(users)
+        self.counts["ratings"] += len(ratings)
+        self.counts["explicit"] += int((r > 0).sum())
+        self.counts["implicit"] += int((r == 0).sum())
+
+    def close(self, manifest: dict, truth: dict | None) -> dict[str, int]:
+        """Finish the files, then write the truth and the manifest; returns the manifest's counts."""
+        for name, writer in self._writers.items():
+            writer.close()
+            (self.out / f"{name}.tmp").replace(self.out / name)
+        manifest = dict(manifest)
+        manifest.setdefault("source", "unknown")
+        manifest.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        c = self.counts
+        manifest["counts"] = {"users": c["users"], "books": self.n_books, "ratings": c["ratings"],
+                              "explicit": c["explicit"], "implicit": c["implicit"]}
+        write_truth(truth, self.out)
+        (self.out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return manifest["counts"]
+
+
+def write_truth(truth: dict | None, out: Path) -> None:
+    """Truth arrays (numpy values) to truth.npz, the rest to truth.json; stale files go when there is none."""
+    if truth is None:
+        for stale in (TRUTH_ARRAYS_FILE, TRUTH_JSON_FILE):
+            (out / stale).unlink(missing_ok=True)
+        return
+    arrays = {k: v for k, v in truth.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in truth.items() if not isinstance(v, np.ndarray)}
+    np.savez_compressed(out / TRUTH_ARRAYS_FILE, **arrays)
+    (out / TRUTH_JSON_FILE).write_text(json.dumps(scalars, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
 def publish_dataset(dataset: Dataset, path: Path | str) -> Path:

@@ -62,16 +62,6 @@ def _fold(text: str) -> str:
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 
-def normalize_title_key(title: str) -> str:
-    """Lower-case ASCII words of a title, punctuation removed: 'The Da-Vinci Code!' -> 'the da vinci code'."""
-    return _NON_ALNUM.sub(" ", _fold(title).lower()).strip()
-
-
-def normalize_author_key(author: str) -> str:
-    """Letters and digits only, so 'J. K. Rowling', 'J.K. Rowling' and 'J K ROWLING' agree."""
-    return _NON_ALNUM.sub("", _fold(author).lower())
-
-
 def _folded_lower(values: pd.Series) -> pd.Series:
     """Lower-case text with accents stripped; the slow Unicode path only for non-ASCII rows."""
     s = values.fillna("").astype("str")
@@ -85,7 +75,9 @@ def _folded_lower(values: pd.Series) -> pd.Series:
 def work_keys(titles: pd.Series, authors: pd.Series) -> pd.Series:
     """The work key of each book: ``normalised title|normalised author`` (editions share it).
 
-    Vectorised equivalent of :func:`normalize_title_key` + ``"|"`` + :func:`normalize_author_key`.
+    The title keeps its lower-case ASCII words with punctuation removed ('The Da-Vinci Code!' ->
+    'the da vinci code'); the author keeps letters and digits only, so 'J. K. Rowling',
+    'J.K. Rowling' and 'J K ROWLING' agree.
     """
     t = _folded_lower(titles).str.replace(_NON_ALNUM.pattern, " ", regex=True).str.strip()
     a = _folded_lower(authors).str.replace(_NON_ALNUM.pattern, "", regex=True)
@@ -355,11 +347,3 @@ def _typed_users(df: pd.DataFrame) -> pd.DataFrame:
     out = df.astype({"user_id": "int64", "city": "str", "state": "str", "country": "str"})
     out["age"] = out["age"].astype("Int16")
     return out
-
-
-def empty_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Empty typed tables (a data set with no rows still has the right columns)."""
-    r = _typed_ratings(pd.DataFrame({"user_id": np.array([], "int64"), "isbn": [], "rating": np.array([], "float32")}))
-    b = _typed_books(pd.DataFrame({c: [] for c in ["isbn", "title", "author", "year", "publisher", "image_url", "work_key"]}))
-    u = _typed_users(pd.DataFrame({c: [] for c in ["user_id", "city", "state", "country", "age"]}))
-    return r, b, u

@@ -42,20 +42,26 @@ The truth records the structure: ``work_genre`` (all works, ghosts included), ``
 Everything is produced as *raw* text tables (quirks included: junk ages and years, free-text
 locations, messy ISBNs) and normalised with :mod:`bookrec.data.normalize`, the same code the
 importer runs, so ``synth --format bx`` + ``import`` gives the same tables as ``synth``.
+
+``xl`` (ten times BookCrossing) is written by :func:`write_in_chunks` instead: the catalogue
+once, then the readers chunk by chunk through the same stages, so memory holds the catalogue and
+one chunk of readers however many readers there are.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from bookrec.data.io import Dataset, write_dataset
-from bookrec.data.normalize import decode_entities, normalize_tables, work_keys
+from bookrec.data.io import ChunkedDatasetWriter, Dataset, write_dataset, write_truth
+from bookrec.data.normalize import (
+    decode_entities, normalize_books, normalize_ratings, normalize_tables, normalize_users, work_keys,
+)
 
 # The real explicit distribution (BX, ratings 1..10) and counts.
 REAL_EXPLICIT_COUNTS = np.array([1770, 2759, 5996, 8904, 50974, 36924, 76457, 103736, 67541, 78610])
@@ -65,7 +71,7 @@ IMPLICIT_SHARE = 716_109 / 1_149_780
 
 
 @dataclass(frozen=True)
-class Preset:
+class SynthPreset:
     """Sizes and shape parameters of one synthetic data set."""
 
     name: str
@@ -91,20 +97,20 @@ class Preset:
     bestseller_share: float = 0.3  # share of fresh picks made by overall popularity, whatever the genre
 
 
-# missing_isbn_share is met exactly; tiny and small keep the shares they have always had (the
-# earlier popularity-only picking overshot 0.10 there), full has the real one.
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
+# missing_isbn_share is met exactly; tiny and small keep their own shares (the tests and the quick
+# start's examples rely on their data), full has the real one.
+PRESETS: dict[str, SynthPreset] = {
+    "tiny": SynthPreset(
         "tiny", n_users=400, n_books=300, n_ratings=9_000, n_implicit=round(9_000 * IMPLICIT_SHARE),
         n_authors=120, n_publishers=30, active_user_fraction=0.9, activity_sigma=0.9, popularity_sigma=1.0,
         missing_isbn_share=0.114, n_genres=12,
     ),
-    "small": Preset(
+    "small": SynthPreset(
         "small", n_users=8_000, n_books=2_500, n_ratings=150_000, n_implicit=round(150_000 * IMPLICIT_SHARE),
         n_authors=900, n_publishers=150, active_user_fraction=0.8, activity_sigma=1.1, popularity_sigma=1.3,
         missing_isbn_share=0.105,
     ),
-    "full": Preset(
+    "full": SynthPreset(
         "full", n_users=REAL_COUNTS["users"], n_books=REAL_COUNTS["books"], n_ratings=REAL_COUNTS["ratings"],
         n_implicit=REAL_COUNTS["implicit"], n_authors=102_000, n_publishers=16_800,
         active_user_fraction=105_283 / 278_858, activity_sigma=2.1, popularity_sigma=2.6,
@@ -116,6 +122,16 @@ PRESETS: dict[str, Preset] = {
         n_genres=60, genre_concentration=1.0, loyalty=0.65, bestseller_share=0.05,
     ),
 }
+# ten times BookCrossing, shaped as full. The catalogue grows tenfold too: ratings per ISBN (the
+# popularity tail, the share of ISBNs rated once) and books per author then stay those of full.
+PRESETS["xl"] = replace(
+    PRESETS["full"], name="xl", n_users=10 * REAL_COUNTS["users"], n_books=10 * REAL_COUNTS["books"],
+    n_ratings=10 * REAL_COUNTS["ratings"], n_implicit=10 * REAL_COUNTS["implicit"], n_authors=1_020_000,
+    n_publishers=168_000,
+)
+# Presets written in chunks of this many readers by write_in_chunks (generate refuses them):
+# their per-reader arrays would not fit a worker's memory at once.
+CHUNKED_READERS: dict[str, int] = {"xl": 250_000}
 
 # Model scales on the rating scale (chosen so continuous ratings are rarely clipped).
 MU = 5.6  # readers pick books they like, so observed means sit about 0.6 higher
@@ -166,6 +182,7 @@ _FIRST = ("James John Robert Michael William David Richard Joseph Thomas Charles
           "Harper Rosamunde Maeve Anita Marian Barbara Jane Louisa Ken Tom Dan Jon Amy Kate "
           "Arthur Ernest Herman Leo Fyodor Umberto Haruki Salman Orhan Italo Milan Jorge").split()
 _INITIALS = list("ABCDEFGHJKLMNPRSTW")
+_SUFFIXES = ("Jr.", "Sr.", "II", "III", "IV", "V")
 _LAST = ("Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez "
          "Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris "
          "Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill "
@@ -204,14 +221,12 @@ class RawTables:
 
     ``shifted_books`` marks the rows the raw writers emit in the broken "author glued into the
     title, everything shifted one column left" form (the importer repairs them).
-    ``escaped_quote_books`` marks titles written with backslash-escaped quotes.
     """
 
     ratings: pd.DataFrame
     books: pd.DataFrame
     users: pd.DataFrame
     shifted_books: np.ndarray
-    escaped_quote_books: np.ndarray
 
 
 @dataclass
@@ -267,14 +282,28 @@ def _titles(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _authors(rng: np.random.Generator, n: int) -> np.ndarray:
-    idx = _mixed_radix_names(rng, n, [len(_FIRST), len(_INITIALS) + 1, len(_LAST)])
+    sizes = [len(_FIRST), len(_INITIALS) + 1, len(_LAST)]
+    if n > np.prod(sizes):  # more authors than names (xl): some get a generational suffix
+        idx = _mixed_radix_names(rng, n, sizes + [len(_SUFFIXES) + 1])
+        return np.array(
+            [f"{_FIRST[f]} {_INITIALS[m - 1] + '. ' if m else ''}{_LAST[l]}{' ' + _SUFFIXES[x - 1] if x else ''}"
+             for f, m, l, x in idx], dtype=object
+        )
+    idx = _mixed_radix_names(rng, n, sizes)
     return np.array(
         [f"{_FIRST[f]} {_INITIALS[m - 1] + '. ' if m else ''}{_LAST[l]}" for f, m, l in idx], dtype=object
     )
 
 
 def _publishers(rng: np.random.Generator, n: int) -> np.ndarray:
-    idx = _mixed_radix_names(rng, n, [len(_PUB_A), len(_PUB_B), 20])
+    sizes = [len(_PUB_A), len(_PUB_B), 20]
+    if n > np.prod(sizes):  # more publishers than names (xl): some get a place, as regional houses do
+        idx = _mixed_radix_names(rng, n, sizes + [len(_PLACE) + 1])
+        return np.array(
+            [f"{_PUB_A[a]}{' ' + _PUB_A[(a + k * 7) % len(_PUB_A)] if k else ''} {_PUB_B[b]}"
+             f"{' ' + _PLACE[x - 1] if x else ''}" for a, b, k, x in idx], dtype=object
+        )
+    idx = _mixed_radix_names(rng, n, sizes)
     return np.array(
         [f"{_PUB_A[a]}{' ' + _PUB_A[(a + k * 7) % len(_PUB_A)] if k else ''} {_PUB_B[b]}" for a, b, k in idx],
         dtype=object,
@@ -541,8 +570,8 @@ def _exact_counts(rng: np.random.Generator, weights: np.ndarray, total: int, min
 
 
 def generate(
-    preset: str | Preset = "small",
-    seed: int = 0,
+    preset: str | SynthPreset = "small",
+    seed: int = 42,
     continuous: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> SynthResult:
@@ -550,22 +579,90 @@ def generate(
 
     Args:
         preset: ``"tiny"`` (a few hundred users, ~1 s), ``"small"`` (thousands of users, a dense
-            k-core), ``"full"`` (the real counts) or a :class:`Preset`.
+            k-core), ``"full"`` (the real counts) or a :class:`SynthPreset`.
         seed: everything is determined by it.
         continuous: keep explicit ratings unrounded (``mean + N(0, noise_sd^2)`` clipped to [1, 10]).
         progress: optional callback receiving stage names.
 
     Returns a :class:`SynthResult`; ``result.dataset`` is ready for :func:`bookrec.data.io.write_dataset`.
     """
+    # The stages share one generator and run in a fixed order: every seed's data depends on it.
     t0 = time.perf_counter()
     p = PRESETS[preset] if isinstance(preset, str) else preset
+    if p.name in CHUNKED_READERS:
+        raise ValueError(f"preset {p.name!r} is generated in chunks straight to disk: use write_in_chunks")
     rng = np.random.default_rng(seed)
     say = progress or (lambda _msg: None)
+    say("catalogue")
+    works = _catalogue_works(rng, p)
+    _add_ghost_works(rng, p, works)
+    _add_isbns(rng, p, works)
+    say("interactions")
+    readers = _readers(rng, p, works)
+    ru, ri = _interactions(rng, p, works, readers)
+    is_explicit = _explicit_or_implicit(rng, p, readers, ru)
+    say("ratings")
+    ratings = _ratings(rng, works, readers, ru, ri, is_explicit, continuous)
+    say("tables")
+    raw = _raw_tables(rng, p, works, ru, ri, ratings.rating, continuous)
+    say("normalise")
+    normal_ratings, books, users, report = normalize_tables(raw.ratings, raw.books, raw.users)
+    truth_work_keys = _canonical_work_keys(raw.books, works.isbn_work[: p.n_books], works.n_works)
+    truth = _truth(p, seed, continuous, works, readers, ratings, truth_work_keys)
+    manifest = {"source": "synthetic", "preset": p.name, "seed": seed, "continuous": continuous, "report": report}
+    dataset = Dataset(ratings=normal_ratings, books=books, users=users, manifest=manifest, truth=truth)
+    return SynthResult(dataset=dataset, raw=raw, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class _Works:
+    """The hidden world of books: catalogue works, ghost works (ISBNs the books file lacks) and
+    their editions' ISBNs. Arrays named ``all_*`` cover catalogue and ghost works."""
+
+    factor_sd: float
+    genre_w: np.ndarray
+    genre_f: np.ndarray  # genre centroids in factor space
+    n_works: int
+    work_author: np.ndarray
+    work_genre: np.ndarray
+    work_publisher: np.ndarray
+    work_series: np.ndarray
+    work_pop: np.ndarray
+    work_f: np.ndarray
+    work_b: np.ndarray
+    n_editions: np.ndarray
+    n_ghost: int = 0
+    all_genre: np.ndarray | None = None
+    all_f: np.ndarray | None = None
+    all_b: np.ndarray | None = None
+    ghost_pop: np.ndarray | None = None
+    isbn_work: np.ndarray | None = None  # the work of each ISBN (books-file ISBNs first)
+    edition_no: np.ndarray | None = None
+    isbn_w: np.ndarray | None = None  # pick weight of each ISBN
+    isbns: np.ndarray | None = None
+
+
+@dataclass
+class _Readers:
+    genre: np.ndarray  # each reader's genre mixture
+    factors: np.ndarray
+    bias: np.ndarray
+    loyalty: np.ndarray
+    active: np.ndarray  # readers with at least one interaction
+    activity_w: np.ndarray  # of the active readers
+
+
+@dataclass
+class _Ratings:
+    rating: np.ndarray  # 0 for implicit interactions
+    thresholds: np.ndarray
+    clip_fraction: float
+
+
+def _catalogue_works(rng: np.random.Generator, p: SynthPreset) -> _Works:
+    """Authors, publishers, genres and the works of the books file with their editions."""
     k = p.n_factors
     factor_sd = np.sqrt(INTERACTION_SD / np.sqrt(k))  # k * sd_u^2 * sd_v^2 = INTERACTION_SD^2
-
-    # ---- authors, publishers, works and their editions ---------------------------------
-    say("catalogue")
     author_w = _lognormal_weights(rng, p.n_authors, 1.3)
     publisher_w = _lognormal_weights(rng, p.n_publishers, 1.8)
     author_f = rng.normal(0, factor_sd, (p.n_authors, k))
@@ -588,7 +685,7 @@ def generate(
     # genres: an author writes mostly in one genre, some also in a second one
     g = p.n_genres
     genre_w = _lognormal_weights(rng, g, GENRE_SIZE_SIGMA)
-    genre_f = rng.normal(0, factor_sd, (g, k))  # genre centroids in factor space
+    genre_f = rng.normal(0, factor_sd, (g, k))
     author_genre = _sample_by_weight(rng, np.cumsum(genre_w), p.n_authors)
     author_genre2 = np.where(rng.random(p.n_authors) < SECOND_GENRE_RATE,
                              _sample_by_weight(rng, np.cumsum(genre_w), p.n_authors), author_genre)
@@ -604,94 +701,119 @@ def generate(
               + np.sqrt(1 - fa - fg - fp) * rng.normal(0, factor_sd, (n_works, k)))
     a_s, p_s, o_s = np.sqrt(AUTHOR_SHARE), np.sqrt(PUBLISHER_SHARE), np.sqrt(1 - AUTHOR_SHARE - PUBLISHER_SHARE)
     work_b = a_s * author_b[work_author] + p_s * pub_b[work_publisher] + o_s * rng.normal(0, WORK_BIAS_SD, n_works)
+    return _Works(factor_sd, genre_w, genre_f, n_works, work_author, work_genre, work_publisher, work_series,
+                  work_pop, work_f, work_b, n_editions)
 
-    # ghost works: ISBNs that readers rated but the books file lacks (own single-edition works of
-    # authors outside the catalogue, in a genre like any other book)
-    n_ghost = max(1, round(p.n_books * p.ghost_isbn_ratio))
-    ghost_genre = _sample_by_weight(rng, np.cumsum(genre_w), n_ghost)
-    ghost_f = np.sqrt(fg) * genre_f[ghost_genre] + np.sqrt(1 - fg) * rng.normal(0, factor_sd, (n_ghost, k))
+
+def _add_ghost_works(rng: np.random.Generator, p: SynthPreset, w: _Works) -> None:
+    """Ghost works: ISBNs that readers rated but the books file lacks (own single-edition works
+    of authors outside the catalogue, in a genre like any other book)."""
+    fg = FACTOR_GENRE_SHARE
+    w.n_ghost = n_ghost = max(1, round(p.n_books * p.ghost_isbn_ratio))
+    ghost_genre = _sample_by_weight(rng, np.cumsum(w.genre_w), n_ghost)
+    ghost_f = np.sqrt(fg) * w.genre_f[ghost_genre] + np.sqrt(1 - fg) * rng.normal(0, w.factor_sd, (n_ghost, p.n_factors))
     ghost_b = rng.normal(0, WORK_BIAS_SD, n_ghost)
-    ghost_pop = rng.lognormal(0.0, p.popularity_sigma * 0.7, n_ghost)
+    w.ghost_pop = rng.lognormal(0.0, p.popularity_sigma * 0.7, n_ghost)
+    w.all_genre = np.r_[w.work_genre, ghost_genre]
+    w.all_f = np.vstack([w.work_f, ghost_f])
+    w.all_b = np.r_[w.work_b, ghost_b]
 
-    all_f = np.vstack([work_f, ghost_f])
-    all_b = np.r_[work_b, ghost_b]
-    n_all_works = n_works + n_ghost
 
-    # ISBN level: editions of a work share its popularity (the first edition most of it)
-    isbn_work = np.r_[np.repeat(np.arange(n_works), n_editions), np.arange(n_works, n_all_works)]
-    edition_no = np.r_[np.arange(p.n_books) - np.repeat(np.cumsum(n_editions) - n_editions, n_editions),
-                       np.zeros(n_ghost, dtype=np.int64)]
-    share = 0.55 ** edition_no
-    share /= np.bincount(isbn_work, weights=share)[isbn_work]
-    isbn_w = np.r_[work_pop, ghost_pop][isbn_work] * share
-    book_mass = isbn_w[: p.n_books].sum()
-    ghost_mass = isbn_w[p.n_books :].sum()
-    # every ISBN gets one "discovery" interaction (the crawl found books through ratings, so
-    # nearly every book is rated and most only once); of the remaining interactions, exactly
-    # enough go to ghost ISBNs that missing_isbn_share of all ratings miss the books file
-    n_isbns = len(isbn_work)
-    n_rest = p.n_ratings - n_isbns
-    if n_rest <= 0:
+def _add_isbns(rng: np.random.Generator, p: SynthPreset, w: _Works) -> None:
+    """Every work's ISBNs, their pick weights and their text (some typed by readers wrongly)."""
+    n_all_works = w.n_works + w.n_ghost
+    # editions of a work share its popularity (the first edition most of it)
+    w.isbn_work = np.r_[np.repeat(np.arange(w.n_works), w.n_editions), np.arange(w.n_works, n_all_works)]
+    w.edition_no = np.r_[np.arange(p.n_books) - np.repeat(np.cumsum(w.n_editions) - w.n_editions, w.n_editions),
+                         np.zeros(w.n_ghost, dtype=np.int64)]
+    share = 0.55 ** w.edition_no
+    share /= np.bincount(w.isbn_work, weights=share)[w.isbn_work]
+    isbn_w = np.r_[w.work_pop, w.ghost_pop][w.isbn_work] * share
+    if p.n_ratings - len(w.isbn_work) <= 0:
         raise ValueError("preset has fewer ratings than ISBNs")
-    n_ghost_picks = round(max(p.missing_isbn_share * p.n_ratings - n_ghost, 0.01 * n_rest))
-    isbn_w[: p.n_books] /= book_mass
-    isbn_w[p.n_books :] /= ghost_mass
-    isbns = _unique_isbns(rng, len(isbn_work)).astype(object)
+    isbn_w[: p.n_books] /= isbn_w[: p.n_books].sum()
+    isbn_w[p.n_books :] /= isbn_w[p.n_books :].sum()
+    w.isbn_w = isbn_w
+    isbns = _unique_isbns(rng, len(w.isbn_work)).astype(object)
     # ISBNs readers typed that no books row has: some in 13-digit form, a few outright junk
     # (ASIN-like codes); both stay distinct after normalisation
-    ghost_pos = np.arange(p.n_books, len(isbn_work))
-    form = rng.random(n_ghost)
+    ghost_pos = np.arange(p.n_books, len(w.isbn_work))
+    form = rng.random(w.n_ghost)
     as13 = ghost_pos[form < 0.03]
     isbns[as13] = ["978" + x[:9] + str(d) for x, d in zip(isbns[as13], rng.integers(0, 10, len(as13)))]
     junk = ghost_pos[form > 0.995]
     isbns[junk] = [f"B{int(x[:9]):09d}" for x in isbns[junk]]
-    isbns = isbns.astype(str)
+    w.isbns = isbns.astype(str)
 
-    # ---- users and who reads what -------------------------------------------------------
-    say("interactions")
-    all_genre = np.r_[work_genre, ghost_genre]
-    # a reader's genre mixture is sparse (a few genres dominate), centred on the genres' shares
-    # of reading; their taste (factors) leans towards the centroids of the genres they read, so
-    # what they pick and how they rate it are related
-    genre_mass = np.bincount(work_genre[isbn_work[: p.n_books]], weights=isbn_w[: p.n_books], minlength=g)
+
+def _readers(rng: np.random.Generator, p: SynthPreset, w: _Works) -> _Readers:
+    """A reader's genre mixture is sparse (a few genres dominate), centred on the genres' shares
+    of reading; their taste (factors) leans towards the centroids of the genres they read, so
+    what they pick and how they rate it are related."""
+    books = slice(None, p.n_books)
+    genre_mass = np.bincount(w.work_genre[w.isbn_work[books]], weights=w.isbn_w[books], minlength=p.n_genres)
     user_genre = _dirichlet(rng, p.genre_concentration * np.maximum(genre_mass / genre_mass.sum(), 1e-6), p.n_users)
-    taste = (user_genre @ genre_f) / np.sqrt((user_genre**2).sum(axis=1))[:, None]
-    user_f = np.sqrt(USER_GENRE_SHARE) * taste + np.sqrt(1 - USER_GENRE_SHARE) * rng.normal(0, factor_sd, (p.n_users, k))
-    del taste
+    taste = (user_genre @ w.genre_f) / np.sqrt((user_genre**2).sum(axis=1))[:, None]
+    user_f = (np.sqrt(USER_GENRE_SHARE) * taste
+              + np.sqrt(1 - USER_GENRE_SHARE) * rng.normal(0, w.factor_sd, (p.n_users, p.n_factors)))
     user_b = rng.normal(0, USER_BIAS_SD, p.n_users)
     c = LOYALTY_CONCENTRATION
     user_loyalty = rng.beta(p.loyalty * c, (1 - p.loyalty) * c, p.n_users)
     n_active = max(1, round(p.n_users * p.active_user_fraction))
     active = np.sort(rng.choice(p.n_users, n_active, replace=False))
-    per_user = np.zeros(p.n_users, dtype=np.int64)
     activity_w = rng.lognormal(0, p.activity_sigma, n_active)
-    item_f_isbn = all_f[isbn_work]
-    item_b_isbn = all_b[isbn_work]
-    isbn_genre = all_genre[isbn_work]
+    return _Readers(user_genre, user_f, user_b, user_loyalty, active, activity_w)
+
+
+def _interactions(rng: np.random.Generator, p: SynthPreset, w: _Works, r: _Readers) -> tuple[np.ndarray, np.ndarray]:
+    """Who reads what: (reader, ISBN) positions of every interaction, explicit or implicit."""
+    n_isbns = len(w.isbn_work)
+    n_rest = p.n_ratings - n_isbns
+    # every ISBN gets one "discovery" interaction (the crawl found books through ratings, so
+    # nearly every book is rated and most only once); of the remaining interactions, exactly
+    # enough go to ghost ISBNs that missing_isbn_share of all ratings miss the books file
+    n_ghost_picks = _ghost_pick_total(p, w)
+    pref = _preference(w, r)
+    cover_i = np.arange(n_isbns)
+    cover_u = _discovery_readers(rng, p, w, r, pref, cover_i)
+    return _reading(rng, p, w, r, pref, cover_u, cover_i, n_rest, n_ghost_picks)
+
+
+def _ghost_pick_total(p: SynthPreset, w: _Works) -> int:
+    """Picks of ghost ISBNs beyond their discoveries, so that missing_isbn_share of all ratings
+    miss the books file."""
+    n_rest = p.n_ratings - len(w.isbn_work)
+    return round(max(p.missing_isbn_share * p.n_ratings - w.n_ghost, 0.01 * n_rest))
+
+
+def _preference(w: _Works, r: _Readers) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """How much reader u likes ISBN i (the part of the true mean that picking leans on)."""
+    item_f_isbn = w.all_f[w.isbn_work]
+    item_b_isbn = w.all_b[w.isbn_work]
 
     def pref(u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        return item_b_isbn[i] + np.einsum("ij,ij->i", user_f[u], item_f_isbn[i])
+        return item_b_isbn[i] + np.einsum("ij,ij->i", r.factors[u], item_f_isbn[i])
 
-    # discovery: each ISBN goes to one of 8 readers drawn by activity, by taste and genre
-    n_cand = 8
-    cover_u = active[_sample_by_weight(rng, np.cumsum(activity_w), n_isbns * n_cand)]
-    cover_i = np.repeat(np.arange(n_isbns), n_cand)
-    cover_score = (p.preference_tilt * pref(cover_u, cover_i) + np.log(user_genre[cover_u, isbn_genre[cover_i]] + 1e-12)
-                   + rng.gumbel(size=len(cover_u))).reshape(n_isbns, n_cand)
-    cover_u = cover_u.reshape(n_isbns, n_cand)[np.arange(n_isbns), cover_score.argmax(axis=1)]
-    cover_i = np.arange(n_isbns)
-    del cover_score
+    return pref
+
+
+def _reading(rng: np.random.Generator, p: SynthPreset, w: _Works, r: _Readers, pref, cover_u: np.ndarray,
+             cover_i: np.ndarray, n_rest: int, n_ghost_picks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The readers' picks besides the discoveries (``cover_u`` read ``cover_i``): ``n_rest`` by
+    activity, ``n_ghost_picks`` of them on ghost ISBNs, topped up to ``p.n_ratings`` in all."""
+    n_isbns = len(w.isbn_work)
     covered = np.bincount(cover_u, minlength=p.n_users)
-    per_user[active] = _capped_counts(
-        rng, activity_w, n_rest, cap=np.maximum(n_isbns // 2 - covered[active], 1), minimum=1
+    per_user = np.zeros(p.n_users, dtype=np.int64)
+    per_user[r.active] = _capped_counts(
+        rng, r.activity_w, n_rest, cap=np.maximum(n_isbns // 2 - covered[r.active], 1), minimum=1
     )
     proposer = _Proposer(
-        rng, isbn_w, isbn_work, n_works, all_genre, work_author, work_series, work_publisher, user_genre,
-        user_loyalty, p.bestseller_share,
+        rng, w.isbn_w, w.isbn_work, w.n_works, w.all_genre, w.work_author, w.work_series, w.work_publisher, r.genre,
+        r.loyalty, p.bestseller_share,
     )
     ghost_picks = np.zeros(p.n_users, dtype=np.int64)
-    ghost_picks[active] = _capped_counts(rng, per_user[active].astype(np.float64), n_ghost_picks,
-                                         cap=per_user[active], minimum=0)
+    ghost_picks[r.active] = _capped_counts(rng, per_user[r.active].astype(np.float64), n_ghost_picks,
+                                           cap=per_user[r.active], minimum=0)
     book_picks = per_user - ghost_picks
     # picks come in waves: the first are fresh (genre or bestseller), later ones also return to
     # the authors, series, publishers and genres of the books read in the waves before
@@ -700,103 +822,132 @@ def generate(
     for wave in range(WAVES):
         want = -(-book_picks * (wave + 1) // WAVES) - done
         proposer.set_history(ru, ri)
-        wu, wi = _choose_interactions(rng, np.maximum(want, 0), isbn_work, proposer.propose, pref, p.preference_tilt,
+        wu, wi = _choose_interactions(rng, np.maximum(want, 0), w.isbn_work, proposer.propose, pref, p.preference_tilt,
                                       exclude=(ru, ri))
         ru, ri = np.r_[ru, wu], np.r_[ri, wi]
         done += np.bincount(wu, minlength=p.n_users)
-    gu, gi = _choose_interactions(rng, ghost_picks, isbn_work, proposer.propose_ghost, pref, p.preference_tilt,
+    gu, gi = _choose_interactions(rng, ghost_picks, w.isbn_work, proposer.propose_ghost, pref, p.preference_tilt,
                                   exclude=(ru, ri))
     ru, ri = np.r_[ru, gu], np.r_[ri, gi]
-    per_user += covered
+    return _top_up(rng, p, w, proposer, pref, per_user + covered, ru, ri)
+
+
+def _discovery_readers(rng: np.random.Generator, p: SynthPreset, w: _Works, r: _Readers, pref,
+                       isbns: np.ndarray) -> np.ndarray:
+    """The discovery reader of each of ``isbns``: the best of 8 readers drawn by activity, by taste and genre."""
+    n_isbns = len(isbns)
+    isbn_genre = w.all_genre[w.isbn_work]
+    n_cand = 8
+    cover_u = r.active[_sample_by_weight(rng, np.cumsum(r.activity_w), n_isbns * n_cand)]
+    cover_i = np.repeat(isbns, n_cand)
+    cover_score = (p.preference_tilt * pref(cover_u, cover_i) + np.log(r.genre[cover_u, isbn_genre[cover_i]] + 1e-12)
+                   + rng.gumbel(size=len(cover_u))).reshape(n_isbns, n_cand)
+    return cover_u.reshape(n_isbns, n_cand)[np.arange(n_isbns), cover_score.argmax(axis=1)]
+
+
+def _top_up(rng: np.random.Generator, p: SynthPreset, w: _Works, proposer: _Proposer, pref, per_user: np.ndarray,
+            ru: np.ndarray, ri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A reader can run out of distinct books; hand the shortfall to readers with room."""
     for _attempt in range(5):
-        # a reader can run out of distinct books; hand the shortfall to readers with room
         short = p.n_ratings - len(ru)
         if short <= 0:
             break
         have = np.bincount(ru, minlength=p.n_users)
-        room = np.where(per_user > 0, len(isbn_work) // 2 - have, 0)
+        room = np.where(per_user > 0, len(w.isbn_work) // 2 - have, 0)
         more = np.zeros(p.n_users, dtype=np.int64)
         more[room > 0] = _capped_counts(rng, _shortfall_weights(per_user, room), short, cap=None, minimum=0)
         more = np.minimum(more, np.maximum(room, 0))
         proposer.set_history(ru, ri)
-        extra_u, extra_i = _choose_interactions(rng, more, isbn_work, proposer.propose, pref, p.preference_tilt,
+        extra_u, extra_i = _choose_interactions(rng, more, w.isbn_work, proposer.propose, pref, p.preference_tilt,
                                                 exclude=(ru, ri))
         ru, ri = np.r_[ru, extra_u], np.r_[ri, extra_i]
+    return ru, ri
+
+
+def _explicit_or_implicit(rng: np.random.Generator, p: SynthPreset, r: _Readers, ru: np.ndarray) -> np.ndarray:
+    """Which interactions carry a rating: by a per-reader propensity (many readers only ever
+    log books, rating 0)."""
     n_int = len(ru)
     # top-ups can fall a few short for the most active readers (popular books run out): take
     # the difference from the implicit count so the explicit count stays exact
     n_implicit = p.n_implicit - (p.n_ratings - n_int)
     n_explicit = n_int - n_implicit
-
-    # explicit or implicit: per-user propensity (many readers only ever log books, rating 0)
     propensity = rng.beta(0.5, 0.8, p.n_users)
     logit = np.log(propensity + 1e-9) - np.log1p(-propensity + 1e-9)
     explicit_score = logit[ru] + rng.logistic(size=n_int)
     is_explicit = np.zeros(n_int, dtype=bool)
     is_explicit[np.argpartition(-explicit_score, n_explicit - 1)[:n_explicit]] = True
+    return is_explicit
 
-    # ---- ratings from the model ------------------------------------------------------------
-    say("ratings")
-    mean = MU + user_b[ru] + item_b_isbn[ri] + np.einsum("ij,ij->i", user_f[ru], item_f_isbn[ri])
+
+def _ratings(rng: np.random.Generator, w: _Works, r: _Readers, ru: np.ndarray, ri: np.ndarray,
+             is_explicit: np.ndarray, continuous: bool, thresholds: np.ndarray | None = None) -> _Ratings:
+    """Explicit ratings from the model; implicit interactions keep rating 0.
+
+    The thresholds sit at the quantiles of these latent ratings unless given."""
+    n_int = len(ru)
+    n_explicit = int(is_explicit.sum())
+    item_f_isbn = w.all_f[w.isbn_work]
+    mean = MU + r.bias[ru] + w.all_b[w.isbn_work][ri] + np.einsum("ij,ij->i", r.factors[ru], item_f_isbn[ri])
     z = mean + rng.normal(0, NOISE_SD, n_int)
     rating = np.zeros(n_int, dtype=np.float64)
     cum_share = np.cumsum(REAL_EXPLICIT_SHARE)[:-1]
-    thresholds = np.quantile(z[is_explicit], cum_share) if n_explicit else np.zeros(9)
+    if thresholds is None:
+        thresholds = np.quantile(z[is_explicit], cum_share) if n_explicit else np.zeros(9)
     clip_fraction = float(np.mean((z[is_explicit] < 1) | (z[is_explicit] > 10))) if n_explicit else 0.0
     if continuous:
         rating[is_explicit] = np.clip(z[is_explicit], 1.0, 10.0)
     else:
         rating[is_explicit] = 1 + np.searchsorted(thresholds, z[is_explicit], side="left")
+    return _Ratings(rating, thresholds, clip_fraction)
 
-    # ---- raw tables -------------------------------------------------------------------------
-    say("tables")
-    raw_ratings = pd.DataFrame(
-        {"user_id": ru + 1, "isbn": _messy_isbns(rng, isbns[ri]),
-         "rating": rating.astype(np.float32) if continuous else rating.astype(np.int64)}
-    )
-    raw_ratings = raw_ratings.iloc[rng.permutation(n_int)].reset_index(drop=True)
-    raw_books, shifted, escaped = _raw_books(
-        rng, isbns[: p.n_books], isbn_work[: p.n_books], edition_no[: p.n_books], n_works,
-        work_author, work_publisher, p,
+
+def _raw_tables(rng: np.random.Generator, p: SynthPreset, w: _Works, ru: np.ndarray, ri: np.ndarray,
+                rating: np.ndarray, continuous: bool) -> RawTables:
+    raw_ratings = _raw_ratings(rng, w, ru, ri, rating, continuous)
+    books = slice(None, p.n_books)
+    raw_books, shifted = _raw_books(
+        rng, w.isbns[books], w.isbn_work[books], w.edition_no[books], w.n_works, w.work_author, w.work_publisher, p,
     )
     raw_users = _raw_users(rng, p)
+    return RawTables(raw_ratings, raw_books, raw_users, shifted)
 
-    say("normalise")
-    ratings, books, users, report = normalize_tables(raw_ratings, raw_books, raw_users)
 
-    truth_work_keys = _canonical_work_keys(raw_books, isbn_work[: p.n_books], n_works)
+def _raw_ratings(rng: np.random.Generator, w: _Works, ru: np.ndarray, ri: np.ndarray, rating: np.ndarray,
+                 continuous: bool, first_id: int = 1) -> pd.DataFrame:
+    """The raw ratings file of readers ``ru`` (ids from ``first_id``), in random order."""
+    raw_ratings = pd.DataFrame(
+        {"user_id": ru + first_id, "isbn": _messy_isbns(rng, w.isbns[ri]),
+         "rating": rating.astype(np.float32) if continuous else rating.astype(np.int64)}
+    )
+    return raw_ratings.iloc[rng.permutation(len(ru))].reset_index(drop=True)
+
+
+# per-reader truth arrays: left out where readers are generated in chunks (they grow with the readers)
+READER_TRUTH = ("user_ids", "user_bias", "user_factors", "user_genre_mixture", "user_loyalty")
+
+
+def _truth(p: SynthPreset, seed: int, continuous: bool, w: _Works, r: _Readers | None, ratings: _Ratings,
+           truth_work_keys: np.ndarray) -> dict:
+    """The parameters and hidden arrays behind the data (truth.json and truth.npz); without
+    readers (``r`` None), the per-reader arrays are left out."""
     truth = {
         "preset": p.name,
         "seed": seed,
         "continuous": continuous,
         "global_mean": MU,
         "noise_sd": NOISE_SD,
-        "n_factors": k,
+        "n_factors": p.n_factors,
         "user_bias_sd": USER_BIAS_SD,
         "work_bias_sd": WORK_BIAS_SD,
         "interaction_sd": INTERACTION_SD,
         "preference_tilt": p.preference_tilt,
         "n_genres": p.n_genres,
-        "reading_structure": {
-            "factor_shares": {"author": FACTOR_AUTHOR_SHARE, "genre": FACTOR_GENRE_SHARE,
-                              "publisher": FACTOR_PUBLISHER_SHARE},
-            "user_genre_share": USER_GENRE_SHARE,
-            "genre_concentration": p.genre_concentration,
-            "loyalty": p.loyalty,
-            "loyalty_concentration": LOYALTY_CONCENTRATION,
-            "bestseller_share": p.bestseller_share,
-            "return_routes": {"series": RETURN_SERIES, "author": RETURN_AUTHOR, "publisher": RETURN_PUBLISHER,
-                              "genre": 1 - RETURN_SERIES - RETURN_AUTHOR - RETURN_PUBLISHER},
-            "second_genre_rate": SECOND_GENRE_RATE,
-            "second_genre_works": SECOND_GENRE_WORKS,
-            "house_publisher_rate": HOUSE_PUBLISHER_RATE,
-            "series_continue": SERIES_CONTINUE,
-            "waves": WAVES,
-        },
-        "clip_fraction": clip_fraction,
+        "reading_structure": _reading_structure(p),
+        "clip_fraction": ratings.clip_fraction,
         "mapping": {
             "kind": "identity_clipped" if continuous else "thresholds",
-            "thresholds": [float(x) for x in thresholds],
+            "thresholds": [float(x) for x in ratings.thresholds],
             "description": (
                 "rating = clip(z, 1, 10)" if continuous else "rating = 1 + number of thresholds below z"
             ),
@@ -804,36 +955,49 @@ def generate(
         "model": "z = global_mean + user_bias[u] + work_bias[w] + user_factors[u].work_factors[w] + N(0, noise_sd^2)",
         "preset_parameters": asdict(p),
         # arrays (truth.npz): users are indexed by position in user_ids, works by position in work_keys
-        "user_ids": np.arange(1, p.n_users + 1, dtype=np.int64),
-        "user_bias": user_b,
-        "user_factors": user_f,
-        "work_keys": np.r_[truth_work_keys, np.array([f"ghost:{i}" for i in range(n_ghost)])].astype(str),
-        "work_bias": all_b,
-        "work_factors": all_f,
-        "isbns": isbns.astype(str),
-        "isbn_work": isbn_work.astype(np.int64),
-        "in_books_file": np.r_[np.ones(p.n_books, bool), np.zeros(n_ghost, bool)],
-        "work_author": work_author.astype(np.int64),
-        "work_publisher": work_publisher.astype(np.int64),
+        "user_ids": np.arange(1, p.n_users + 1, dtype=np.int64) if r else None,
+        "user_bias": r.bias if r else None,
+        "user_factors": r.factors if r else None,
+        "work_keys": np.r_[truth_work_keys, np.array([f"ghost:{i}" for i in range(w.n_ghost)])].astype(str),
+        "work_bias": w.all_b,
+        "work_factors": w.all_f,
+        "isbns": w.isbns.astype(str),
+        "isbn_work": w.isbn_work.astype(np.int64),
+        "in_books_file": np.r_[np.ones(p.n_books, bool), np.zeros(w.n_ghost, bool)],
+        "work_author": w.work_author.astype(np.int64),
+        "work_publisher": w.work_publisher.astype(np.int64),
         # reading structure: genres of all works (ghosts included), series of catalogue works,
         # genre centroids in factor space, readers' genre mixtures and loyalty
-        "work_genre": all_genre.astype(np.int64),
-        "work_series": work_series.astype(np.int64),
-        "genre_weights": genre_w,
-        "genre_factors": genre_f,
-        "user_genre_mixture": user_genre.astype(np.float32),
-        "user_loyalty": user_loyalty,
+        "work_genre": w.all_genre.astype(np.int64),
+        "work_series": w.work_series.astype(np.int64),
+        "genre_weights": w.genre_w,
+        "genre_factors": w.genre_f,
+        "user_genre_mixture": r.genre.astype(np.float32) if r else None,
+        "user_loyalty": r.loyalty if r else None,
     }
-    manifest = {
-        "source": "synthetic",
-        "preset": p.name,
-        "seed": seed,
-        "continuous": continuous,
-        "report": report,
+    if r is None:
+        truth = {k: v for k, v in truth.items() if k not in READER_TRUTH}
+        truth["reader_truth"] = "omitted: readers were generated in chunks"
+    return truth
+
+
+def _reading_structure(p: SynthPreset) -> dict:
+    return {
+        "factor_shares": {"author": FACTOR_AUTHOR_SHARE, "genre": FACTOR_GENRE_SHARE,
+                          "publisher": FACTOR_PUBLISHER_SHARE},
+        "user_genre_share": USER_GENRE_SHARE,
+        "genre_concentration": p.genre_concentration,
+        "loyalty": p.loyalty,
+        "loyalty_concentration": LOYALTY_CONCENTRATION,
+        "bestseller_share": p.bestseller_share,
+        "return_routes": {"series": RETURN_SERIES, "author": RETURN_AUTHOR, "publisher": RETURN_PUBLISHER,
+                          "genre": 1 - RETURN_SERIES - RETURN_AUTHOR - RETURN_PUBLISHER},
+        "second_genre_rate": SECOND_GENRE_RATE,
+        "second_genre_works": SECOND_GENRE_WORKS,
+        "house_publisher_rate": HOUSE_PUBLISHER_RATE,
+        "series_continue": SERIES_CONTINUE,
+        "waves": WAVES,
     }
-    dataset = Dataset(ratings=ratings, books=books, users=users, manifest=manifest, truth=truth)
-    raw = RawTables(raw_ratings, raw_books, raw_users, shifted, escaped)
-    return SynthResult(dataset=dataset, raw=raw, seconds=time.perf_counter() - t0)
 
 
 def truth_mean(truth: dict, user_ids, isbns=None, work_keys=None) -> np.ndarray:
@@ -883,8 +1047,8 @@ def _raw_books(
     n_works: int,
     work_author: np.ndarray,
     work_publisher: np.ndarray,
-    p: Preset,
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    p: SynthPreset,
+) -> tuple[pd.DataFrame, np.ndarray]:
     n = len(isbns)
     titles = _titles(rng, n_works)
     authors = _authors(rng, p.n_authors)
@@ -911,12 +1075,11 @@ def _raw_books(
     year[(r >= 0.0172) & (r < 0.0173)] = 2050
     year = year.astype(str)
     url = np.array([f"http://images.amazon.com/images/P/{i}.01." for i in isbns], dtype=object)
-    # a handful of rows are emitted shifted (author glued to the title) by the raw writers,
-    # a few titles with quotes are written with backslash escapes
+    # a handful of rows are emitted shifted (author glued to the title) by the raw writers;
+    # quoted titles are never shifted
     shifted = np.zeros(n, dtype=bool)
     plain = np.flatnonzero(~quoted)
     shifted[rng.choice(plain, size=min(len(plain), max(2, n // 20_000)), replace=False)] = True
-    escaped = quoted & ~shifted
     books = pd.DataFrame(
         {
             "isbn": isbns.astype(object),
@@ -929,10 +1092,10 @@ def _raw_books(
             "image_url_l": url + "LZZZZZZZ.jpg",
         }
     )
-    return books, shifted, escaped
+    return books, shifted
 
 
-def _raw_users(rng: np.random.Generator, p: Preset) -> pd.DataFrame:
+def _raw_users(rng: np.random.Generator, p: SynthPreset, first_id: int = 1) -> pd.DataFrame:
     n = p.n_users
     loc_idx = rng.integers(0, len(_LOCATIONS), n)
     city = np.array([_LOCATIONS[i][0] for i in range(len(_LOCATIONS))], dtype=object)[loc_idx]
@@ -953,7 +1116,7 @@ def _raw_users(rng: np.random.Generator, p: Preset) -> pd.DataFrame:
     age[a < p.age_missing] = None
     junk = (a >= p.age_missing) & (a < p.age_missing + p.age_junk)
     age[junk] = np.where(rng.random(int(junk.sum())) < 0.5, "0", rng.integers(101, 245, int(junk.sum())).astype(str))
-    return pd.DataFrame({"user_id": np.arange(1, n + 1), "location": location, "age": age})
+    return pd.DataFrame({"user_id": np.arange(first_id, first_id + n), "location": location, "age": age})
 
 
 def write_synthetic(result: SynthResult, out: Path | str, fmt: str = "normalized") -> Path:
@@ -973,18 +1136,102 @@ def write_synthetic(result: SynthResult, out: Path | str, fmt: str = "normalized
         rawfmt.write_kaggle(result.raw, out)
     else:
         raise ValueError(f"unknown format {fmt!r} (normalized, bx or kaggle)")
-    _write_truth_only(result.dataset.truth, out)
+    write_truth(result.dataset.truth, out)
     return out
 
 
-def _write_truth_only(truth: dict | None, out: Path) -> None:
-    import json
+def write_in_chunks(
+    preset: str | SynthPreset,
+    out: Path | str,
+    seed: int = 42,
+    continuous: bool = False,
+    readers_per_chunk: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, int], float]:
+    """Generate a data set reader chunk by reader chunk and write it as a normalised directory.
 
-    from bookrec.data.io import TRUTH_ARRAYS_FILE, TRUTH_JSON_FILE, _json_default
+    Memory holds the catalogue and one chunk of readers, whatever the number of readers. The
+    catalogue is made as :func:`generate` makes it; then the totals are split between chunks
+    (ISBN discoveries and activity by each chunk's activity mass, ghost picks by its activity,
+    implicit interactions by its size) and each chunk runs the reading, rating and
+    normalisation stages on its own readers with its own generator (``seed``, chunk number).
+    Differences from one batch: the rating thresholds are the quantiles of the first chunk's
+    latent ratings, and the truth leaves out the per-reader arrays (``READER_TRUTH``).
 
-    if truth is None:
-        return
-    arrays = {k: v for k, v in truth.items() if isinstance(v, np.ndarray)}
-    scalars = {k: v for k, v in truth.items() if not isinstance(v, np.ndarray)}
-    np.savez_compressed(out / TRUTH_ARRAYS_FILE, **arrays)
-    (out / TRUTH_JSON_FILE).write_text(json.dumps(scalars, indent=2, sort_keys=True, default=_json_default) + "\n")
+    Returns the manifest's counts and the seconds taken.
+    """
+    t0 = time.perf_counter()
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    size = readers_per_chunk or CHUNKED_READERS.get(p.name, p.n_users)
+    rng = np.random.default_rng(seed)
+    say = progress or (lambda _msg: None)
+    say("catalogue")
+    works = _catalogue_works(rng, p)
+    _add_ghost_works(rng, p, works)
+    _add_isbns(rng, p, works)
+    raw_books, _shifted = _raw_books(rng, works.isbns[: p.n_books], works.isbn_work[: p.n_books],
+                                     works.edition_no[: p.n_books], works.n_works, works.work_author,
+                                     works.work_publisher, p)
+    books, books_report = normalize_books(raw_books)
+    truth_work_keys = _canonical_work_keys(raw_books, works.isbn_work[: p.n_books], works.n_works)
+    del raw_books
+
+    firsts = np.arange(0, p.n_users, size)
+    sizes = np.diff(np.r_[firsts, p.n_users])
+
+    def chunk_readers(k: int, chunk_p: SynthPreset) -> tuple[np.random.Generator, _Readers]:
+        chunk_rng = np.random.default_rng([seed, k])
+        return chunk_rng, _readers(chunk_rng, chunk_p, works)
+
+    say("plan")
+    # a first pass over the chunks' readers (regenerated later from the same generators) for
+    # their activity mass: a reader drawn by activity falls in a chunk with its share of the mass
+    mass = np.array([chunk_readers(k, replace(p, n_users=int(n)))[1].activity_w.sum() for k, n in enumerate(sizes)])
+    n_active = np.array([max(1, round(int(n) * p.active_user_fraction)) for n in sizes])
+    n_isbns = len(works.isbn_work)
+    n_rest = p.n_ratings - n_isbns
+    isbn_chunk = _sample_by_weight(rng, np.cumsum(mass), n_isbns)
+    rest = n_active + rng.multinomial(n_rest - n_active.sum(), mass / mass.sum())
+    ghost = rng.multinomial(_ghost_pick_total(p, works), rest / rest.sum())
+    total = rest + np.bincount(isbn_chunk, minlength=len(sizes))
+    implicit = rng.multivariate_hypergeometric(total, p.n_implicit)
+
+    writer = ChunkedDatasetWriter(out, books)
+    thresholds = None
+    clipped = n_explicit = 0
+    users_report: dict[str, int] = {}
+    ratings_report: dict[str, int] = {}
+    for k, first in enumerate(firsts):
+        say(f"readers {k + 1}/{len(firsts)}")
+        chunk_p = replace(p, n_users=int(sizes[k]), n_ratings=int(total[k]), n_implicit=int(implicit[k]))
+        chunk_rng, readers = chunk_readers(k, chunk_p)
+        pref = _preference(works, readers)
+        cover_i = np.flatnonzero(isbn_chunk == k)
+        cover_u = _discovery_readers(chunk_rng, chunk_p, works, readers, pref, cover_i)
+        ru, ri = _reading(chunk_rng, chunk_p, works, readers, pref, cover_u, cover_i, int(rest[k]), int(ghost[k]))
+        is_explicit = _explicit_or_implicit(chunk_rng, chunk_p, readers, ru)
+        ratings = _ratings(chunk_rng, works, readers, ru, ri, is_explicit, continuous, thresholds)
+        thresholds = ratings.thresholds  # the first chunk's quantiles serve every chunk
+        clipped += ratings.clip_fraction * is_explicit.sum()
+        n_explicit += int(is_explicit.sum())
+        raw_ratings = _raw_ratings(chunk_rng, works, ru, ri, ratings.rating, continuous, first_id=int(first) + 1)
+        users, u_report = normalize_users(_raw_users(chunk_rng, chunk_p, first_id=int(first) + 1))
+        chunk_ratings, r_report = normalize_ratings(raw_ratings, books, users)
+        writer.append(chunk_ratings, users)
+        users_report = _add_counts(users_report, u_report)
+        ratings_report = _add_counts(ratings_report, r_report)
+
+    # the truth's arrays come next: the books table and the last chunk go first
+    del books, readers, pref, ru, ri, ratings, raw_ratings, users, chunk_ratings
+    say("truth")
+    clip_fraction = float(clipped / n_explicit) if n_explicit else 0.0
+    truth = _truth(p, seed, continuous, works, None, _Ratings(np.empty(0), thresholds, clip_fraction), truth_work_keys)
+    report = {"users": users_report, "books": books_report, "ratings": ratings_report}
+    manifest = {"source": "synthetic", "preset": p.name, "seed": seed, "continuous": continuous, "report": report,
+                "readers_per_chunk": int(size)}
+    counts = writer.close(manifest, truth)
+    return counts, time.perf_counter() - t0
+
+
+def _add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    return {k: total.get(k, 0) + v for k, v in more.items()}

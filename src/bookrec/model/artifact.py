@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bookrec.contracts.params import MODEL_PARAMS, PAIR
+
 FORMAT = "bookrec-bpmf"
 FORMAT_VERSION = 1
 
@@ -127,8 +129,9 @@ def load_model(path):
         if name not in arrays or list(arrays[name].shape) != spec["shape"] or str(arrays[name].dtype) != spec["dtype"]:
             raise ArtifactError(f"array {name!r} missing or of the wrong shape/dtype in {npz_path}")
     params = dict(manifest["params"])
-    for key in ("rating_range", "bias_prior", "alpha_prior"):
-        params[key] = tuple(params[key])
+    for key in (p.name for p in MODEL_PARAMS.values() if p.kind == PAIR):
+        if key in params:
+            params[key] = tuple(params[key])
     model = BPMF(**params)
     for name in ARRAYS:
         setattr(model, name, arrays[name.rstrip("_")])

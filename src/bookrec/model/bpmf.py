@@ -10,9 +10,11 @@ from typing import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from bookrec.contracts.params import MODEL_PARAMS, check_params, default
 from bookrec.model import kernels, metrics
 from bookrec.model.params import ParamsMixin
 from bookrec.model.sampler import Chain, Priors, RatingMatrix
+from bookrec.model.similar import similar_items, unit_factors
 
 RANK_MODES = {"mean": 0, "lower": 1, "sample": 2}
 
@@ -56,34 +58,34 @@ class BPMF(ParamsMixin):
     is kept (thinned further if needed so that at most ``max_kept_samples`` are kept in total,
     stored as float32). ``chain_mode``: "sweep" runs the chains in lock-step, each sweep using
     all cores (numba prange); "threads" runs each chain in its own thread with single-threaded
-    GIL-free kernels; "auto" is "sweep" (measured as fast or faster, see ``_resolved_chain_mode``).
-    ``balance_move=False`` leaves out the balance moves (``sampler.Chain._balance``): the sampler as
-    it was before them, for side-by-side measurements. ``min_ess`` and ``rhat_threshold`` (None: the
+    GIL-free kernels; "auto" is "sweep" (as fast or faster, see ``_resolved_chain_mode``).
+    ``balance_move=False`` leaves out the balance moves (``sampler.Chain._balance``), to measure
+    what they buy. ``min_ess`` and ``rhat_threshold`` (None: the
     settings' ``min_ess`` and ``rhat_threshold``) set the convergence rule of ``diagnostics_``.
     """
 
     def __init__(
         self,
-        n_factors: int = 10,
-        n_samples: int = 200,
-        burn_in: int = 100,
-        n_chains: int = 2,
-        thin: int = 1,
-        max_kept_samples: int = 100,
-        seed: int = 0,
-        rating_range: tuple[float, float] = (1.0, 10.0),
-        warm_start: bool = True,
-        beta0: float = 100.0,
-        w0_scale: float = 1.0,
-        bias_prior: tuple[float, float] = (1.0, 1.0),
-        alpha_prior: tuple[float, float] = (1.0, 1.0),
-        mu_prior_precision: float = 1.0,
-        n_tracked: int = 20,
-        min_ess: float | None = None,
-        rhat_threshold: float | None = None,
-        balance_move: bool = True,
-        chain_mode: str = "auto",
-        show_progress: bool = True,
+        n_factors: int = default("n_factors"),
+        n_samples: int = default("n_samples"),
+        burn_in: int = default("burn_in"),
+        n_chains: int = default("n_chains"),
+        thin: int = default("thin"),
+        max_kept_samples: int = default("max_kept_samples"),
+        seed: int = default("seed"),
+        rating_range: tuple[float, float] = default("rating_range"),
+        warm_start: bool = default("warm_start"),
+        beta0: float = default("beta0"),
+        w0_scale: float = default("w0_scale"),
+        bias_prior: tuple[float, float] = default("bias_prior"),
+        alpha_prior: tuple[float, float] = default("alpha_prior"),
+        mu_prior_precision: float = default("mu_prior_precision"),
+        n_tracked: int = default("n_tracked"),
+        min_ess: float | None = default("min_ess"),
+        rhat_threshold: float | None = default("rhat_threshold"),
+        balance_move: bool = default("balance_move"),
+        chain_mode: str = default("chain_mode"),
+        show_progress: bool = default("show_progress"),
     ):
         self.n_factors = n_factors
         self.n_samples = n_samples
@@ -106,27 +108,13 @@ class BPMF(ParamsMixin):
         self.chain_mode = chain_mode
         self.show_progress = show_progress
 
-    PARAM_NAMES = (
-        "n_factors", "n_samples", "burn_in", "n_chains", "thin", "max_kept_samples", "seed", "rating_range",
-        "warm_start", "beta0", "w0_scale", "bias_prior", "alpha_prior", "mu_prior_precision", "n_tracked",
-        "min_ess", "rhat_threshold", "balance_move", "chain_mode", "show_progress",
-    )
+    PARAM_NAMES = tuple(MODEL_PARAMS)  # the constructor's arguments (tests/test_contracts.py checks both agree)
 
     def _check_params(self) -> None:
-        if self.n_factors < 1 or self.n_samples < 1 or self.burn_in < 0 or self.n_chains < 1:
-            raise ValueError("need n_factors >= 1, n_samples >= 1, burn_in >= 0, n_chains >= 1")
-        if self.thin < 1 or self.max_kept_samples < 1:
-            raise ValueError("need thin >= 1 and max_kept_samples >= 1")
-        if not self.rating_range[0] < self.rating_range[1]:
-            raise ValueError("rating_range must be (low, high) with low < high")
-        if self.chain_mode not in ("auto", "sweep", "threads"):
-            raise ValueError("chain_mode must be auto, sweep or threads")
+        check_params(self.get_params())
 
     def _priors(self, train_mean: float) -> Priors:
-        # mu ~ N(training mean, 1 / mu_prior_precision): an empirical-Bayes prior. mu is only weakly
-        # identified (it trades places with mu_U . mu_V along a flat ridge of the likelihood), so
-        # this prior decides where on the ridge it sits; a vague one (precision 0.01) left mu
-        # drifting a rating point away from the data mean for hundreds of sweeps.
+        # mu's prior is centred on the training mean (see mu_prior_precision in bookrec.contracts.params).
         return Priors(
             beta0=self.beta0, w0_scale=self.w0_scale, a_bias=self.bias_prior[0], b_bias=self.bias_prior[1],
             a_alpha=self.alpha_prior[0], b_alpha=self.alpha_prior[1], mu_prior_mean=train_mean,
@@ -134,10 +122,8 @@ class BPMF(ParamsMixin):
         )
 
     def _resolved_chain_mode(self) -> str:
-        # "auto" sweeps: with kernels that really run in parallel, each chain swept over all cores
-        # was as fast as two threaded chains on the `full` explicit ratings (0.18-0.19 s/iter both)
-        # and faster on the dense k-core (0.023-0.025 vs 0.027-0.036), where the threaded chains
-        # contend for the GIL in the Python-side hyperparameter and move code.
+        # "auto" sweeps: as fast as threaded chains on sparse data and faster on dense data, where
+        # threaded chains contend for the GIL in the Python-side hyperparameter and move code.
         return "sweep" if self.chain_mode == "auto" else self.chain_mode
 
     # ------------------------------------------------------------------------------ fit
@@ -148,6 +134,26 @@ class BPMF(ParamsMixin):
         an exception raised by the callback propagates (and aborts the fit)."""
         self._check_params()
         started = time.perf_counter()
+        u, i, r, n_users, n_items = self._fit_inputs(user_idx, item_idx, ratings, n_users, n_items, eval_every)
+        # The order of the random streams below is part of the fixed-seed result.
+        seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
+        aux_rng = np.random.default_rng(seqs[-1])
+        data = RatingMatrix.build(u, i, r, n_users, n_items)
+        chains = [Chain(data, self.n_factors, self._priors(float(r.mean())), seq, balance_move=self.balance_move)
+                  for seq in seqs[:-1]]
+        for chain in chains:
+            chain.initialise(self.warm_start)
+        rec = _Recording(self, aux_rng, u, i)
+        self._allocate(rec.n_kept, n_users, n_items, self.n_factors)
+        rec.eval_set = _fit_eval_set(eval_set, n_users, n_items, rec.n_kept)
+        self.eval_history_ = []
+        mode = self._resolved_chain_mode()
+        self._sample(chains, mode, rec, eval_every, callback)
+        self._finish_fit(rec, mode, n_users, n_items, int(r.size), started)
+        return self
+
+    def _fit_inputs(self, user_idx, item_idx, ratings, n_users, n_items, eval_every: int):
+        """The training triples as arrays, and the matrix size, checked."""
         u = _as_index("user_idx", user_idx)
         i = _as_index("item_idx", item_idx)
         r = np.asarray(ratings, dtype=np.float64).ravel()
@@ -163,46 +169,18 @@ class BPMF(ParamsMixin):
             raise ValueError("an index is >= n_users / n_items")
         if eval_every < 1:
             raise ValueError("eval_every must be >= 1")
-        k = self.n_factors
-        data = RatingMatrix.build(u, i, r, n_users, n_items)
-        seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
-        aux_rng = np.random.default_rng(seqs[-1])
-        chains = [Chain(data, k, self._priors(float(r.mean())), seq, balance_move=self.balance_move)
-                  for seq in seqs[:-1]]
-        for chain in chains:
-            chain.initialise(self.warm_start)
+        return u, i, r, n_users, n_items
 
-        # Keep plan: each chain keeps every `step`-th post-burn-in draw, at most max_kept in total.
-        per_chain = max(1, self.max_kept_samples // self.n_chains)
-        step = max(self.thin, math.ceil(self.n_samples / per_chain))
-        kept_per_chain = self.n_samples // step
-        n_kept = kept_per_chain * self.n_chains
-        self._allocate(n_kept, n_users, n_items, k)
-
-        tracked = aux_rng.choice(r.size, size=min(self.n_tracked, r.size), replace=False)
-        tracked_u, tracked_i = u[tracked], i[tracked]
-        n_c, n_d = self.n_chains, self.n_samples
-        traces = {name: np.empty((n_c, n_d)) for name in TRACED}
-        tracked_traces = np.empty((n_c, n_d, tracked.size))
-
-        ev = None
-        if eval_set is not None:
-            eu, ei, er = (np.asarray(a) for a in eval_set)
-            eu, ei = _as_index("eval users", eu), _as_index("eval items", ei)
-            er = np.asarray(er, dtype=np.float64)
-            if eu.size and (eu.max() >= n_users or ei.max() >= n_items):
-                raise ValueError("eval_set index out of range")
-            ev = (eu, ei, er, np.empty((n_kept, eu.size), dtype=np.float32))
-        self.eval_history_ = []
-
-        mode = self._resolved_chain_mode()
+    def _sample(self, chains: list[Chain], mode: str, rec: _Recording, eval_every: int,
+                callback: Callable[[int, dict], None] | None) -> None:
+        """Burn-in and sampling sweeps of every chain, recording each post-burn-in sweep."""
+        n_c = self.n_chains
         parallel = mode == "sweep"
         pool = ThreadPoolExecutor(max_workers=n_c) if (mode == "threads" and n_c > 1) else None
         total = self.burn_in + self.n_samples
-        kept = 0
         progress = _progress(self.show_progress)
         # The sampler's BLAS calls are tiny (k x k, or one pass over an (n, k + 1) side): a second
-        # BLAS thread only spins and steals the core the other chain runs on (0.38 -> 0.21 s/iter).
+        # BLAS thread only spins and steals the core the other chain runs on.
         try:
             with progress, threadpool_limits(limits=1, user_api="blas"):
                 task = progress.add_task("Gibbs sampling", total=total, stats="")
@@ -214,23 +192,7 @@ class BPMF(ParamsMixin):
                             chain.sweep(parallel=parallel)
                     d = t - self.burn_in
                     if d >= 0:
-                        for c, chain in enumerate(chains):
-                            st = chain.state
-                            for name, value in chain_summary(chain).items():
-                                traces[name][c, d] = value
-                            # A few pairs: a parallel launch would cost more than the loop.
-                            tracked_traces[c, d] = chain.predict_pairs(tracked_u, tracked_i, parallel=False)
-                        if (d + 1) % step == 0 and (d + 1) // step <= kept_per_chain:
-                            for c, chain in enumerate(chains):
-                                self._store(kept, c, chain)
-                                if ev is not None:
-                                    ev[3][kept] = chain.predict_pairs(ev[0], ev[1])
-                                kept += 1
-                        if ev is not None and (d + 1) % eval_every == 0:
-                            m = self._running_eval(ev, kept, chains)
-                            self.eval_history_.append({"step": d + 1, **m})
-                            if callback is not None:
-                                callback(d + 1, m)
+                        self._record_sweep(chains, d, rec, eval_every, callback)
                     st0 = chains[0].state
                     progress.update(task, advance=1, stats=f"{'burn-in' if d < 0 else 'sampling'} "
                                     f"rmse={st0.train_rmse:.3f} sd={1 / math.sqrt(st0.alpha):.3f}")
@@ -238,19 +200,42 @@ class BPMF(ParamsMixin):
             if pool is not None:
                 pool.shutdown(wait=True)
 
-        self.traces_ = dict(traces)
-        for n in range(tracked.size):
-            self.traces_[f"pred_{n}"] = tracked_traces[:, :, n]
-        self.tracked_pairs_ = np.stack([tracked_u, tracked_i], axis=1)
-        self.n_users_, self.n_items_, self.n_kept_ = n_users, n_items, n_kept
-        self.n_train_ = int(r.size)
+    def _record_sweep(self, chains: list[Chain], d: int, rec: _Recording, eval_every: int,
+                      callback: Callable[[int, dict], None] | None) -> None:
+        """Post-burn-in sweep ``d``: traces, tracked predictions, kept draws and the running eval."""
+        for c, chain in enumerate(chains):
+            for name, value in chain_summary(chain).items():
+                rec.traces[name][c, d] = value
+            # A few pairs: a parallel launch would cost more than the loop.
+            rec.tracked_traces[c, d] = chain.predict_pairs(rec.tracked_u, rec.tracked_i, parallel=False)
+        ev = rec.eval_set
+        if (d + 1) % rec.step == 0 and (d + 1) // rec.step <= rec.kept_per_chain:
+            for c, chain in enumerate(chains):
+                self._store(rec.kept, c, chain)
+                if ev is not None:
+                    ev[3][rec.kept] = chain.predict_pairs(ev[0], ev[1])
+                rec.kept += 1
+        if ev is not None and (d + 1) % eval_every == 0:
+            m = self._running_eval(ev, rec.kept, chains)
+            self.eval_history_.append({"step": d + 1, **m})
+            if callback is not None:
+                callback(d + 1, m)
+
+    def _finish_fit(self, rec: _Recording, mode: str, n_users: int, n_items: int, n_train: int,
+                    started: float) -> None:
+        """The fitted attributes besides the draws: traces, sizes and the convergence verdict."""
         from bookrec.model.diagnostics import convergence
 
+        self.traces_ = dict(rec.traces)
+        for n in range(rec.tracked_u.size):
+            self.traces_[f"pred_{n}"] = rec.tracked_traces[:, :, n]
+        self.tracked_pairs_ = np.stack([rec.tracked_u, rec.tracked_i], axis=1)
+        self.n_users_, self.n_items_, self.n_kept_ = n_users, n_items, rec.n_kept
+        self.n_train_ = n_train
         rhat_threshold, min_ess = self._thresholds()
         self.diagnostics_ = convergence(self.traces_, rhat_threshold=rhat_threshold, min_ess=min_ess)
         self.fit_seconds_ = time.perf_counter() - started
         self.chain_mode_ = mode
-        return self
 
     def _thresholds(self) -> tuple[float, float]:
         """(R-hat threshold, minimum ESS): the estimator's own, else the settings'
@@ -388,10 +373,10 @@ class BPMF(ParamsMixin):
         rng = np.random.default_rng(seed)
         choice = rng.integers(0, self.mu_.shape[0], size=users.size)
         n_cand = int(n_candidates or 4 * n + 50)
+        samples = kernels.StoredSamples(self.user_factors_, self.user_bias_, self.item_factors_, self.item_bias_,
+                                        self.mu_.astype(np.float64), 1.0 / np.sqrt(self.alpha_.astype(np.float64)))
         items, mean, lower, upper = kernels.recommend_block(
-            users, self.user_factors_, self.user_bias_, self.item_factors_, self.item_bias_,
-            self.mu_.astype(np.float64), 1.0 / np.sqrt(self.alpha_.astype(np.float64)),
-            indptr, indices, int(n), RANK_MODES[rank_by], z,
+            users, samples, kernels.Exclusions(indptr, indices), int(n), RANK_MODES[rank_by], z,
             np.array([(1 - level) / 2, (1 + level) / 2]), choice, n_cand,
         )
         lo, hi = self.rating_range
@@ -403,14 +388,7 @@ class BPMF(ParamsMixin):
         item = int(item)
         if not 0 <= item < self.n_items_:
             raise IndexError("item index out of range")
-        v = self.item_factors_.astype(np.float64)
-        v /= np.maximum(np.linalg.norm(v, axis=2, keepdims=True), 1e-12)
-        cos = np.einsum("sik,sk->si", v, v[:, item, :])
-        mean, sd = cos.mean(axis=0), cos.std(axis=0)
-        excluded = np.zeros(self.n_items_, dtype=bool)
-        excluded[item] = True
-        top = kernels.top_n(mean, int(n), excluded)
-        return top, mean[top], sd[top]
+        return similar_items(unit_factors(self.item_factors_.astype(np.float64)), item, n)
 
     # ------------------------------------------------------------------------------ fold-in / serving
     def serving_arrays(self) -> dict[str, np.ndarray]:
@@ -455,3 +433,33 @@ def _progress(enabled: bool):
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), enabled=enabled, transient=False,
     )
+
+
+class _Recording:
+    """What a fit records while sampling: the keep plan and the kept-draw count, every chain's
+    traces, the tracked pairs' predictions and, with an eval set, each kept draw's predictions."""
+
+    def __init__(self, model: BPMF, aux_rng: np.random.Generator, u: np.ndarray, i: np.ndarray) -> None:
+        # Keep plan: each chain keeps every `step`-th post-burn-in draw, at most max_kept in total.
+        per_chain = max(1, model.max_kept_samples // model.n_chains)
+        self.step = max(model.thin, math.ceil(model.n_samples / per_chain))
+        self.kept_per_chain = model.n_samples // self.step
+        self.n_kept = self.kept_per_chain * model.n_chains
+        self.kept = 0
+        tracked = aux_rng.choice(u.size, size=min(model.n_tracked, u.size), replace=False)
+        self.tracked_u, self.tracked_i = u[tracked], i[tracked]
+        n_c, n_d = model.n_chains, model.n_samples
+        self.traces = {name: np.empty((n_c, n_d)) for name in TRACED}
+        self.tracked_traces = np.empty((n_c, n_d, tracked.size))
+        self.eval_set: tuple | None = None  # (users, items, ratings, predictions of each kept draw)
+
+
+def _fit_eval_set(eval_set, n_users: int, n_items: int, n_kept: int) -> tuple | None:
+    if eval_set is None:
+        return None
+    eu, ei, er = (np.asarray(a) for a in eval_set)
+    eu, ei = _as_index("eval users", eu), _as_index("eval items", ei)
+    er = np.asarray(er, dtype=np.float64)
+    if eu.size and (eu.max() >= n_users or ei.max() >= n_items):
+        raise ValueError("eval_set index out of range")
+    return (eu, ei, er, np.empty((n_kept, eu.size), dtype=np.float32))

@@ -56,21 +56,22 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the result (artifact, convergence, validation) as JSON"),
 ) -> None:
     """Train the Bayesian matrix factorisation (Gibbs sampling) on the training split and save it."""
+    from bookrec.contracts.params import default
     from bookrec.logging import console as make_console
     from bookrec.model.bpmf import BPMF
 
     console = make_console(quiet=as_json)
     settings, training = _load_training(data)
     params = dict(
-        n_factors=factors or settings.n_factors or 10,
-        n_samples=samples or settings.n_samples or 200,
-        burn_in=burn_in if burn_in is not None else (settings.burn_in if settings.burn_in is not None else 100),
-        n_chains=chains or settings.n_chains or 2,
-        thin=thin or settings.thin or 1,
-        max_kept_samples=settings.max_kept_samples or 100,
-        seed=settings.seed if seed is None else seed,
+        n_factors=_first_set(factors, settings.n_factors, default("n_factors")),
+        n_samples=_first_set(samples, settings.n_samples, default("n_samples")),
+        burn_in=_first_set(burn_in, settings.burn_in, default("burn_in")),
+        n_chains=_first_set(chains, settings.n_chains, default("n_chains")),
+        thin=_first_set(thin, settings.thin, default("thin")),
+        max_kept_samples=_first_set(settings.max_kept_samples, default("max_kept_samples")),
+        seed=_first_set(seed, settings.seed),
         rating_range=(settings.rating_min, settings.rating_max),
-        warm_start=True if settings.warm_start is None else settings.warm_start,
+        warm_start=_first_set(settings.warm_start, default("warm_start")),
         show_progress=progress and not as_json,
     )
     sizes = training.sizes()
@@ -181,3 +182,7 @@ def evaluate(
     c = report["convergence"]
     console.print(f"convergence: {'converged' if c['converged'] else 'NOT converged'} (max R-hat {c['max_rhat']:.3f})")
 
+
+def _first_set(*values):
+    """The first value that is not None: the command line, then the settings, then the model's default."""
+    return next(value for value in values if value is not None)

@@ -9,7 +9,13 @@ class ParamsMixin:
     PARAM_NAMES: tuple[str, ...] = ()
 
     def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in self.PARAM_NAMES}
+        """The ``__init__`` arguments; with ``deep``, also those of nested estimators as ``name__param``."""
+        params = {name: getattr(self, name) for name in self.PARAM_NAMES}
+        if deep:
+            for name, value in list(params.items()):
+                if hasattr(value, "get_params") and not isinstance(value, type):
+                    params.update({f"{name}__{key}": inner for key, inner in value.get_params(deep=True).items()})
+        return params
 
     def set_params(self, **params):
         for name, value in params.items():

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import ndtr
 
+from bookrec.contracts.params import default
 from bookrec.model import metrics
 from bookrec.model.params import ParamsMixin
 from bookrec.model.relevance import ItemRelevance, binary_matrix, most_read_unexcluded
@@ -54,13 +55,13 @@ class Recommender(ParamsMixin):
 
     def __init__(
         self,
-        rating_range: tuple[float, float] = (1.0, 10.0),
-        seed: int = 0,
-        n_factors: int = 10,
-        n_samples: int = 200,
-        burn_in: int = 100,
-        n_chains: int = 2,
-        max_kept_samples: int = 100,
+        rating_range: tuple[float, float] = default("rating_range"),
+        seed: int = default("seed"),
+        n_factors: int = default("n_factors"),
+        n_samples: int = default("n_samples"),
+        burn_in: int = default("burn_in"),
+        n_chains: int = default("n_chains"),
+        max_kept_samples: int = default("max_kept_samples"),
         relevance_l2: float | str = "auto",
         relevance_popularity_l2: float = 0.0,
         relevance_max_items: int = 8000,

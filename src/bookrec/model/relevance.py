@@ -36,7 +36,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from bookrec.model.kernels.relevance import add_cooccurrences, strongest_history_item
-from bookrec.model.kernels.topn import topn_dense
+from bookrec.model.kernels.topn import top_n_rows
 from bookrec.model.params import ParamsMixin
 
 L2_GRID = (1.0, 3.0, 10.0)  # multiples of the mean interaction count of the candidates
@@ -84,13 +84,10 @@ def most_read_unexcluded(order: np.ndarray, exclude: sp.csr_matrix, n: int) -> n
 
 
 def top_per_row(scores: np.ndarray, n: int) -> np.ndarray:
-    """Column indices of each row's n largest scores, best first (-inf entries come last)."""
-    n = min(n, scores.shape[1])
-    if n <= 0:
-        return np.zeros((scores.shape[0], 0), dtype=np.int64)
-    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    """Column indices of each row's n largest scores, best first (ties: lower index; -inf entries come last)."""
+    n = max(min(n, scores.shape[1]), 0)
+    no_exclusions = np.zeros(scores.shape[0] + 1, dtype=np.int64)
+    return top_n_rows(np.ascontiguousarray(scores), no_exclusions, no_exclusions[:0], n)[0]
 
 
 def _inverse(gram: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
@@ -267,7 +264,7 @@ class ItemRelevance(ParamsMixin):
         computed for the top n only: over every candidate it costs more than the ranking."""
         v = np.asarray(history @ self.precision_, dtype=np.float64)
         excluded = excluded.tocsr()
-        top, top_mean = topn_dense(v / -self.diag_, excluded.indptr.astype(np.int64),
+        top, top_mean = top_n_rows(v / -self.diag_, excluded.indptr.astype(np.int64),
                                    excluded.indices.astype(np.int64), n)
         empty = top < 0
         top = np.maximum(top, 0)

@@ -20,37 +20,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bookrec.contracts.params import default
 from bookrec.model import kernels
 
 # Rows with at most FEW_RATINGS ratings are drawn in the conditioning form, lanes at a time; rows with
 # up to MID_RATINGS in precision form, lanes at a time; longer rows one at a time, where the F^T F
 # sums are long vector loops already. 3 rather than 5: at k = 10 the precision lanes draw rows with 4
-# or 5 ratings faster (paired sweeps: 2-3% on the k-core, 1-2% on the explicit ratings).
+# or 5 ratings faster.
 FEW_RATINGS = 3
 MID_RATINGS = 32
 SCALE_MH_STEPS = 2  # independence Metropolis-Hastings steps per scale move (acceptance is high: a Laplace fit)
 # draw=False: every row one at a time in precision form
-NO_GROUPS = (np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64))
+NO_GROUPS = kernels.RowGroups(np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64),
+                              kernels.LANES)
 
 
-def lane_groups(indptr: np.ndarray) -> tuple:
-    """The rows of one side grouped for the block kernel: (few_rows, few_ptr, mid_rows)."""
-    return (*kernels.few_rating_groups(indptr, FEW_RATINGS), kernels.mid_rating_rows(indptr, FEW_RATINGS, MID_RATINGS))
+def lane_groups(indptr: np.ndarray) -> kernels.RowGroups:
+    """The rows of one side grouped for the block kernel."""
+    few_rows, few_ptr = kernels.few_rating_groups(indptr, FEW_RATINGS)
+    return kernels.RowGroups(few_rows, few_ptr, kernels.mid_rating_rows(indptr, FEW_RATINGS, MID_RATINGS), kernels.LANES)
 
 
 @dataclass(frozen=True)
 class Priors:
-    """Hyperprior constants. Gamma distributions are (shape, rate)."""
+    """Hyperprior constants, by default the model's (bookrec.contracts.params). Gamma distributions are (shape, rate)."""
 
-    beta0: float = 2.0
+    beta0: float = default("beta0")
     nu0_extra: float = 0.0  # nu0 = k + nu0_extra (must keep nu0 >= k)
-    w0_scale: float = 1.0  # W0 = w0_scale * I
-    a_bias: float = 1.0
-    b_bias: float = 1.0
-    a_alpha: float = 1.0
-    b_alpha: float = 1.0
+    w0_scale: float = default("w0_scale")  # W0 = w0_scale * I
+    a_bias: float = default("bias_prior")[0]
+    b_bias: float = default("bias_prior")[1]
+    a_alpha: float = default("alpha_prior")[0]
+    b_alpha: float = default("alpha_prior")[1]
     mu_prior_mean: float = 5.5
-    mu_prior_precision: float = 0.01
+    mu_prior_precision: float = default("mu_prior_precision")
 
 
 @dataclass
@@ -65,8 +68,8 @@ class RatingMatrix:
     item_indptr: np.ndarray
     item_users: np.ndarray
     item_ratings: np.ndarray
-    user_groups: tuple  # rows drawn in lanes (lane_groups)
-    item_groups: tuple
+    user_groups: kernels.RowGroups  # rows drawn in lanes (lane_groups)
+    item_groups: kernels.RowGroups
 
     @classmethod
     def build(cls, user_idx, item_idx, ratings, n_users, n_items) -> RatingMatrix:
@@ -88,6 +91,16 @@ class RatingMatrix:
     def n_ratings(self) -> int:
         return int(self.user_ratings.shape[0])
 
+    @property
+    def by_user(self) -> kernels.Csr:
+        """Each reader's ratings, columns index the items."""
+        return kernels.Csr(self.user_indptr, self.user_items, self.user_ratings)
+
+    @property
+    def by_item(self) -> kernels.Csr:
+        """Each item's ratings, columns index the readers."""
+        return kernels.Csr(self.item_indptr, self.item_users, self.item_ratings)
+
 
 def side_moments(side: np.ndarray, parallel: bool = True) -> tuple[int, np.ndarray, np.ndarray]:
     """(n, column sums, X^T X) of one side's (n, k + 1) array: one pass gives every statistic the
@@ -106,7 +119,8 @@ def normal_wishart_posterior(factors: np.ndarray, mu0: np.ndarray, beta0: float,
 def normal_wishart_from_moments(n, total, gram, mu0, beta0, w0_inv, nu0):
     """The Normal-Wishart update from (n, sum x, sum x x^T), with the centred scatter
     (``kernels.normal_wishart_params``)."""
-    return kernels.normal_wishart_params(float(n), *_dense(total, gram, mu0, w0_inv, beta0=beta0, nu0=nu0))
+    total, gram, mu0, beta0, w0_inv, nu0 = _dense(total, gram, mu0, w0_inv, beta0=beta0, nu0=nu0)
+    return kernels.normal_wishart_params(float(n), total, gram, mu0, beta0, w0_inv, nu0)
 
 
 def sample_normal_wishart(factors, mu0, beta0, w0_inv, nu0, rng):
@@ -116,8 +130,8 @@ def sample_normal_wishart(factors, mu0, beta0, w0_inv, nu0, rng):
 def sample_normal_wishart_from_moments(n, total, gram, mu0, beta0, w0_inv, nu0, rng):
     """(mean, Lambda) from the Normal-Wishart conditional (``kernels.normal_wishart_sample``)."""
     chi2, normals = normal_wishart_randoms(rng, mu0.shape[0], n, nu0)
-    return kernels.normal_wishart_sample(float(n), *_dense(total, gram, mu0, w0_inv, beta0=beta0, nu0=nu0), chi2,
-                                         normals)
+    total, gram, mu0, beta0, w0_inv, nu0 = _dense(total, gram, mu0, w0_inv, beta0=beta0, nu0=nu0)
+    return kernels.normal_wishart_sample(float(n), total, gram, mu0, beta0, w0_inv, nu0, chi2, normals)
 
 
 def normal_wishart_randoms(rng, k: int, n, nu0):
@@ -206,10 +220,10 @@ class Chain:
             prior = block_prior(2.0 * eye, np.zeros(k), 1.0)
             map_alpha = 2.0 / max(r_var, 1e-6)
             for _ in range(warm_start_sweeps):
-                kernels.sample_block_par(d.user_indptr, d.user_items, d.user_ratings, items, r_mean, map_alpha,
-                                         prior, users, 0, False, *NO_GROUPS, kernels.LANES, False)
-                kernels.sample_block_par(d.item_indptr, d.item_users, d.item_ratings, users, r_mean, map_alpha,
-                                         prior, items, 0, False, *NO_GROUPS, kernels.LANES, False)
+                kernels.sample_block_par(d.by_user, items, r_mean, map_alpha, prior, users, 0, NO_GROUPS, draw=False,
+                                         with_stats=False)
+                kernels.sample_block_par(d.by_item, users, r_mean, map_alpha, prior, items, 0, NO_GROUPS, draw=False,
+                                         with_stats=False)
             *_, sse = kernels.move_stats_par(d.user_indptr, d.user_items, d.user_ratings, users, items, r_mean)
             alpha = 1.0 / max(sse / max(d.n_ratings, 1), 1e-6)
         self.moments, self.pending = {}, {}
@@ -241,13 +255,13 @@ class Chain:
         if not moments:
             moments.update(users=side_moments(st.users, parallel), items=side_moments(st.items, parallel))
         st.mu_user, st.lambda_user, st.tau_user_bias, prior = self._side_hyper(moments["users"])
-        block(d.user_indptr, d.user_items, d.user_ratings, st.items, st.mu, st.alpha, prior, st.users,
-              int(self.rng.integers(2**63)), True, *d.user_groups, kernels.LANES, False)
+        block(d.by_user, st.items, st.mu, st.alpha, prior, st.users, int(self.rng.integers(2**63)), d.user_groups,
+              draw=True, with_stats=False)
         moments["users"] = side_moments(st.users, parallel)
         st.mu_item, st.lambda_item, st.tau_item_bias, prior = self._side_hyper(moments["items"])
         # The book block also returns the statistics of the group moves for the new state.
-        move_stats = block(d.item_indptr, d.item_users, d.item_ratings, st.users, st.mu, st.alpha, prior, st.items,
-                           int(self.rng.integers(2**63)), True, *d.item_groups, kernels.LANES, True)
+        move_stats = block(d.by_item, st.users, st.mu, st.alpha, prior, st.items, int(self.rng.integers(2**63)),
+                           d.item_groups, draw=True, with_stats=True)
         moments["items"] = side_moments(st.items, parallel)
 
         sum_e, sum_e2 = self._rescale(*move_stats)
@@ -395,7 +409,7 @@ class Chain:
             else:
                 lam, own_mean, tau_other = st.lambda_item, st.mu_item, st.tau_user_bias
             n_other, total, gram = self.moments[other_side]
-            a, vbar = kernels.shift_draw(float(n_other), total, gram, lam, own_mean, self.mu0, float(tau_other),
+            a, vbar = kernels.shift_draw((float(n_other), total, gram), lam, own_mean, self.mu0, float(tau_other),
                                          float(beta0), float(tau0), float(st.mu - p.mu_prior_mean),
                                          self.rng.standard_normal(k))
             self._move(side, self.identity, np.append(a, 0.0))

@@ -19,70 +19,11 @@ from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
-from numba import njit, prange
 
+from bookrec.model.kernels.topn import top_n_csr, top_n_rows
 from bookrec.model.topn import evaluate_topn
 
 SCORE_BUDGET = 1 << 24  # floats per dense score chunk (64 MB of float32)
-
-
-@njit(parallel=True, cache=True)
-def _top_n_rows(scores, n):
-    """Column indices of the n largest finite scores of each row, best first (ties: lower
-    index); -1 pads rows with fewer than n finite scores (-inf marks excluded items)."""
-    rows, cols = scores.shape
-    out = np.full((rows, n), -1, dtype=np.int64)
-    for r in prange(rows):
-        best_v = np.empty(n, dtype=np.float64)
-        best_i = out[r]
-        size = 0
-        for j in range(cols):
-            v = scores[r, j]
-            if not (v > -np.inf):  # excluded or NaN
-                continue
-            if size == n and v <= best_v[n - 1]:
-                continue
-            pos = size if size < n else n - 1
-            while pos > 0 and v > best_v[pos - 1]:
-                if pos < n:
-                    best_v[pos] = best_v[pos - 1]
-                    best_i[pos] = best_i[pos - 1]
-                pos -= 1
-            best_v[pos] = v
-            best_i[pos] = j
-            if size < n:
-                size += 1
-    return out
-
-
-@njit(parallel=True, cache=True)
-def _top_k_csr(indptr, indices, data, k):
-    """Keep the k largest entries of each CSR row (ties: lower column) -> (indptr, indices, data)."""
-    n_rows = indptr.shape[0] - 1
-    out_ptr = np.zeros(n_rows + 1, dtype=np.int64)
-    for r in range(n_rows):
-        out_ptr[r + 1] = out_ptr[r] + min(k, indptr[r + 1] - indptr[r])
-    out_idx = np.empty(out_ptr[-1], dtype=np.int32)
-    out_val = np.empty(out_ptr[-1], dtype=np.float32)
-    for r in prange(n_rows):
-        a, b, o = indptr[r], indptr[r + 1], out_ptr[r]
-        size = 0
-        m = out_ptr[r + 1] - o
-        for p in range(a, b):
-            v, j = data[p], indices[p]
-            if size == m and (v < out_val[o + m - 1] or (v == out_val[o + m - 1] and j > out_idx[o + m - 1])):
-                continue
-            pos = size if size < m else m - 1
-            while pos > 0 and (v > out_val[o + pos - 1] or (v == out_val[o + pos - 1] and j < out_idx[o + pos - 1])):
-                if pos < m:
-                    out_val[o + pos] = out_val[o + pos - 1]
-                    out_idx[o + pos] = out_idx[o + pos - 1]
-                pos -= 1
-            out_val[o + pos] = v
-            out_idx[o + pos] = j
-            if size < m:
-                size += 1
-    return out_ptr, out_idx, out_val
 
 
 def binary_csr(X) -> sp.csr_matrix:
@@ -150,7 +91,9 @@ class TopNModel:
             else:
                 rows, cols = rows[cols < n_cand], cols[cols < n_cand]
             scores[rows, cols] = -np.inf
-            top = _top_n_rows(scores, n)
+            no_exclusions = np.zeros(stop - start + 1, dtype=np.int64)
+            top, top_score = top_n_rows(scores, no_exclusions, no_exclusions[:0], n)
+            top[~(top_score > -np.inf)] = -1  # excluded items are -inf: never recommended
             if candidates is not None:
                 top = np.where(top >= 0, candidates[np.maximum(top, 0)], -1)
             out[start:stop] = top
@@ -305,7 +248,7 @@ class ItemKNN(TopNModel):
             data[C.indices == rows] = 0.0  # no self-similarity
             C = sp.csr_matrix((data.astype(np.float32), C.indices, C.indptr), shape=C.shape)
             C.eliminate_zeros()
-            ptr, idx, val = _top_k_csr(C.indptr.astype(np.int64), C.indices.astype(np.int32), C.data, self.neighbours)
+            ptr, idx, val = top_n_csr(C.indptr.astype(np.int64), C.indices.astype(np.int32), C.data, self.neighbours)
             parts.append(sp.csr_matrix((val, idx, ptr), shape=C.shape))
         self.S_ = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((n, n), dtype=np.float32)
         self._fallback = (self.item_counts_ / (self.item_counts_.max(initial=0) + 1.0) - 1.0).astype(np.float32)

@@ -56,22 +56,18 @@ def optimize(
     as_json: bool = typer.Option(False, "--json", help="Print the result (best trial, Pareto front, file written) as JSON."),
 ) -> None:
     """Tune BPMF hyperparameters with Optuna on the validation split and write the best ones for `bookrec batch`."""
+    import optuna
+
     from bookrec.config import get_settings
     from bookrec.data.io import DatasetError
     from bookrec.exitcodes import FAILURE, USAGE, fail
     from bookrec.logging import console as make_console
-    from bookrec.optimize.objective import (
-        ObjectiveOptions,
-        load_tuning_data,
-        objective_options_from_settings,
-    )
+    from bookrec.optimize.objective import load_tuning_data, objective_options_from_settings
     from bookrec.optimize.space import default_bpmf_kwargs, from_bpmf_kwargs
-    from bookrec.optimize.study import redact_url, run_optimization, summary_tables
+    from bookrec.optimize.study import redact_url, run_optimization
 
     settings = get_settings()
     console = make_console(quiet=as_json)
-    import optuna
-
     # Optuna's warnings through bookrec's handler (one format, JSON lines when not on a terminal).
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
@@ -79,14 +75,11 @@ def optimize(
     n_trials = trials if trials is not None else settings.optimizer_n_calls
     storage_url = storage or settings.optuna_storage
     study_name = study or settings.optuna_study
-    data_dir = data or settings.data_dir
     try:
-        tuning_data = load_tuning_data(data_dir, settings)
+        tuning_data = load_tuning_data(data or settings.data_dir, settings)
     except (DatasetError, ValueError) as exc:
         fail(str(exc), code=USAGE)
-    options: ObjectiveOptions = objective_options_from_settings(
-        settings, objective=objective_name, multi_objective=multi_objective
-    )
+    options = objective_options_from_settings(settings, objective=objective_name, multi_objective=multi_objective)
     console.print(
         f"study [bold]{study_name}[/bold] on {redact_url(storage_url)}: {n_trials} trial(s), validation "
         f"{objective_name}{' + training seconds' if multi_objective else ''}, "
@@ -94,15 +87,10 @@ def optimize(
     )
     try:
         result = run_optimization(
-            tuning_data,
-            n_trials=n_trials,
-            timeout=timeout if timeout is not None else settings.optimizer_timeout,
-            storage_url=storage_url,
-            study_name=study_name,
-            options=options,
+            tuning_data, n_trials=n_trials, timeout=timeout if timeout is not None else settings.optimizer_timeout,
+            storage_url=storage_url, study_name=study_name, options=options,
             pruner=pruner.value,  # type: ignore[arg-type]
-            sampler_seed=seed,
-            config_path=None if no_write else (output or settings.tuned_config_path),
+            sampler_seed=seed, config_path=None if no_write else (output or settings.tuned_config_path),
             start_points=[from_bpmf_kwargs(default_bpmf_kwargs(options.space.n_chains))] if start_from_default else (),
             show_progress=console.is_terminal and not as_json,
         )
@@ -112,15 +100,23 @@ def optimize(
         if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg"}:
             raise
         fail(f"cannot use Optuna storage {redact_url(storage_url)}: {type(exc).__name__}", code=FAILURE)
+    _report(console, result, as_json, study_name, redact_url(storage_url))
+
+
+def _report(console, result, as_json: bool, study_name: str, storage: str) -> None:
+    """The summary tables (and the JSON document); fails when no trial completed."""
+    from bookrec.exitcodes import FAILURE, fail
+    from bookrec.optimize.study import summary_tables
+
     if as_json:
-        typer.echo(json.dumps(_result_json(result, study_name, redact_url(storage_url)), indent=1, default=str))
+        typer.echo(json.dumps(_result_json(result, study_name, storage), indent=1, default=str))
     for table in summary_tables(result):
         console.print(table)
     if result.chosen is None:
         fail("no trial completed; nothing written", code=FAILURE)
     if result.config_path is not None:
         console.print(f"best parameters written to [bold]{result.config_path}[/bold] (read by `bookrec batch`)")
-    console.print(f"open the study in a browser: optuna-dashboard {redact_url(storage_url)}")
+    console.print(f"open the study in a browser: optuna-dashboard {storage}")
 
 
 def _trial(trial) -> dict:

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bookrec.store.base import AsyncStoreReader, Publisher, Store
-from bookrec.store.errors import NothingToRollBack, StoreCorrupt, StoreError, StoreUnavailable, VersionGone
+from bookrec.store.base import MAX_USER_ID, AsyncStoreReader, Publisher, RecommendationRead, Store
+from bookrec.store.errors import STORE_DOWN, NothingToRollBack, StoreCorrupt, StoreError, StoreUnavailable, VersionGone
 from bookrec.store.url import StoreURL, parse_store_url, redact_url
 
 if TYPE_CHECKING:
     from bookrec.config import Settings
 
 __all__ = [
-    "AsyncStoreReader", "NothingToRollBack", "Publisher", "Store", "StoreCorrupt", "StoreError", "StoreURL",
-    "StoreUnavailable", "VersionGone", "open_async_reader", "open_store", "open_store_from_settings", "parse_store_url", "redact_url",
+    "MAX_USER_ID", "STORE_DOWN", "AsyncStoreReader", "NothingToRollBack", "Publisher", "RecommendationRead", "Store",
+    "StoreCorrupt", "StoreError", "StoreURL", "StoreUnavailable", "VersionGone", "open_async_reader", "open_store",
+    "open_store_from_settings", "parse_store_url", "redact_url",
 ]
 
 
@@ -73,15 +74,13 @@ def open_async_reader(
     *,
     timeout: float = 2.0,
     pool_size: int = 64,
-    version_cache_seconds: float = 0.0,
 ) -> AsyncStoreReader:
     """The read side for the API, usable from one event loop.
 
     ``timeout``: per operation (connect, read, waiting for a pooled connection); beyond it the call
     raises ``StoreUnavailable``. ``pool_size``: connections (Redis) or reader threads (SQLite, capped
-    at 8). ``version_cache_seconds`` (Redis): trust the resolved ``current`` pointer this long to save a
-    round trip per request; a miss re-resolves it, so a flip is seen at once for data that changed.
-    Creating the reader does not connect: the first call does, so the API can start while the store is down.
+    at 8). The ``current`` pointer is resolved on every read that names no version (the API caches it
+    and names versions). Creating the reader does not connect: the first call does, so the API can start while the store is down.
     """
     parsed = parse_store_url(url)
     if parsed.backend == "sqlite":
@@ -91,10 +90,7 @@ def open_async_reader(
         return AsyncSqliteReader(parsed.url, parsed.path, timeout=timeout, pool_size=max(1, min(pool_size, 8)))
     from bookrec.store.redis_store import AsyncRedisReader
 
-    return AsyncRedisReader(
-        parsed.url, parsed.redacted, prefix=prefix, timeout=timeout, pool_size=pool_size,
-        version_cache_seconds=version_cache_seconds,
-    )
+    return AsyncRedisReader(parsed.url, parsed.redacted, prefix=prefix, timeout=timeout, pool_size=pool_size)
 
 
 def open_store_from_settings(settings: "Settings | None" = None, url: str | None = None) -> Store:

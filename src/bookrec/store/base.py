@@ -26,10 +26,9 @@ from bookrec.store.errors import StoreCorrupt, StoreError
 log = logging.getLogger(__name__)
 
 # Recommendation and book payloads of at least COMPRESS_MIN_BYTES are stored LZ4-compressed
-# (pyarrow's codec; measured on realistic recommendation JSON: 2.9x smaller, about 5x cheaper to
-# compress than zlib level 1, which saves 3.9x but costs ~15 s of CPU for 278,858 readers) behind a
-# two-byte mark and the original length; the readers expand them, so callers always get back the
-# bytes they stored. Payloads may not start with NUL (JSON never does), so nothing is ambiguous.
+# (pyarrow's codec: on recommendation JSON it saves most of what zlib saves, at a fraction of the
+# CPU) behind a two-byte mark and the original length; the readers expand them, so callers always
+# get back the bytes they stored. Payloads may not start with NUL (JSON never does), so nothing is ambiguous.
 LZ4_MARK = b"\x00L"
 ZLIB_MARK = b"\x00z"  # also understood on read
 COMPRESS_MIN_BYTES = 512
@@ -136,6 +135,25 @@ def check_limit(limit: Any, maximum: int = 10_000) -> int:
     return limit
 
 
+# One answer per user of ``get_recommendations_many``: the payload; None when the user has none in
+# the version, or when the version is no longer published (then every answer is None, as a single
+# read's ``VersionGone`` means "not found" to a caller that resolves the pointer afresh); or the
+# ``StoreCorrupt`` of that user's entry alone, so one corrupt entry fails only its own reader.
+# Errors of the store itself (unreachable, timeout) are raised for the whole call.
+RecommendationRead = bytes | None | StoreCorrupt
+
+
+def expand_payloads(stored: list[bytes | None]) -> list[RecommendationRead]:
+    """``expand_payload`` of each, keeping a corrupt entry's error as its answer."""
+    out: list[RecommendationRead] = []
+    for value in stored:
+        try:
+            out.append(expand_payload(value))
+        except StoreCorrupt as exc:
+            out.append(exc)
+    return out
+
+
 class Publisher(ABC):
     """Writes one new version. Obtained from ``Store.begin_publish()``; never flip by hand."""
 
@@ -231,6 +249,10 @@ class Store(ABC):
     def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None: ...
 
     @abstractmethod
+    def get_recommendations_many(self, user_ids: list[int], version: str) -> list[RecommendationRead]:
+        """Many users' payloads of one named version in one round trip (see ``RecommendationRead``)."""
+
+    @abstractmethod
     def get_book(self, isbn: str, version: str | None = None) -> bytes | None: ...
 
     @abstractmethod
@@ -306,6 +328,10 @@ class AsyncStoreReader(ABC):
 
     @abstractmethod
     async def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None: ...
+
+    @abstractmethod
+    async def get_recommendations_many(self, user_ids: list[int], version: str) -> list[RecommendationRead]:
+        """Many users' payloads of one named version in one round trip (see ``RecommendationRead``)."""
 
     @abstractmethod
     async def get_book(self, isbn: str, version: str | None = None) -> bytes | None: ...

@@ -21,14 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
+from bookrec.contracts.payloads import BOOK_FIELDS, ITEM_TEMPLATE, P_LIKED_DIGITS, READER_TEMPLATE, json_number
 from bookrec.store import open_async_reader, open_store
 
-ITEM = (
-    b'{"rank":%%d,"work_key":"%s|%s","isbn":"%s","title":"%s","author":"%s","year":%d,'
-    b'"image_url":"http://images.amazon.com/images/P/%s.01.MZZZZZZZ.jpg",'
-    b'"predicted_rating":%.2f,"uncertainty":%.2f,"confidence_interval":[%.2f,%.2f],"basis":"personal"}'
-)
 VOCABULARY = (
     "river garden secret shadow letters kingdom house stone winter summer night ocean city road fire light "
     "daughter king queen war peace love death island mountain forest storm glass silver golden dark bright"
@@ -36,18 +33,24 @@ VOCABULARY = (
 NAMES = "Ann Ben Chloe David Elena Farid Grace Hiro Iris Jonas Smith Garcia Okafor Novak Tanaka Larsen".split()
 
 
-def _item_pool(n: int, rng: np.random.Generator) -> list[bytes]:
-    """n distinct book entries (rank left as %d), as varied as real titles, authors and ISBNs."""
+def _item_pool(n: int, rng: np.random.Generator) -> list[tuple]:
+    """n distinct books, as varied as real titles, authors and ISBNs, each with made-up figures: the
+    arguments of ``ITEM_TEMPLATE`` after the rank."""
     pool = []
-    for i in range(n):
+    for _ in range(n):
         title = " ".join(rng.choice(VOCABULARY, size=int(rng.integers(2, 6)))).title()
         author = f"{rng.choice(NAMES)} {rng.choice(NAMES)}son"
         isbn = f"{rng.integers(0, 10**10):010d}"
+        book = {"work_key": f"{title.lower()}|{author.lower()}", "isbn": isbn, "title": title, "author": author,
+                "year": int(rng.integers(1950, 2005)),
+                "image_url": f"http://images.amazon.com/images/P/{isbn}.01.MZZZZZZZ.jpg"}
         predicted = float(rng.uniform(5, 9.5))
         half = float(rng.uniform(0.5, 2))
-        pool.append(ITEM % (title.lower().encode(), author.lower().encode(), isbn.encode(), title.encode(),
-                            author.encode(), int(rng.integers(1950, 2005)), isbn.encode(), predicted, half,
-                            predicted - half, predicted + half))
+        relevance, p_liked = float(rng.uniform(0.01, 0.3)), float(rng.uniform(0.2, 0.9))
+        pool.append((orjson.dumps({name: book[name] for name in BOOK_FIELDS})[1:-1], predicted, half,
+                     predicted - half, predicted + half, b"personal", json_number(relevance * p_liked**0.25),
+                     json_number(relevance), json_number(relevance / 3), json_number(p_liked, P_LIKED_DIGITS),
+                     b'{"kind":"popular"}'))
     return pool
 
 
@@ -58,11 +61,11 @@ def payloads(user_ids: list[int], top_n: int, seed: int = 0) -> Iterator[tuple[i
     rng = np.random.default_rng(seed)
     pool = _item_pool(20_000, rng)
     bodies = [
-        b'"basis":"personal","recommendations":[%s]}' % b",".join(pool[j] % (r + 1) for r, j in enumerate(row))
+        b"[%s]" % b",".join(ITEM_TEMPLATE % (r + 1, *pool[j]) for r, j in enumerate(row))
         for row in rng.integers(0, len(pool), size=(5_000, top_n)).tolist()
     ]
     # built eagerly above (this is not a generator function), so the timed publish only hands them over
-    return ((u, b'{"user_id":%d,' % u + bodies[u % len(bodies)]) for u in user_ids)
+    return ((u, READER_TEMPLATE % (u, b"personal", bodies[u % len(bodies)])) for u in user_ids)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from urllib.parse import quote
 from bookrec.store.base import (
     AsyncStoreReader,
     Publisher,
+    RecommendationRead,
     Store,
     check_blob_name,
     check_bytes,
@@ -66,6 +67,7 @@ VID = (
     "name = COALESCE(?, (SELECT version FROM pointers WHERE name = 'current')))"
 )
 MIN_ID = -(2**63)
+IDS_PER_QUERY = 500  # bound parameters per query stay far below SQLite's limit (999 before 3.32)
 ROWS_PER_EXECUTEMANY = 5_000
 CHECKPOINT_SECONDS = 10.0
 
@@ -155,7 +157,7 @@ def connect(path: Path, timeout: float) -> sqlite3.Connection:
     if not has_schema:
         conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
     elif "raw_bytes" not in {row[1] for row in conn.execute("PRAGMA table_info(versions)")}:
-        # files written before raw_bytes existed (the development days of this module)
+        # a file whose versions table lacks raw_bytes gets the column
         conn.execute("ALTER TABLE versions ADD COLUMN raw_bytes INTEGER NOT NULL DEFAULT 0")
     return conn
 
@@ -188,6 +190,14 @@ def _blob(value: Any) -> bytes:
     if not isinstance(value, bytes):  # a corrupt page can turn a BLOB cell into anything
         raise StoreCorrupt(f"stored payload is a {type(value).__name__}, not bytes", CORRUPT_REASON)
     return value
+
+
+def _expand_or_error(value: Any) -> RecommendationRead:
+    """A stored recommendation payload expanded, or the ``StoreCorrupt`` of this entry alone."""
+    try:
+        return None if value is None else expand_payload(_blob(value))
+    except StoreCorrupt as exc:
+        return exc
 
 
 def _version_row(conn: sqlite3.Connection, version: str | None) -> tuple[int, int, int] | None:
@@ -233,6 +243,23 @@ class SqliteReads:
         if row is None:
             return _miss(conn, version)
         return expand_payload(_blob(row[0]))
+
+    @staticmethod
+    def get_recommendations_many(conn: sqlite3.Connection, user_ids: list[int], version: str) -> list[RecommendationRead]:
+        user_ids = [check_user_id(u) for u in user_ids]
+        found: dict[int, Any] = {}
+        for start in range(0, len(user_ids), IDS_PER_QUERY):
+            chunk = user_ids[start:start + IDS_PER_QUERY]
+            found.update(conn.execute(
+                f"SELECT user_id, payload FROM recs WHERE vid = {VID} AND user_id IN ({','.join('?' * len(chunk))})",
+                (version, *chunk),
+            ).fetchall())
+        if len(found) < len(set(user_ids)):
+            try:
+                _miss(conn, version)
+            except VersionGone:
+                return [None] * len(user_ids)
+        return [_expand_or_error(found.get(u)) for u in user_ids]
 
     @staticmethod
     def get_book(conn: sqlite3.Connection, isbn: str, version: str | None) -> bytes | None:
@@ -534,6 +561,12 @@ class SqliteStore(Store):
     def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None:
         return self._read("reading recommendations", SqliteReads.get_recommendations, user_id, version, version=version)
 
+    def get_recommendations_many(self, user_ids: list[int], version: str) -> list[RecommendationRead]:
+        return self._read(
+            "reading recommendations", SqliteReads.get_recommendations_many, user_ids, version,
+            empty=[None] * len(user_ids),
+        )
+
     def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
         return self._read("reading a book", SqliteReads.get_book, isbn, version, version=version)
 
@@ -687,6 +720,9 @@ class AsyncSqliteReader(AsyncStoreReader):
 
     async def get_recommendations(self, user_id: int, version: str | None = None) -> bytes | None:
         return await self._run("reading recommendations", SqliteReads.get_recommendations, user_id, version)
+
+    async def get_recommendations_many(self, user_ids: list[int], version: str) -> list[RecommendationRead]:
+        return await self._run("reading recommendations", SqliteReads.get_recommendations_many, user_ids, version)
 
     async def get_book(self, isbn: str, version: str | None = None) -> bytes | None:
         return await self._run("reading a book", SqliteReads.get_book, isbn, version)

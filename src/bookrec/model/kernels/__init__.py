@@ -15,11 +15,15 @@ releases the GIL) for running chains in parallel threads.
 
 Modules, in the order a sweep uses them: ``normals`` (random numbers), ``prefetch``, ``lanes``
 (many short rows at once), ``rows`` (one long row), ``block`` (a whole side), ``moves`` (group
-moves and moments; ``partials`` holds their per-task sums), ``hyper`` (hyperparameter draws); then ``predict`` and ``ranking`` for
-serving. ``compile`` builds the parallel and serial twins.
+moves and moments; ``partials`` holds their per-task sums), ``hyper`` (hyperparameter draws); then
+``predict`` (predictions, mixture quantiles and scores), ``topn`` (the top-n selection), ``ranking``
+and ``foldin`` for serving and the batch, and ``relevance`` for the relevance model. ``compile``
+builds the parallel and serial twins; ``arrays`` holds the named tuples kernels take.
 """
 
+from bookrec.model.kernels.arrays import Csr, Exclusions, FoldInModel, PriorForms, RowGroups, StoredSamples
 from bookrec.model.kernels.block import sample_block_par, sample_block_ser
+from bookrec.model.kernels.foldin import fold_readers, fold_top_components, known_top_components, pair_components
 from bookrec.model.kernels.hyper import (
     block_prior_forms,
     normal_wishart_params,
@@ -50,12 +54,15 @@ from bookrec.model.kernels.predict import (
     predict_pairs_ser,
     predict_samples,
 )
-from bookrec.model.kernels.ranking import recommend_block, top_n
+from bookrec.model.kernels.ranking import recommend_block
+from bookrec.model.kernels.topn import top_n, top_n_csr, top_n_rows
 
 __all__ = [
-    "LANES", "ZIG_R", "affine_move", "affine_rows_par", "affine_rows_ser", "balance_scales", "block_prior_forms",
-    "few_rating_groups", "fill_normals", "gig_draw", "mid_rating_rows", "mixture_crps", "mixture_logpdf", "mixture_quantiles", "mixture_quantiles_ser",
-    "move_stats_par", "move_stats_ser", "normal_wishart_params", "normal_wishart_sample", "predict_pairs_par",
-    "predict_pairs_ser", "predict_samples", "recommend_block", "row_state", "sample_block_par", "sample_block_ser",
-    "scale_moves", "shift_draw", "side_moments_par", "side_moments_ser", "side_prior_draw", "top_n",
+    "LANES", "ZIG_R", "Csr", "Exclusions", "FoldInModel", "PriorForms", "RowGroups", "StoredSamples", "affine_move",
+    "affine_rows_par", "affine_rows_ser", "balance_scales", "block_prior_forms", "few_rating_groups", "fill_normals",
+    "fold_readers", "fold_top_components", "gig_draw", "known_top_components", "mid_rating_rows", "mixture_crps",
+    "mixture_logpdf", "mixture_quantiles", "mixture_quantiles_ser", "move_stats_par", "move_stats_ser",
+    "normal_wishart_params", "normal_wishart_sample", "pair_components", "predict_pairs_par", "predict_pairs_ser",
+    "predict_samples", "recommend_block", "row_state", "sample_block_par", "sample_block_ser", "scale_moves",
+    "shift_draw", "side_moments_par", "side_moments_ser", "side_prior_draw", "top_n", "top_n_csr", "top_n_rows",
 ]

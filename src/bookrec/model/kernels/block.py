@@ -7,6 +7,7 @@ import math
 import numpy as np
 from numba import prange
 
+from bookrec.model.kernels.arrays import LaneColumns, LaneScratch, Likelihood, RowScratch, StatScratch
 from bookrec.model.kernels.compile import twin
 from bookrec.model.kernels.lanes import draw_lanes, draw_lanes_precision, lane_stats
 from bookrec.model.kernels.normals import fill_normals, row_state
@@ -15,28 +16,36 @@ from bookrec.model.kernels.prefetch import prefetch_ratings, prefetch_rows
 from bookrec.model.kernels.rows import accumulate_columns, draw_row_many, row_stats_from_sums
 
 
-def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, draw, few_rows, few_ptr, mid_rows,
-                  lanes, with_stats):
+# Over 80 lines: its three parallel loops (one per row form) fill one set of per-task partial
+# statistics, reduced once; as separate kernels each would dispatch, allocate and reduce its own.
+def _sample_block(rated, other, mu, alpha, prior, out, seed, groups, draw, with_stats):
     """Draw (``draw=False``: set to the conditional mode) every row of ``out`` from its Gaussian conditional.
 
-    ``prior`` is (precision P0, P0 m0, mean m0, C, C^T) with C C^T = P0^-1. Row i draws its
-    normals from its own stream (``seed``, i). When drawing, the rows listed in
-    ``few_rows``/``few_ptr`` (see ``few_rating_groups``: most rows in BookCrossing) are drawn lanes
-    at a time in the conditioning form, those in ``mid_rows`` (``mid_rating_rows``) lanes at a time in
-    precision form, every other row (the longest) one at a time in precision form.
+    ``rated`` is the side's ratings (Csr, columns index ``other``'s rows), ``prior`` its PriorForms
+    (:mod:`bookrec.model.kernels.arrays`). Row i draws its normals from its own stream (``seed``, i).
+    When drawing, the rows listed in ``groups.few_rows``/``few_ptr`` (see ``few_rating_groups``: most
+    rows in BookCrossing) are drawn lanes at a time in the conditioning form, those in ``mid_rows``
+    (``mid_rating_rows``) lanes at a time in precision form, every other row (the longest) one at a
+    time in precision form.
 
     Returns the move statistics of ``_move_stats`` for the new state, computed while each row's
     ratings are at hand (with ``with_stats``; zeros otherwise), with z = [x_f * other_f,
     other_bias, x_bias, 1]: called for the books (``other`` = readers) that is exactly
     ``_move_stats`` over the readers' rows, without a second pass over the ratings.
     """
-    prior_prec, prior_h, prior_mean, prior_chol, prior_chol_t = prior
+    indptr = rated.indptr
+    indices = rated.indices
+    few_rows = groups.few_rows
+    few_ptr = groups.few_ptr
+    mid_rows = groups.mid_rows
+    lanes = groups.lanes
     n_rows = indptr.shape[0] - 1
     dim = out.shape[1]
     k = dim - 1
     n_stats = k + 3
     noise_var = 1.0 / alpha
     noise_sd = math.sqrt(noise_var)
+    likelihood = Likelihood(other, mu, alpha, noise_sd, noise_var)
     few_max = few_ptr.shape[0] - 2 if draw else -1
     n_mid = mid_rows.shape[0] if draw else 0
     mid_max = few_max  # rows with up to mid_max ratings are drawn in lanes
@@ -73,6 +82,8 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         sww = np.empty((n_stats, n_stats))
         syw = np.empty(n_stats)
         scale = np.empty(n_stats)
+        row_scratch = RowScratch(feats, target, row_bias, prec, lin, ftf, fty)
+        stat_scratch = StatScratch(cf, fx, sww, syw, scale)
         gg = np.zeros((n_stats, n_stats))
         rr = np.zeros(n_stats)
         e2 = 0.0
@@ -89,11 +100,9 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 prefetch_ratings(other, indices, indptr[nxt], indptr[nxt + 1])
             if draw:
                 fill_normals(row_state(seed, i), z, dim)
-            draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
-                           feats, target, row_bias, prec, lin, ftf, fty, out)
+            draw_row_many(i, rated, likelihood, prior, z, row_scratch, out, draw=draw)
             if with_stats:
-                e2 += row_stats_from_sums(i, m, feats, target, row_bias, ftf, fty, out, cf, fx, sww, syw, scale,
-                                           gg, rr)
+                e2 += row_stats_from_sums(i, m, row_scratch, out, stat_scratch, gg, rr)
         if with_stats:
             store_partial(part_g, part_r, part_e2, c, gg, rr, e2)
     width = max(few_max, 1)
@@ -112,11 +121,13 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
             g = np.empty((dim, lanes))
             target = np.empty((width, lanes))
             other_bias = np.empty((width, lanes))
+            scratch = LaneScratch(z, zs, feats, resid, hmat, small, g, target, other_bias)
             # The lanes' move statistics are gathered as columns and reduced a batch at a time: long
             # contiguous dot products instead of a short lane loop per pair of statistics.
             batch = max(256, lanes * width)
             z_rows = np.empty((n_stats, batch))
             e_rows = np.empty(batch)
+            columns = LaneColumns(z_rows, e_rows)
             ones = np.ones(n_stats)
             gg = np.zeros((n_stats, n_stats))
             rr = np.zeros(n_stats)
@@ -130,10 +141,8 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 if with_stats and n_kept + n_live * m > batch:
                     e2 += accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
                     n_kept = 0
-                n_kept = draw_lanes(few_rows[b0:b0 + n_live], n_live, m, indptr, indices, ratings, other, mu,
-                                     noise_sd, noise_var, prior_mean, prior_chol, prior_chol_t, seed, z, zs, feats,
-                                     resid, hmat, small, g, out, with_stats, target, other_bias, z_rows, e_rows,
-                                     n_kept)
+                n_kept = draw_lanes(few_rows[b0:b0 + n_live], m, rated, likelihood, prior, seed, scratch, out, columns,
+                                    n_kept, with_stats=with_stats)
             if with_stats:
                 e2 += accumulate_columns(z_rows, e_rows, n_kept, ones, gg, rr)
                 store_partial(part_g, part_r, part_e2, few_slot[m] + task, gg, rr, e2)
@@ -154,6 +163,8 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
         mid_sums = np.empty((5, mid_lanes))
         mid_syw = np.empty((n_stats, mid_lanes))
         mid_scale = np.empty((n_stats, mid_lanes))
+        mid_scratch = RowScratch(mid_feats, mid_target, mid_bias, mid_prec, mid_lin, mid_ftf, mid_fty)
+        mid_stat_scratch = StatScratch(mid_cf, mid_fx, mid_sums, mid_syw, mid_scale)
         gg = np.zeros((n_stats, n_stats))
         rr = np.zeros(n_stats)
         e2 = 0.0
@@ -166,12 +177,11 @@ def _sample_block(indptr, indices, ratings, other, mu, alpha, prior, out, seed, 
                 nb0 = (blk + n_tasks) * mid_lanes
                 prefetch_rows(other, indices, indptr, mid_rows[nb0:min(nb0 + mid_lanes, n_mid)])
             last = mid_rows[b0 + n_live - 1]
-            draw_lanes_precision(mid_rows[b0:b0 + n_live], n_live, indptr[last + 1] - indptr[last], indptr, indices,
-                                  ratings, other, mu, alpha, prior_prec, prior_h, seed, z, zs, mid_feats, mid_target,
-                                  mid_bias, mid_ftf, mid_fty, mid_prec, mid_lin, out)
+            last_len = indptr[last + 1] - indptr[last]
+            draw_lanes_precision(mid_rows[b0:b0 + n_live], last_len, rated, likelihood, prior, seed, z, zs, mid_scratch,
+                                 out)
             if with_stats:
-                e2 += lane_stats(indptr[last + 1] - indptr[last], mid_feats, mid_target, mid_bias, mid_ftf, mid_fty,
-                                  mid_lin, mid_cf, mid_fx, mid_sums, mid_syw, mid_scale, gg, rr)
+                e2 += lane_stats(last_len, mid_scratch, mid_stat_scratch, gg, rr)
         if with_stats:
             store_partial(part_g, part_r, part_e2, mid_slot + task, gg, rr, e2)
     return reduce_partials(part_g, part_r, part_e2)

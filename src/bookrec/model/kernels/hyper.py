@@ -7,6 +7,8 @@ import math
 import numpy as np
 from numba import njit
 
+from bookrec.model.kernels.arrays import PriorForms
+
 
 # Small dense algebra (k x k) done a few times per sweep: compiled, because NumPy's per-call
 # overhead (a few microseconds per inv, cholesky or outer) added up to a tenth of a k-core sweep.
@@ -58,12 +60,13 @@ def normal_wishart_sample(n, total, gram, mu0, beta0, w0_inv, nu0, chi2, normals
 
 
 @njit(cache=True)
-def shift_draw(n_other, total_other, gram_other, lam, own_mean, mu0, tau_other, beta0, tau0, mu_offset, normals):
+def shift_draw(other_moments, lam, own_mean, mu0, tau_other, beta0, tau0, mu_offset, normals):
     """One draw of the shift a ~ N(P^-1 h, P^-1) of ``Chain._shift_factors`` from the other side's
     moments (n, sum x, sum x x^T over rows [v_j, c_j]), drawn as L^-T (L^-1 h + z) with P = L L^T:
         P = tau0 vbar vbar^T + beta0 Lambda + tau_c W^T W,      W rows w_j = v_j - vbar
         h = tau0 mu_offset vbar - beta0 Lambda (mu_own - mu0) + tau_c W^T c
     """
+    n_other, total_other, gram_other = other_moments
     k = lam.shape[0]
     vbar = total_other[:k] / n_other
     scatter = gram_other[:k, :k] - n_other * np.outer(vbar, vbar)  # W^T W
@@ -86,8 +89,8 @@ def shift_draw(n_other, total_other, gram_other, lam, own_mean, mu0, tau_other, 
 
 @njit(cache=True)
 def block_prior_forms(lam, mean, tau):
-    """The prior of one row [factors, bias] in the forms ``_sample_block`` reads:
-    (precision P0, P0 m0, mean m0, C, C^T) with C lower-triangular and C C^T = P0^-1."""
+    """The prior of one row [factors, bias] in the forms ``_sample_block`` reads (PriorForms):
+    precision P0, P0 m0, mean m0, C, C^T with C lower-triangular and C C^T = P0^-1."""
     k = mean.shape[0]
     prec = np.zeros((k + 1, k + 1))
     prec[:k, :k] = lam
@@ -96,7 +99,7 @@ def block_prior_forms(lam, mean, tau):
     prior_mean[:k] = mean
     cov = np.linalg.inv(prec)
     chol = np.linalg.cholesky(0.5 * (cov + cov.T))
-    return prec, prec @ prior_mean, prior_mean, chol, np.ascontiguousarray(chol.T)
+    return PriorForms(prec, prec @ prior_mean, prior_mean, chol, np.ascontiguousarray(chol.T))
 
 
 @njit(cache=True)

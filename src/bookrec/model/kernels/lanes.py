@@ -103,10 +103,10 @@ def lane_solve_upper(chol, n, vec):
             vec[a, l] /= chol[a, a, l]
 
 
+# Over 80 lines: inlined into the block once per lane block (thousands per sweep); split into
+# non-inlined steps, each call would pass the lane buffers again.
 @njit(inline="always", cache=True)
-def draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, noise_var, prior_mean, prior_chol,
-                prior_chol_t, seed, z, zs, feats, resid, hmat, small, g, out, with_stats, target, other_bias,
-                z_rows, e_rows, n_kept):
+def draw_lanes(rows, m, rated, likelihood, prior, seed, scratch, out, columns, n_kept, with_stats):
     """Exact draws for up to LANES rows with m ratings each, by conditioning a prior draw (Matheron's rule):
 
         x0 ~ N(m0, S0),  e ~ N(0, I / alpha),   x = x0 + S0 F^T (F S0 F^T + I / alpha)^-1 (y - F x0 - e)
@@ -115,9 +115,31 @@ def draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, n
     H = C^T F^T this is x = m0 + C (z + H w), S w = y - F m0 - H^T z - e, S = H^T H + I / alpha:
     O(m dim^2 / 2) and an m x m Cholesky instead of building and factorising the dim x dim precision.
     Dead lanes (n_live <= l < LANES) compute on zeros and are not written back. With
-    ``with_stats`` each live rating's z and e (see ``_sample_block``) are appended to z_rows
-    (column-wise) and e_rows after the ``n_kept`` already there; returns the new count.
+    ``with_stats`` each live rating's z and e (see ``_sample_block``) are appended to ``columns``
+    after the ``n_kept`` already there; returns the new count. ``rows`` are the live lanes' rows.
     """
+    n_live = rows.shape[0]
+    indptr = rated.indptr
+    indices = rated.indices
+    ratings = rated.values
+    other = likelihood.other
+    mu = likelihood.mu
+    noise_sd = likelihood.noise_sd
+    noise_var = likelihood.noise_var
+    prior_mean = prior.mean
+    prior_chol = prior.chol
+    prior_chol_t = prior.chol_t
+    z = scratch.z
+    zs = scratch.zs
+    feats = scratch.feats
+    resid = scratch.resid
+    hmat = scratch.hmat
+    small = scratch.small
+    g = scratch.g
+    target = scratch.target
+    other_bias = scratch.other_bias
+    z_rows = columns.z_rows
+    e_rows = columns.e_rows
     dim = out.shape[1]
     k = dim - 1
     lanes = zs.shape[1]
@@ -209,17 +231,34 @@ def draw_lanes(rows, n_live, m, indptr, indices, ratings, other, mu, noise_sd, n
     return n_kept
 
 
+# Over 80 lines: inlined into the block once per lane block (thousands per sweep); split into
+# non-inlined steps, each call would pass the lane buffers again.
 @njit(inline="always", cache=True)
-def draw_lanes_precision(rows, n_live, width, indptr, indices, ratings, other, mu, alpha, prior_prec, prior_h, seed,
-                          z, zs, feats, target, other_bias, ftf, fty, prec, lin, out):
+def draw_lanes_precision(rows, width, rated, likelihood, prior, seed, z, zs, scratch, out):
     """``draw_row_many`` for up to ``lanes`` rows with at most ``width`` ratings each, lane index
     innermost: the F^T F sums, the (k+1) x (k+1) Cholesky and both solves of many rows as vector steps,
-    where one row at a time they are short loops and a chain of dependent divisions and square roots
-    (28% less time for the readers' block of the k-core, on one core). A lane's
-    ratings beyond its own count are zero features and targets, which add nothing to F^T F or F^T y.
+    where one row at a time they are short loops and a chain of dependent divisions and square roots.
+    A lane's ratings beyond its own count are zero features and targets, which add nothing to F^T F or F^T y.
     Leaves each lane's F^T F (lower triangle) in ``ftf``, F^T y in ``fty``, the draw in ``lin`` and the
-    other side's biases c_j in ``other_bias``, for the move statistics (``lane_stats``).
+    other side's biases c_j in ``other_bias``, for the move statistics (``lane_stats``). ``scratch``
+    is a RowScratch of lane-major buffers; ``z`` a row's normals.
     """
+    n_live = rows.shape[0]
+    indptr = rated.indptr
+    indices = rated.indices
+    ratings = rated.values
+    other = likelihood.other
+    mu = likelihood.mu
+    alpha = likelihood.alpha
+    prior_prec = prior.precision
+    prior_h = prior.h
+    feats = scratch.feats
+    target = scratch.target
+    other_bias = scratch.other_bias
+    prec = scratch.prec
+    lin = scratch.lin
+    ftf = scratch.ftf
+    fty = scratch.fty
     dim = out.shape[1]
     k = dim - 1
     lanes = zs.shape[1]
@@ -279,13 +318,26 @@ def draw_lanes_precision(rows, n_live, width, indptr, indices, ratings, other, m
             out[rows[l], a] = lin[a, l]
 
 
+# Over 80 lines: inlined into the block once per lane block (thousands per sweep); split into
+# non-inlined steps, each call would pass the lane buffers again.
 @njit(inline="always", cache=True)
-def lane_stats(width, feats, target, other_bias, ftf, fty, lin, cf, fx, sums, syw, scale, gg, rr):
+def lane_stats(width, scratch, stat_scratch, gg, rr):
     """``stats_from_sums`` for every lane of ``draw_lanes_precision`` at once, lane index innermost;
     returns the lanes' sum e^2. Dead lanes and padded ratings have zero features, targets and c_j,
-    so they add exactly nothing. cf, fx (dim x lanes), sums (5 x lanes), syw, scale (n_stats x
-    lanes) are scratch.
+    so they add exactly nothing. ``scratch`` is what ``draw_lanes_precision`` left; ``stat_scratch``'s
+    cf, fx (dim x lanes), sums (5 x lanes), syw, scale (n_stats x lanes) are scratch.
     """
+    feats = scratch.feats
+    target = scratch.target
+    other_bias = scratch.other_bias
+    lin = scratch.lin
+    ftf = scratch.ftf
+    fty = scratch.fty
+    cf = stat_scratch.cf
+    fx = stat_scratch.fx
+    sums = stat_scratch.sums
+    syw = stat_scratch.syw
+    scale = stat_scratch.scale
     dim, lanes = lin.shape
     k = dim - 1
     n_stats = k + 3

@@ -60,17 +60,13 @@ def _norm_cdf(z):
 
 
 @njit(cache=True)
-def mixture_quantile_one(means, sds, prob, lo, hi):
-    """Quantile of (1/S) sum_s N(means[s], sds[s]^2): safeguarded Newton inside a bisection bracket."""
+def mixture_quantile_one(means, sds, prob, lo, hi, start):
+    """Quantile of (1/S) sum_s N(means[s], sds[s]^2): safeguarded Newton inside the bisection
+    bracket [lo, hi], from ``start`` (clamped into the bracket)."""
     n = means.shape[0]
-    # Start from the mixture mean (clamped into the bracket); Newton then converges in a few steps.
-    m = 0.0
-    for s in range(n):
-        m += means[s]
-    m /= n
     a = lo
     b = hi
-    x = min(max(m, a), b)
+    x = min(max(start, a), b)
     for _ in range(100):
         cdf = 0.0
         pdf = 0.0
@@ -101,6 +97,20 @@ def mixture_quantile_one(means, sds, prob, lo, hi):
     return x
 
 
+@njit(cache=True)
+def mixture_moments(means, sds):
+    """Mean and sd of the mixture (1/S) sum_s N(means[s], sds[s]^2). Not inlined: inside a
+    fastmath caller the sums would be reassociated and the starting point change."""
+    n = means.shape[0]
+    m = 0.0
+    sq = 0.0
+    for s in range(n):
+        m += means[s]
+        sq += means[s] * means[s] + sds[s] * sds[s]
+    m /= n
+    return m, math.sqrt(max(sq / n - m * m, 1e-300))
+
+
 @njit(inline="always", cache=True)
 def mixture_bracket(means, sds):
     """[min(mean) - 9 max(sd), max(mean) + 9 max(sd)]: contains every quantile of the mixture for
@@ -115,11 +125,13 @@ def mixture_bracket(means, sds):
     return lo - 9.0 * smax, hi + 9.0 * smax
 
 
-def _mixture_quantiles(means, sds, probs):
+def _mixture_quantiles(means, sds, probs, start_z=None):
     """Quantiles of equally weighted Gaussian mixtures, one mixture per row.
 
     means, sds: (n, S) (sds may be a broadcast view); probs: (m,) -> (n, m).
-    Each root is searched inside ``mixture_bracket``.
+    Each root is searched inside ``mixture_bracket``. Newton starts at the mixture mean or, given
+    ``start_z`` (the standard normal quantiles of ``probs``), at the moment-matched normal's
+    quantile mean + z sd: usually within a few hundredths, 2-3 steps instead of ~10.
     """
     n = means.shape[0]
     n_probs = probs.shape[0]
@@ -128,8 +140,10 @@ def _mixture_quantiles(means, sds, probs):
         row_m = means[p]
         row_s = sds[p]
         lo, hi = mixture_bracket(row_m, row_s)
+        m, sd = mixture_moments(row_m, row_s)
         for q in range(n_probs):
-            out[p, q] = mixture_quantile_one(row_m, row_s, probs[q], lo, hi)
+            start = m if start_z is None else m + start_z[q] * sd
+            out[p, q] = mixture_quantile_one(row_m, row_s, probs[q], lo, hi, start)
     return out
 
 

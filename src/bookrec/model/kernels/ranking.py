@@ -1,4 +1,4 @@
-"""Top-n selection and whole-catalogue recommendation for many users at once."""
+"""Whole-catalogue recommendation for many users at once, from stored posterior samples."""
 
 from __future__ import annotations
 
@@ -7,79 +7,38 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from bookrec.model.kernels.predict import mixture_bracket, mixture_quantile_one, sample_prediction
+from bookrec.model.kernels.predict import mixture_bracket, mixture_moments, mixture_quantile_one, sample_prediction
+from bookrec.model.kernels.topn import top_n
 
 
-@njit(cache=True)
-def _sift_down(heap_v, heap_i, pos, size):
-    """Min-heap on heap_v (ties: larger index counts as smaller, so lower ids win)."""
-    while True:
-        left = 2 * pos + 1
-        if left >= size:
-            return
-        small = left
-        right = left + 1
-        if right < size and (
-            heap_v[right] < heap_v[left] or (heap_v[right] == heap_v[left] and heap_i[right] > heap_i[left])
-        ):
-            small = right
-        if heap_v[small] < heap_v[pos] or (heap_v[small] == heap_v[pos] and heap_i[small] > heap_i[pos]):
-            heap_v[pos], heap_v[small] = heap_v[small], heap_v[pos]
-            heap_i[pos], heap_i[small] = heap_i[small], heap_i[pos]
-            pos = small
-        else:
-            return
-
-
-@njit(cache=True)
-def top_n(scores, n, excluded):
-    """Indices of the n largest scores (descending, ties by lower index), skipping excluded ones.
-
-    ``excluded`` is a boolean mask; returns fewer than n when not enough items remain.
-    """
-    size = 0
-    heap_v = np.empty(n)
-    heap_i = np.empty(n, dtype=np.int64)
-    for j in range(scores.shape[0]):
-        if excluded[j] or n == 0:
-            continue
-        v = scores[j]
-        if size < n:
-            heap_v[size] = v
-            heap_i[size] = j
-            size += 1
-            if size == n:
-                for pos in range(n // 2 - 1, -1, -1):
-                    _sift_down(heap_v, heap_i, pos, n)
-        elif v > heap_v[0]:
-            heap_v[0] = v
-            heap_i[0] = j
-            _sift_down(heap_v, heap_i, 0, n)
-    if size < n:
-        order = np.argsort(-heap_v[:size], kind="mergesort")
-        return heap_i[:size][order]
-    # Sort descending by value, ascending index on ties.
-    keys = np.empty(size)
-    for q in range(size):
-        keys[q] = -heap_v[q]
-    order = np.argsort(keys, kind="mergesort")
-    out = heap_i[order]
-    # Stable re-order of equal values by index.
-    for q in range(1, size):
-        r = q
-        while r > 0 and heap_v[order[r - 1]] == heap_v[order[r]] and out[r - 1] > out[r]:
-            out[r - 1], out[r] = out[r], out[r - 1]
-            order[r - 1], order[r] = order[r], order[r - 1]
-            r -= 1
-    return out
+@njit(inline="always", cache=True)
+def _candidate_intervals(samples, u, cand, probs, lowers, uppers):
+    """Write the central interval [probs[0], probs[1]] of user u's predictive mixture of each item
+    of ``cand`` into lowers, uppers (inlined: compiled with the caller's options)."""
+    n_s = samples.mu.shape[0]
+    n_c = cand.shape[0]
+    comp_m = np.empty((n_c, n_s))
+    comp_s = np.empty((n_c, n_s))
+    for q in range(n_c):
+        j = cand[q]
+        for s in range(n_s):
+            comp_m[q, s] = sample_prediction(samples.user_factors, samples.user_bias, samples.item_factors,
+                                             samples.item_bias, samples.mu, s, u, j)
+            comp_s[q, s] = samples.noise_sd[s]
+    for q in range(n_c):
+        row_m = comp_m[q]
+        row_s = comp_s[q]
+        lo, hi = mixture_bracket(row_m, row_s)
+        start, _ = mixture_moments(row_m, row_s)
+        lowers[q] = mixture_quantile_one(row_m, row_s, probs[0], lo, hi, start)
+        uppers[q] = mixture_quantile_one(row_m, row_s, probs[1], lo, hi, start)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def recommend_block(
-    users, user_factors, user_bias, item_factors, item_bias, mu, noise_sd,
-    excl_indptr, excl_indices, n, mode, z_level, probs, sample_choice, n_candidates,
-):
-    """Top-n items for each user of ``users`` from stored posterior samples.
+def recommend_block(users, samples, exclude, n, mode, z_level, probs, sample_choice, n_candidates):
+    """Top-n items for each user of ``users`` from stored posterior samples
+    (:class:`~bookrec.model.kernels.arrays.StoredSamples`), skipping ``exclude``'s columns of each
+    user (:class:`~bookrec.model.kernels.arrays.Exclusions`, rows indexed by user).
 
     mode 0 = posterior predictive mean, 1 = lower bound of the central interval, 2 = one
     posterior draw per user (Thompson; ``sample_choice[b]`` is that user's sample index).
@@ -87,6 +46,14 @@ def recommend_block(
     the best ``n_candidates`` by that score get exact mixture quantiles and are re-ranked by them.
     Returns items, mean, lower, upper, each (n_users, n); missing slots are -1 / NaN.
     """
+    user_factors = samples.user_factors
+    user_bias = samples.user_bias
+    item_factors = samples.item_factors
+    item_bias = samples.item_bias
+    mu = samples.mu
+    noise_sd = samples.noise_sd
+    excl_indptr = exclude.indptr
+    excl_indices = exclude.indices
     n_users = users.shape[0]
     n_s, n_items, k = item_factors.shape
     out_items = np.full((n_users, n), -1, dtype=np.int64)
@@ -128,21 +95,9 @@ def recommend_block(
         m_cand = n_candidates if mode == 1 else n
         cand = top_n(score, m_cand, excluded)
         n_c = cand.shape[0]
-        comp_m = np.empty((n_c, n_s))
-        comp_s = np.empty((n_c, n_s))
-        for q in range(n_c):
-            j = cand[q]
-            for s in range(n_s):
-                comp_m[q, s] = sample_prediction(user_factors, user_bias, item_factors, item_bias, mu, s, u, j)
-                comp_s[q, s] = noise_sd[s]
         lowers = np.empty(n_c)
         uppers = np.empty(n_c)
-        for q in range(n_c):
-            row_m = comp_m[q]
-            row_s = comp_s[q]
-            lo, hi = mixture_bracket(row_m, row_s)
-            lowers[q] = mixture_quantile_one(row_m, row_s, probs[0], lo, hi)
-            uppers[q] = mixture_quantile_one(row_m, row_s, probs[1], lo, hi)
+        _candidate_intervals(samples, u, cand, probs, lowers, uppers)
         if mode == 1:
             no_excl = np.zeros(n_c, dtype=np.bool_)
             order = top_n(lowers, min(n, n_c), no_excl)

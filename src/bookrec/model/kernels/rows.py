@@ -8,8 +8,7 @@ from numba import njit
 
 
 @njit(inline="always", cache=True)
-def draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prior_h, z, draw,
-                   feats, target, other_bias, prec, lin, ftf, fty, out):
+def draw_row_many(i, rated, likelihood, prior, z, scratch, out, draw):
     """Draw (or, with ``draw=False``, set to the mode) row i from its conditional in precision form:
 
         P = prior_prec + alpha * sum_j f_j f_j^T,   h = prior_h + alpha * sum_j f_j (r_ij - mu - other_j[k]),
@@ -17,8 +16,25 @@ def draw_row_many(i, lo, m, indices, ratings, other, mu, alpha, prior_prec, prio
 
     Leaves sum_j f_j f_j^T in ``ftf`` and sum_j f_j y_j in ``fty``, the gathered
     features in ``feats``, the targets y_j in ``target`` and the other side's biases c_j in
-    ``other_bias``, for the row's move statistics.
+    ``other_bias``, for the row's move statistics. ``rated`` is the side's Csr, ``prior`` its
+    PriorForms, ``scratch`` a RowScratch (:mod:`bookrec.model.kernels.arrays`).
     """
+    indices = rated.indices
+    ratings = rated.values
+    lo = rated.indptr[i]
+    m = rated.indptr[i + 1] - lo
+    other = likelihood.other
+    mu = likelihood.mu
+    alpha = likelihood.alpha
+    prior_prec = prior.precision
+    prior_h = prior.h
+    feats = scratch.feats
+    target = scratch.target
+    other_bias = scratch.other_bias
+    prec = scratch.prec
+    lin = scratch.lin
+    ftf = scratch.ftf
+    fty = scratch.fty
     dim = out.shape[1]
     k = dim - 1
     # The row's features gathered feature-major, so that every entry of F^T F is a contiguous
@@ -88,10 +104,14 @@ def fill_w_row(row, source, ftf, cf, fty, fx, sww, syw):
 
 
 @njit(inline="always", cache=True)
-def row_stats_from_sums(i, m, feats, target, other_bias, ftf, fty, out, cf, fx, sww, syw, scale, gg, rr):
+def row_stats_from_sums(i, m, scratch, out, stat_scratch, gg, rr):
     """Add one precision-form row's move statistics to gg, rr; returns its sum e^2 (see ``stats_from_sums``).
-    ``feats`` is the row's features feature-major, ``ftf`` its full (symmetric) F^T F; every sum over
-    the ratings is a contiguous dot product."""
+    ``scratch`` holds what ``draw_row_many`` left: the row's features feature-major, its full
+    (symmetric) F^T F; every sum over the ratings is a contiguous dot product."""
+    feats = scratch.feats
+    target = scratch.target
+    other_bias = scratch.other_bias
+    cf = stat_scratch.cf
     dim = out.shape[1]
     for a in range(dim):
         acc = 0.0
@@ -106,19 +126,26 @@ def row_stats_from_sums(i, m, feats, target, other_bias, ftf, fty, out, cf, fx, 
         cc += c * c
         cy += c * target[q]
         yy += target[q] * target[q]
-    return stats_from_sums(out[i], ftf, fty, cf, cc, cy, yy, fx, sww, syw, scale, gg, rr)
+    return stats_from_sums(out[i], scratch.ftf, scratch.fty, (cc, cy, yy), stat_scratch, gg, rr)
 
 
 @njit(inline="always", cache=True)
-def stats_from_sums(x, ftf, fty, cf, cc, cy, yy, fx, sww, syw, scale, gg, rr):
+def stats_from_sums(x, ftf, fty, c_sums, stat_scratch, gg, rr):
     """Add the move statistics of one drawn row x to gg, rr; returns its sum e^2.
 
     Per rating z = D w with w = [v_j, c_j, 1, 1] and D = diag(x_f, 1, x_bias, 1), e = y_j - f_j . x,
     f_j = [v_j, 1]. So sum z z^T = D (sum w w^T) D and sum e z = D (sum y w - sum w f^T x), all
     from the row's F^T F (full, symmetric) and F^T y, already built for the draw, plus the sums
     with c_j (cf = sum c f, cc = sum c^2, cy = sum c y; yy = sum y^2): per rating ~k + 3
-    multiply-adds instead of (k + 3)(k + 4) / 2. fx, sww, syw, scale are scratch.
+    multiply-adds instead of (k + 3)(k + 4) / 2. ``c_sums`` = (cc, cy, yy); ``stat_scratch``
+    holds cf, then fx, sww (its ``sums``), syw, scale as scratch.
     """
+    cc, cy, yy = c_sums
+    cf = stat_scratch.cf
+    fx = stat_scratch.fx
+    sww = stat_scratch.sums
+    syw = stat_scratch.syw
+    scale = stat_scratch.scale
     dim = x.shape[0]
     k = dim - 1
     n_stats = k + 3

@@ -1,4 +1,4 @@
-"""Ratings drawn from the model's own generative story, with known truth (tests and benchmarks).
+"""Ratings drawn from the model's own generative story, with known truth (for the model tests).
 
 The data part's synthetic presets are the realistic BookCrossing-shaped data; this small generator
 exists so that model tests can control the truth exactly (noise level, continuous ratings).

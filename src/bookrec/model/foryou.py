@@ -7,7 +7,7 @@ interaction) get a rating predictive from the best rating model that knows the r
 - ``personal``: the BPMF posterior predictive of the model's own readers (kept draws);
 - ``folded_in``: the exact per-sample fold-in of the reader's explicit ratings on model works;
 - ``similar_reading`` (and works outside the BPMF core for every tier): the book-level shrinkage
-  model (:class:`~bookrec.batch.catalog.RatingModel`) with the reader's shrunk offset.
+  model (:class:`~bookrec.model.shrinkage.RatingModel`) with the reader's shrunk offset.
 
 P(liked) = P(rating >= liked threshold) under that predictive, and the list is sorted by the
 ``for_you`` score relevance x P(liked)^like_weight. Each item keeps the reader's work with the
@@ -22,10 +22,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import ndtr, ndtri
 
-from bookrec.batch.catalog import Interactions, RatingModel
-from bookrec.batch.foldin_batch import BatchFoldIn, _fold, fold_top_components, known_top_components
-from bookrec.model.kernels.topn import mixture_quantiles_fast
+from bookrec.model.foldin import FoldInMany, rated_arrays
+from bookrec.model.interactions import Interactions
 from bookrec.model.relevance import ItemRelevance, most_read_unexcluded
+from bookrec.model.shrinkage import RatingModel
 
 
 @dataclass
@@ -90,7 +90,7 @@ class ForYouRanker:
         interactions: Interactions,
         rating_model: RatingModel,
         core_works: np.ndarray,
-        folder: BatchFoldIn | None,
+        folder: FoldInMany | None,
         n: int,
         n_candidates: int,
         like_weight: float,
@@ -189,15 +189,10 @@ class ForYouRanker:
             f = self.folder
             top = np.where(in_core, core, 0)
             if tier == "personal":
-                comp_m, comp_s = known_top_components(np.ascontiguousarray(draws, dtype=np.float64), top,
-                                                      f.factors_by_item, f.bias_by_item, f.mu, f.alpha)
+                comp_m, comp_s = f.known_components(draws, top)
             else:
-                rated = rated.tocsr()
-                rated.sort_indices()
-                args = (rated.indptr.astype(np.int64), rated.indices.astype(np.int64), rated.data.astype(np.float64))
-                means, _ = _fold(*args, f.item_factors, f.item_bias, f.mu, f.alpha, f.lambda_user, f.prior_h, f.tau, False)
-                comp_m, comp_s = fold_top_components(*args, means, top, f.item_factors, f.item_bias, f.factors_by_item,
-                                                     f.bias_by_item, f.mu, f.alpha, f.lambda_user, f.prior_h, f.tau)
+                part = rated_arrays(rated)
+                comp_m, comp_s = f.top_components(part, f.fold_means(part), top)
             model_mean = comp_m.mean(axis=1).reshape(shape)
             model_p = ndtr((comp_m - self.liked_threshold) / comp_s).mean(axis=1).reshape(shape)
             pred = np.where(in_core, np.clip(model_mean, lo_r, hi_r), pred)
@@ -217,16 +212,9 @@ class ForYouRanker:
         flat = np.flatnonzero(todo.ravel())
         if not len(flat):
             return
-        f = self.folder
-        q = mixture_quantiles_fast(np.ascontiguousarray(comp_m[flat]), np.ascontiguousarray(comp_s[flat]), f.probs, f.z)
+        q = self.folder.intervals(np.ascontiguousarray(comp_m[flat]), np.ascontiguousarray(comp_s[flat]))
         lo_r, hi_r = self.rating_model.rating_min, self.rating_model.rating_max
         rows, cols = np.unravel_index(flat, c.lower.shape)
         c.lower[rows, cols] = np.clip(q[:, 0], lo_r, hi_r)
         c.upper[rows, cols] = np.clip(q[:, 1], lo_r, hi_r)
         c.interval_done |= todo
-
-
-def fallback_predictive(rating_model: RatingModel, works: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The book-level model's predictive mean and sd of a reader with no explicit ratings."""
-    rm = rating_model
-    return rm.post_mean[works], np.sqrt(rm.sigma2 + rm.post_var[works] + rm.tau2_user)

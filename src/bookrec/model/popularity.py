@@ -1,4 +1,4 @@
-"""Tier 4: readers with nothing usable get the best-established books of readers like them.
+"""Readers with nothing usable (the batch's last tier) get the best-established books of readers like them.
 
 Books are ranked by the *lower* credible bound of their Bayesian-shrunk mean rating, so a book
 with three 10s does not beat one with four hundred ratings averaging 8.6: ranking with
@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bookrec.batch.catalog import Interactions, RatingModel
+from bookrec.model.interactions import Interactions
 from bookrec.model.metrics import central_z
+from bookrec.model.shrinkage import RatingModel
 
 AGE_BAND_EDGES = (0, 18, 25, 35, 45, 55, 65, 200)
 AGE_BAND_LABELS = ("<18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
@@ -70,6 +71,39 @@ def _rank(mean: np.ndarray, var: np.ndarray, z: float, candidates: np.ndarray, n
     return order[:n]
 
 
+def _segment_cells(interactions: Interactions, rm: RatingModel, segments: pd.DataFrame) -> dict:
+    """Per level (country+age, country, age): each user's segment key, and the residuals of every
+    explicit rating against its shrunk book mean with the rater's segment (seg, w, e)."""
+    eu, ew = interactions.explicit_user, interactions.explicit_work
+    resid = interactions.explicit_rating.astype(np.float64) - rm.post_mean[ew]
+    country = segments["country"].to_numpy(dtype=object)
+    band = segments["band"].to_numpy(dtype=object)
+    levels = {
+        "country+age": [f"{c}|{b}" if c is not None and b is not None else None for c, b in zip(country, band)],
+        "country": [c if c is not None else None for c in country],
+        "age": [b if b is not None else None for b in band],
+    }
+    cells_all = {}
+    for level_name, keys in levels.items():
+        key_arr = np.array(keys, dtype=object)
+        rated_keys = key_arr[eu]
+        has = np.array([k is not None for k in rated_keys], dtype=bool)
+        cells = pd.DataFrame({"seg": rated_keys[has], "w": ew[has], "e": resid[has]})
+        cells_all[level_name] = (key_arr, cells)
+    return cells_all
+
+
+def _segment_effect_variance(fine: pd.DataFrame, sigma2: float) -> float:
+    """One moment estimate of the segment-effect variance, from the finest level's well-filled cells."""
+    tau2_seg = 0.01 * sigma2
+    if len(fine):
+        g = fine.groupby(["seg", "w"])["e"].agg(["mean", "size"])
+        g = g[g["size"] >= 5]
+        if len(g) >= 2:
+            tau2_seg = max(float((g["mean"] ** 2).mean() - (sigma2 / g["size"]).mean()), 0.01 * sigma2)
+    return tau2_seg
+
+
 def popularity_lists(
     interactions: Interactions,
     rating_model: RatingModel,
@@ -99,32 +133,8 @@ def popularity_lists(
         return PopularityResult(lists=lists, user_list=np.zeros(0, dtype=np.int64), tau2_segment=float("nan"))
     global_order = candidates[_rank(rm.post_mean[candidates], rm.post_var[candidates], z, candidates, len(candidates))]
 
-    # Residuals of every explicit rating against its shrunk book mean, with the rater's segment.
-    eu, ew = interactions.explicit_user, interactions.explicit_work
-    resid = interactions.explicit_rating.astype(np.float64) - rm.post_mean[ew]
-    country = segments["country"].to_numpy(dtype=object)
-    band = segments["band"].to_numpy(dtype=object)
-    levels = {
-        "country+age": [f"{c}|{b}" if c is not None and b is not None else None for c, b in zip(country, band)],
-        "country": [c if c is not None else None for c in country],
-        "age": [b if b is not None else None for b in band],
-    }
-
-    # One moment estimate of the segment-effect variance, from the finest level's well-filled cells.
-    cells_all = {}
-    for level_name, keys in levels.items():
-        key_arr = np.array(keys, dtype=object)
-        rated_keys = key_arr[eu]
-        has = np.array([k is not None for k in rated_keys], dtype=bool)
-        cells = pd.DataFrame({"seg": rated_keys[has], "w": ew[has], "e": resid[has]})
-        cells_all[level_name] = (key_arr, cells)
-    fine = cells_all["country+age"][1]
-    tau2_seg = 0.01 * rm.sigma2
-    if len(fine):
-        g = fine.groupby(["seg", "w"])["e"].agg(["mean", "size"])
-        g = g[g["size"] >= 5]
-        if len(g) >= 2:
-            tau2_seg = max(float((g["mean"] ** 2).mean() - (rm.sigma2 / g["size"]).mean()), 0.01 * rm.sigma2)
+    cells_all = _segment_cells(interactions, rm, segments)
+    tau2_seg = _segment_effect_variance(cells_all["country+age"][1], rm.sigma2)
 
     user_list = np.zeros(len(request_users), dtype=np.int64)
     assigned = np.zeros(len(request_users), dtype=bool)
