@@ -23,15 +23,19 @@ ALLOWED = {
 SHARED = {"config", "logging", "exitcodes"}
 
 
+def imported_modules(node: ast.AST) -> list[str]:
+    """The absolute module names an import statement imports (none for any other node)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [node.module]
+    return []
+
+
 def imported_parts(path: Path) -> set[str]:
     parts = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        for name in names:
+        for name in imported_modules(node):
             if name.startswith("bookrec."):
                 parts.add(name.split(".")[1])
     return parts
@@ -92,13 +96,7 @@ def test_the_api_reads_the_store_through_its_interface_only():
     offenders = {}
     for path in sorted((PACKAGE / "api").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            else:
-                continue
-            inside = [n for n in names if n.startswith("bookrec.store.")]
+            inside = [n for n in imported_modules(node) if n.startswith("bookrec.store.")]
             if inside:
                 offenders.setdefault(str(path.relative_to(PACKAGE)), []).extend(inside)
     assert not offenders, offenders
@@ -130,12 +128,7 @@ def test_no_numba_kernel_outside_the_model():
         if path.is_relative_to(model):
             continue
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            else:
-                names = [ast.unparse(d) for d in getattr(node, "decorator_list", [])]
+            names = imported_modules(node) + [ast.unparse(d) for d in getattr(node, "decorator_list", [])]
             if any(n == "numba" or n.startswith(("numba.", "njit")) for n in names):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not offenders, offenders

@@ -243,9 +243,9 @@ def test_dependencies_are_installed_from_the_lock_before_the_source_is_copied():
 # --- the lock file ---------------------------------------------------------------------------------
 
 
-def locked() -> dict[str, tuple[str, list[str]]]:
-    """requirements.lock as {name: (version, hashes)}."""
-    text = re.sub(r"\\\n\s*", " ", (ROOT / "requirements.lock").read_text())
+def locked(lock: str = "requirements.lock") -> dict[str, tuple[str, list[str]]]:
+    """A lock file as {name: (version, hashes)}."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / lock).read_text())
     pins = {}
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("--hash") else line
@@ -253,8 +253,8 @@ def locked() -> dict[str, tuple[str, list[str]]]:
             continue
         requirement, *options = line.split(" --hash=")
         match = re.fullmatch(r"([A-Za-z0-9._-]+)==([^\s;]+)(\s*;.*)?", requirement.strip())
-        assert match, f"requirements.lock: {line!r} is not an exact pin"
-        assert not match.group(3), f"requirements.lock is made for one platform and Python: {line!r}"
+        assert match, f"{lock}: {line!r} is not an exact pin"
+        assert not match.group(3), f"{lock} is made for one platform and Python: {line!r}"
         pins[canonicalize_name(match.group(1))] = (match.group(2), [h.strip() for h in options])
     return pins
 
@@ -275,6 +275,27 @@ def test_lock_pins_every_dependency_with_hashes():
             f"requirements.lock pins {name}=={pins[name][0]}, outside pyproject.toml's {requirement.specifier}"
     # what the extras in the requirements (uvicorn[standard], redis[hiredis], psycopg[binary]) pull in
     assert {"uvloop", "httptools", "watchfiles", "hiredis", "psycopg-binary"} <= set(pins)
+
+
+def test_the_test_lock_pins_the_test_extras_and_agrees_with_the_image_lock():
+    """CI and the quick start install requirements-test.lock: the image's pins plus the test tools."""
+    runtime, test = locked(), locked("requirements-test.lock")
+    assert {name: pin for name, pin in test.items() if name in runtime} == runtime
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for spec in [*extras["test"], *extras["bench"]]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in test, f"{requirement.name} is not in requirements-test.lock: run bash scripts/lock.sh"
+        assert requirement.specifier.contains(test[name][0], prereleases=True), name
+
+
+def test_install_script_installs_the_locks_with_their_hashes():
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    assert "--require-hashes -r \"$LOCK\"" in script
+    assert "LOCK=requirements.lock" in script and "LOCK=requirements-test.lock" in script
+    assert "--no-deps --no-build-isolation -e ." in script
+    assert "bash scripts/install.sh test" in (ROOT / "scripts" / "test.sh").read_text()
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_lock_is_made_by_the_lock_script_for_the_images_python():
