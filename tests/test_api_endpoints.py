@@ -213,9 +213,9 @@ async def test_concurrent_reads_share_store_round_trips_and_get_their_own_answer
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             await c.get("/health")
-            batcher = app.state.api.recommendations
+            coalescer = app.state.api.recommendations
             users = fx.user_ids[:40] + [987654321]  # one unknown reader in the middle of a batch
-            before = batcher.batches
+            before = coalescer.round_trips
             responses = await asyncio.gather(*(c.get(f"/recommend/{u}", params={"top_k": 20}) for u in users))
             for user, r in zip(users, responses):
                 if user in fx.recommendations:
@@ -224,7 +224,7 @@ async def test_concurrent_reads_share_store_round_trips_and_get_their_own_answer
                 else:
                     assert r.status_code == 404
             # 41 concurrent requests; the unknown one is re-checked once more after a fresh pointer read.
-            assert batcher.batches - before < len(users) // 2
+            assert coalescer.round_trips - before < len(users) // 2
 
 
 # --- users -----------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def test_corrupt_redis_entries_are_503_counted_and_logged_once(own_redis, live_s
     api = live_server_factory(own_redis.url, **API_SETTINGS)
 
     async def many() -> list[httpx.Response]:
-        # concurrent, so corrupt and good reads share the batcher's multi-gets
+        # concurrent, so corrupt and good reads share the coalescer's multi-gets
         async with httpx.AsyncClient(base_url=api.url, timeout=5) as http:
             paths = [f"/recommend/{u}" for u in (not_json, unknown_mark, bad_lz4, fine)] * 25
             return await asyncio.gather(*(http.get(p) for p in paths + [f"/books/{fx.isbns[0]}"]))

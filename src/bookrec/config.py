@@ -166,7 +166,7 @@ class Settings(ModelOverrides):
     api_linger_seconds: float = Field(
         1.0, gt=0, description="A refused connection is closed this long after its answer, so that the client can read it"
     )
-    batch_store_reads: bool = Field(
+    coalesce_store_reads: bool = Field(
         True, description="Serve concurrent GET /recommend reads with one multi-get per event-loop turn"
     )
     fault_log_interval_seconds: float = Field(

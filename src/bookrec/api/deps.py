@@ -1,5 +1,5 @@
 """Dependencies of the routes: the app's state (settings, the async store reader, the request
-batcher, the rate limiters), the current published version (the one cached pointer, trusted for
+read coalescer, the rate limiters), the current published version (the one cached pointer, trusted for
 `settings.version_refresh_seconds`), the per-version serving bundle (model, relevance blob,
 catalogue, search index) loaded once per version and swapped when the version flips, and the
 request bounds that come from the settings.
@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from bookrec.api import metrics
-from bookrec.api.batching import RecommendationBatcher, one_by_one
+from bookrec.api.coalescing import ReadCoalescer, one_by_one
 from bookrec.api.middleware import RateLimiter
 from bookrec.api.serving import BundleUnavailable, ServingBundle
 from bookrec.config import Settings
@@ -228,9 +228,9 @@ class ApiState:
             pool_size=settings.store_pool_size,
         )
         self.versions = VersionTracker(settings, self.reader, self.faults)
-        # GET /recommend reads go through the batcher: concurrent requests share one round trip.
-        self.recommendations = RecommendationBatcher(
-            self.reader.get_recommendations_many if settings.batch_store_reads else one_by_one(self.reader)
+        # GET /recommend reads go through the coalescer: concurrent requests share one round trip.
+        self.recommendations = ReadCoalescer(
+            self.reader.get_recommendations_many if settings.coalesce_store_reads else one_by_one(self.reader)
         )
         # One bucket per client for each costly endpoint (both forms of the search share one).
         self.cold_start_limit = RateLimiter(
