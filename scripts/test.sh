@@ -16,4 +16,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 bash scripts/install.sh test
+# The tuner's shared-study tests need the machine's PostgreSQL (database test, trust auth); they
+# fail rather than skip without it, so say so before the run.
+if ! .venv/bin/python -c 'import psycopg; psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=5).close()' 2>/dev/null; then
+    echo "error: PostgreSQL does not answer on 127.0.0.1:5432 (database test, user postgres, trust auth); the tuner tests need it" >&2
+    exit 1
+fi
 exec .venv/bin/python -m pytest "$@"

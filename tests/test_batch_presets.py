@@ -1,4 +1,4 @@
-"""Which parameters a batch runs with: preset < tuned file < explicit BOOKREC_* settings."""
+"""Which parameters a batch runs with: preset < tuned parameters (local file or study) < explicit BOOKREC_* settings."""
 
 from __future__ import annotations
 
@@ -83,3 +83,49 @@ def test_a_bad_tuned_file_is_a_clear_error(tmp_path, content):
 def test_unknown_preset_is_a_clear_error(tmp_path):
     with pytest.raises(PresetError, match="unknown preset 'fast'"):
         resolve_parameters(_settings(tmp_path), "fast")
+
+
+def _study_with_record(tmp_path, record: dict | None) -> str:
+    """A SQLite Optuna study as `bookrec optimize` leaves it (its best parameters in a user attribute)."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(storage=url, study_name="shared")
+    if record is not None:
+        study.set_user_attr("best_params", record)
+    return url
+
+
+def test_tuned_parameters_from_a_study_override_the_preset_and_name_their_origin(tmp_path, caplog):
+    _write_tuned(tmp_path, {"n_factors": 3})  # a local file is ignored when the study is named
+    url = _study_with_record(tmp_path, {"params": {"n_factors": 9, "bias_prior": [1, 2]}, "study": "shared",
+                                        "trial_number": 4, "n_trials": 6, "best_value": 1.3})
+    settings = _settings(tmp_path, tuned_from=url, tuned_study="shared", burn_in=7)
+    with caplog.at_level(logging.INFO, logger="bookrec.batch.presets"):
+        resolved = resolve_parameters(settings, "development")
+    assert resolved.n_factors == 9 and resolved.sources["n_factors"] == "tuned"
+    assert resolved.priors["bias_prior"] == (1.0, 2.0)
+    assert resolved.burn_in == 7 and resolved.sources["burn_in"] == "env"  # explicit settings still win
+    assert resolved.tuned == {"source": "study", "storage": url, "study": "shared", "trial_number": 4, "n_trials": 6,
+                              "best_value": 1.3, "data_fingerprint": None,
+                              "params_used": {"n_factors": 9, "bias_prior": (1.0, 2.0)}}
+    assert any("study 'shared'" in r.getMessage() for r in caplog.records)
+
+
+def test_a_tuned_file_records_its_path_as_the_origin(tmp_path):
+    _write_tuned(tmp_path, {"n_factors": 3})
+    tuned = resolve_parameters(_settings(tmp_path), "development").tuned
+    assert tuned["source"] == "file" and tuned["path"] == str(tmp_path / "tuned.json")
+
+
+@pytest.mark.parametrize("case", ["no record", "no study", "no file", "bad scheme"])
+def test_a_study_without_tuned_parameters_is_an_error_not_a_fallback(tmp_path, case):
+    _write_tuned(tmp_path, {"n_factors": 3})
+    url = _study_with_record(tmp_path, None) if case != "no file" else f"sqlite:///{tmp_path}/absent.db"
+    if case == "bad scheme":
+        url = "mongodb://host/db"
+    study = "other" if case == "no study" else "shared"
+    with pytest.raises(PresetError, match={"no record": "no recorded best parameters", "no study": "no study 'other'",
+                                           "no file": "does not exist", "bad scheme": "unsupported"}[case]):
+        resolve_parameters(_settings(tmp_path, tuned_from=url, tuned_study=study), "development")
+    assert not (tmp_path / "absent.db").exists()

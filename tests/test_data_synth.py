@@ -275,6 +275,13 @@ def test_chunks_of_readers_make_one_dataset_shaped_as_the_batch(tmp_path, small)
     assert len(d.truth["work_factors"]) == len(d.truth["work_keys"]) and np.all(np.diff(d.truth["mapping"]["thresholds"]) > 0)
 
 
+def test_chunked_generation_is_deterministic(tmp_path):
+    for d in ("a", "b"):
+        write_in_chunks("tiny", tmp_path / d, seed=5, readers_per_chunk=100)
+    for name in ("ratings.parquet", "books.parquet", "users.parquet", "truth.npz", "truth.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 def test_xl_is_generated_in_chunks_only(tmp_path):
     with pytest.raises(ValueError, match="chunks"):
         generate("xl")

@@ -74,7 +74,7 @@ def test_service_commands_are_real_cli_commands(service):
 
 @pytest.mark.parametrize("service", BOOKREC_SERVICES)
 def test_service_environment_is_read_by_settings(service):
-    known = settings_env_names()
+    known = settings_env_names() | {"NUMBA_NUM_THREADS"}  # read by numba itself
     for name in SERVICES[service].get("environment", {}):
         assert name in known, f"{service} sets {name}, which no setting reads"
 
@@ -509,6 +509,14 @@ def test_every_service_has_memory_and_cpu_limits():
         assert "mem_limit" in service and "cpus" in service, f"{name} has no limits"
         assert megabytes(with_defaults(service["mem_limit"])) >= 64
         assert 0 < float(with_defaults(service["cpus"])) <= 8
+
+
+def test_numba_threads_follow_the_cpu_limit():
+    """numba sizes its pool by the host's cores, not the container's `cpus`: each numba service says."""
+    for name in ("api", "batch", "optimizer"):
+        service = SERVICES[name]
+        assert service["environment"]["NUMBA_NUM_THREADS"] == service["cpus"], name
+        assert float(with_defaults(service["cpus"])).is_integer(), name
 
 
 def test_limits_cover_the_measured_figures():

@@ -131,6 +131,10 @@ class Settings(ModelOverrides):
     optimizer_timeout: float | None = None
     optuna_storage: str = "sqlite:///var/optuna.db"
     optuna_study: str = "bookrec"
+    tuned_from: str | None = Field(
+        None, description="Optuna storage URL the batch reads the tuned parameters from (None = the local tuned file)"
+    )
+    tuned_study: str | None = Field(None, description="Study the batch reads the tuned parameters from (None = optuna_study)")
 
     # --- API ---------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -31,11 +31,20 @@ def batch(
     require_converged: bool = typer.Option(
         False, "--require-converged", help="Also refuse a model whose chains did not converge (BOOKREC_REQUIRE_CONVERGED)"
     ),
+    tuned_from: str = typer.Option(
+        None, "--tuned-from",
+        help="Read the tuned parameters from this Optuna storage URL (postgresql://..., sqlite:///...) instead of the "
+        "local tuned file (default: BOOKREC_TUNED_FROM)",
+    ),
+    study: str = typer.Option(
+        None, "--study", help="Study of --tuned-from (default: BOOKREC_TUNED_STUDY, else BOOKREC_OPTUNA_STUDY)"
+    ),
 ) -> None:
     """Train, evaluate and publish recommendations for every reader, atomically.
 
-    Parameters come from the preset, then the tuner's file (BOOKREC_TUNED_CONFIG_PATH) when it
-    exists, then explicit BOOKREC_* variables (BOOKREC_N_FACTORS, BOOKREC_N_SAMPLES,
+    Parameters come from the preset, then the tuned parameters (those `bookrec optimize` recorded
+    in its study with --tuned-from, else the tuner's file BOOKREC_TUNED_CONFIG_PATH when it
+    exists), then explicit BOOKREC_* variables (BOOKREC_N_FACTORS, BOOKREC_N_SAMPLES,
     BOOKREC_BURN_IN, BOOKREC_THIN, BOOKREC_N_CHAINS, BOOKREC_MAX_KEPT_SAMPLES, BOOKREC_TOP_N, ...).
     A failed run leaves the previously published version serving. With BOOKREC_METRICS_TEXTFILE
     set, the outcome and duration are written there for node_exporter's textfile collector.
@@ -52,6 +61,11 @@ def batch(
     settings = get_settings()
     if require_converged:
         settings = settings.model_copy(update={"require_converged": True})
+    if study and not (tuned_from or settings.tuned_from):
+        fail("--study names the study of --tuned-from; give --tuned-from too", code=USAGE, prefix="batch failed:")
+    if tuned_from or study:
+        settings = settings.model_copy(update={"tuned_from": tuned_from or settings.tuned_from,
+                                               "tuned_study": study or settings.tuned_study})
     started = time.time()
     code = FAILURE
     try:

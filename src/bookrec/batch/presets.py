@@ -1,9 +1,11 @@
 """Quality presets of the batch (development / staging / production) and how the parameters
 that a run actually uses are resolved.
 
-Priority, lowest first: the preset -> the tuner's file (``settings.tuned_config_path``, written by
-``bookrec optimize``) -> explicit ``BOOKREC_*`` settings. Each resolved value remembers where it
-came from, so the log and the published ``meta`` can say so.
+Priority, lowest first: the preset -> the tuned parameters -> explicit ``BOOKREC_*`` settings.
+The tuned parameters are those ``bookrec optimize`` recorded in its Optuna study when
+``settings.tuned_from`` names the study's storage, else the tuner's local file
+(``settings.tuned_config_path``). Each resolved value remembers where it came from, so the log and
+the published ``meta`` can say so.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class ResolvedParameters:
     warm_start: bool
     top_n: int
     sources: dict[str, str] = field(default_factory=dict)
-    tuned: dict[str, Any] | None = None  # study, n_trials, best_value, path of the tuned file used
+    tuned: dict[str, Any] | None = None  # where from (file path, or redacted storage + study), trial, best value
     priors: dict[str, Any] = field(default_factory=dict)  # set by the tuned file or env (empty: model defaults)
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -121,6 +123,73 @@ def read_tuned_file(path: Path) -> dict[str, Any] | None:
     return document
 
 
+# The study user attribute bookrec.optimize.study records the tuned-parameters document in.
+BEST_PARAMS_ATTR = "best_params"
+
+
+def read_tuned_study(storage_url: str, study_name: str) -> dict[str, Any]:
+    """The tuned-parameters document recorded in an Optuna study (same format as the tuner's file).
+
+    A storage that does not answer, a missing study or a study without a record is an error: a
+    batch asked for shared parameters must not quietly train with others.
+    """
+    from bookrec.store import redact_url
+
+    where = f"study {study_name!r} in {redact_url(storage_url)}"
+    try:
+        storage = _optuna_storage(storage_url)
+        study_id = storage.get_study_id_from_name(study_name)
+        document = storage.get_study_user_attrs(study_id).get(BEST_PARAMS_ATTR)
+    except KeyError:
+        raise PresetError(f"no {where}") from None
+    except PresetError:
+        raise
+    except Exception as exc:  # the storage's driver errors: connection refused, bad credentials, ...
+        if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg", "optuna"}:
+            raise
+        raise PresetError(f"cannot read tuned parameters from {where}: {type(exc).__name__}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("params"), dict):
+        raise PresetError(f"{where} has no recorded best parameters (run `bookrec optimize` on it)")
+    return document
+
+
+def _optuna_storage(url: str):
+    """An Optuna storage for the URLs `bookrec optimize --storage` takes (the batch may not import
+    the tuner): an RDB (sqlite, postgresql, mysql) or a journal (redis, journal file)."""
+    import warnings
+    from urllib.parse import urlsplit
+
+    import optuna
+
+    from bookrec.store import redact_url
+
+    scheme = urlsplit(url).scheme.lower()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if scheme in {"redis", "rediss"}:
+            backend = optuna.storages.journal.JournalRedisBackend(url, prefix="bookrec-optuna")
+            return optuna.storages.JournalStorage(backend)
+        if scheme == "journal":
+            path = Path(url[len("journal://") :])
+            if not path.is_file():
+                raise PresetError(f"no Optuna journal at {path}")
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        if scheme.startswith("sqlite"):
+            path = Path(url[len("sqlite:///") :]).expanduser()
+            if not path.is_file():  # opening it would create an empty database
+                raise PresetError(f"no Optuna storage at {redact_url(url)}: {path} does not exist")
+            return optuna.storages.RDBStorage(url, skip_table_creation=True)
+        if scheme.startswith(("postgresql", "postgres", "mysql")):
+            if scheme in {"postgres", "postgresql"}:
+                url = "postgresql+psycopg" + url[len(scheme) :]  # psycopg 3, as the tuner uses
+            engine_kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else {}
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+    raise PresetError(
+        f"unsupported Optuna storage URL {redact_url(url)!r}: use sqlite:///path, "
+        "postgresql://user:pass@host/db, redis://host:port/db or journal:///path"
+    )
+
+
 def _coerce(name: str, value: Any, origin: str) -> Any:
     """A value as the model takes it (the contract's check and coercion); ``origin`` names the source."""
     if name == "top_n":
@@ -138,34 +207,45 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 
 
 def resolve_parameters(settings: Settings, preset: str | None = None) -> ResolvedParameters:
-    """Preset (default: ``settings.environment``) < tuned file < explicit ``BOOKREC_*`` settings."""
+    """Preset (default: ``settings.environment``) < tuned parameters (study or file) < explicit settings."""
     chosen = get_preset(preset or settings.environment)
     values: dict[str, Any] = chosen.parameters()
     sources = {name: f"preset:{chosen.name}" for name in PARAMETER_NAMES}
 
     tuned_info: dict[str, Any] | None = None
     priors: dict[str, Any] = {}
-    tuned_path = Path(settings.tuned_config_path)
-    document = read_tuned_file(tuned_path)
+    if settings.tuned_from:
+        from bookrec.store import redact_url
+
+        study_name = settings.tuned_study or settings.optuna_study
+        document = read_tuned_study(settings.tuned_from, study_name)
+        origin = {"source": "study", "storage": redact_url(settings.tuned_from), "study": study_name}
+        origin_text = f"study {study_name!r} in {origin['storage']}"
+    else:
+        tuned_path = Path(settings.tuned_config_path)
+        document = read_tuned_file(tuned_path)
+        origin = {"source": "file", "path": str(tuned_path), "study": document.get("study") if document else None}
+        origin_text = str(tuned_path)
     if document is not None:
         used = {}
         for name, value in document["params"].items():
             if name in PARAMETER_NAMES:
-                used[name] = values[name] = _coerce(name, value, str(tuned_path))
+                used[name] = values[name] = _coerce(name, value, origin_text)
                 sources[name] = "tuned"
             elif name in PRIOR_PARAMS:
-                used[name] = priors[name] = _coerce(name, value, str(tuned_path))
+                used[name] = priors[name] = _coerce(name, value, origin_text)
                 sources[name] = "tuned"
         tuned_info = {
-            "path": str(tuned_path),
-            "study": document.get("study"),
+            **origin,
+            "trial_number": document.get("trial_number"),
             "n_trials": document.get("n_trials"),
             "best_value": document.get("best_value"),
+            "data_fingerprint": document.get("data_fingerprint"),
             "params_used": used,
         }
         log.info(
-            "using tuned parameters from %s (study %s, %s trials, best value %s): %s",
-            tuned_path, document.get("study"), document.get("n_trials"), document.get("best_value"),
+            "using tuned parameters from %s (trial %s of %s, best value %s): %s",
+            origin_text, document.get("trial_number"), document.get("n_trials"), document.get("best_value"),
             ", ".join(f"{k}={v}" for k, v in used.items()) or "none of them are batch parameters",
         )
 

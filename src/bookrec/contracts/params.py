@@ -170,6 +170,7 @@ _PARAMS = (
           positive=True, optional=True),
     Param("rhat_threshold", FLOAT, None, "Converged: R-hat below this (None = the settings')", optional=True),
     Param("balance_move", BOOL, True, "Run the balance moves between the scales of U and V"),
+    Param("shear_move", BOOL, True, "Run the pairwise shear moves between the factor columns of U and V"),
     Param("chain_mode", CHOICE, "auto", "auto | sweep (chains in lock-step, parallel kernels) | threads",
           choices=("auto", "sweep", "threads")),
     Param("show_progress", BOOL, True, "Show a progress bar while sampling"),

@@ -1169,12 +1169,7 @@ def write_in_chunks(
     works = _catalogue_works(rng, p)
     _add_ghost_works(rng, p, works)
     _add_isbns(rng, p, works)
-    raw_books, _shifted = _raw_books(rng, works.isbns[: p.n_books], works.isbn_work[: p.n_books],
-                                     works.edition_no[: p.n_books], works.n_works, works.work_author,
-                                     works.work_publisher, p)
-    books, books_report = normalize_books(raw_books)
-    truth_work_keys = _canonical_work_keys(raw_books, works.isbn_work[: p.n_books], works.n_works)
-    del raw_books
+    books, books_report, truth_work_keys = _normalised_books(rng, p, works)
 
     firsts = np.arange(0, p.n_users, size)
     sizes = np.diff(np.r_[firsts, p.n_users])
@@ -1187,15 +1182,7 @@ def write_in_chunks(
     # a first pass over the chunks' readers (regenerated later from the same generators) for
     # their activity mass: a reader drawn by activity falls in a chunk with its share of the mass
     mass = np.array([chunk_readers(k, replace(p, n_users=int(n)))[1].activity_w.sum() for k, n in enumerate(sizes)])
-    n_active = np.array([max(1, round(int(n) * p.active_user_fraction)) for n in sizes])
-    n_isbns = len(works.isbn_work)
-    n_rest = p.n_ratings - n_isbns
-    isbn_chunk = _sample_by_weight(rng, np.cumsum(mass), n_isbns)
-    rest = n_active + rng.multinomial(n_rest - n_active.sum(), mass / mass.sum())
-    ghost = rng.multinomial(_ghost_pick_total(p, works), rest / rest.sum())
-    total = rest + np.bincount(isbn_chunk, minlength=len(sizes))
-    implicit = rng.multivariate_hypergeometric(total, p.n_implicit)
-
+    isbn_chunk, rest, ghost, total, implicit = _chunk_plan(rng, p, works, sizes, mass)
     writer = ChunkedDatasetWriter(out, books)
     thresholds = None
     clipped = n_explicit = 0
@@ -1231,6 +1218,30 @@ def write_in_chunks(
                 "readers_per_chunk": int(size)}
     counts = writer.close(manifest, truth)
     return counts, time.perf_counter() - t0
+
+
+def _normalised_books(rng: np.random.Generator, p: SynthPreset, w: _Works) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """The normalised books table, its report, and the truth's work keys of the catalogue."""
+    books = slice(None, p.n_books)
+    raw_books, _shifted = _raw_books(rng, w.isbns[books], w.isbn_work[books], w.edition_no[books], w.n_works,
+                                     w.work_author, w.work_publisher, p)
+    normal_books, report = normalize_books(raw_books)
+    return normal_books, report, _canonical_work_keys(raw_books, w.isbn_work[books], w.n_works)
+
+
+def _chunk_plan(rng: np.random.Generator, p: SynthPreset, w: _Works, sizes: np.ndarray,
+                mass: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The totals split between chunks of readers (``sizes``, activity ``mass``): each ISBN's
+    chunk (that of its discovery reader), then per chunk the picks by activity beyond the
+    discoveries, the ghost picks among them, all interactions, and the implicit ones."""
+    n_active = np.array([max(1, round(int(n) * p.active_user_fraction)) for n in sizes])
+    n_isbns = len(w.isbn_work)
+    isbn_chunk = _sample_by_weight(rng, np.cumsum(mass), n_isbns)
+    rest = n_active + rng.multinomial(p.n_ratings - n_isbns - n_active.sum(), mass / mass.sum())
+    ghost = rng.multinomial(_ghost_pick_total(p, w), rest / rest.sum())
+    total = rest + np.bincount(isbn_chunk, minlength=len(sizes))
+    implicit = rng.multivariate_hypergeometric(total, p.n_implicit)
+    return isbn_chunk, rest, ghost, total, implicit
 
 
 def _add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:

@@ -59,8 +59,8 @@ class BPMF(ParamsMixin):
     stored as float32). ``chain_mode``: "sweep" runs the chains in lock-step, each sweep using
     all cores (numba prange); "threads" runs each chain in its own thread with single-threaded
     GIL-free kernels; "auto" is "sweep" (as fast or faster, see ``_resolved_chain_mode``).
-    ``balance_move=False`` leaves out the balance moves (``sampler.Chain._balance``), to measure
-    what they buy. ``min_ess`` and ``rhat_threshold`` (None: the
+    ``balance_move=False`` leaves out the balance moves (``sampler.Chain._balance``) and
+    ``shear_move=False`` the shear moves (``sampler.Chain._shear``), to measure what they buy. ``min_ess`` and ``rhat_threshold`` (None: the
     settings' ``min_ess`` and ``rhat_threshold``) set the convergence rule of ``diagnostics_``.
     """
 
@@ -84,6 +84,7 @@ class BPMF(ParamsMixin):
         min_ess: float | None = default("min_ess"),
         rhat_threshold: float | None = default("rhat_threshold"),
         balance_move: bool = default("balance_move"),
+        shear_move: bool = default("shear_move"),
         chain_mode: str = default("chain_mode"),
         show_progress: bool = default("show_progress"),
     ):
@@ -105,6 +106,7 @@ class BPMF(ParamsMixin):
         self.min_ess = min_ess
         self.rhat_threshold = rhat_threshold
         self.balance_move = balance_move
+        self.shear_move = shear_move
         self.chain_mode = chain_mode
         self.show_progress = show_progress
 
@@ -139,7 +141,8 @@ class BPMF(ParamsMixin):
         seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
         aux_rng = np.random.default_rng(seqs[-1])
         data = RatingMatrix.build(u, i, r, n_users, n_items)
-        chains = [Chain(data, self.n_factors, self._priors(float(r.mean())), seq, balance_move=self.balance_move)
+        chains = [Chain(data, self.n_factors, self._priors(float(r.mean())), seq, balance_move=self.balance_move,
+                        shear_move=self.shear_move)
                   for seq in seqs[:-1]]
         for chain in chains:
             chain.initialise(self.warm_start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -46,8 +47,10 @@ def optimize(
         None, "--seed", help="Sampler seed (default: random, so simultaneous workers explore different points)."
     ),
     output: Optional[Path] = typer.Option(
-        None, "--output", help="Where to write the best parameters (default: settings.tuned_config_path)."
+        None, "--output", "--out", help="Where to write the best parameters (default: settings.tuned_config_path)."
     ),
+    export: bool = typer.Option(False, "--export", help="Run no trial: write the best parameters recorded in the "
+                                "study to the tuned-parameters file."),
     no_write: bool = typer.Option(False, "--no-write", help="Do not write the tuned-parameters file."),
     start_from_default: bool = typer.Option(
         True, "--start-from-default/--no-start-from-default",
@@ -55,12 +58,14 @@ def optimize(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result (best trial, Pareto front, file written) as JSON."),
 ) -> None:
-    """Tune BPMF hyperparameters with Optuna on the validation split and write the best ones for `bookrec batch`."""
+    """Tune BPMF hyperparameters with Optuna on the validation split and record the best ones for `bookrec batch`.
+
+    The best of all the study's trials is recorded in the study (`bookrec batch --tuned-from`) and the tuned file."""
     import optuna
 
     from bookrec.config import get_settings
     from bookrec.data.io import DatasetError
-    from bookrec.exitcodes import FAILURE, USAGE, fail
+    from bookrec.exitcodes import USAGE, fail
     from bookrec.logging import console as make_console
     from bookrec.optimize.objective import load_tuning_data, objective_options_from_settings
     from bookrec.optimize.space import default_bpmf_kwargs, from_bpmf_kwargs
@@ -71,10 +76,12 @@ def optimize(
     # Optuna's warnings through bookrec's handler (one format, JSON lines when not on a terminal).
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
-    objective_name = objective.value
-    n_trials = trials if trials is not None else settings.optimizer_n_calls
+    objective_name, n_trials = objective.value, trials if trials is not None else settings.optimizer_n_calls
     storage_url = storage or settings.optuna_storage
     study_name = study or settings.optuna_study
+    if export:
+        _export(console, storage_url, study_name, output or settings.tuned_config_path, as_json)
+        return
     try:
         tuning_data = load_tuning_data(data or settings.data_dir, settings)
     except (DatasetError, ValueError) as exc:
@@ -85,7 +92,7 @@ def optimize(
         f"{objective_name}{' + training seconds' if multi_objective else ''}, "
         f"{len(tuning_data.train[2]):,} train / {len(tuning_data.validation[2]):,} validation ratings"
     )
-    try:
+    with _storage_errors(storage_url):
         result = run_optimization(
             tuning_data, n_trials=n_trials, timeout=timeout if timeout is not None else settings.optimizer_timeout,
             storage_url=storage_url, study_name=study_name, options=options,
@@ -94,13 +101,38 @@ def optimize(
             start_points=[from_bpmf_kwargs(default_bpmf_kwargs(options.space.n_chains))] if start_from_default else (),
             show_progress=console.is_terminal and not as_json,
         )
-    except ValueError as exc:  # an unsupported storage URL, or a study made for another objective
+    _report(console, result, as_json, study_name, redact_url(storage_url))
+
+
+@contextmanager
+def _storage_errors(storage_url: str):
+    """Storage and study problems as one line and an exit code, never a traceback."""
+    from bookrec.exitcodes import FAILURE, USAGE, fail
+    from bookrec.optimize.study import redact_url
+
+    try:
+        yield
+    except ValueError as exc:  # an unsupported URL, no such study, a study made for another objective
         fail(str(exc), code=USAGE)
     except Exception as exc:  # storage unreachable, bad credentials: say which storage, not the password
         if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg"}:
             raise
         fail(f"cannot use Optuna storage {redact_url(storage_url)}: {type(exc).__name__}", code=FAILURE)
-    _report(console, result, as_json, study_name, redact_url(storage_url))
+
+
+def _export(console, storage_url: str, study_name: str, output: Path, as_json: bool) -> None:
+    """Write the best parameters recorded in the study, running no trial."""
+    from bookrec.optimize.study import recorded_best, redact_url, write_tuned_config
+
+    with _storage_errors(storage_url):
+        payload = recorded_best(storage_url, study_name)
+    written = write_tuned_config(output, payload)
+    if as_json:
+        typer.echo(json.dumps({"study": study_name, "storage": redact_url(storage_url), "tuned_parameters": payload,
+                               "written_to": str(written)}, indent=1, default=str))
+        return
+    console.print(f"best parameters of study [bold]{study_name}[/bold] (trial {payload.get('trial_number')}) "
+                  f"written to [bold]{written}[/bold]")
 
 
 def _report(console, result, as_json: bool, study_name: str, storage: str) -> None:
@@ -114,6 +146,8 @@ def _report(console, result, as_json: bool, study_name: str, storage: str) -> No
         console.print(table)
     if result.chosen is None:
         fail("no trial completed; nothing written", code=FAILURE)
+    console.print(f"best parameters (trial {result.chosen.number}) recorded in study [bold]{study_name}[/bold] "
+                  f"(read by `bookrec batch --tuned-from {storage} --study {study_name}`)")
     if result.config_path is not None:
         console.print(f"best parameters written to [bold]{result.config_path}[/bold] (read by `bookrec batch`)")
     console.print(f"open the study in a browser: optuna-dashboard {storage}")

@@ -48,6 +48,15 @@ class TuningData:
             n_items=int(training.n_items),
         )
 
+    def fingerprint(self) -> str:
+        """A hash of the train and validation triplets: which data the tuned parameters were chosen on."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for part in (*self.train, *self.validation):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        return digest.hexdigest()[:16]
+
     def __post_init__(self) -> None:
         if len(self.validation[2]) == 0:
             raise ValueError("the validation split is empty: set BOOKREC_VALIDATION_FRACTION > 0 to tune")

@@ -8,8 +8,9 @@ machine or many, can share it:
 - ``redis://host:6379/0`` (or ``rediss://``): an Optuna journal kept in Redis/Valkey/Dragonfly;
 - ``journal:///path/to/file.log``: a journal file on a shared file system.
 
-The best parameters end up in ``settings.tuned_config_path`` as JSON, the file `bookrec batch`
-reads (format in :func:`write_tuned_config`).
+The best parameters are recorded in the study itself (user attribute ``best_params``, read by
+`bookrec batch --tuned-from URL` on any machine) and in ``settings.tuned_config_path`` as JSON, the
+file `bookrec batch` reads by default (format in :func:`tuned_config_payload`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from bookrec.optimize.objective import (
 PrunerName = Literal["median", "hyperband", "none"]
 
 CONFIG_FORMAT_VERSION = 1
+# The study user attribute holding the tuned-parameters document; bookrec.batch.presets reads it.
+BEST_PARAMS_ATTR = "best_params"
 
 
 # --- storage ---------------------------------------------------------------------------------
@@ -250,7 +253,9 @@ def choose_trial(study: optuna.Study, quality_tolerance: float = 0.01) -> Frozen
 # --- the tuned config file -------------------------------------------------------------------
 
 
-def tuned_config_payload(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dict[str, Any]:
+def tuned_config_payload(
+    study: optuna.Study, trial: FrozenTrial, storage_url: str, data_fingerprint: str | None = None
+) -> dict[str, Any]:
     """The JSON document `bookrec batch` reads. ``params`` holds BPMF constructor keyword arguments."""
     objective = study.user_attrs.get("objective", "nll")
     counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
@@ -269,6 +274,7 @@ def tuned_config_payload(study: optuna.Study, trial: FrozenTrial, storage_url: s
         "multi_objective": len(study.directions) > 1,
         "validation_metrics": {k: trial.user_attrs.get(k) for k in ("rmse", "nll", "crps", "coverage90", "train_seconds")},
         "storage": redact_url(storage_url),
+        "data_fingerprint": data_fingerprint,
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if len(study.directions) > 1:
@@ -287,6 +293,45 @@ def write_tuned_config(path: Path, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def record_best_in_study(
+    study: optuna.Study, storage_url: str, quality_tolerance: float = 0.01, data_fingerprint: str | None = None
+) -> tuple[FrozenTrial, dict[str, Any]] | None:
+    """Choose over every finished trial of the study (all workers') and record the document in it.
+
+    Workers finishing together may each write a choice made from an older snapshot; a worker
+    re-reads after writing and writes again while trials finished meanwhile, so the last write is
+    made from a snapshot holding every trial finished before it. None when no trial has finished.
+    """
+    while True:
+        done = {t.number for t in finished_trials(study)}
+        if not done:
+            return None
+        chosen = choose_trial(study, quality_tolerance)
+        payload = tuned_config_payload(study, chosen, storage_url, data_fingerprint)
+        study.set_user_attr(BEST_PARAMS_ATTR, payload)
+        if {t.number for t in finished_trials(study)} == done:
+            return chosen, payload
+
+
+def recorded_best(storage_url: str, study_name: str) -> dict[str, Any]:
+    """The document recorded by :func:`record_best_in_study`.
+
+    ValueError when the storage file, the study or the record is absent."""
+    if urlsplit(storage_url).scheme.lower().startswith("sqlite"):
+        path = storage_url[len("sqlite:///") :]
+        if not Path(path).expanduser().is_file():  # opening it would create an empty database
+            raise ValueError(f"no Optuna storage at {redact_url(storage_url)}: {path} does not exist")
+    storage = make_storage(storage_url, heartbeat_seconds=None)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise ValueError(f"no study {study_name!r} in {redact_url(storage_url)}") from None
+    payload = study.user_attrs.get(BEST_PARAMS_ATTR)
+    if not isinstance(payload, dict):
+        raise ValueError(f"study {study_name!r} has no recorded best parameters (run `bookrec optimize` on it)")
+    return payload
 
 
 def read_tuned_config(path: Path) -> dict[str, Any]:
@@ -328,7 +373,7 @@ def run_optimization(
     storage: optuna.storages.BaseStorage | None = None,
 ) -> OptimizationResult:
     """Run ``n_trials`` trials in this process (other workers may add theirs to the same study),
-    then write the chosen parameters to ``config_path`` (when given).
+    then record the study's best parameters in the study and write them to ``config_path`` (when given).
 
     ``data`` holds only the train and validation splits: the test split cannot be reached from here.
     ``start_points`` (trial parameters, e.g. the current default configuration) are enqueued as the
@@ -371,9 +416,9 @@ def run_optimization(
     chosen = None
     payload = None
     written = None
-    if finished_trials(study):
-        chosen = choose_trial(study, options.quality_tolerance)
-        payload = tuned_config_payload(study, chosen, storage_url)
+    recorded = record_best_in_study(study, storage_url, options.quality_tolerance, data.fingerprint())
+    if recorded is not None:
+        chosen, payload = recorded
         if config_path is not None:
             written = write_tuned_config(config_path, payload)
     front = list(study.best_trials) if options.multi_objective and finished_trials(study) else []

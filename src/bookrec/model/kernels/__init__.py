@@ -34,6 +34,8 @@ from bookrec.model.kernels.hyper import (
 from bookrec.model.kernels.lanes import LANES, few_rating_groups, mid_rating_rows
 from bookrec.model.kernels.moves import (
     affine_move,
+    affine_rows_full_par,
+    affine_rows_full_ser,
     affine_rows_par,
     affine_rows_ser,
     balance_scales,
@@ -41,6 +43,7 @@ from bookrec.model.kernels.moves import (
     move_stats_par,
     move_stats_ser,
     scale_moves,
+    shear_moves,
     side_moments_par,
     side_moments_ser,
 )
@@ -59,10 +62,11 @@ from bookrec.model.kernels.topn import top_n, top_n_csr, top_n_rows
 
 __all__ = [
     "LANES", "ZIG_R", "Csr", "Exclusions", "FoldInModel", "PriorForms", "RowGroups", "StoredSamples", "affine_move",
-    "affine_rows_par", "affine_rows_ser", "balance_scales", "block_prior_forms", "few_rating_groups", "fill_normals",
-    "fold_readers", "fold_top_components", "gig_draw", "known_top_components", "mid_rating_rows", "mixture_crps",
-    "mixture_logpdf", "mixture_quantiles", "mixture_quantiles_ser", "move_stats_par", "move_stats_ser",
-    "normal_wishart_params", "normal_wishart_sample", "pair_components", "predict_pairs_par", "predict_pairs_ser",
-    "predict_samples", "recommend_block", "row_state", "sample_block_par", "sample_block_ser", "scale_moves",
-    "shift_draw", "side_moments_par", "side_moments_ser", "side_prior_draw", "top_n", "top_n_csr", "top_n_rows",
+    "affine_rows_full_par", "affine_rows_full_ser", "affine_rows_par", "affine_rows_ser", "balance_scales",
+    "block_prior_forms", "few_rating_groups", "fill_normals", "fold_readers", "fold_top_components", "gig_draw",
+    "known_top_components", "mid_rating_rows", "mixture_crps", "mixture_logpdf", "mixture_quantiles",
+    "mixture_quantiles_ser", "move_stats_par", "move_stats_ser", "normal_wishart_params", "normal_wishart_sample",
+    "pair_components", "predict_pairs_par", "predict_pairs_ser", "predict_samples", "recommend_block", "row_state",
+    "sample_block_par", "sample_block_ser", "scale_moves", "shear_moves", "shift_draw", "side_moments_par",
+    "side_moments_ser", "side_prior_draw", "top_n", "top_n_csr", "top_n_rows",
 ]

@@ -299,3 +299,64 @@ def balance_scales(lam_u_diag, lam_v_diag, w0_inv_diag, power, seed):
         out[a] = math.sqrt(math.sqrt(d_u / d_v) * y)
     return out
 
+
+
+def _affine_rows_full(rows, transform, offset):
+    """rows <- rows T^T + offset for any (k + 1) x (k + 1) map T: what ``_affine_rows`` does for a
+    diagonal factor block, for the maps of a sweep with shear moves (``Chain._shear``). One pass."""
+    dim = rows.shape[1]
+    for i in prange(rows.shape[0]):
+        x = np.empty(dim)
+        for a in range(dim):
+            x[a] = rows[i, a]
+        for a in range(dim):
+            acc = offset[a]
+            for c in range(dim):
+                acc += transform[a, c] * x[c]
+            rows[i, a] = acc
+
+
+affine_rows_full_par = twin(_affine_rows_full, True, fastmath=True, nogil=True)
+affine_rows_full_ser = twin(_affine_rows_full, False, fastmath=True, nogil=True)
+
+
+@njit(cache=True)
+def shear_moves(pairs, normals, lam_u, mu_u, lam_v, mu_v, w0_scale, var_factor, mean_sign):
+    """The pairwise shear moves of one sweep (``Chain._shear``), in the order of ``pairs`` (rows (a, b),
+    a != b). Move (a, b): U -> U A, V -> V A^-T with A = I + h e_b e_a^T (u_.a += h u_.b, v_.b -= h v_.a),
+    the hyperparameters carried along (mu_U -> A^T mu_U, Lambda_U -> A^-1 Lambda_U A^-T, mu_V -> A^-1 mu_V,
+    Lambda_V -> A^T Lambda_V A), and
+        h ~ N((Lambda_U,ab - Lambda_V,ab) / (Lambda_U,aa + Lambda_V,bb), w0_scale / (Lambda_U,aa + Lambda_V,bb)),
+    h = mean + sd normals[p]. ``var_factor`` and ``mean_sign`` are 1 for the derived move (tests set
+    them wrong on purpose). The arguments are not modified.
+    Returns (A_total with U -> U A_total, Lambda_U, mu_U, Lambda_V, mu_V after the moves)."""
+    k = lam_u.shape[0]
+    lu = lam_u.copy()
+    lv = lam_v.copy()
+    mu = mu_u.copy()
+    mv = mu_v.copy()
+    total = np.eye(k)
+    for p in range(pairs.shape[0]):
+        a = pairs[p, 0]
+        b = pairs[p, 1]
+        denom = lu[a, a] + lv[b, b]
+        if not denom > 0.0:
+            continue
+        mean = (lu[a, b] - lv[a, b]) / denom
+        h = mean_sign * mean + math.sqrt(var_factor * w0_scale / denom) * normals[p]
+        # Lambda_U -> A^-1 Lambda_U A^-T: row b -= h row a, then column b -= h column a; mu_U,a += h mu_U,b
+        for c in range(k):
+            lu[b, c] -= h * lu[a, c]
+        for c in range(k):
+            lu[c, b] -= h * lu[c, a]
+        mu[a] += h * mu[b]
+        # Lambda_V -> A^T Lambda_V A: row a += h row b, then column a += h column b; mu_V,b -= h mu_V,a
+        for c in range(k):
+            lv[a, c] += h * lv[b, c]
+        for c in range(k):
+            lv[c, a] += h * lv[c, b]
+        mv[b] -= h * mv[a]
+        # total <- total A: column a += h column b
+        for c in range(k):
+            total[c, a] += h * total[c, b]
+    return total, lu, mu, lv, mv
