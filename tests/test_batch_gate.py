@@ -54,7 +54,8 @@ def data_dir(tmp_path_factory):
 
 
 def settings(tmp_path, **kw) -> Settings:
-    return Settings(n_samples=20, burn_in=20, max_kept_samples=20, n_chains=2, top_n=10,
+    # Long enough that the model clearly beats the bias baseline (a few dozen sweeps sit at its level).
+    return Settings(n_samples=100, burn_in=100, max_kept_samples=20, n_chains=2, top_n=10,
                     tuned_config_path=tmp_path / "absent.json", seed=4, **kw)
 
 

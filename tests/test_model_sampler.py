@@ -407,3 +407,35 @@ def test_balance_move_keeps_predictions_and_moves_the_scales():
     np.testing.assert_allclose(st.mu_user, mu_u0 * scales, rtol=1e-12)
     np.testing.assert_allclose(st.lambda_user, lam_u0 / np.outer(scales, scales), rtol=1e-12)
     np.testing.assert_allclose(st.lambda_item, lam_v0 * np.outer(scales, scales), rtol=1e-12)
+
+
+def test_shear_move_keeps_predictions_and_carries_the_hyperparameters():
+    """The shear moves mix the factor columns of U and V but change no prediction, and carry the
+    hyperparameters along: every row's (x - mu)^T Lambda (x - mu), mu^T Lambda mu and det Lambda
+    stay as they were on both sides, and the tracked moments stay those of the rows."""
+    data, *_ = _tiny_problem(n_users=12, n_items=9)
+    chain = Chain(data, 3, Priors(mu_prior_mean=6.0), np.random.SeedSequence(4))
+    chain.initialise(warm_start=True)
+    chain.sweep(parallel=False)
+    st = chain.state
+    users, items = np.repeat(np.arange(12), 9), np.tile(np.arange(9), 12)
+    before = chain.predict_pairs(users, items, parallel=False)
+
+    def invariants():
+        out = []
+        for rows, mean, lam in ((st.users, st.mu_user, st.lambda_user), (st.items, st.mu_item, st.lambda_item)):
+            centred = rows[:, :3] - mean
+            out += [np.einsum("na,ab,nb->n", centred, lam, centred), [mean @ lam @ mean, np.linalg.det(lam)]]
+        return np.concatenate(out)
+
+    u0, invariants0 = st.users.copy(), invariants()
+    chain._shear()
+    chain._apply_moves(parallel=False)
+    assert np.abs(st.users[:, :3] - u0[:, :3]).max() > 1e-3
+    np.testing.assert_array_equal(st.users[:, 3], u0[:, 3])
+    np.testing.assert_allclose(chain.predict_pairs(users, items, parallel=False), before, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(invariants(), invariants0, rtol=1e-9)
+    for side in ("users", "items"):
+        _, total, gram = side_moments(getattr(st, side), parallel=False)
+        np.testing.assert_allclose(chain.moments[side][1], total, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(chain.moments[side][2], gram, rtol=1e-10, atol=1e-10)

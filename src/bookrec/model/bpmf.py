@@ -60,8 +60,9 @@ class BPMF(ParamsMixin):
     all cores (numba prange); "threads" runs each chain in its own thread with single-threaded
     GIL-free kernels; "auto" is "sweep" (as fast or faster, see ``_resolved_chain_mode``).
     ``balance_move=False`` leaves out the balance moves (``sampler.Chain._balance``) and
-    ``shear_move=False`` the shear moves (``sampler.Chain._shear``), to measure what they buy. ``min_ess`` and ``rhat_threshold`` (None: the
-    settings' ``min_ess`` and ``rhat_threshold``) set the convergence rule of ``diagnostics_``.
+    ``shear_move=False`` the shear moves (``sampler.Chain._shear``), to measure what they buy.
+    ``min_ess`` and ``rhat_threshold`` (None: the settings' ``min_ess`` and ``rhat_threshold``) set
+    the convergence rule of ``diagnostics_``.
     """
 
     def __init__(

@@ -10,8 +10,9 @@ Model, on the original rating scale:
 One sweep: (mu_U, Lambda_U, tau_b) | U, b;  (U, b) | rest  [compiled, joint per user];
 (mu_V, Lambda_V, tau_c) | V, c;  (V, c) | rest;  then the exact group moves (Liu & Sabatti 2000)
 along the directions the blocks cannot travel: the scale moves (``Chain._rescale``), the balance
-moves (``Chain._balance``), the shift of the factors (``Chain._shift_factors``) and the translation
-of the biases (``Chain._translate_biases``); mu | rest;  alpha | rest.
+moves (``Chain._balance``), the pairwise shear moves (``Chain._shear``), the shift of the factors
+(``Chain._shift_factors``) and the translation of the biases (``Chain._translate_biases``);
+mu | rest;  alpha | rest.
 """
 
 from __future__ import annotations
@@ -178,9 +179,10 @@ class Chain:
     _balance_power = 0.0
 
     def __init__(self, data: RatingMatrix, n_factors: int, priors: Priors, seed_sequence: np.random.SeedSequence,
-                 balance_move: bool = True):
+                 balance_move: bool = True, shear_move: bool = True):
         self.data = data
         self.balance_move = balance_move
+        self.shear_move = shear_move
         self.k = n_factors
         self.priors = priors
         self.rng = np.random.default_rng(seed_sequence)
@@ -195,6 +197,9 @@ class Chain:
         self.scale_stat_index = np.r_[np.arange(k), k, np.arange(k), k + 1]
         self.scale_power = np.r_[np.full(k, self.nu0), 2.0 * priors.a_bias, np.full(k, self.nu0), 2.0 * priors.a_bias]
         self.w0_inv_half_diag = 0.5 * np.diag(self.w0_inv)
+        # The shear moves' ordered pairs (a, b), a != b, drawn in a random order each sweep.
+        self.shear_pairs = np.array([(a, b) for a in range(k) for b in range(k) if a != b],
+                                    dtype=np.int64).reshape(-1, 2)
         self.state: ChainState | None = None
         # side_moments of each side, kept up to date through the moves (which are affine maps of
         # the rows) so that a sweep passes over each side once for them, after its block.
@@ -267,6 +272,8 @@ class Chain:
         sum_e, sum_e2 = self._rescale(*move_stats)
         if self.balance_move:
             self._balance()
+        if self.shear_move:
+            self._shear()
         self._shift_factors()
         self._translate_biases()
         self._apply_moves(parallel)
@@ -293,13 +300,20 @@ class Chain:
         self.pending[side] = (composed, shift)
 
     def _apply_moves(self, parallel: bool) -> None:
-        # Every move is a scale of each column, a shift of the factors, or a change of the bias
-        # linear in the row, so the composed map has a diagonal factor block and the kernel reads
-        # only its diagonal and bias row (the tracked moments would disagree with the rows otherwise).
-        apply = kernels.affine_rows_par if parallel else kernels.affine_rows_ser
+        # Without the shear moves every move is a scale of each column, a shift of the factors, or a
+        # change of the bias linear in the row: the composed map has a diagonal factor block and the
+        # cheaper kernel reads only its diagonal and bias row. With them the factor block is full and
+        # the whole map is applied (the tracked moments would disagree with the rows otherwise).
+        k = self.k
         for side, (transform, offset) in self.pending.items():
             rows = getattr(self.state, side)  # "users" or "items"
-            apply(rows, np.ascontiguousarray(np.diag(transform)), np.ascontiguousarray(transform[self.k]), offset)
+            factor_block = transform[:k, :k]
+            if np.any(factor_block != np.diag(np.diag(factor_block))) or np.any(transform[:k, k]):
+                apply_full = kernels.affine_rows_full_par if parallel else kernels.affine_rows_full_ser
+                apply_full(rows, np.ascontiguousarray(transform), np.ascontiguousarray(offset))
+                continue
+            apply = kernels.affine_rows_par if parallel else kernels.affine_rows_ser
+            apply(rows, np.ascontiguousarray(np.diag(transform)), np.ascontiguousarray(transform[k]), offset)
         self.pending.clear()
 
     def _rescale(self, gram: np.ndarray, resid: np.ndarray, sum_e2: float) -> tuple[float, float]:
@@ -386,6 +400,49 @@ class Chain:
         st.lambda_item = st.lambda_item * np.outer(scales, scales)
         self._move("users", np.diag(np.append(scales, 1.0)), np.zeros(k + 1))
         self._move("items", np.diag(np.append(1.0 / scales, 1.0)), np.zeros(k + 1))
+
+    def _shear(self) -> None:
+        """Exact group moves along the non-diagonal directions no prediction can see: for an ordered
+        pair (a, b), a != b, U -> U A and V -> V A^-T with A = I + h e_b e_a^T, i.e. u_.a += h u_.b and
+        v_.b -= h v_.a (each row: u_i -> A^T u_i, v_j -> A^-1 v_j), so every u_i . v_j is unchanged.
+        {A(h)} is an additive one-parameter group (e_a^T e_b = 0: A(h) A(g) = A(h + g)) with Haar
+        measure dh, and det A = 1 (Liu & Sabatti 2000: h ~ pi(g_h x) |J_h(x)|).
+
+        The hyperparameters are carried along so that every row prior's exponent is unchanged:
+        mu_U -> A^T mu_U, Lambda_U -> A^-1 Lambda_U A^-T, mu_V -> A^-1 mu_V, Lambda_V -> A^T Lambda_V A.
+        The factors of pi(g_h x) |J_h(x)|:
+          likelihood                          unchanged (predictions unchanged)
+          prod_i N(u_i; mu_U, Lambda_U^-1)    (A^T r_i)^T A^-1 Lambda_U A^-T (A^T r_i) = r_i^T Lambda_U r_i,
+                                              |Lambda_U| unchanged (det A = 1); the same for V
+          N(mu_U; mu0, (beta0 Lambda_U)^-1)   unchanged because mu0 = 0; the same for V
+          Wishart(Lambda; W0, nu0)            |Lambda|^((nu0-k-1)/2) unchanged; only the traces move
+                                              (W0 = w0_scale I):
+              tr(A^-1 Lambda_U A^-T) = tr Lambda_U - 2 h Lambda_U,ab + h^2 Lambda_U,aa
+              tr(A^T Lambda_V A)     = tr Lambda_V + 2 h Lambda_V,ab + h^2 Lambda_V,bb
+          Jacobians                           det A^T = 1 per row and for mu; |det M|^(k+1) = 1 for
+                                              Lambda -> M Lambda M^T
+        so with -tr(W0^-1 Lambda) / 2 from each Wishart,
+            h ~ N((Lambda_U,ab - Lambda_V,ab) / (Lambda_U,aa + Lambda_V,bb), w0_scale / (Lambda_U,aa + Lambda_V,bb)),
+        O(1) per pair and independent of the data. All k (k - 1) ordered pairs in a random order, drawn
+        in one compiled call (``kernels.shear_moves``), composed into one map of each side's rows.
+        Without them the factor basis turns only through the row and hyperparameter draws, and
+        log ||U|| and log det Lambda_U are the slowest quantities of the quick start.
+        """
+        st = self.state
+        k = self.k
+        if k < 2:
+            return
+        pairs = self.shear_pairs[self.rng.permutation(len(self.shear_pairs))]
+        total, st.lambda_user, st.mu_user, st.lambda_item, st.mu_item = kernels.shear_moves(
+            pairs, self.rng.standard_normal(len(pairs)), np.ascontiguousarray(st.lambda_user),
+            np.ascontiguousarray(st.mu_user), np.ascontiguousarray(st.lambda_item), np.ascontiguousarray(st.mu_item),
+            float(self.priors.w0_scale), 1.0, 1.0)  # 1.0, 1.0: the derived variance and mean (see the kernel)
+        user_map = self.identity.copy()
+        user_map[:k, :k] = total.T  # u_i -> A^T u_i
+        item_map = self.identity.copy()
+        item_map[:k, :k] = np.linalg.inv(total)  # v_j -> A^-1 v_j
+        self._move("users", user_map, np.zeros(k + 1))
+        self._move("items", item_map, np.zeros(k + 1))
 
     def _shift_factors(self) -> None:
         """Exact group move along the ridge where mu trades places with the factor means:
