@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 
 from bookrec.data.io import write_dataset
 from bookrec.data.synth import generate
-from bookrec.optimize.study import BEST_PARAMS_ATTR, choose_trial, make_storage
+from bookrec.contracts.tuning import BEST_PARAMS_ATTR
+from bookrec.optimize.study import choose_trial, make_storage
 from bookrec.store import open_store
 
 # The form the tuner's storage takes as given (make_storage maps postgresql:// to psycopg too).

@@ -18,6 +18,7 @@ from typing import Any
 
 from bookrec.config import Settings
 from bookrec.contracts.params import MODEL_PARAMS, PRESET_PARAMS, PRIOR_PARAMS
+from bookrec.contracts.tuning import BEST_PARAMS_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,6 @@ def read_tuned_file(path: Path) -> dict[str, Any] | None:
 
 
 # The study user attribute bookrec.optimize.study records the tuned-parameters document in.
-BEST_PARAMS_ATTR = "best_params"
 
 
 def read_tuned_study(storage_url: str, study_name: str) -> dict[str, Any]:
@@ -157,37 +157,31 @@ def _optuna_storage(url: str):
     """An Optuna storage for the URLs `bookrec optimize --storage` takes (the batch may not import
     the tuner): an RDB (sqlite, postgresql, mysql) or a journal (redis, journal file)."""
     import warnings
-    from urllib.parse import urlsplit
 
     import optuna
 
+    from bookrec.contracts.tuning import JOURNAL_REDIS_PREFIX, SUPPORTED_URLS, journal_path, sqlalchemy_url, storage_kind
     from bookrec.store import redact_url
 
-    scheme = urlsplit(url).scheme.lower()
+    kind = storage_kind(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if scheme in {"redis", "rediss"}:
-            backend = optuna.storages.journal.JournalRedisBackend(url, prefix="bookrec-optuna")
+        if kind == "redis":
+            backend = optuna.storages.journal.JournalRedisBackend(url, prefix=JOURNAL_REDIS_PREFIX)
             return optuna.storages.JournalStorage(backend)
-        if scheme == "journal":
-            path = Path(url[len("journal://") :])
-            if not path.is_file():
-                raise PresetError(f"no Optuna journal at {path}")
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        if scheme.startswith("sqlite"):
+        if kind == "journal":
+            if not journal_path(url).is_file():
+                raise PresetError(f"no Optuna journal at {journal_path(url)}")
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal_path(url))))
+        if kind == "sqlite":
             path = Path(url[len("sqlite:///") :]).expanduser()
             if not path.is_file():  # opening it would create an empty database
                 raise PresetError(f"no Optuna storage at {redact_url(url)}: {path} does not exist")
             return optuna.storages.RDBStorage(url, skip_table_creation=True)
-        if scheme.startswith(("postgresql", "postgres", "mysql")):
-            if scheme in {"postgres", "postgresql"}:
-                url = "postgresql+psycopg" + url[len(scheme) :]  # psycopg 3, as the tuner uses
-            engine_kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else {}
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
-    raise PresetError(
-        f"unsupported Optuna storage URL {redact_url(url)!r}: use sqlite:///path, "
-        "postgresql://user:pass@host/db, redis://host:port/db or journal:///path"
-    )
+        if kind == "rdb":
+            engine_kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
+            return optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=engine_kwargs, skip_table_creation=True)
+    raise PresetError(f"unsupported Optuna storage URL {redact_url(url)!r}: {SUPPORTED_URLS}")
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:

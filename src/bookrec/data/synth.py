@@ -569,6 +569,15 @@ def _exact_counts(rng: np.random.Generator, weights: np.ndarray, total: int, min
     return minimum + rng.multinomial(extra, weights / weights.sum())
 
 
+def _catalogue(rng: np.random.Generator, p: SynthPreset, say: Callable[[str], None]) -> _Works:
+    """The works, their ghost copies and their ISBNs: the first draws of every preset."""
+    say("catalogue")
+    works = _catalogue_works(rng, p)
+    _add_ghost_works(rng, p, works)
+    _add_isbns(rng, p, works)
+    return works
+
+
 def generate(
     preset: str | SynthPreset = "small",
     seed: int = 42,
@@ -593,10 +602,7 @@ def generate(
         raise ValueError(f"preset {p.name!r} is generated in chunks straight to disk: use write_in_chunks")
     rng = np.random.default_rng(seed)
     say = progress or (lambda _msg: None)
-    say("catalogue")
-    works = _catalogue_works(rng, p)
-    _add_ghost_works(rng, p, works)
-    _add_isbns(rng, p, works)
+    works = _catalogue(rng, p, say)
     say("interactions")
     readers = _readers(rng, p, works)
     ru, ri = _interactions(rng, p, works, readers)
@@ -1165,10 +1171,7 @@ def write_in_chunks(
     size = readers_per_chunk or CHUNKED_READERS.get(p.name, p.n_users)
     rng = np.random.default_rng(seed)
     say = progress or (lambda _msg: None)
-    say("catalogue")
-    works = _catalogue_works(rng, p)
-    _add_ghost_works(rng, p, works)
-    _add_isbns(rng, p, works)
+    works = _catalogue(rng, p, say)
     books, books_report, truth_work_keys = _normalised_books(rng, p, works)
 
     firsts = np.arange(0, p.n_users, size)

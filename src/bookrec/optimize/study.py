@@ -30,6 +30,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bookrec.contracts.tuning import (
+    BEST_PARAMS_ATTR, JOURNAL_REDIS_PREFIX, SUPPORTED_URLS, journal_path, sqlalchemy_url, storage_kind,
+)
 from bookrec.optimize.objective import (
     OBJECTIVES,
     ObjectiveOptions,
@@ -41,7 +44,6 @@ PrunerName = Literal["median", "hyperband", "none"]
 
 CONFIG_FORMAT_VERSION = 1
 # The study user attribute holding the tuned-parameters document; bookrec.batch.presets reads it.
-BEST_PARAMS_ATTR = "best_params"
 
 
 # --- storage ---------------------------------------------------------------------------------
@@ -74,33 +76,28 @@ def make_storage(url: str, *, heartbeat_seconds: int | None = 60) -> optuna.stor
     RDB storages get a heartbeat: a trial whose worker died (machine lost, process killed) is
     marked failed after ``3 * heartbeat_seconds`` and re-queued once, so no trial is silently lost.
     """
-    scheme = urlsplit(url).scheme.lower()
+    kind = storage_kind(url)
     with warnings.catch_warnings():
         # heartbeats and the Redis journal are marked "experimental" in Optuna; they are what we want.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if scheme in {"redis", "rediss"}:
-            backend = optuna.storages.journal.JournalRedisBackend(url, prefix="bookrec-optuna")
+        if kind == "redis":
+            backend = optuna.storages.journal.JournalRedisBackend(url, prefix=JOURNAL_REDIS_PREFIX)
             return optuna.storages.JournalStorage(backend)
-        if scheme == "journal":
-            path = Path(url[len("journal://") :])
+        if kind == "journal":
+            path = journal_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = optuna.storages.journal.JournalFileOpenLock(str(path))
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
-        if scheme.startswith("sqlite"):
+        if kind == "sqlite":
             _ensure_sqlite_dir(url)
             # Several processes write one SQLite file: wait for the lock instead of failing at once;
             # the driver opens no transactions of its own (see _serialise_sqlite_transactions).
             engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "isolation_level": None}}
-        elif scheme.startswith(("postgresql", "postgres", "mysql")):
-            if scheme in {"postgres", "postgresql"}:
-                # psycopg 3 is the driver we ship (`postgres` extra); SQLAlchemy defaults to psycopg2.
-                url = "postgresql+psycopg" + url[len(scheme) :]
+        elif kind == "rdb":
+            url = sqlalchemy_url(url)
             engine_kwargs = {"pool_pre_ping": True}
         else:
-            raise ValueError(
-                f"unsupported Optuna storage URL {redact_url(url)!r}: use sqlite:///path, "
-                "postgresql://user:pass@host/db, redis://host:port/db or journal:///path"
-            )
+            raise ValueError(f"unsupported Optuna storage URL {redact_url(url)!r}: {SUPPORTED_URLS}")
         kwargs: dict[str, Any] = {}
         if heartbeat_seconds:
             kwargs = {
@@ -109,7 +106,7 @@ def make_storage(url: str, *, heartbeat_seconds: int | None = 60) -> optuna.stor
                 "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             }
         storage = _rdb_storage_with_retry(url, engine_kwargs, kwargs)
-        if scheme.startswith("sqlite"):
+        if kind == "sqlite":
             _serialise_sqlite_transactions(storage.engine)
         return storage
 
