@@ -134,15 +134,15 @@ def _run_smurff(d, k, burn_in, n_samples, seed):
     centre = float(d["tr_r"].mean())
     y_train = sp.coo_matrix((d["tr_r"].astype(np.float64) - centre, (d["tr_u"], d["tr_i"])), shape=(n_users, n_items))
     y_test = sp.coo_matrix((d["te_r"].astype(np.float64) - centre, (d["te_u"], d["te_i"])), shape=(n_users, n_items))
-    session = smurff.TrainSession(priors=["normal", "normal"], num_latent=k, burnin=burn_in, nsamples=n_samples,
+    trainer = smurff.TrainSession(priors=["normal", "normal"], num_latent=k, burnin=burn_in, nsamples=n_samples,
                                   seed=seed, verbose=0, num_threads=2)
-    session.addTrainAndTest(y_train.tocsr(), y_test.tocsr(), smurff.SampledNoise())
+    trainer.addTrainAndTest(y_train.tocsr(), y_test.tocsr(), smurff.SampledNoise())
     with _Clock() as clock:
-        session.init()
-        while session.step():
+        trainer.init()
+        while trainer.step():
             pass
     fit = clock.wall
-    preds = session.getTestPredictions()
+    preds = trainer.getTestPredictions()
     coords = np.array([p.coords for p in preds])
     pred = np.array([p.pred_avg for p in preds]) + centre
     lookup = {(int(a), int(b)): float(v) for (a, b), v in zip(coords, pred)}
