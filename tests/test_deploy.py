@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import shlex
 import shutil
@@ -30,6 +31,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 NGINX = (ROOT / "deploy" / "nginx.conf").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 BOOKREC_SERVICES = ["api", "batch", "optimizer"]
+DASK_SERVICES = ["dask-scheduler", "dask-worker"]
 
 
 def settings_env_names() -> set[str]:
@@ -56,9 +58,11 @@ def bookrec_help(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_compose_has_the_six_services():
-    assert set(SERVICES) == {"dragonfly", "api", "frontend", "batch", "optimizer", "jupyter"}
+def test_compose_has_the_nine_services():
+    assert set(SERVICES) == {"dragonfly", "api", "frontend", "batch", "optimizer", "jupyter", "postgres",
+                             "dask-scheduler", "dask-worker"}
     assert SERVICES["dragonfly"]["image"].startswith("docker.dragonflydb.io/dragonflydb/dragonfly")
+    assert SERVICES["postgres"]["image"].startswith("postgres:16.")
 
 
 @pytest.mark.parametrize("service", BOOKREC_SERVICES)
@@ -72,7 +76,7 @@ def test_service_commands_are_real_cli_commands(service):
         assert option in result.stdout, f"{service}: {option} is not an option of {' '.join(command[:2])}"
 
 
-@pytest.mark.parametrize("service", BOOKREC_SERVICES)
+@pytest.mark.parametrize("service", [*BOOKREC_SERVICES, "dask-worker"])
 def test_service_environment_is_read_by_settings(service):
     known = settings_env_names() | {"NUMBA_NUM_THREADS"}  # read by numba itself
     for name in SERVICES[service].get("environment", {}):
@@ -82,6 +86,10 @@ def test_service_environment_is_read_by_settings(service):
 def test_on_demand_services_carry_profiles():
     assert SERVICES["batch"]["profiles"] == ["batch"]
     assert SERVICES["optimizer"]["profiles"] == ["optimizer"]
+    for service in DASK_SERVICES:
+        assert SERVICES[service]["profiles"] == ["cluster"], service
+    # the tuner's shared study: with the optimizer alone, or with the cluster
+    assert sorted(SERVICES["postgres"]["profiles"]) == ["cluster", "optimizer"]
     # jupyter too: the spec's development mode starts it with plain `docker compose up -d`.
     for service in ("api", "frontend", "dragonfly", "jupyter"):
         assert "profiles" not in SERVICES[service]
@@ -110,6 +118,111 @@ def test_ports_and_health_checks_match_the_api():
     assert "3000:3000" in SERVICES["frontend"]["ports"]
     assert "listen 3000;" in NGINX
     assert "http://api:8000" in NGINX
+
+
+# --- the Dask cluster and the tuner's database -------------------------------------------------------
+
+
+def dask_help(command: list) -> str:
+    """`dask scheduler --help` / `dask worker --help`, from the dask the images install."""
+    result = subprocess.run([sys.executable, "-m", "dask", *command[1:2], "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def option_value(command: list, option: str) -> str:
+    assert option in command, f"{option} not in {command}"
+    return with_defaults(command[command.index(option) + 1])
+
+
+@pytest.mark.parametrize("service", DASK_SERVICES)
+def test_dask_services_run_the_batch_image_with_real_dask_commands(service):
+    spec = SERVICES[service]
+    # The workers unpickle the driver's tasks, so they import the very bookrec (and dask) of the batch.
+    assert spec["build"] == SERVICES["batch"]["build"]
+    assert spec["image"] == SERVICES["batch"]["image"]
+    command = [str(word) for word in spec["command"]]
+    assert command[0] == "dask"
+    pins = locked()
+    assert {"dask", "distributed"} <= set(pins), "the images need dask and distributed for `dask ...`"
+    assert pins["dask"][0] == pins["distributed"][0], "dask and distributed are released together"
+    usage = dask_help(command)
+    for option in [word for word in command if word.startswith("--")]:
+        assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", usage), f"{service}: {option} is not an option of dask"
+
+
+def test_scheduler_and_dashboard_ports_stay_on_the_compose_network():
+    scheduler = [str(word) for word in SERVICES["dask-scheduler"]["command"]]
+    assert scheduler[:2] == ["dask", "scheduler"]
+    assert option_value(scheduler, "--port") == "8786"
+    assert option_value(scheduler, "--dashboard-address") == ":8787"
+    health = " ".join(SERVICES["dask-scheduler"]["healthcheck"]["test"])
+    assert "8786" in health
+    # Pickled tasks: nothing of the cluster, nor the database, is published to the host.
+    for name in ("postgres", *DASK_SERVICES):
+        assert "ports" not in SERVICES[name], f"{name} publishes a port"
+    published = [str(port) for service in SERVICES.values() for port in service.get("ports", [])]
+    for port in ("8786", "8787", "5432"):
+        assert not [p for p in published if port in p], f"port {port} is published: {published}"
+
+
+def test_workers_join_the_scheduler_and_reach_the_store():
+    worker = SERVICES["dask-worker"]
+    command = [str(word) for word in worker["command"]]
+    assert command[:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+    assert "container_name" not in worker, "`--scale dask-worker=N` needs Compose to name the containers"
+    # one worker process per container, sized by variables
+    assert option_value(command, "--nworkers") == "1"
+    threads = option_value(command, "--nthreads")
+    assert int(threads) >= 1 and "${" in command[command.index("--nthreads") + 1]
+    from dask.utils import parse_bytes
+
+    limit = command[command.index("--memory-limit") + 1]
+    assert "${" in limit
+    dask_limit = parse_bytes(with_defaults(limit))
+    assert dask_limit >= 4 * 2**30, "at least 4 GB per worker (docs/DEPLOYMENT.md, More than one machine)"
+    # Dask's nanny acts at its limit, before the container's ceiling makes the kernel kill the worker.
+    assert megabytes(with_defaults(worker["mem_limit"])) * 2**20 > dask_limit
+    assert float(with_defaults(worker["cpus"])) == float(threads)
+    assert worker["depends_on"]["dragonfly"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["dask-scheduler"]["condition"] == "service_healthy"
+    # with a redis:// store each worker writes its shard into the pending version: the batch's store
+    assert worker["environment"]["REDIS_URL"] == SERVICES["batch"]["environment"]["REDIS_URL"]
+    assert "networks" not in worker and "networks" not in SERVICES["dragonfly"], "one network for all"
+
+
+def test_postgres_keeps_the_study_in_a_volume_behind_a_health_check():
+    postgres = SERVICES["postgres"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in postgres["volumes"]}
+    assert mounts.get("/var/lib/postgresql/data") in COMPOSE["volumes"]
+    health = " ".join(postgres["healthcheck"]["test"])
+    assert "pg_isready" in health
+    env = postgres["environment"]
+    assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:-[^}]+\}", env["POSTGRES_PASSWORD"]), "the password comes from .env"
+    assert env["POSTGRES_USER"] and env["POSTGRES_DB"]
+
+
+def test_batch_passes_the_scheduler_and_the_tuned_study():
+    env = SERVICES["batch"]["environment"]
+    # Empty unless set on the host: one process, and the local tuned file.
+    assert env["BOOKREC_DASK_SCHEDULER"] == "${BOOKREC_DASK_SCHEDULER:-}"
+    assert env["BOOKREC_TUNED_FROM"] == "${BOOKREC_TUNED_FROM:-}"
+    assert "BOOKREC_OPTUNA_STORAGE" in SERVICES["optimizer"]["environment"]
+
+
+def test_an_empty_tuned_from_means_the_local_tuned_file(tmp_path, monkeypatch):
+    """Compose passes BOOKREC_TUNED_FROM="" when it is not set: the batch must read its tuned file, not fail."""
+    from bookrec.batch.presets import resolve_parameters
+
+    tuned = tmp_path / "tuned-params.json"
+    tuned.write_text(json.dumps({"params": {"n_factors": 7}, "study": "bookrec"}))
+    monkeypatch.setenv("BOOKREC_TUNED_FROM", "")
+    monkeypatch.delenv("BOOKREC_N_FACTORS", raising=False)
+    settings = Settings(tuned_config_path=str(tuned))
+    assert settings.tuned_from == ""
+    resolved = resolve_parameters(settings, "development")
+    assert resolved.tuned["source"] == "file" and resolved.n_factors == 7
 
 
 def test_optimizer_config_is_shared_with_batch():
@@ -354,8 +467,10 @@ def test_images_are_pinned_to_exact_versions(image):
     name, _, tag = image.partition("@")[0].rpartition(":")
     assert name and "/" not in tag, f"{image} has no tag"
     assert tag != "latest"
-    # a full version: major.minor.patch (v1.23.2, 3.11.14-slim-bookworm, 1.27.5-alpine3.21)
-    assert re.match(r"v?\d+\.\d+\.\d+(?:-[a-z0-9.]+)*$", tag), f"{image} is not pinned to an exact version"
+    # a full version: major.minor.patch (v1.23.2, 3.11.14-slim-bookworm, 1.27.5-alpine3.21); PostgreSQL's
+    # releases have two numbers since version 10 (16.13-bookworm)
+    full = r"\d+\.\d+" if name == "postgres" else r"v?\d+\.\d+\.\d+"
+    assert re.match(rf"{full}(?:-[a-z0-9.]+)*$", tag), f"{image} is not pinned to an exact version"
 
 
 def test_frontend_is_unprivileged_nginx_on_a_high_port():
@@ -513,7 +628,7 @@ def test_every_service_has_memory_and_cpu_limits():
 
 def test_numba_threads_follow_the_cpu_limit():
     """numba sizes its pool by the host's cores, not the container's `cpus`: each numba service says."""
-    for name in ("api", "batch", "optimizer"):
+    for name in ("api", "batch", "optimizer", "dask-worker"):
         service = SERVICES[name]
         assert service["environment"]["NUMBA_NUM_THREADS"] == service["cpus"], name
         assert float(with_defaults(service["cpus"])).is_integer(), name

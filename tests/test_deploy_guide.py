@@ -104,8 +104,8 @@ def settings_env_names() -> set[str]:
 def test_guide_has_the_spec_sections():
     headings = re.findall(r"^##+ (.+)$", GUIDE, re.M)
     for wanted in ("Quick start", "Build the base image", "Tune the hyperparameters", "Train and publish",
-                   "Test the API", "Production mode", "Monitoring", "Scaling", "Resource requirements",
-                   "Troubleshooting"):
+                   "Test the API", "Production mode", "Monitoring", "Scaling", "More than one machine",
+                   "Resource requirements", "Troubleshooting"):
         assert any(wanted in h for h in headings), f"no section {wanted!r} in {headings}"
 
 
@@ -302,8 +302,12 @@ def test_bookrec_command_lines_parse(words):
                 f"{option} is not an option of `bookrec {' '.join(path)}`"
 
 
-def compose_invocations() -> list[tuple[dict[str, str], list[str]]]:
-    """(host environment assignments, words after `docker compose`) for every compose line."""
+# Options of `docker compose` itself (before the subcommand) that take a value.
+COMPOSE_GLOBAL_OPTIONS = {"--profile", "-f", "--file", "-p", "--project-name", "--env-file"}
+
+
+def compose_invocations() -> list[tuple[dict[str, str], list[str], list[str]]]:
+    """(host environment assignments, profiles given, words from the subcommand on) for every compose line."""
     found = []
     for line in bash_lines():
         words = shlex.split(line, comments=True)
@@ -311,18 +315,33 @@ def compose_invocations() -> list[tuple[dict[str, str], list[str]]]:
             continue
         start = words.index("docker")
         assignments = dict(w.split("=", 1) for w in words[:start] if "=" in w)
-        found.append((assignments, words[words.index("compose") + 1:]))
+        rest = words[words.index("compose") + 1:]
+        profiles = []
+        while rest and rest[0].startswith("-"):
+            assert rest[0] in COMPOSE_GLOBAL_OPTIONS, f"`{line}`: unknown docker compose option {rest[0]}"
+            if rest[0] == "--profile":
+                profiles.append(rest[1])
+            rest = rest[2:]
+        found.append((assignments, profiles, rest))
     return found
+
+
+def compose_profiles() -> set[str]:
+    return {profile for service in COMPOSE["services"].values() for profile in service.get("profiles", [])}
 
 
 def test_compose_lines_name_real_services_and_settings():
     services = set(COMPOSE["services"])
     known_env = settings_env_names()
     seen_run = set()
-    for assignments, words in compose_invocations():
+    seen_profiles = set()
+    for assignments, profiles, words in compose_invocations():
         # A variable set on the host only matters if docker-compose.yml interpolates it.
         for name in assignments:
             assert "${" + name in COMPOSE_TEXT, f"{name}=... has no effect: docker-compose.yml never reads ${{{name}}}"
+        for profile in profiles:
+            assert profile in compose_profiles(), f"no service carries the profile {profile!r}"
+        seen_profiles.update(profiles)
         verb = words[0]
         if verb in {"run", "exec", "logs", "restart", "ps", "up"}:
             rest = words[1:]
@@ -333,6 +352,10 @@ def test_compose_lines_name_real_services_and_settings():
                 if word in {"-v", "-e", "--scale"}:
                     if word == "-e":
                         assert rest[i + 1].split("=", 1)[0] in known_env, f"{rest[i + 1]} is not a setting"
+                    if word == "--scale":
+                        scaled = rest[i + 1].split("=", 1)[0]
+                        assert scaled in services, f"`--scale {rest[i + 1]}`: no service {scaled!r}"
+                        assert "container_name" not in COMPOSE["services"][scaled], f"{scaled} cannot be scaled"
                     i += 2
                     continue
                 if word.startswith("-"):
@@ -344,9 +367,58 @@ def test_compose_lines_name_real_services_and_settings():
                 i += 1
             for service in named:
                 assert service in services, f"`docker compose {' '.join(words)}`: no service {service!r}"
+                # `up` starts a service of a profile only when its profile is given (run targets it directly)
+                needed = COMPOSE["services"][service].get("profiles")
+                if verb == "up" and needed:
+                    assert set(needed) & set(profiles), f"`docker compose {' '.join(words)}`: {service} needs " \
+                                                        f"--profile {needed[0]}"
             if verb == "run":
                 seen_run.add(named[0])
     assert {"batch", "optimizer"} <= seen_run
+    assert "cluster" in seen_profiles
+
+
+def test_variables_the_guide_writes_to_env_are_read_by_compose():
+    """`echo "NAME=..." >> .env` only matters if docker-compose.yml interpolates ${NAME}."""
+    written = []
+    for line in bash_lines():
+        match = re.match(r"""echo ["']?([A-Z][A-Z0-9_]*)=.*>> \.env$""", line)
+        if match:
+            written.append(match.group(1))
+    assert {"DRAGONFLY_PASSWORD", "POSTGRES_PASSWORD", "BOOKREC_OPTUNA_STORAGE", "BOOKREC_TUNED_FROM"} <= set(written)
+    for name in written:
+        assert "${" + name in COMPOSE_TEXT, f"the guide writes {name} to .env, which docker-compose.yml never reads"
+
+
+def guide_section(title: str) -> str:
+    start = GUIDE.index(f"\n## {title}\n")
+    end = GUIDE.find("\n## ", start + 1)
+    return GUIDE[start:end if end > 0 else None]
+
+
+def test_cluster_section_names_real_variables_addresses_and_credentials():
+    section = guide_section("More than one machine")
+    # Every variable it names is a setting or a value docker-compose.yml interpolates.
+    names = set(re.findall(r"`([A-Z][A-Z0-9_]{2,})`", section))
+    assert {"BOOKREC_DASK_SCHEDULER", "BOOKREC_N_CHAINS", "DASK_WORKER_THREADS", "DASK_WORKER_MEMORY"} <= names
+    for name in names:
+        assert name in settings_env_names() or "${" + name in COMPOSE_TEXT, f"{name} is neither a setting nor in Compose"
+    services = COMPOSE["services"]
+    # The scheduler address the guide gives the batch is the Compose scheduler's.
+    port = services["dask-scheduler"]["command"][services["dask-scheduler"]["command"].index("--port") + 1]
+    for host, found in re.findall(r"tcp://([\w.-]+):(\d+)", section):
+        assert found == str(port), f"tcp://{host}:{found}: the scheduler listens on {port}"
+        assert host in {"HOST", "dask-scheduler"} and (host != "dask-scheduler" or host in services)
+    assert f"tcp://dask-scheduler:{port}" in " ".join(map(str, services["dask-worker"]["command"]))
+    # The study's URL for the Compose database has that database's user and name.
+    env = services["postgres"]["environment"]
+    urls = re.findall(r"postgresql://([^:@\s]+):[^@\s]*@postgres:5432/([\w-]+)", section)
+    assert urls
+    for user, database in urls:
+        assert (user, database) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
+    # The worker's size the guide states is the one docker-compose.yml sets.
+    assert "--memory-limit`, default `6GiB`" in section and "${DASK_WORKER_MEMORY:-6GiB}" in COMPOSE_TEXT
+    assert "default `6800m`" in section and "${DASK_WORKER_MEM_LIMIT:-6800m}" in COMPOSE_TEXT
 
 
 # --- the messages the guide quotes ---------------------------------------------------------------

@@ -105,6 +105,9 @@ class Settings(ModelOverrides):
         200, ge=1, description="Tier 4: a country / age-band segment gets its own list from this many explicit ratings"
     )
     batch_chunk_users: int = Field(2048, ge=64, description="Readers scored per chunk in the batch (memory vs speed)")
+    dask_scheduler: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:8786) the batch runs on; unset or empty = one process"
+    )
 
     # --- relevance and the default ranking (for_you) -------------------------------------
     relevance_l2: float | None = Field(

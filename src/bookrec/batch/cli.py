@@ -39,6 +39,11 @@ def batch(
     study: str = typer.Option(
         None, "--study", help="Study of --tuned-from (default: BOOKREC_TUNED_STUDY, else BOOKREC_OPTUNA_STUDY)"
     ),
+    scheduler: str = typer.Option(
+        None, "--scheduler",
+        help="Run the chains and the precompute on the Dask cluster of this scheduler, tcp://HOST:PORT "
+        "(default: BOOKREC_DASK_SCHEDULER; unset = one process)",
+    ),
 ) -> None:
     """Train, evaluate and publish recommendations for every reader, atomically.
 
@@ -46,6 +51,8 @@ def batch(
     in its study with --tuned-from, else the tuner's file BOOKREC_TUNED_CONFIG_PATH when it
     exists), then explicit BOOKREC_* variables (BOOKREC_N_FACTORS, BOOKREC_N_SAMPLES,
     BOOKREC_BURN_IN, BOOKREC_THIN, BOOKREC_N_CHAINS, BOOKREC_MAX_KEPT_SAMPLES, BOOKREC_TOP_N, ...).
+    With --scheduler the chains and the precompute run on that Dask cluster, with the same
+    result (docs/DEPLOYMENT.md, "More than one machine").
     A failed run leaves the previously published version serving. With BOOKREC_METRICS_TEXTFILE
     set, the outcome and duration are written there for node_exporter's textfile collector.
     """
@@ -76,7 +83,7 @@ def batch(
             fail(str(exc), code=code, prefix="batch failed:")
         try:
             report = run_batch(settings, data_dir=data, store_url=store, preset=preset.value if preset else None,
-                               show_progress=not (quiet or as_json), force=force)
+                               show_progress=not (quiet or as_json), force=force, scheduler=scheduler)
         except StoreError as exc:
             fail(str(exc), code=code, prefix="batch failed:")
         except (PresetError, DatasetError) as exc:

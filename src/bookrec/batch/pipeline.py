@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from scipy.special import ndtr
 
 from bookrec.batch.catalog import WorkCatalog, build_catalog_and_interactions
+from bookrec.batch.cluster import SINGLE_PROCESS, DaskEngine, ShardResult, ShardShared, trimmed_encoder
 from bookrec.batch.evaluation import evaluate_ranking
 from bookrec.batch.gate import GateVerdict, PublishRefused, converged_check, nll_check, recall_check
 from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parquet, segment_reason
@@ -103,6 +104,7 @@ class BatchContext:
     relevance: Any = None  # bookrec.model.relevance.ItemRelevance, fitted on every interaction
     serving: dict | None = None
     tiers: dict[str, np.ndarray] = field(default_factory=dict)  # tier -> user indices
+    engine: dict = field(default_factory=lambda: dict(SINGLE_PROCESS))  # what the meta says ran the batch
 
     @property
     def in_model(self) -> np.ndarray:
@@ -130,6 +132,7 @@ class BatchReport:
     stage_seconds: dict[str, float]
     meta: dict
     bytes_recommendations: int = 0
+    engine: dict = field(default_factory=dict)
     tier_seconds: dict[str, float] = field(default_factory=dict)
     stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
     tier_cpu_seconds: dict[str, float] = field(default_factory=dict)
@@ -157,7 +160,7 @@ def prepare(dataset, settings: Settings, params: ResolvedParameters) -> BatchCon
     return BatchContext(settings, params, dataset, catalog, interactions, training, rating_model, core_works, core_users)
 
 
-def train(ctx: BatchContext, show_progress: bool = True) -> None:
+def train(ctx: BatchContext, show_progress: bool = True, map_chains=None) -> None:
     from bookrec.model import BPMF
 
     s = ctx.settings
@@ -170,7 +173,7 @@ def train(ctx: BatchContext, show_progress: bool = True) -> None:
     # The validation split only monitors the run (running RMSE / coverage); it never steers it.
     eval_set = (vu, vi, vr) if len(vr) else None
     model.fit(tu, ti, tr, n_users=ctx.training.n_users, n_items=ctx.training.n_items, eval_set=eval_set,
-              eval_every=max(10, ctx.params.n_samples // 10))
+              eval_every=max(10, ctx.params.n_samples // 10), map_chains=map_chains)
     ctx.model = model
     arrays = dict(model.serving_arrays())
     arrays["item_keys"] = np.asarray(ctx.training.items.values, dtype=str)
@@ -320,6 +323,7 @@ class Tier:
     serves: Callable[[BatchContext], np.ndarray]  # a mask over every reader
     recommend: Callable[[BatchContext, ForYouRanker, np.ndarray, Callable[[int], None]], Any]  # (ctx, ranker, readers, advance)
     encode: Callable[[BatchContext, PayloadEncoder, np.ndarray, Any], Iterator[tuple[int, bytes]]]  # -> (user id, payload)
+    ranked: bool = True  # ranked chunk by chunk (CHUNK_INPUTS): a cluster runs its chunks as shards
 
 
 def _serves_core_readers(ctx: BatchContext) -> np.ndarray:
@@ -372,14 +376,21 @@ def _relevance_only(ctx: BatchContext, rows: np.ndarray, start: int) -> dict:
     return {}
 
 
-def _rank_in_chunks(name: str, chunk_inputs: Callable[[BatchContext, np.ndarray, int], dict], ctx: BatchContext,
-                    rank: ForYouRanker, readers: np.ndarray, advance: Callable[[int], None]) -> ForYouBlock:
-    """The for-you ranking of ``readers``, in chunks of ``batch_chunk_users`` (they bound memory)."""
+def _chunks(ctx: BatchContext, name: str, readers: np.ndarray) -> Iterator[tuple[np.ndarray, dict]]:
+    """A ranked tier's readers in chunks of ``batch_chunk_users`` (they bound memory), with the
+    inputs each chunk needs; a cluster's shards are these same chunks."""
     size = ctx.settings.batch_chunk_users
-    parts = []
     for start in range(0, len(readers), size):
         rows = readers[start:start + size]
-        parts.append(rank.rank(rows, name, **chunk_inputs(ctx, rows, start)))
+        yield rows, CHUNK_INPUTS[name](ctx, rows, start)
+
+
+def _rank_in_chunks(name: str, ctx: BatchContext, rank: ForYouRanker, readers: np.ndarray,
+                    advance: Callable[[int], None]) -> ForYouBlock:
+    """The for-you ranking of ``readers``, chunk by chunk."""
+    parts = []
+    for rows, inputs in _chunks(ctx, name, readers):
+        parts.append(rank.rank(rows, name, **inputs))
         advance(len(rows))
     return ForYouBlock.concat(readers, parts, ctx.params.top_n)
 
@@ -417,15 +428,17 @@ def _encode_popular(ctx: BatchContext, encoder: PayloadEncoder, readers: np.ndar
         yield uid, encoder.reader(uid, "popular", encoded[which])
 
 
+# What a chunk of each ranked tier's readers needs besides the ranker.
+CHUNK_INPUTS: dict[str, Callable[[BatchContext, np.ndarray, int], dict]] = {
+    "personal": _personal_draws, "folded_in": _explicit_ratings, "similar_reading": _relevance_only,
+}
+
 # The tiers, best rating model first (the module docstring says who each one serves).
 TIER_REGISTRY: tuple[Tier, ...] = (
-    Tier("personal", _serves_core_readers,
-         partial(_rank_in_chunks, "personal", _personal_draws), partial(_encode_ranked, "personal")),
-    Tier("folded_in", _serves_raters_of_model_works,
-         partial(_rank_in_chunks, "folded_in", _explicit_ratings), partial(_encode_ranked, "folded_in")),
-    Tier("similar_reading", _serves_readers_with_usable_history,
-         partial(_rank_in_chunks, "similar_reading", _relevance_only), partial(_encode_ranked, "similar_reading")),
-    Tier("popular", _serves_everyone, _popular_by_segment, _encode_popular),
+    *(Tier(name, serves, partial(_rank_in_chunks, name), partial(_encode_ranked, name))
+      for name, serves in (("personal", _serves_core_readers), ("folded_in", _serves_raters_of_model_works),
+                           ("similar_reading", _serves_readers_with_usable_history))),
+    Tier("popular", _serves_everyone, _popular_by_segment, _encode_popular, ranked=False),
 )
 TIERS = tuple(tier.name for tier in TIER_REGISTRY)
 
@@ -540,6 +553,7 @@ def build_meta(ctx: BatchContext, evaluation: dict, coverage: dict, stage_second
         "rating_model": {"global_mean": ctx.rating_model.global_mean, "sigma2": ctx.rating_model.sigma2,
                          "tau2_book": ctx.rating_model.tau2, "tau2_reader": ctx.rating_model.tau2_user},
         "catalog_format": "parquet",
+        "engine": ctx.engine,
     })
 
 
@@ -647,9 +661,12 @@ def run_batch(
     show_progress: bool = True,
     keep_context: bool = False,
     force: bool = False,
+    scheduler: str | None = None,
 ) -> BatchReport:
     """Train, evaluate, precompute for every reader and publish one new version. The publish gate
-    (:mod:`bookrec.batch.gate`) raises PublishRefused before the precompute unless ``force``."""
+    (:mod:`bookrec.batch.gate`) raises PublishRefused before the precompute unless ``force``.
+    ``scheduler`` (else ``settings.dask_scheduler``): a Dask scheduler's address; the chains and
+    the precompute then run on its workers (:mod:`bookrec.batch.cluster`), with the same result."""
     from bookrec.data.io import load_dataset
     from bookrec.logging import console as bookrec_console
 
@@ -661,22 +678,26 @@ def run_batch(
     with timer.stage("load"):
         if dataset is None:
             dataset = load_dataset(Path(data_dir or settings.data_dir), with_truth=False)  # synthetic truth: tests only
-    ctx = _fit_models(dataset, settings, params, timer, console, show_progress)
-    evaluation = _evaluate_and_gate(ctx, previous_meta, force, timer)
-    coverage = {name: int(len(readers)) for name, readers in assign_tiers(ctx).items()}
-    progress = _progress(show_progress)
-    with progress:
-        with timer.stage("precompute"):
-            pre = precompute(ctx, progress)
-        published = _publish_version(ctx, pre, evaluation, coverage, timer, store_url, progress)
-    timer.seconds["encode (within publish)"] = published.payloads.seconds
-    timer.cpu_seconds["encode (within publish)"] = published.payloads.seconds  # single-threaded: wall ~ CPU
+    with _engine(scheduler or settings.dask_scheduler) as engine:
+        ctx = _fit_models(dataset, settings, params, timer, console, show_progress, engine)
+        evaluation = _evaluate_and_gate(ctx, previous_meta, force, timer)
+        coverage = {name: int(len(readers)) for name, readers in assign_tiers(ctx).items()}
+        progress = _progress(show_progress)
+        with progress:
+            if engine is None:
+                with timer.stage("precompute"):
+                    pre = precompute(ctx, progress)
+                published = _publish_version(ctx, pre, evaluation, coverage, timer, store_url, progress)
+                timer.seconds["encode (within publish)"] = published.payloads.seconds
+                timer.cpu_seconds["encode (within publish)"] = published.payloads.seconds  # single-threaded
+            else:
+                pre, published = _publish_on_cluster(ctx, evaluation, coverage, timer, store_url, progress, engine)
     report = BatchReport(
         version=published.version, preset=params.preset, parameters=params.as_dict(), coverage_by_tier=coverage,
         n_users=ctx.interactions.n_users, users_published=int(published.stats.get("users", 0)),
         stage_seconds=dict(timer.seconds), meta=published.meta, bytes_recommendations=published.payloads.n_bytes,
         tier_seconds=dict(pre.seconds), publish_stats=published.stats, stage_cpu_seconds=dict(timer.cpu_seconds),
-        tier_cpu_seconds=dict(pre.cpu_seconds),
+        tier_cpu_seconds=dict(pre.cpu_seconds), engine=dict(ctx.engine),
         context=ctx if keep_context else None, precomputed=pre if keep_context else None,
     )
     if show_progress:
@@ -685,17 +706,22 @@ def run_batch(
 
 
 def _fit_models(dataset, settings: Settings, params: ResolvedParameters, timer: Timer, console,
-                show_progress: bool) -> BatchContext:
-    """Prepare the data, train the rating model and fit the relevance model."""
+                show_progress: bool, engine: DaskEngine | None = None) -> BatchContext:
+    """Prepare the data, train the rating model (its chains on the engine's workers) and fit the relevance model."""
     with timer.stage("prepare"):
         ctx = prepare(dataset, settings, params)
+    if engine is not None:
+        ctx.engine = engine.record.as_meta()
+        console.print(f"Dask cluster {engine.record.scheduler}: {engine.record.workers} workers, "
+                      f"{engine.record.threads} threads")
     sizes = ctx.training.sizes()
     console.print(
         f"core: {sizes['core_users']:,} readers x {sizes['core_books']:,} works; "
         f"train {sizes['train']:,} / validation {sizes['validation']:,} / test {sizes['test']:,} ratings"
     )
     with timer.stage("train"):
-        train(ctx, show_progress=show_progress)
+        train(ctx, show_progress=show_progress, map_chains=engine.map_chains if engine is not None else None)
+    _note_memory(engine, "train")
     diag = ctx.model.diagnostics_
     console.print(
         f"trained in {ctx.model.fit_seconds_:.1f} s; max R-hat {diag.get('max_rhat', float('nan')):.3f}, "
@@ -750,6 +776,16 @@ class CountedPayloads:
         self.progress.update(task, completed=done)
 
 
+def _static_blobs(ctx: BatchContext, encoder: PayloadEncoder) -> dict[str, bytes]:
+    """Every blob but the meta."""
+    return {
+        "catalog": catalog_parquet(ctx.catalog, ctx.in_model),
+        "serving_model": ServingModel(**ctx.serving).to_npz(),
+        "popular": popular_blob(ctx, encoder),
+        "relevance": relevance_blob(ctx),
+    }
+
+
 @dataclass
 class Published:
     version: str
@@ -773,17 +809,78 @@ def _publish_version(ctx: BatchContext, pre: Precomputed, evaluation: dict, cove
         meta.update(build_meta(ctx, evaluation, coverage, dict(timer.seconds), version, pre.seconds))
         return orjson.dumps(meta)
 
-    blobs = {
-        "catalog": catalog_parquet(ctx.catalog, in_model),
-        "serving_model": ServingModel(**ctx.serving).to_npz(),
-        "popular": popular_blob(ctx, encoder),
-        "relevance": relevance_blob(ctx),
-        "meta": meta_blob,
-    }
+    blobs = {**_static_blobs(ctx, encoder), "meta": meta_blob}
     with open_store_from_settings(ctx.settings, store_url) as store:
         with timer.stage("publish"):
             version, stats = publish(store, iter(payloads), book_payloads(ctx.catalog, in_model), blobs)
     return Published(version, stats, meta, payloads)
+
+
+@contextmanager
+def _engine(address: str | None) -> Iterator[DaskEngine | None]:
+    """The Dask cluster at ``address``, or None (one process: no Dask startup cost)."""
+    if not address:
+        yield None
+        return
+    try:
+        engine = DaskEngine(address)
+    except (OSError, RuntimeError) as exc:  # distributed raises OSError (a TimeoutError) when none answers
+        raise BatchError(f"cannot use the Dask scheduler {address}: {exc}") from exc
+    with engine:
+        yield engine
+
+
+def _note_memory(engine: DaskEngine | None, stage: str) -> None:
+    if engine is not None:
+        engine.note_peak_memory(stage)
+
+
+def ranked_shards(ctx: BatchContext) -> Iterator[tuple[str, np.ndarray, dict]]:
+    """(tier, readers, inputs) of every chunk of every ranked tier, in single-process order."""
+    for tier in TIER_REGISTRY:
+        if tier.ranked:
+            for rows, inputs in _chunks(ctx, tier.name, ctx.tiers[tier.name]):
+                yield tier.name, rows, inputs
+
+
+def _publish_on_cluster(ctx: BatchContext, evaluation: dict, coverage: dict, timer: Timer, store_url: str | None,
+                        progress, engine: DaskEngine) -> tuple[Precomputed, Published]:
+    """The precompute and publish with the ranked tiers' chunks as shard tasks. A store that takes
+    shards (Redis) gets them from the workers under the pending version; otherwise (SQLite) they
+    come back here into the one transaction. The pointer flips once, after every shard succeeded."""
+    from bookrec.store import open_store_from_settings
+
+    encoder = PayloadEncoder(ctx.catalog)
+    rank = ranker(ctx)
+    shared = ShardShared(rank, trimmed_encoder(encoder), ctx.interactions.users.values, ctx.settings, store_url)
+    n_ranked = sum(len(ctx.tiers[t.name]) for t in TIER_REGISTRY if t.ranked)
+    advance = _progress_task(progress, "precompute: shards", n_ranked)
+    written = {"users": 0}
+    with open_store_from_settings(ctx.settings, store_url) as store, store.begin_publish() as pub:
+
+        def on_done(result: ShardResult) -> None:
+            if result.payloads is not None:
+                pub.put_recommendations(result.payloads)
+            else:
+                pub.add_shard_stats(result.written)
+            written["users"] += result.users
+            advance(result.users)
+
+        with timer.stage("precompute"):
+            engine.run_shards(shared, ranked_shards(ctx), pub.version if store.takes_shards else None, on_done)
+        _note_memory(engine, "precompute")
+        with timer.stage("publish"):
+            popular = ctx.tiers["popular"]
+            lists = _popular_by_segment(ctx, rank, popular, lambda done: None)
+            written["users"] += pub.put_recommendations(_encode_popular(ctx, encoder, popular, lists))
+            pub.put_books(book_payloads(ctx.catalog, ctx.in_model))
+            ctx.engine = engine.record.as_meta()
+            meta = build_meta(ctx, evaluation, coverage, dict(timer.seconds), pub.version, dict(engine.record.shard_seconds))
+            for name, data in {**_static_blobs(ctx, encoder), "meta": orjson.dumps(meta)}.items():
+                pub.put_blob(name, data)
+    stats = {**pub.stats, "users": max(int(pub.stats.get("users") or 0), written["users"])}
+    pre = Precomputed(dict(ctx.tiers), {}, dict(engine.record.shard_seconds), dict(engine.record.shard_seconds))
+    return pre, Published(pub.version, stats, meta, CountedPayloads(iter(()), progress, 0))
 
 
 def summary_table(report: BatchReport):

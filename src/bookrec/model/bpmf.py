@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 from bookrec.contracts.params import MODEL_PARAMS, check_params, default
 from bookrec.model import kernels, metrics
 from bookrec.model.params import ParamsMixin
+from bookrec.model.chains import ChainPlan, ChainRun, chain_count_check, chain_summary, kept_draw, run_chain
 from bookrec.model.sampler import Chain, Priors, RatingMatrix
 from bookrec.model.similar import similar_items, unit_factors
 
@@ -22,20 +23,6 @@ RANK_MODES = {"mean": 0, "lower": 1, "sample": 2}
 # convergence rule. The last four see the directions predictions cannot: the balance between the
 # scales of U and V, and the factor precisions.
 TRACED = ("alpha", "mu", "train_rmse", "log_norm_U", "log_norm_V", "log_det_Lambda_U", "log_det_Lambda_V")
-
-
-def chain_summary(chain: Chain) -> dict[str, float]:
-    """The traced quantities of a chain's current state. ||U|| is the Frobenius norm of the factors,
-    read off the tracked side moments (the trace of the factor block of X^T X): no pass over the rows."""
-    st = chain.state
-    k = chain.k
-    out = {"alpha": st.alpha, "mu": st.mu, "train_rmse": st.train_rmse}
-    for side, label in (("users", "U"), ("items", "V")):
-        _, _, gram = chain.moments[side]
-        out[f"log_norm_{label}"] = 0.5 * math.log(max(float(np.trace(gram[:k, :k])), 1e-300))
-    out["log_det_Lambda_U"] = float(np.linalg.slogdet(st.lambda_user)[1])
-    out["log_det_Lambda_V"] = float(np.linalg.slogdet(st.lambda_item)[1])
-    return out
 
 
 def _as_index(name: str, values) -> np.ndarray:
@@ -131,10 +118,15 @@ class BPMF(ParamsMixin):
 
     # ------------------------------------------------------------------------------ fit
     def fit(self, user_idx, item_idx, ratings, n_users=None, n_items=None, eval_set=None,
-            callback: Callable[[int, dict], None] | None = None, eval_every: int = 10) -> BPMF:
+            callback: Callable[[int, dict], None] | None = None, eval_every: int = 10,
+            map_chains: Callable[[Callable, ChainPlan, list[int]], Iterable[ChainRun]] | None = None) -> BPMF:
         """Run the chains. ``eval_set=(u, i, r)``: every ``eval_every`` post-burn-in sweeps the running
         posterior-predictive metrics on it are computed and passed to ``callback(step, metrics)``;
-        an exception raised by the callback propagates (and aborts the fit)."""
+        an exception raised by the callback propagates (and aborts the fit).
+
+        ``map_chains(run_chain, plan, chain_numbers)``, when given, runs each chain on its own
+        (a cluster's tasks, say) and returns their :class:`~bookrec.model.chains.ChainRun`; the
+        fitted model is the same as the lock-step fit's. The callback then runs after the chains."""
         self._check_params()
         started = time.perf_counter()
         u, i, r, n_users, n_items = self._fit_inputs(user_idx, item_idx, ratings, n_users, n_items, eval_every)
@@ -142,19 +134,60 @@ class BPMF(ParamsMixin):
         seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
         aux_rng = np.random.default_rng(seqs[-1])
         data = RatingMatrix.build(u, i, r, n_users, n_items)
-        chains = [Chain(data, self.n_factors, self._priors(float(r.mean())), seq, balance_move=self.balance_move,
-                        shear_move=self.shear_move)
-                  for seq in seqs[:-1]]
-        for chain in chains:
-            chain.initialise(self.warm_start)
+        priors = self._priors(float(r.mean()))
         rec = _Recording(self, aux_rng, u, i)
         self._allocate(rec.n_kept, n_users, n_items, self.n_factors)
         rec.eval_set = _fit_eval_set(eval_set, n_users, n_items, rec.n_kept)
         self.eval_history_ = []
-        mode = self._resolved_chain_mode()
-        self._sample(chains, mode, rec, eval_every, callback)
+        if map_chains is None:
+            chains = [Chain(data, self.n_factors, priors, seq, balance_move=self.balance_move,
+                            shear_move=self.shear_move) for seq in seqs[:-1]]
+            for chain in chains:
+                chain.initialise(self.warm_start)
+            mode = self._resolved_chain_mode()
+            self._sample(chains, mode, rec, eval_every, callback)
+        else:
+            mode = "tasks"
+            plan = self._plan(data, priors, tuple(seqs[:-1]), rec, eval_every)
+            self._assemble(list(map_chains(run_chain, plan, list(range(self.n_chains)))), rec, eval_every, callback)
         self._finish_fit(rec, mode, n_users, n_items, int(r.size), started)
         return self
+
+    def _plan(self, data: RatingMatrix, priors: Priors, seeds: tuple, rec: _Recording, eval_every: int) -> ChainPlan:
+        ev = rec.eval_set
+        return ChainPlan(
+            data, priors, seeds, self.n_factors, self.burn_in, self.n_samples, rec.step, rec.kept_per_chain,
+            self.warm_start, self.balance_move, self.shear_move, rec.tracked_u, rec.tracked_i,
+            None if ev is None else ev[0], None if ev is None else ev[1], eval_every,
+        )
+
+    def _assemble(self, runs: list[ChainRun], rec: _Recording, eval_every: int,
+                  callback: Callable[[int, dict], None] | None) -> None:
+        """Each chain's run in the places the lock-step fit fills: kept draw s = j * n_chains + chain."""
+        chain_count_check(runs, self.n_chains)
+        n_c = self.n_chains
+        ev = rec.eval_set
+        for run in runs:
+            c = run.chain_no
+            for name, values in run.traces.items():
+                rec.traces[name][c] = values
+            rec.tracked_traces[c] = run.tracked
+            kept = slice(c, rec.n_kept, n_c)
+            for name, values in run.kept.items():
+                getattr(self, f"{name}_")[kept] = values
+            self.sample_chain_[kept] = c
+            if ev is not None:
+                ev[3][kept] = run.eval_predictions
+        rec.kept = rec.n_kept
+        if ev is None:
+            return
+        runs = sorted(runs, key=lambda run: run.chain_no)
+        for step in range(eval_every, self.n_samples + 1, eval_every):
+            kept_so_far = n_c * min(step // rec.step, rec.kept_per_chain)
+            m = self._running_eval(ev, kept_so_far, lambda at=step: [run.early_eval[at] for run in runs])
+            self.eval_history_.append({"step": step, **m})
+            if callback is not None:
+                callback(step, m)
 
     def _fit_inputs(self, user_idx, item_idx, ratings, n_users, n_items, eval_every: int):
         """The training triples as arrays, and the matrix size, checked."""
@@ -220,7 +253,8 @@ class BPMF(ParamsMixin):
                     ev[3][rec.kept] = chain.predict_pairs(ev[0], ev[1])
                 rec.kept += 1
         if ev is not None and (d + 1) % eval_every == 0:
-            m = self._running_eval(ev, rec.kept, chains)
+            m = self._running_eval(ev, rec.kept, lambda: [(ch.predict_pairs(ev[0], ev[1]), ch.state.alpha)
+                                                          for ch in chains])
             self.eval_history_.append({"step": d + 1, **m})
             if callback is not None:
                 callback(d + 1, m)
@@ -268,23 +302,21 @@ class BPMF(ParamsMixin):
         self.sample_chain_ = np.empty(n_kept, np.int16)
 
     def _store(self, s: int, chain_no: int, chain: Chain) -> None:
-        st = chain.state
-        k = self.n_factors
-        self.mu_[s], self.alpha_[s] = st.mu, st.alpha
-        self.user_factors_[s], self.user_bias_[s] = st.users[:, :k], st.users[:, k]
-        self.item_factors_[s], self.item_bias_[s] = st.items[:, :k], st.items[:, k]
-        self.mu_user_[s], self.lambda_user_[s], self.tau_user_bias_[s] = st.mu_user, st.lambda_user, st.tau_user_bias
-        self.mu_item_[s], self.lambda_item_[s], self.tau_item_bias_[s] = st.mu_item, st.lambda_item, st.tau_item_bias
+        for name, value in kept_draw(chain).items():
+            getattr(self, f"{name}_")[s] = value
         self.sample_chain_[s] = chain_no
 
-    def _running_eval(self, ev, kept: int, chains: list[Chain]) -> dict:
-        eu, ei, er, preds = ev
+    def _running_eval(self, ev, kept: int, current: Callable[[], list[tuple[np.ndarray, float]]]) -> dict:
+        """The running metrics on the eval set from the first ``kept`` kept draws; before the first
+        one, from each chain's ``current()`` (predictions, alpha)."""
+        _, _, er, preds = ev
         if kept:
             means = preds[:kept].T
             sds = 1.0 / np.sqrt(self.alpha_[:kept].astype(np.float64))
-        else:  # before the first kept draw: the chains' current states
-            means = np.stack([ch.predict_pairs(eu, ei) for ch in chains], axis=1)
-            sds = np.array([1.0 / math.sqrt(ch.state.alpha) for ch in chains])
+        else:
+            states = current()
+            means = np.stack([p for p, _ in states], axis=1)
+            sds = np.array([1.0 / math.sqrt(a) for _, a in states])
         means, sds = metrics._as_2d(means, sds)
         lo, hi = self.rating_range
         point = np.clip(means.mean(axis=1), lo, hi)

@@ -182,6 +182,11 @@ class Publisher(ABC):
         self.stats["bytes"] += len(payload)
         return payload
 
+    def add_shard_stats(self, stats: dict[str, Any]) -> None:
+        """Count the bytes a shard writer of this version wrote (the version's info records them)."""
+        for key in ("bytes", "raw_bytes"):
+            self.stats[key] += int(stats.get(key, 0))
+
     def _count_blob(self, data: bytes) -> None:
         self.stats["bytes"] += len(data)
         self.stats["raw_bytes"] += len(data)
@@ -237,6 +242,17 @@ class Store(ABC):
 
     @abstractmethod
     def _start_publish(self) -> Publisher: ...
+
+    def write_shard(self, version: str, items: Iterable[tuple[int, bytes]]) -> dict[str, Any]:
+        """Write recommendations into ``version`` while another process publishes it; returns the
+        counts (users, bytes, raw_bytes) for that publisher's ``add_shard_stats``. Redis only: a
+        SQLite publish is one transaction of one process, so shards go through that process."""
+        raise StoreError(f"the {self.backend} store takes shards only through the publishing process")
+
+    @property
+    def takes_shards(self) -> bool:
+        """Whether other processes can write shards of a pending version (``write_shard``)."""
+        return type(self).write_shard is not Store.write_shard
 
     # --- reads ---------------------------------------------------------------------------
     @abstractmethod

@@ -447,6 +447,43 @@ class RedisPublisher(Publisher):
             self._release_lease()
 
 
+class RedisShardWriter(RedisPublisher):
+    """Writes one shard of recommendations into a version another process is publishing (a batch
+    on a cluster: each worker writes its shard, the driver holds the lease and flips once). It
+    writes only while that version is pending, and a rewritten shard writes the same keys."""
+
+    def __init__(self, store: "RedisStore", version: str) -> None:
+        Publisher.__init__(self, version, compress=store.compress)
+        self._store = store
+        self._client = store.client
+        self._keys = store.keys
+        self._parts = []
+        self._commands = 0
+        self._buffered_items = 0
+        self._buffered_bytes = 0
+        self._check_lease()
+
+    def _check_lease(self) -> None:
+        with redis_errors(f"checking that version {self.version} is being published"):
+            pending = self._client.zscore(self._keys.pending, self.version) is not None
+        if not pending:
+            raise StoreError(f"version {self.version} is not being published (finished or discarded); shard not written")
+
+    def put_books(self, items: Iterable[tuple[str, bytes]]) -> int:
+        raise StoreError("a shard writer writes recommendations only; the publishing process writes books")
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        raise StoreError("a shard writer writes recommendations only; the publishing process writes blobs")
+
+    def _commit(self) -> None:
+        self._flush(force=True)
+        self._closed = True
+
+    def _abort(self) -> None:  # the publishing process discards the whole version
+        self._closed = True
+        self._parts, self._commands = [], 0
+
+
 class RedisStore(Store):
     backend = "redis"
 
@@ -476,6 +513,12 @@ class RedisStore(Store):
 
     def _start_publish(self) -> Publisher:
         return RedisPublisher(self)
+
+    def write_shard(self, version: str, items: Iterable[tuple[int, bytes]]) -> dict[str, Any]:
+        writer = RedisShardWriter(self, version)
+        users = writer.put_recommendations(items)
+        writer._check_lease()  # discarded meanwhile: the caller must know its shard is gone
+        return {"users": users, "bytes": writer.stats["bytes"], "raw_bytes": writer.stats["raw_bytes"]}
 
     def _resolve(self, version: str | None) -> str | None:
         return version if version is not None else self.current_version()

@@ -23,6 +23,7 @@ builds the parallel and serial twins; ``arrays`` holds the named tuples kernels 
 
 from bookrec.model.kernels.arrays import Csr, Exclusions, FoldInModel, PriorForms, RowGroups, StoredSamples
 from bookrec.model.kernels.block import sample_block_par, sample_block_ser
+from bookrec.model.kernels.compile import kernel_threads
 from bookrec.model.kernels.foldin import fold_readers, fold_top_components, known_top_components, pair_components
 from bookrec.model.kernels.hyper import (
     block_prior_forms,
@@ -61,6 +62,7 @@ from bookrec.model.kernels.ranking import recommend_block
 from bookrec.model.kernels.topn import top_n, top_n_csr, top_n_rows
 
 __all__ = [
+    "kernel_threads",
     "LANES", "ZIG_R", "Csr", "Exclusions", "FoldInModel", "PriorForms", "RowGroups", "StoredSamples", "affine_move",
     "affine_rows_full_par", "affine_rows_full_ser", "affine_rows_par", "affine_rows_ser", "balance_scales",
     "block_prior_forms", "few_rating_groups", "fill_normals", "fold_readers", "fold_top_components", "gig_draw",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from numba import njit
 
@@ -19,3 +21,17 @@ def twin(func, parallel: bool, **options):
     copy.__qualname__ = name
     copy.__doc__ = func.__doc__
     return njit(parallel=parallel, cache=True, **options)(copy)
+
+
+@contextmanager
+def kernel_threads(n: int) -> Iterator[None]:
+    """The parallel kernels run on at most ``n`` threads in this thread meanwhile: a process that
+    shares the machine's cores with others (a cluster worker) must not spin on all of them."""
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)

@@ -1,0 +1,243 @@
+"""The batch on a Dask cluster: ``bookrec batch --scheduler tcp://HOST:PORT`` (BOOKREC_DASK_SCHEDULER).
+
+What runs where:
+
+- the driver (the ``bookrec batch`` process) loads and prepares the data, fits the relevance
+  model, evaluates, and publishes the books, the blobs, the meta and the ``popular`` tier; it flips
+  the version pointer once, after every shard has succeeded;
+- each chain of the sampler is one task (chain c prefers worker c mod n); chains are seeded by
+  chain number, so the draws do not depend on where they ran;
+- the ranked tiers' readers are cut into shards at the single-process batch's chunk boundaries,
+  so each list is computed from the same arrays; a shard task ranks and encodes its readers and,
+  with a Redis store, writes them straight into the pending version; with SQLite the payloads
+  come back to the driver, which writes them in its one transaction.
+
+The read-only inputs every shard needs (the ranker with the serving and relevance models, the
+encoder's catalogue) are scattered to every worker once. A killed worker's tasks run again on
+another worker; a rewritten shard writes the same bytes under the same keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle  # only to measure what is sent; nothing is ever unpickled here
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from bookrec.batch.payloads import PayloadEncoder
+from bookrec.config import Settings
+
+log = logging.getLogger(__name__)
+
+RANKED_TIERS = ("personal", "folded_in", "similar_reading")
+TASK_RETRIES = 2  # a task that raised runs again this often; a killed worker's tasks always run again
+IN_FLIGHT_PER_THREAD = 2  # shards submitted ahead per worker thread: bounds the scheduler's memory
+
+
+@dataclass
+class ShardShared:
+    """What every shard task reads; scattered to every worker once."""
+
+    ranker: Any  # bookrec.model.foryou.ForYouRanker
+    encoder: PayloadEncoder
+    user_ids: np.ndarray  # the user id of each reader index
+    settings: Settings
+    store_url: str | None
+
+
+@dataclass
+class ShardResult:
+    tier: str
+    index: int  # the shard's place in single-process order
+    users: int
+    payloads: list[tuple[int, bytes]] | None  # back to the driver (a store that takes no shards)
+    written: dict  # what the worker wrote into the pending version (users, bytes, raw_bytes)
+    seconds: float  # the task's wall time on its worker
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(p) for _, p in self.payloads) if self.payloads else 0
+
+
+def rank_shard(shared: ShardShared, tier: str, index: int, rows: np.ndarray, inputs: dict,
+               version: str | None) -> ShardResult:
+    """Rank and encode one shard of a ranked tier; with ``version``, write it into that pending version."""
+    started = time.perf_counter()
+    block = shared.ranker.rank(rows, tier, **inputs)
+    payloads = list(shared.encoder.ranked_block(shared.user_ids[block.users], tier, block))
+    if version is None:
+        return ShardResult(tier, index, len(payloads), payloads, {}, time.perf_counter() - started)
+    from bookrec.store import open_store_from_settings
+
+    with open_store_from_settings(shared.settings, shared.store_url) as store:
+        written = store.write_shard(version, payloads)
+    return ShardResult(tier, index, len(payloads), None, written, time.perf_counter() - started)
+
+
+def chain_task(run_chain: Callable, plan: Any, chain_no: int):
+    """One chain on a worker, its parallel kernels on the worker's threads (one chain per worker)."""
+    from distributed import get_worker
+
+    from bookrec.model.kernels import kernel_threads
+
+    with kernel_threads(get_worker().state.nthreads):
+        return run_chain(plan, chain_no)
+
+
+def shard_task(*args) -> ShardResult:
+    """One shard on a worker, its kernels on one thread: the worker runs a shard per thread."""
+    from bookrec.model.kernels import kernel_threads
+
+    with kernel_threads(1):
+        return rank_shard(*args)
+
+
+def wire_bytes(value: Any) -> int:
+    """The size of ``value`` as sent to a worker: its pickle stream, with the arrays' buffers
+    counted out of band (as Dask sends them) rather than copied."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return len(head) + sum(buffer.raw().nbytes for buffer in buffers)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports kilobytes)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+@dataclass
+class EngineRecord:
+    """What the meta records about the engine (the only part of the meta that depends on it)."""
+
+    scheduler: str
+    workers: int = 0
+    threads: int = 0
+    tasks: dict[str, int] = field(default_factory=dict)
+    bytes_to_workers: dict[str, int] = field(default_factory=dict)
+    bytes_from_workers: dict[str, int] = field(default_factory=dict)
+    peak_rss_bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> process -> bytes
+    shard_seconds: dict[str, float] = field(default_factory=dict)  # tier -> summed task wall time
+
+    def as_meta(self) -> dict:
+        return {"name": "dask", "scheduler": self.scheduler, "workers": self.workers, "threads": self.threads,
+                "tasks": dict(self.tasks), "bytes_to_workers": dict(self.bytes_to_workers),
+                "bytes_from_workers": dict(self.bytes_from_workers), "peak_rss_bytes": dict(self.peak_rss_bytes),
+                "shard_seconds": dict(self.shard_seconds)}
+
+
+SINGLE_PROCESS = {"name": "single process", "workers": 1, "tasks": {}}
+
+
+class DaskEngine:
+    """A connection to a Dask scheduler and the batch's work on its workers."""
+
+    def __init__(self, address: str, timeout: float = 30.0) -> None:
+        from distributed import Client
+
+        self.client = Client(address, timeout=timeout, set_as_default=False)
+        info = self.client.scheduler_info()
+        workers = info.get("workers", {})
+        if not workers:
+            self.client.close()
+            raise RuntimeError(f"the Dask scheduler at {address} has no workers")
+        self.record = EngineRecord(address, len(workers), sum(w.get("nthreads", 1) for w in workers.values()))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> DaskEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _workers(self) -> list[str]:
+        return sorted(self.client.scheduler_info().get("workers", {}))
+
+    def _scatter(self, what: str, value: Any):
+        workers = self._workers()
+        future = self.client.scatter(value, broadcast=True, hash=False)
+        self.record.bytes_to_workers[what] = self.record.bytes_to_workers.get(what, 0) + wire_bytes(value) * len(workers)
+        return future
+
+    def map_chains(self, run_chain: Callable, plan: Any, chains: list[int]) -> list:
+        """``BPMF.fit(map_chains=...)``: each chain a task, chain c preferring worker c mod n."""
+        plan_future = self._scatter("chains", plan)
+        workers = self._workers()
+        futures = [
+            self.client.submit(chain_task, run_chain, plan_future, c, key=f"bookrec-chain-{c}-{plan_future.key}", pure=False,
+                               workers=[workers[c % len(workers)]], allow_other_workers=True, retries=TASK_RETRIES)
+            for c in chains
+        ]
+        runs = self.client.gather(futures)
+        self.record.tasks["chains"] = len(futures)
+        self.record.bytes_from_workers["chains"] = int(sum(run.nbytes for run in runs))
+        self.client.cancel([plan_future])
+        return runs
+
+    def run_shards(self, shared: ShardShared, shards: Iterator[tuple[str, np.ndarray, dict]], version: str | None,
+                   on_done: Callable[[ShardResult], None]) -> None:
+        """Run every shard (tier, rows, inputs), at most a few per worker thread at a time, calling
+        ``on_done`` on the driver as each finishes (in completion order). Raises on the first
+        shard that fails for good; the shards still running are cancelled."""
+        from distributed import as_completed
+
+        shared_future = self._scatter("shards", shared)
+        limit = max(1, IN_FLIGHT_PER_THREAD * self.record.threads)
+        pending = as_completed(loop=self.client.loop)
+        submitted = 0
+        sent = 0
+
+        def submit_next() -> bool:
+            nonlocal submitted, sent
+            item = next(shards, None)
+            if item is None:
+                return False
+            tier, rows, inputs = item
+            sent += wire_bytes((rows, inputs))
+            pending.add(self.client.submit(shard_task, shared_future, tier, submitted, rows, inputs, version,
+                                           key=f"bookrec-shard-{submitted}-{shared_future.key}", pure=False,
+                                           retries=TASK_RETRIES))
+            submitted += 1
+            return True
+
+        try:
+            while submitted < limit and submit_next():
+                pass
+            for future in pending:
+                result: ShardResult = future.result()
+                future.release()
+                self._count_shard(result)
+                on_done(result)
+                submit_next()
+        except BaseException:
+            self.client.cancel(list(pending.futures))
+            raise
+        finally:
+            self.client.cancel([shared_future])
+        self.record.tasks["shards"] = submitted
+        self.record.bytes_to_workers["shard inputs"] = sent
+
+    def _count_shard(self, result: ShardResult) -> None:
+        rec = self.record
+        rec.shard_seconds[result.tier] = rec.shard_seconds.get(result.tier, 0.0) + result.seconds
+        rec.bytes_from_workers["shards"] = rec.bytes_from_workers.get("shards", 0) + result.nbytes
+
+    def note_peak_memory(self, stage: str) -> None:
+        """The peak resident memory so far of the driver and of every worker, after ``stage``."""
+        peaks = {"driver": peak_rss_bytes()}
+        try:
+            peaks.update({f"worker {w}": int(v) for w, v in self.client.run(peak_rss_bytes).items()})
+        except Exception as exc:  # a worker gone meanwhile: the figures of the others still count
+            log.warning("could not read the workers' peak memory after %s: %s", stage, exc)
+        self.record.peak_rss_bytes[stage] = peaks
+
+
+def trimmed_encoder(encoder: PayloadEncoder) -> PayloadEncoder:
+    """The encoder without the per-edition table, which encoding never reads (it is large)."""
+    return PayloadEncoder(replace(encoder.catalog, books=encoder.catalog.books.iloc[:0]))
