@@ -108,6 +108,7 @@ class Settings(ModelOverrides):
     dask_scheduler: str | None = Field(
         None, description="Dask scheduler address (tcp://host:8786) the batch runs on; unset or empty = one process"
     )
+    dask_connect_timeout: float = Field(30.0, gt=0, description="Seconds the batch waits for the Dask scheduler to answer")
 
     # --- relevance and the default ranking (for_you) -------------------------------------
     relevance_l2: float | None = Field(

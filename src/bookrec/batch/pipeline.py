@@ -678,7 +678,7 @@ def run_batch(
     with timer.stage("load"):
         if dataset is None:
             dataset = load_dataset(Path(data_dir or settings.data_dir), with_truth=False)  # synthetic truth: tests only
-    with _engine(scheduler or settings.dask_scheduler) as engine:
+    with _engine(scheduler or settings.dask_scheduler, settings.dask_connect_timeout) as engine:
         ctx = _fit_models(dataset, settings, params, timer, console, show_progress, engine)
         evaluation = _evaluate_and_gate(ctx, previous_meta, force, timer)
         coverage = {name: int(len(readers)) for name, readers in assign_tiers(ctx).items()}
@@ -817,13 +817,13 @@ def _publish_version(ctx: BatchContext, pre: Precomputed, evaluation: dict, cove
 
 
 @contextmanager
-def _engine(address: str | None) -> Iterator[DaskEngine | None]:
+def _engine(address: str | None, timeout: float) -> Iterator[DaskEngine | None]:
     """The Dask cluster at ``address``, or None (one process: no Dask startup cost)."""
     if not address:
         yield None
         return
     try:
-        engine = DaskEngine(address)
+        engine = DaskEngine(address, timeout)
     except (OSError, RuntimeError) as exc:  # distributed raises OSError (a TimeoutError) when none answers
         raise BatchError(f"cannot use the Dask scheduler {address}: {exc}") from exc
     with engine:
