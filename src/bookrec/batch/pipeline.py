@@ -38,7 +38,14 @@ import scipy.sparse as sp
 from scipy.special import ndtr
 
 from bookrec.batch.catalog import WorkCatalog, build_catalog_and_interactions
-from bookrec.batch.cluster import SINGLE_PROCESS, DaskEngine, ShardResult, ShardShared, trimmed_encoder
+from bookrec.batch.cluster import (
+    SINGLE_PROCESS,
+    DaskEngine,
+    ShardResult,
+    ShardShared,
+    peak_rss_bytes,
+    trimmed_encoder,
+)
 from bookrec.batch.evaluation import evaluate_ranking
 from bookrec.batch.gate import GateVerdict, PublishRefused, converged_check, nll_check, recall_check
 from bookrec.batch.payloads import PayloadEncoder, book_payloads, catalog_parquet, segment_reason
@@ -687,6 +694,7 @@ def run_batch(
             if engine is None:
                 with timer.stage("precompute"):
                     pre = precompute(ctx, progress)
+                _note_memory(ctx, None, "precompute")
                 published = _publish_version(ctx, pre, evaluation, coverage, timer, store_url, progress)
                 timer.seconds["encode (within publish)"] = published.payloads.seconds
                 timer.cpu_seconds["encode (within publish)"] = published.payloads.seconds  # single-threaded
@@ -721,7 +729,7 @@ def _fit_models(dataset, settings: Settings, params: ResolvedParameters, timer: 
     )
     with timer.stage("train"):
         train(ctx, show_progress=show_progress, map_chains=engine.map_chains if engine is not None else None)
-    _note_memory(engine, "train")
+    _note_memory(ctx, engine, "train")
     diag = ctx.model.diagnostics_
     console.print(
         f"trained in {ctx.model.fit_seconds_:.1f} s; max R-hat {diag.get('max_rhat', float('nan')):.3f}, "
@@ -830,9 +838,12 @@ def _engine(address: str | None, timeout: float) -> Iterator[DaskEngine | None]:
         yield engine
 
 
-def _note_memory(engine: DaskEngine | None, stage: str) -> None:
+def _note_memory(ctx: BatchContext, engine: DaskEngine | None, stage: str) -> None:
+    """Peak memory per process so far, after ``stage`` (the meta's engine record keeps it)."""
     if engine is not None:
         engine.note_peak_memory(stage)
+    else:
+        ctx.engine.setdefault("peak_rss_bytes", {})[stage] = {"driver": peak_rss_bytes()}
 
 
 def ranked_shards(ctx: BatchContext) -> Iterator[tuple[str, np.ndarray, dict]]:
@@ -868,7 +879,7 @@ def _publish_on_cluster(ctx: BatchContext, evaluation: dict, coverage: dict, tim
 
         with timer.stage("precompute"):
             engine.run_shards(shared, ranked_shards(ctx), pub.version if store.takes_shards else None, on_done)
-        _note_memory(engine, "precompute")
+        _note_memory(ctx, engine, "precompute")
         with timer.stage("publish"):
             popular = ctx.tiers["popular"]
             lists = _popular_by_segment(ctx, rank, popular, lambda done: None)
