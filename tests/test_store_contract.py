@@ -392,3 +392,29 @@ async def test_large_payloads_round_trip_compressed_or_not(store_url, compress):
     from bookrec.store.base import ZLIB_MARK, expand_payload
 
     assert expand_payload(ZLIB_MARK + zlib.compress(big[5])) == big[5]
+
+
+def test_shards_of_a_pending_version_are_written_by_other_clients_and_only_while_it_is_pending(store, store_url):
+    if not store.takes_shards:  # SQLite: the publishing process writes every shard itself
+        with store.begin_publish() as pub, pytest.raises(StoreError, match="only through the publishing process"):
+            store.write_shard(pub.version, [(1, rec_payload(1, "shard"))])
+        assert store.count_users() == 0  # nothing was written
+        return
+    with store.begin_publish() as pub:
+        pub.put_recommendations([(1, rec_payload(1, "driver"))])
+        with open_store(store_url) as worker:  # another client, as a cluster worker would be
+            written = worker.write_shard(pub.version, [(u, rec_payload(u, "shard")) for u in USERS])
+            again = worker.write_shard(pub.version, [(u, rec_payload(u, "shard")) for u in USERS])  # a retried shard
+        assert written == again and written["users"] == len(USERS) and written["bytes"] > 0
+        pub.add_shard_stats(written)
+        assert store.get_recommendations(USERS[0]) is None  # nothing visible before the flip
+    assert store.count_users() == len(USERS) + 1
+    assert tag_of(store.get_recommendations(USERS[-1])) == "shard" and tag_of(store.get_recommendations(1)) == "driver"
+    assert next(v for v in store.versions() if v["current"])["bytes"] >= written["bytes"]
+    with pytest.raises(StoreError, match="not being published"):  # finished: a late shard is refused
+        store.write_shard(pub.version, [(5, rec_payload(5, "late"))])
+    with pytest.raises(RuntimeError), store.begin_publish() as failed:
+        raise RuntimeError("the batch failed")
+    with pytest.raises(StoreError, match="not being published"):  # discarded: refused too
+        store.write_shard(failed.version, [(5, rec_payload(5, "late"))])
+    assert leftovers(store_url, failed.version) == 0

@@ -65,14 +65,7 @@ def batch(
     from bookrec.logging import console
     from bookrec.store import StoreError, parse_store_url
 
-    settings = get_settings()
-    if require_converged:
-        settings = settings.model_copy(update={"require_converged": True})
-    if study and not (tuned_from or settings.tuned_from):
-        fail("--study names the study of --tuned-from; give --tuned-from too", code=USAGE, prefix="batch failed:")
-    if tuned_from or study:
-        settings = settings.model_copy(update={"tuned_from": tuned_from or settings.tuned_from,
-                                               "tuned_study": study or settings.tuned_study})
+    settings = _settings(get_settings(), require_converged, tuned_from, study)
     started = time.time()
     code = FAILURE
     try:
@@ -105,6 +98,20 @@ def batch(
     console().print(
         f"published version {report.version}: {report.users_published:,} of {report.n_users:,} readers have recommendations"
     )
+
+
+def _settings(settings, require_converged: bool, tuned_from: str | None, study: str | None):
+    """The settings with the command's options applied."""
+    from bookrec.exitcodes import USAGE, fail
+
+    if require_converged:
+        settings = settings.model_copy(update={"require_converged": True})
+    if study and not (tuned_from or settings.tuned_from):
+        fail("--study names the study of --tuned-from; give --tuned-from too", code=USAGE, prefix="batch failed:")
+    if tuned_from or study:
+        settings = settings.model_copy(update={"tuned_from": tuned_from or settings.tuned_from,
+                                               "tuned_study": study or settings.tuned_study})
+    return settings
 
 
 def batch_summary(report: Any) -> dict[str, Any]:
