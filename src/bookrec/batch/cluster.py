@@ -239,5 +239,9 @@ class DaskEngine:
 
 
 def trimmed_encoder(encoder: PayloadEncoder) -> PayloadEncoder:
-    """The encoder without the per-edition table, which encoding never reads (it is large)."""
-    return PayloadEncoder(replace(encoder.catalog, books=encoder.catalog.books.iloc[:0]))
+    """The encoder with only the per-work fields a payload shows: the per-edition table and the
+    counts are large and encoding never reads them."""
+    c = encoder.catalog
+    none = np.zeros(0, dtype=np.int64)
+    return PayloadEncoder(replace(c, books=c.books.iloc[:0], publisher=none, n_interactions=none, n_explicit=none,
+                                  rating_counts=none.reshape(0, 11)))

@@ -42,6 +42,29 @@ def batch(
     bench_batch(data, synth_preset, seed, batch_preset, store_url, workdir, as_json)
 
 
+@app.command("scale")
+def scale(
+    data_preset: list[str] = typer.Option(["full", "xl"], "--data-preset", help="Synthetic data presets to measure (repeat the option)"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Data sets live (or are generated) here as <preset>-<seed> (default: var/bench-scale)"),
+    seed: int = typer.Option(42, "--seed", help="Generator seed"),
+    workers: list[int] = typer.Option([0, 1, 2], "--workers", min=0, help="Local Dask workers per run; 0 = one process (repeat the option)"),
+    batch_preset: str = typer.Option("development", "--preset", help="Batch preset: development, staging or production"),
+    store: str = typer.Option("sqlite", "--store", help="sqlite (a fresh file per run) or redis (a fresh redis-server per run)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="Threads of a cluster, split evenly over its workers (default: the CPU count)"),
+    burn_in: int = typer.Option(None, "--burn-in", min=0, help="Burn-in sweeps instead of the preset's (every run)"),
+    samples: int = typer.Option(None, "--samples", min=1, help="Post-burn-in sweeps instead of the preset's (every run)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+) -> None:
+    """The batch on full and xl in one process and on a local Dask cluster of 1 and 2 workers: wall time, peak
+    memory per process and bytes moved per stage, and a linear projection to Goodreads-sized data."""
+    from bookrec.bench.scale import bench_scale
+
+    if store not in ("sqlite", "redis"):
+        raise typer.BadParameter("choose sqlite or redis", param_hint="--store")
+    sweeps = {name: value for name, value in (("burn_in", burn_in), ("n_samples", samples)) if value is not None}
+    bench_scale(list(data_preset), data_dir, seed, list(workers), batch_preset, store, threads, as_json, sweeps)
+
+
 @app.command("data")
 def data(
     preset: str = typer.Option("full", "--preset", help="Synthetic data preset: tiny, small or full"),
@@ -82,7 +105,7 @@ def model(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
     data_preset: str = typer.Option("full", "--data-preset", help="Synthetic data preset (tiny, small, full)"),
 ) -> None:
-    """BPMF (with and without the balance move) vs myfm and smurff on a synthetic preset (explicit ratings
+    """BPMF (with and without its balance and shear moves) vs myfm and smurff on a synthetic preset (explicit ratings
     and 5/10-core): s/iteration, ESS/s, peak memory, RMSE, coverage."""
     from bookrec.bench.model import bench_model
 
