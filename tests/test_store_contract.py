@@ -418,3 +418,18 @@ def test_shards_of_a_pending_version_are_written_by_other_clients_and_only_while
     with pytest.raises(StoreError, match="not being published"):  # discarded: refused too
         store.write_shard(failed.version, [(5, rec_payload(5, "late"))])
     assert leftovers(store_url, failed.version) == 0
+
+
+def test_a_shard_caught_writing_when_its_version_is_discarded_leaves_no_keys(redis_url):
+    with open_store(redis_url) as store, open_store(redis_url) as worker:
+        with pytest.raises(StoreError, match="not being published"), store.begin_publish() as pub:
+
+            def shard():
+                for n, user in enumerate(USERS):
+                    if n == 2000:  # the batch fails while this shard is being written
+                        pub._abort()
+                    yield user, rec_payload(user, "shard")
+
+            worker.write_shard(pub.version, shard())
+        assert leftovers(redis_url, pub.version) == 0
+        assert store.current_version() is None

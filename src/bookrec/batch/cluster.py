@@ -79,13 +79,11 @@ def rank_shard(shared: ShardShared, tier: str, index: int, rows: np.ndarray, inp
     return ShardResult(tier, index, len(payloads), None, written, time.perf_counter() - started)
 
 
-def chain_task(run_chain: Callable, plan: Any, chain_no: int):
-    """One chain on a worker, its parallel kernels on the worker's threads (one chain per worker)."""
-    from distributed import get_worker
-
+def chain_task(run_chain: Callable, plan: Any, chain_no: int, threads: int):
+    """One chain on a worker, its parallel kernels on its share of the worker's threads."""
     from bookrec.model.kernels import kernel_threads
 
-    with kernel_threads(get_worker().state.nthreads):
+    with kernel_threads(threads):
         return run_chain(plan, chain_no)
 
 
@@ -168,10 +166,14 @@ class DaskEngine:
     def map_chains(self, run_chain: Callable, plan: Any, chains: list[int]) -> list:
         """``BPMF.fit(map_chains=...)``: each chain a task, chain c preferring worker c mod n."""
         plan_future = self._scatter("chains", plan)
-        workers = self._workers()
+        info = self.client.scheduler_info()["workers"]
+        workers = sorted(info)
+        home = {c: workers[c % len(workers)] for c in chains}
+        # Chains sharing a worker share its threads, so that no core runs two kernel threads.
+        threads = {c: max(1, info[w].get("nthreads", 1) // sum(h == w for h in home.values())) for c, w in home.items()}
         futures = [
-            self.client.submit(chain_task, run_chain, plan_future, c, key=f"bookrec-chain-{c}-{plan_future.key}", pure=False,
-                               workers=[workers[c % len(workers)]], allow_other_workers=True, retries=TASK_RETRIES)
+            self.client.submit(chain_task, run_chain, plan_future, c, threads[c], key=f"bookrec-chain-{c}-{plan_future.key}",
+                               pure=False, workers=[home[c]], allow_other_workers=True, retries=TASK_RETRIES)
             for c in chains
         ]
         runs = self.client.gather(futures)

@@ -516,9 +516,23 @@ class RedisStore(Store):
 
     def write_shard(self, version: str, items: Iterable[tuple[int, bytes]]) -> dict[str, Any]:
         writer = RedisShardWriter(self, version)
-        users = writer.put_recommendations(items)
-        writer._check_lease()  # discarded meanwhile: the caller must know its shard is gone
+        try:
+            users = writer.put_recommendations(items)
+            writer._check_lease()  # discarded meanwhile: the caller must know its shard is gone
+        except StoreError:
+            self._unlink_orphan_shard(version)
+            raise
         return {"users": users, "bytes": writer.stats["bytes"], "raw_bytes": writer.stats["raw_bytes"]}
+
+    def _unlink_orphan_shard(self, version: str) -> None:
+        """A shard written while its version was discarded left keys nobody lists: remove them,
+        unless the version is pending or published after all."""
+        keys = self.keys
+        try:
+            if self.client.zscore(keys.pending, version) is None and self.client.zscore(keys.versions, version) is None:
+                self.client.unlink(keys.recs(version), keys.users(version))
+        except redis.RedisError as exc:
+            log.warning("could not remove the orphaned shard keys of version %s: %s", version, exc)
 
     def _resolve(self, version: str | None) -> str | None:
         return version if version is not None else self.current_version()
