@@ -31,6 +31,7 @@ import numpy as np
 
 from bookrec.batch.payloads import PayloadEncoder
 from bookrec.config import Settings
+from bookrec.data.prep import IndexMap
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +243,10 @@ class DaskEngine:
 
 def trimmed_encoder(encoder: PayloadEncoder) -> PayloadEncoder:
     """The encoder with only the per-work fields a payload shows: the per-edition table and the
-    counts are large and encoding never reads them."""
+    counts are large and encoding never reads them, and the work keys travel as plain strings
+    (a fixed-width array is as wide as the longest key, and the map's lookup index is not needed)."""
     c = encoder.catalog
     none = np.zeros(0, dtype=np.int64)
-    return PayloadEncoder(replace(c, books=c.books.iloc[:0], publisher=none, n_interactions=none, n_explicit=none,
-                                  rating_counts=none.reshape(0, 11)))
+    keys = IndexMap(c.works.values.astype(object))
+    return PayloadEncoder(replace(c, works=keys, books=c.books.iloc[:0], publisher=none, n_interactions=none,
+                                  n_explicit=none, rating_counts=none.reshape(0, 11)))
