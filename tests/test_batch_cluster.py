@@ -172,3 +172,28 @@ def test_a_scheduler_that_does_not_answer_fails_the_batch_clearly(small_dir, tmp
                   scheduler=address)
     with open_store(f"sqlite:///{tmp_path}/store.sqlite3") as store:
         assert store.current_version() is None
+
+
+def test_shards_that_keep_failing_leave_the_previous_version_serving(cluster, small_dir, tmp_path, redis_server):
+    import redis as redis_py
+
+    from bookrec.store import StoreError
+
+    redis_server.flush()
+    url = redis_server.url
+    quick = settings(tmp_path)
+    first = run_batch(quick, small_dir, url, "development", show_progress=False, scheduler=cluster.address)
+    client = redis_py.Redis.from_url(url)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(used + 2_000_000))  # room for the driver's start, not for the shards
+    try:
+        with pytest.raises((StoreError, BatchError, redis_py.RedisError)) as failed:
+            run_batch(quick, small_dir, url, "development", show_progress=False, scheduler=cluster.address)
+    finally:
+        client.config_set("maxmemory", "0")
+    assert "OOM" in str(failed.value) or "maxmemory" in str(failed.value), failed.value  # a shard's write failed
+    with open_store(url) as store:
+        assert store.current_version() == first.version
+        assert store.pending_versions() == []
+        assert store.count_users() == first.users_published
+    assert not [k for k in client.keys("*") if first.version.encode() not in k and b":v:" in k]  # no other version left
