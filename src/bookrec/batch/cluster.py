@@ -20,7 +20,6 @@ another worker; a rewritten shard writes the same bytes under the same keys.
 from __future__ import annotations
 
 import logging
-import pickle  # only to measure what is sent; nothing is ever unpickled here
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,6 @@ from bookrec.data.prep import IndexMap
 
 log = logging.getLogger(__name__)
 
-RANKED_TIERS = ("personal", "folded_in", "similar_reading")
 TASK_RETRIES = 2  # a task that raised runs again this often; a killed worker's tasks always run again
 IN_FLIGHT_PER_THREAD = 2  # shards submitted ahead per worker thread: bounds the scheduler's memory
 
@@ -44,9 +42,8 @@ IN_FLIGHT_PER_THREAD = 2  # shards submitted ahead per worker thread: bounds the
 class ShardShared:
     """What every shard task reads; scattered to every worker once."""
 
-    ranker: Any  # bookrec.model.foryou.ForYouRanker
+    ranker: Any  # bookrec.model.foryou.ForYouRanker (its interactions hold every reader's user id)
     encoder: PayloadEncoder
-    user_ids: np.ndarray  # the user id of each reader index
     settings: Settings
     store_url: str | None
 
@@ -54,7 +51,6 @@ class ShardShared:
 @dataclass
 class ShardResult:
     tier: str
-    index: int  # the shard's place in single-process order
     users: int
     payloads: list[tuple[int, bytes]] | None  # back to the driver (a store that takes no shards)
     written: dict  # what the worker wrote into the pending version (users, bytes, raw_bytes)
@@ -65,19 +61,19 @@ class ShardResult:
         return sum(len(p) for _, p in self.payloads) if self.payloads else 0
 
 
-def rank_shard(shared: ShardShared, tier: str, index: int, rows: np.ndarray, inputs: dict,
-               version: str | None) -> ShardResult:
+def rank_shard(shared: ShardShared, tier: str, rows: np.ndarray, inputs: dict, version: str | None) -> ShardResult:
     """Rank and encode one shard of a ranked tier; with ``version``, write it into that pending version."""
     started = time.perf_counter()
     block = shared.ranker.rank(rows, tier, **inputs)
-    payloads = list(shared.encoder.ranked_block(shared.user_ids[block.users], tier, block))
+    user_ids = shared.ranker.interactions.users.values[block.users]
+    payloads = list(shared.encoder.ranked_block(user_ids, tier, block))
     if version is None:
-        return ShardResult(tier, index, len(payloads), payloads, {}, time.perf_counter() - started)
+        return ShardResult(tier, len(payloads), payloads, {}, time.perf_counter() - started)
     from bookrec.store import open_store_from_settings
 
     with open_store_from_settings(shared.settings, shared.store_url) as store:
         written = store.write_shard(version, payloads)
-    return ShardResult(tier, index, len(payloads), None, written, time.perf_counter() - started)
+    return ShardResult(tier, len(payloads), None, written, time.perf_counter() - started)
 
 
 def chain_task(run_chain: Callable, plan: Any, chain_no: int, threads: int):
@@ -97,11 +93,11 @@ def shard_task(*args) -> ShardResult:
 
 
 def wire_bytes(value: Any) -> int:
-    """The size of ``value`` as sent to a worker: its pickle stream, with the arrays' buffers
-    counted out of band (as Dask sends them) rather than copied."""
-    buffers: list[pickle.PickleBuffer] = []
-    head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    return len(head) + sum(buffer.raw().nbytes for buffer in buffers)
+    """The size of ``value`` as Dask sends it to a worker: the frames of its own serialisation."""
+    from distributed.protocol import serialize
+
+    _, frames = serialize(value)
+    return sum(memoryview(frame).nbytes for frame in frames)
 
 
 def peak_rss_bytes() -> int:
@@ -190,6 +186,8 @@ class DaskEngine:
         shard that fails for good; the shards still running are cancelled."""
         from distributed import as_completed
 
+        from dask.sizeof import sizeof
+
         shared_future = self._scatter("shards", shared)
         limit = max(1, IN_FLIGHT_PER_THREAD * self.record.threads)
         pending = as_completed(loop=self.client.loop)
@@ -202,8 +200,8 @@ class DaskEngine:
             if item is None:
                 return False
             tier, rows, inputs = item
-            sent += wire_bytes((rows, inputs))
-            pending.add(self.client.submit(shard_task, shared_future, tier, submitted, rows, inputs, version,
+            sent += sizeof(rows) + sizeof(inputs)  # arrays: serialising them here as well would cost twice
+            pending.add(self.client.submit(shard_task, shared_future, tier, rows, inputs, version,
                                            key=f"bookrec-shard-{submitted}-{shared_future.key}", pure=False,
                                            retries=TASK_RETRIES))
             submitted += 1

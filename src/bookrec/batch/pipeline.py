@@ -139,7 +139,6 @@ class BatchReport:
     stage_seconds: dict[str, float]
     meta: dict
     bytes_recommendations: int = 0
-    engine: dict = field(default_factory=dict)
     tier_seconds: dict[str, float] = field(default_factory=dict)
     stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
     tier_cpu_seconds: dict[str, float] = field(default_factory=dict)
@@ -705,7 +704,7 @@ def run_batch(
         n_users=ctx.interactions.n_users, users_published=int(published.stats.get("users", 0)),
         stage_seconds=dict(timer.seconds), meta=published.meta, bytes_recommendations=published.payloads.n_bytes,
         tier_seconds=dict(pre.seconds), publish_stats=published.stats, stage_cpu_seconds=dict(timer.cpu_seconds),
-        tier_cpu_seconds=dict(pre.cpu_seconds), engine=dict(ctx.engine),
+        tier_cpu_seconds=dict(pre.cpu_seconds),
         context=ctx if keep_context else None, precomputed=pre if keep_context else None,
     )
     if show_progress:
@@ -863,7 +862,7 @@ def _publish_on_cluster(ctx: BatchContext, evaluation: dict, coverage: dict, tim
 
     encoder = PayloadEncoder(ctx.catalog)
     rank = ranker(ctx)
-    shared = ShardShared(rank, trimmed_encoder(encoder), ctx.interactions.users.values, ctx.settings, store_url)
+    shared = ShardShared(rank, trimmed_encoder(encoder), ctx.settings, store_url)
     n_ranked = sum(len(ctx.tiers[t.name]) for t in TIER_REGISTRY if t.ranked)
     advance = _progress_task(progress, "precompute: shards", n_ranked)
     written = {"users": 0}
@@ -889,7 +888,7 @@ def _publish_on_cluster(ctx: BatchContext, evaluation: dict, coverage: dict, tim
             meta = build_meta(ctx, evaluation, coverage, dict(timer.seconds), pub.version, dict(engine.record.shard_seconds))
             for name, data in {**_static_blobs(ctx, encoder), "meta": orjson.dumps(meta)}.items():
                 pub.put_blob(name, data)
-    stats = {**pub.stats, "users": max(int(pub.stats.get("users") or 0), written["users"])}
+    stats = {**pub.stats, "users": written["users"]}
     pre = Precomputed(dict(ctx.tiers), {}, dict(engine.record.shard_seconds), dict(engine.record.shard_seconds))
     return pre, Published(pub.version, stats, meta, CountedPayloads(iter(()), progress, 0))
 

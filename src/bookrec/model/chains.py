@@ -16,13 +16,9 @@ from threadpoolctl import threadpool_limits
 
 from bookrec.model.sampler import Chain, Priors, RatingMatrix
 
-# The fields of a kept draw; BPMF stores each as its attribute of the same name plus "_".
-KEPT_FIELDS = ("mu", "alpha", "user_factors", "user_bias", "item_factors", "item_bias", "mu_user", "lambda_user",
-               "tau_user_bias", "mu_item", "lambda_item", "tau_item_bias")
-
-
 def kept_draw(chain: Chain) -> dict[str, np.ndarray | float]:
-    """The fields of one kept draw (``KEPT_FIELDS``), read off the chain's current state."""
+    """The fields of one kept draw, read off the chain's current state; BPMF stores each as its
+    attribute of the same name plus "_"."""
     st = chain.state
     k = chain.k
     return {
@@ -77,7 +73,7 @@ class ChainRun:
     chain_no: int
     traces: dict[str, np.ndarray]  # name -> (n_samples,)
     tracked: np.ndarray  # (n_samples, n_tracked): the tracked pairs' predictions
-    kept: dict[str, np.ndarray]  # KEPT_FIELDS -> (kept_per_chain, ...) float32
+    kept: dict[str, np.ndarray]  # kept_draw's fields -> (kept_per_chain, ...) float32
     eval_predictions: np.ndarray | None  # (kept_per_chain, n_eval) float32
     # Before the first kept draw, the running evaluation uses each chain's current state:
     # eval step -> (predictions, alpha).

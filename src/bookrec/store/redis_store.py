@@ -211,6 +211,9 @@ class RedisPublisher(Publisher):
             raise
         self._heartbeat = threading.Thread(target=self._renew_lease, name="bookrec-publish-lease", daemon=True)
         self._heartbeat.start()
+        self._empty_buffer()
+
+    def _empty_buffer(self) -> None:
         self._parts: list[bytes] = []   # RESP-encoded commands waiting to be sent
         self._commands = 0
         self._buffered_items = 0
@@ -457,10 +460,7 @@ class RedisShardWriter(RedisPublisher):
         self._store = store
         self._client = store.client
         self._keys = store.keys
-        self._parts = []
-        self._commands = 0
-        self._buffered_items = 0
-        self._buffered_bytes = 0
+        self._empty_buffer()
         self._check_lease()
 
     def _check_lease(self) -> None:
