@@ -5,7 +5,8 @@
 #                           pyproject.toml, the `postgres` extra (shared Optuna studies) and the
 #                           build backend;
 #   requirements-test.lock  what scripts/install.sh installs, for the quick start and CI: the same
-#                           plus the `test` and `bench` extras.
+#                           plus the `test`, `bench` and `bench-peers` extras (the peers' tests
+#                           run myfm and smurff).
 # `pip install .` is unaffected: pyproject.toml keeps floors only.
 #   bash scripts/lock.sh            # re-resolve at the newest versions allowed by the floors
 #   bash scripts/lock.sh --check    # fail if a lock is not what the inputs resolve to
@@ -26,7 +27,7 @@ compile() {
 }
 declare -A EXTRAS=(
     [requirements.lock]="--extra postgres"
-    [requirements-test.lock]="--extra postgres --extra test --extra bench"
+    [requirements-test.lock]="--extra postgres --extra test --extra bench --extra bench-peers"
 )
 
 status=0

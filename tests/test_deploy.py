@@ -395,7 +395,7 @@ def test_the_test_lock_pins_the_test_extras_and_agrees_with_the_image_lock():
     runtime, test = locked(), locked("requirements-test.lock")
     assert {name: pin for name, pin in test.items() if name in runtime} == runtime
     extras = PYPROJECT["project"]["optional-dependencies"]
-    for spec in [*extras["test"], *extras["bench"]]:
+    for spec in [*extras["test"], *extras["bench"], *extras["bench-peers"]]:
         requirement = Requirement(spec)
         name = canonicalize_name(requirement.name)
         assert name in test, f"{requirement.name} is not in requirements-test.lock: run bash scripts/lock.sh"

@@ -5,7 +5,9 @@ k-core (5 per user, 10 per book); one seeded per-user split (10% test) shared by
 Every model runs in its own subprocess so that its peak memory (ru_maxrss) is its own.
 Peers (`pip install bookrec[bench-peers]`): myfm 0.4.0 (Bayesian FM, user + item one-hot,
 rank k) and smurff 1.1 (BPMF on centred ratings, sampled noise). A peer that is not installed
-is reported as such, never silently skipped.
+is reported as such, never silently skipped. Every model traces the predictions of the same
+training pairs each post-burn-in sweep (``bookrec.bench.tracked``), so ESS per second compares
+like with like.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bookrec.bench.tracked import (
+    PAIR_OWNERS, MyfmTracer, PeerTrace, bench_pairs, ess_per_second, import_myfm, peer_ess, smurff_test_points,
+    smurff_trace, tracked_pairs, union_of,
+)
 
 Z90 = 1.6448536269514722
 
@@ -53,25 +60,6 @@ def _coverage90_gaussian(y, mean, var):
     return float(np.mean((y >= np.clip(mean - half, 1, 10)) & (y <= np.clip(mean + half, 1, 10))))
 
 
-# ESS per second against the sampler without its moves is judged on these traced quantities, so
-# that the scale quantities' near-zero ESS without the moves does not make the ratio trivial.
-LEGACY_TRACES = ("alpha", "mu", "train_rmse")
-
-
-def ess_per_second(diagnostics: dict, seconds: float) -> dict:
-    """Effective samples per second of the fit: min over a set of traced quantities of min(bulk, tail)
-    ESS, divided by the fit's wall time. "all": every traced quantity; "legacy": alpha, mu, the train
-    RMSE and the tracked predictions; "predictions": the tracked predictions alone."""
-    ess = {n: min(diagnostics["ess_bulk"][n], diagnostics["ess_tail"][n]) for n in diagnostics["ess_bulk"]}
-    preds = [n for n in ess if n.startswith("pred_")]
-    groups = {"all": list(ess), "legacy": [*LEGACY_TRACES, *preds], "predictions": preds}
-    out = {}
-    for label, names in groups.items():
-        worst = min(names, key=lambda n: ess[n])
-        out[label] = {"min_ess": ess[worst], "slowest": worst, "per_second": ess[worst] / seconds}
-    return out
-
-
 def _run_bookrec(d, k, burn_in, n_samples, seed, n_chains=2, moves=True):
     from bookrec.model import BPMF
 
@@ -87,32 +75,40 @@ def _run_bookrec(d, k, burn_in, n_samples, seed, n_chains=2, moves=True):
     fit = clock.wall
     mean, lo, hi = model.predict_interval(d["te_u"], d["te_i"], level=0.9)
     y = d["te_r"]
+    # The peers follow the pairs the bench computes for this chain count: a fit that tracked others
+    # would make the comparison of their ESS one of different quantities.
+    peers_follow = tracked_pairs(d["tr_u"], d["tr_i"], seed, n_chains)
     return {"fit_seconds": fit, "cpu_seconds": clock.cpu, "rmse": float(np.sqrt(np.mean((mean - y) ** 2))),
             "coverage90": float(np.mean((y >= lo) & (y <= hi))), "chains": model.n_chains,
             "converged": bool(model.diagnostics_["converged"]), "max_rhat": model.diagnostics_["max_rhat"],
-            "ess": ess_per_second(model.diagnostics_, fit), "cpu_ess": ess_per_second(model.diagnostics_, clock.cpu)}
+            "ess": ess_per_second(model.diagnostics_, fit), "cpu_ess": ess_per_second(model.diagnostics_, clock.cpu),
+            "ess_draws": model.n_chains * n_samples,
+            "pairs_as_peers": bool(np.array_equal(model.tracked_pairs_, peers_follow))}
 
 
-def _run_myfm(d, k, burn_in, n_samples, seed):
-    import myfm
+def _onehot(u, i, n_users: int, n_items: int):
+    """myfm's design matrix: a reader's one-hot column, then a work's."""
     import scipy.sparse as sp
 
+    rows = np.repeat(np.arange(u.size), 2)
+    cols = np.column_stack([u, n_users + i]).ravel()
+    return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(u.size, n_users + n_items))
+
+
+def _fit_myfm(d, k, burn_in, n_samples, seed) -> tuple[dict, PeerTrace]:
+    myfm = import_myfm()
     n_users, n_items = int(d["n_users"]), int(d["n_items"])
-
-    def onehot(u, i):
-        rows = np.repeat(np.arange(u.size), 2)
-        cols = np.column_stack([u, n_users + i]).ravel()
-        return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(u.size, n_users + n_items))
-
-    x_train, x_test = onehot(d["tr_u"], d["tr_i"]), onehot(d["te_u"], d["te_i"])
+    x_train, x_test = _onehot(d["tr_u"], d["tr_i"], n_users, n_items), _onehot(d["te_u"], d["te_i"], n_users, n_items)
+    pairs = union_of(bench_pairs(d, seed))
+    tracer = MyfmTracer(pairs, n_users, burn_in, n_samples)
     # myfm keeps every kept sample in memory (n_features x k doubles each), so it keeps the
     # last 100 of its burn_in + n_samples iterations (same iteration count, bounded memory:
     # BPMF keeps 100 samples too).
     kept = min(100, n_samples)
     fm = myfm.MyFMRegressor(rank=k, random_seed=seed)
     with _Clock() as clock:
-        fm.fit(x_train, d["tr_r"].astype(np.float64), n_iter=burn_in + n_samples, n_kept_samples=kept)
-    fit = clock.wall
+        fm.fit(x_train, d["tr_r"].astype(np.float64), n_iter=burn_in + n_samples, n_kept_samples=kept,
+               callback=tracer)
     y = d["te_r"]
     mean = np.clip(fm.predict(x_test), 1, 10)
     # Posterior predictive per kept sample: w0 + w_u + w_i + <V_u, V_i>, noise 1/alpha.
@@ -121,35 +117,56 @@ def _run_myfm(d, k, burn_in, n_samples, seed):
     preds = (w0[:, None] + w[:, uu] + w[:, ii] + np.einsum("suk,suk->su", v[:, uu], v[:, ii]))
     alpha = fm.get_hyper_trace()["alpha"].to_numpy()[-preds.shape[0]:]
     var = preds.var(axis=0) + np.mean(1.0 / alpha)
-    return {"fit_seconds": fit, "cpu_seconds": clock.cpu, "rmse": float(np.sqrt(np.mean((mean - y) ** 2))),
-            "coverage90": _coverage90_gaussian(y, preds.mean(axis=0), var), "chains": 1,
-            "coverage_note": "Gaussian approximation of the mixture"}
+    result = {"fit_seconds": clock.wall, "cpu_seconds": clock.cpu, "rmse": float(np.sqrt(np.mean((mean - y) ** 2))),
+              "coverage90": _coverage90_gaussian(y, preds.mean(axis=0), var), "chains": 1,
+              "coverage_note": "Gaussian approximation of the mixture"}
+    own_mean = fm.predict(_onehot(pairs[:, 0], pairs[:, 1], n_users, n_items))
+    return result, tracer.trace(pairs, own_mean, kept)
 
 
-def _run_smurff(d, k, burn_in, n_samples, seed):
+def _fit_smurff(d, k, burn_in, n_samples, seed, threads: int = 2) -> tuple[dict, PeerTrace]:
+    """smurff's fit on both cores by default; its draws then depend on the OpenMP schedule, with one
+    thread they repeat."""
     import scipy.sparse as sp
     import smurff
 
     n_users, n_items = int(d["n_users"]), int(d["n_items"])
     centre = float(d["tr_r"].mean())
+    pairs = union_of(bench_pairs(d, seed))
     y_train = sp.coo_matrix((d["tr_r"].astype(np.float64) - centre, (d["tr_u"], d["tr_i"])), shape=(n_users, n_items))
-    y_test = sp.coo_matrix((d["te_r"].astype(np.float64) - centre, (d["te_u"], d["te_i"])), shape=(n_users, n_items))
+    u, i, r = smurff_test_points(d, pairs, centre)
+    y_test = sp.coo_matrix((r, (u, i)), shape=(n_users, n_items))
     trainer = smurff.TrainSession(priors=["normal", "normal"], num_latent=k, burnin=burn_in, nsamples=n_samples,
-                                  seed=seed, verbose=0, num_threads=2)
+                                  seed=seed, verbose=0, num_threads=threads)
     trainer.addTrainAndTest(y_train.tocsr(), y_test.tocsr(), smurff.SampledNoise())
     with _Clock() as clock:
         trainer.init()
         while trainer.step():
             pass
-    fit = clock.wall
     preds = trainer.getTestPredictions()
-    coords = np.array([p.coords for p in preds])
-    pred = np.array([p.pred_avg for p in preds]) + centre
-    lookup = {(int(a), int(b)): float(v) for (a, b), v in zip(coords, pred)}
+    lookup = {p.coords: p.pred_avg + centre for p in preds}
     mean = np.clip(np.array([lookup[(int(a), int(b))] for a, b in zip(d["te_u"], d["te_i"])]), 1, 10)
     y = d["te_r"]
-    return {"fit_seconds": fit, "cpu_seconds": clock.cpu, "rmse": float(np.sqrt(np.mean((mean - y) ** 2))), "coverage90": None,
-            "chains": 1, "coverage_note": "smurff exposes no noise samples: no predictive interval"}
+    result = {"fit_seconds": clock.wall, "cpu_seconds": clock.cpu, "rmse": float(np.sqrt(np.mean((mean - y) ** 2))),
+              "coverage90": None, "chains": 1,
+              "coverage_note": "smurff exposes no noise samples: no predictive interval"}
+    return result, smurff_trace(preds, pairs, centre)
+
+
+def _with_peer_ess(fitted: tuple[dict, PeerTrace], d, seed) -> dict:
+    """A peer's figures with its ESS per second on the tracked pairs of each of our rows."""
+    result, trace = fitted
+    result["ess_by_pairs"] = peer_ess(trace, bench_pairs(d, seed), result["fit_seconds"], result["cpu_seconds"])
+    result["ess_draws"] = len(trace.predictions)
+    return result
+
+
+def _run_myfm(d, k, burn_in, n_samples, seed):
+    return _with_peer_ess(_fit_myfm(d, k, burn_in, n_samples, seed), d, seed)
+
+
+def _run_smurff(d, k, burn_in, n_samples, seed):
+    return _with_peer_ess(_fit_smurff(d, k, burn_in, n_samples, seed), d, seed)
 
 
 def _run_bookrec_one_chain(d, k, burn_in, n_samples, seed):
@@ -198,9 +215,14 @@ def run_one(name, path, k, burn_in, n_samples, seed) -> dict:
         result = json.loads(queue.get())
     finally:
         proc.join()
+    return with_per_iteration(result, burn_in + n_samples)
+
+
+def with_per_iteration(result: dict, n_sweeps: int) -> dict:
+    """A run's figures with its wall and CPU seconds per sweep (none for a run that failed)."""
     if "fit_seconds" in result:
-        result["seconds_per_iteration"] = result["fit_seconds"] / (burn_in + n_samples)
-        result["cpu_seconds_per_iteration"] = result["cpu_seconds"] / (burn_in + n_samples)
+        result["seconds_per_iteration"] = result["fit_seconds"] / n_sweeps
+        result["cpu_seconds_per_iteration"] = result["cpu_seconds"] / n_sweeps
     return result
 
 
@@ -271,21 +293,34 @@ def _print_set(console, label: str, block: dict, peers: tuple[str, ...], k: int,
         if "error" in r:
             table.add_row(name, "-", "-", "-", "-", "-", "-", "-", "-", "-", r["error"])
             continue
-        ess = [f"{r['ess'][g]['per_second']:.1f}" if "ess" in r else "-" for g in ("all", "legacy", "predictions")]
+        ess = _ess_cells(r)
         cov = "n/a" if r.get("coverage90") is None else f"{r['coverage90']:.3f}"
         note = r.get("coverage_note", "")
         if name.startswith("bookrec"):
             how = f"{r['chains']} chains per iteration" if r["chains"] > 1 else "1 chain over both cores"
             note = f"{how}; R-hat max {r['max_rhat']:.3f}"
+        elif "ess_by_pairs" in r:
+            note = f"{note}; ESS/s on bookrec's tracked pairs"
         table.add_row(name, f"{r['seconds_per_iteration']:.4f}", f"{r['cpu_seconds_per_iteration']:.4f}",
                       f"{r['fit_seconds']:.1f}", f"{r['peak_mb']:.0f}",
                       f"{r['rmse']:.4f}", cov, *ess, note)
     console.print(table)
+    for name, r in rows.items():
+        if r.get("pairs_as_peers") is False:
+            console.print(f"  {name} tracked other pairs than the bench computes for it: its prediction ESS "
+                          "is not comparable with the peers'", markup=False, style="yellow")
     _print_moves(console, rows)
     _print_comparison(console, rows, ok_peers)
     for p in peers:
         if "error" in rows[p]:
             console.print(f"  {p} did not run: {rows[p]['error']}", markup=False, style="yellow")
+
+
+def _ess_cells(r: dict) -> list[str]:
+    """The ESS/s columns (all, legacy, predictions): our rows on their own tracked pairs, a peer's
+    on the pairs of bookrec (2 chains); "-" where a row has no such figure."""
+    ess = r["ess"] if "ess" in r else r.get("ess_by_pairs", {}).get("bookrec", {}).get("ess", {})
+    return [f"{ess[g]['per_second']:.1f}" if g in ess else "-" for g in ("all", "legacy", "predictions")]
 
 
 def _print_moves(console, rows: dict) -> None:
@@ -328,4 +363,47 @@ def _print_comparison(console, rows: dict, ok_peers: list[str]) -> None:
         for p in ok_peers:
             console.print(f"  vs {p}: time/iteration ratio {rows[p]['seconds_per_iteration'] / ours['seconds_per_iteration']:.2f} "
                           f"(CPU {rows[p]['cpu_seconds_per_iteration'] / ours['cpu_seconds_per_iteration']:.2f}), "
-                          f"RMSE ratio {ours['rmse'] / rows[p]['rmse']:.3f}", markup=False)
+                          f"RMSE ratio {ours['rmse'] / rows[p]['rmse']:.3f}{_ess_ratios(rows, p)}", markup=False)
+    _print_tracked_ess(console, rows, ok_peers)
+
+
+def _chains_label(owner: str) -> str:
+    n = PAIR_OWNERS[owner]
+    return f"{n} chain{'s' if n > 1 else ''}"
+
+
+def _prediction_ess(rows: dict, name: str, owner: str) -> tuple[dict, dict] | None:
+    """(per wall second, per CPU second) ESS groups of a row on ``owner``'s tracked pairs, if it has them."""
+    r = rows.get(name, {})
+    if name == owner:
+        return (r["ess"], r["cpu_ess"]) if "ess" in r else None
+    figures = r.get("ess_by_pairs", {}).get(owner)
+    return (figures["ess"], figures["cpu_ess"]) if figures else None
+
+
+def _ess_ratios(rows: dict, peer: str) -> str:
+    """Our tracked-prediction ESS/s over the peer's on the same pairs, for one chain and for two."""
+    parts = []
+    for owner in PAIR_OWNERS:
+        ours, theirs = _prediction_ess(rows, owner, owner), _prediction_ess(rows, peer, owner)
+        if ours and theirs:
+            ratio = ours[0]["predictions"]["per_second"] / max(theirs[0]["predictions"]["per_second"], 1e-12)
+            cpu = ours[1]["predictions"]["per_second"] / max(theirs[1]["predictions"]["per_second"], 1e-12)
+            parts.append(f"{_chains_label(owner)} {ratio:.2f} (CPU {cpu:.2f})")
+    return f", prediction ESS/s ratio {', '.join(parts)}" if parts else ""
+
+
+def _print_tracked_ess(console, rows: dict, ok_peers: list[str]) -> None:
+    """ESS of the tracked predictions of our row and of every peer on the same pairs."""
+    for owner in PAIR_OWNERS:
+        cells = []
+        for name in (owner, *ok_peers):
+            figures = _prediction_ess(rows, name, owner)
+            if figures is None:
+                continue
+            wall, cpu = figures[0]["predictions"], figures[1]["predictions"]
+            cells.append(f"{name} {wall['per_second']:.2f}/s (CPU {cpu['per_second']:.2f}/s; "
+                         f"min ESS {wall['min_ess']:.0f} of {rows[name]['ess_draws']:,} draws, {wall['slowest']})")
+        if len(cells) > 1:
+            console.print(f"  prediction ESS on the pairs {owner} ({_chains_label(owner)}) tracks: "
+                          + "; ".join(cells), markup=False)
