@@ -2,7 +2,7 @@
 that BPMF traces, every post-burn-in sweep, and is judged by their ESS per second.
 
 BPMF chooses its tracked pairs from the training ratings with the SeedSequence child that follows
-its chains' (``bookrec.model.bpmf._Recording``), so a fit with one chain and one with two follow
+its chains' (``bookrec.model.bpmf.tracked_pairs``), so a fit with one chain and one with two follow
 different pairs. The peers run one chain and follow both sets: their figures on the pairs of
 `bookrec` (2 chains) stand beside that row's, and on the pairs of `bookrec-1chain` beside that one's.
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bookrec.contracts.params import default
+from bookrec.model import bpmf
 from bookrec.model.diagnostics import convergence
 
 # Our rows whose tracked pairs the peers follow, and the chain count each fits with.
@@ -31,10 +32,8 @@ LEGACY_TRACES = ("alpha", "mu", "train_rmse")
 def tracked_pairs(user_idx, item_idx, seed: int, n_chains: int, n_tracked: int = default("n_tracked")) -> np.ndarray:
     """The (user, item) rows of ``tracked_pairs_`` of a BPMF fitted with this seed and chain count on
     these training pairs (in this order), without fitting: the same draw from the same stream."""
-    u, i = np.asarray(user_idx, dtype=np.int64), np.asarray(item_idx, dtype=np.int64)
-    aux_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(n_chains + 1)[-1])
-    rows = aux_rng.choice(u.size, size=min(n_tracked, u.size), replace=False)
-    return np.stack([u[rows], i[rows]], axis=1)
+    return bpmf.tracked_pairs(np.asarray(user_idx, dtype=np.int64), np.asarray(item_idx, dtype=np.int64), seed,
+                              n_chains, n_tracked)
 
 
 def bench_pairs(d: dict, seed: int) -> dict[str, np.ndarray]:

@@ -132,10 +132,9 @@ class BPMF(ParamsMixin):
         u, i, r, n_users, n_items = self._fit_inputs(user_idx, item_idx, ratings, n_users, n_items, eval_every)
         # The order of the random streams below is part of the fixed-seed result.
         seqs = np.random.SeedSequence(self.seed).spawn(self.n_chains + 1)
-        aux_rng = np.random.default_rng(seqs[-1])
         data = RatingMatrix.build(u, i, r, n_users, n_items)
         priors = self._priors(float(r.mean()))
-        rec = _Recording(self, aux_rng, u, i)
+        rec = _Recording(self, u, i)
         self._allocate(rec.n_kept, n_users, n_items, self.n_factors)
         rec.eval_set = _fit_eval_set(eval_set, n_users, n_items, rec.n_kept)
         self.eval_history_ = []
@@ -471,22 +470,29 @@ def _progress(enabled: bool):
     )
 
 
+def tracked_pairs(user_idx: np.ndarray, item_idx: np.ndarray, seed, n_chains: int, n_tracked: int) -> np.ndarray:
+    """The (user, item) rows of ``tracked_pairs_`` of a fit with this seed and chain count on these
+    training pairs (in this order): drawn from the SeedSequence child that follows the chains'."""
+    aux_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(n_chains + 1)[-1])
+    rows = aux_rng.choice(user_idx.size, size=min(n_tracked, user_idx.size), replace=False)
+    return np.stack([user_idx[rows], item_idx[rows]], axis=1)
+
+
 class _Recording:
     """What a fit records while sampling: the keep plan and the kept-draw count, every chain's
     traces, the tracked pairs' predictions and, with an eval set, each kept draw's predictions."""
 
-    def __init__(self, model: BPMF, aux_rng: np.random.Generator, u: np.ndarray, i: np.ndarray) -> None:
+    def __init__(self, model: BPMF, u: np.ndarray, i: np.ndarray) -> None:
         # Keep plan: each chain keeps every `step`-th post-burn-in draw, at most max_kept in total.
         per_chain = max(1, model.max_kept_samples // model.n_chains)
         self.step = max(model.thin, math.ceil(model.n_samples / per_chain))
         self.kept_per_chain = model.n_samples // self.step
         self.n_kept = self.kept_per_chain * model.n_chains
         self.kept = 0
-        tracked = aux_rng.choice(u.size, size=min(model.n_tracked, u.size), replace=False)
-        self.tracked_u, self.tracked_i = u[tracked], i[tracked]
+        self.tracked_u, self.tracked_i = tracked_pairs(u, i, model.seed, model.n_chains, model.n_tracked).T
         n_c, n_d = model.n_chains, model.n_samples
         self.traces = {name: np.empty((n_c, n_d)) for name in TRACED}
-        self.tracked_traces = np.empty((n_c, n_d, tracked.size))
+        self.tracked_traces = np.empty((n_c, n_d, self.tracked_u.size))
         self.eval_set: tuple | None = None  # (users, items, ratings, predictions of each kept draw)
 
 
