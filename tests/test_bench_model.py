@@ -190,8 +190,8 @@ def test_the_table_and_the_json_carry_the_peers_prediction_ess(peer_fits, our_ru
     # The peer's row of the table: its figures on the pairs of bookrec (2 chains).
     table_row = next(line for line in lines if line.startswith("│ myfm "))
     on_ours = rows["myfm"]["ess_by_pairs"]["bookrec"]["ess"]
-    assert f"{on_ours['predictions']['per_second']:.1f}" in table_row
-    assert f"{on_ours['legacy']['per_second']:.1f}" in table_row
+    assert f"{on_ours['predictions']['per_second']:.3g}" in table_row
+    assert f"{on_ours['legacy']['per_second']:.3g}" in table_row
     for peer in ("myfm", "smurff"):
         versus = next(line for line in lines if line.startswith(f"vs {peer}:"))
         for owner, n_chains in PAIR_OWNERS.items():

@@ -320,7 +320,7 @@ def _ess_cells(r: dict) -> list[str]:
     """The ESS/s columns (all, legacy, predictions): our rows on their own tracked pairs, a peer's
     on the pairs of bookrec (2 chains); "-" where a row has no such figure."""
     ess = r["ess"] if "ess" in r else r.get("ess_by_pairs", {}).get("bookrec", {}).get("ess", {})
-    return [f"{ess[g]['per_second']:.1f}" if g in ess else "-" for g in ("all", "legacy", "predictions")]
+    return [f"{ess[g]['per_second']:.3g}" if g in ess else "-" for g in ("all", "legacy", "predictions")]
 
 
 def _print_moves(console, rows: dict) -> None:
