@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 
@@ -163,18 +164,25 @@ def _add_docs(app: FastAPI) -> None:
         html.headers.update(DOCS_HEADERS)
         return html
 
+    def docs_page(request: Request, render: Callable[..., HTMLResponse], name: str, **urls: str) -> HTMLResponse:
+        """The page ``render`` makes, titled ``name``, given the spec's URL and ``urls`` under the
+        request's root path: behind a proxy's path prefix, the browser must ask for them there."""
+        root = request.scope.get("root_path", "")
+        return page(render(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - {name}",
+            **{argument: f"{root}{url}" for argument, url in urls.items()},
+        ))
+
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return page(get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{oauth_redirect}",
-            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
-            swagger_ui_parameters=app.swagger_ui_parameters,
-        ))
+        return docs_page(
+            request, partial(get_swagger_ui_html, swagger_ui_parameters=app.swagger_ui_parameters), "Swagger UI",
+            oauth2_redirect_url=oauth_redirect,
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+        )
 
     @app.get(oauth_redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
@@ -182,11 +190,8 @@ def _add_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return page(get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
-            with_google_fonts=False,
-        ))
+        return docs_page(
+            request, partial(get_redoc_html, with_google_fonts=False), "ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+        )

@@ -18,7 +18,7 @@ from typing import Any
 
 from bookrec.config import Settings
 from bookrec.contracts.params import MODEL_PARAMS, PRESET_PARAMS, PRIOR_PARAMS
-from bookrec.contracts.tuning import BEST_PARAMS_ATTR
+from bookrec.contracts.tuning import BEST_PARAMS_ATTR, open_optuna_storage
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def read_tuned_study(storage_url: str, study_name: str) -> dict[str, Any]:
 
     where = f"study {study_name!r} in {redact_url(storage_url)}"
     try:
-        storage = _optuna_storage(storage_url)
+        storage = open_optuna_storage(storage_url, read_only=True, error=PresetError)
         study_id = storage.get_study_id_from_name(study_name)
         document = storage.get_study_user_attrs(study_id).get(BEST_PARAMS_ATTR)
     except KeyError:
@@ -151,37 +151,6 @@ def read_tuned_study(storage_url: str, study_name: str) -> dict[str, Any]:
     if not isinstance(document, dict) or not isinstance(document.get("params"), dict):
         raise PresetError(f"{where} has no recorded best parameters (run `bookrec optimize` on it)")
     return document
-
-
-def _optuna_storage(url: str):
-    """An Optuna storage for the URLs `bookrec optimize --storage` takes (the batch may not import
-    the tuner): an RDB (sqlite, postgresql, mysql) or a journal (redis, journal file)."""
-    import warnings
-
-    import optuna
-
-    from bookrec.contracts.tuning import JOURNAL_REDIS_PREFIX, SUPPORTED_URLS, journal_path, sqlalchemy_url, storage_kind
-    from bookrec.store import redact_url
-
-    kind = storage_kind(url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if kind == "redis":
-            backend = optuna.storages.journal.JournalRedisBackend(url, prefix=JOURNAL_REDIS_PREFIX)
-            return optuna.storages.JournalStorage(backend)
-        if kind == "journal":
-            if not journal_path(url).is_file():
-                raise PresetError(f"no Optuna journal at {journal_path(url)}")
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal_path(url))))
-        if kind == "sqlite":
-            path = Path(url[len("sqlite:///") :]).expanduser()
-            if not path.is_file():  # opening it would create an empty database
-                raise PresetError(f"no Optuna storage at {redact_url(url)}: {path} does not exist")
-            return optuna.storages.RDBStorage(url, skip_table_creation=True)
-        if kind == "rdb":
-            engine_kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
-            return optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=engine_kwargs, skip_table_creation=True)
-    raise PresetError(f"unsupported Optuna storage URL {redact_url(url)!r}: {SUPPORTED_URLS}")
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:

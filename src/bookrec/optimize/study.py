@@ -24,15 +24,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from bookrec.contracts.tuning import (
-    BEST_PARAMS_ATTR, JOURNAL_REDIS_PREFIX, SUPPORTED_URLS, journal_path, sqlalchemy_url, storage_kind,
-)
+from bookrec.contracts.tuning import BEST_PARAMS_ATTR, open_optuna_storage
+from bookrec.contracts.urls import redact_url
 from bookrec.optimize.objective import (
     OBJECTIVES,
     ObjectiveOptions,
@@ -43,103 +42,16 @@ from bookrec.optimize.objective import (
 PrunerName = Literal["median", "hyperband", "none"]
 
 CONFIG_FORMAT_VERSION = 1
-# The study user attribute holding the tuned-parameters document; bookrec.batch.presets reads it.
 
 
 # --- storage ---------------------------------------------------------------------------------
 
 
-def redact_url(url: str) -> str:
-    """The storage URL without its password (safe to log and to write to the tuned config)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _ensure_sqlite_dir(url: str) -> None:
-    # sqlite:///relative/path.db and sqlite:////absolute/path.db: create the parent folder so a
-    # fresh checkout can run `bookrec optimize` without preparing var/ by hand.
-    path = url[len("sqlite:///") :]
-    if path and path != ":memory:":
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-
-
 def make_storage(url: str, *, heartbeat_seconds: int | None = 60) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url`` (see the module docstring for the accepted schemes).
-
-    RDB storages get a heartbeat: a trial whose worker died (machine lost, process killed) is
-    marked failed after ``3 * heartbeat_seconds`` and re-queued once, so no trial is silently lost.
-    """
-    kind = storage_kind(url)
-    with warnings.catch_warnings():
-        # heartbeats and the Redis journal are marked "experimental" in Optuna; they are what we want.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if kind == "redis":
-            backend = optuna.storages.journal.JournalRedisBackend(url, prefix=JOURNAL_REDIS_PREFIX)
-            return optuna.storages.JournalStorage(backend)
-        if kind == "journal":
-            path = journal_path(url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock = optuna.storages.journal.JournalFileOpenLock(str(path))
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
-        if kind == "sqlite":
-            _ensure_sqlite_dir(url)
-            # Several processes write one SQLite file: wait for the lock instead of failing at once;
-            # the driver opens no transactions of its own (see _serialise_sqlite_transactions).
-            engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "isolation_level": None}}
-        elif kind == "rdb":
-            url = sqlalchemy_url(url)
-            engine_kwargs = {"pool_pre_ping": True}
-        else:
-            raise ValueError(f"unsupported Optuna storage URL {redact_url(url)!r}: {SUPPORTED_URLS}")
-        kwargs: dict[str, Any] = {}
-        if heartbeat_seconds:
-            kwargs = {
-                "heartbeat_interval": heartbeat_seconds,
-                "grace_period": 3 * heartbeat_seconds,
-                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-            }
-        storage = _rdb_storage_with_retry(url, engine_kwargs, kwargs)
-        if kind == "sqlite":
-            _serialise_sqlite_transactions(storage.engine)
-        return storage
-
-
-def _serialise_sqlite_transactions(engine) -> None:
-    """Every transaction on a shared SQLite file starts with BEGIN IMMEDIATE (SQLAlchemy's recipe for
-    pysqlite). With SQLite's default deferred transactions two workers could both read the enqueued
-    default trial as waiting and both claim it: it ran twice and the study was a trial short
-    (seen in tests/test_optimize_workers.py, about one run in three). Taking the write lock when a
-    transaction starts serialises the claims; the other worker waits (up to the 60 s timeout)."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _rdb_storage_with_retry(url: str, engine_kwargs: dict[str, Any], kwargs: dict[str, Any], attempts: int = 6):
-    """RDBStorage, retried: workers started together on an empty database all try to create
-    Optuna's tables (and PostgreSQL enum types) at once, and all but one lose that race with a
-    duplicate-object error. A retry finds the tables and goes on (creation is check-first)."""
-    import random
-
-    import sqlalchemy.exc
-
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except sqlalchemy.exc.SQLAlchemyError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
-    raise AssertionError("unreachable")
+    """The Optuna storage ``url`` names (schemes in the module docstring; ValueError for another),
+    created if it does not exist yet. RDB storages get a heartbeat, so the trial of a worker that
+    died is re-queued (see :func:`bookrec.contracts.tuning.open_optuna_storage`)."""
+    return open_optuna_storage(url, read_only=False, heartbeat_seconds=heartbeat_seconds)
 
 
 # --- sampler, pruner, study ----------------------------------------------------------------

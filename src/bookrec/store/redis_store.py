@@ -41,19 +41,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from bookrec.store.base import (
-    AsyncStoreReader,
-    Publisher,
-    RecommendationRead,
-    Store,
-    check_blob_name,
-    check_bytes,
-    check_isbn,
-    check_limit,
-    check_json_payload,
-    check_user_id,
-    expand_payload,
-    expand_payloads,
-    new_version_id,
+    AsyncStoreReader, Publisher, RecommendationRead, Store, check_blob_name, check_bytes, check_isbn, check_json_payload,
+    check_limit, check_user_id, expand_payload, expand_payloads, new_version_id,
 )
 from bookrec.store.errors import NothingToRollBack, StoreCorrupt, StoreError, StoreUnavailable, VersionGone
 
@@ -484,27 +473,28 @@ class RedisShardWriter(RedisPublisher):
         self._parts, self._commands = [], 0
 
 
-class RedisStore(Store):
+class _RedisHandle:
+    """What the store and the API's reader share; each makes its own client (blocking, or an async pool)."""
+
     backend = "redis"
 
-    def __init__(
-        self,
-        url: str,
-        redacted_url: str,
-        prefix: str = "bookrec",
-        timeout: float = 30.0,
-        lease_seconds: float = 15.0,
-        lock_wait: float | None = None,
-        compress: bool = True,
-    ) -> None:
+    def __init__(self, redacted_url: str, prefix: str, timeout: float) -> None:
         self.url = redacted_url
-        self.compress = compress
         self.keys = Keys(prefix)
         self.timeout = timeout
+        self._random = random.Random()
+
+
+class RedisStore(_RedisHandle, Store):
+    def __init__(
+        self, url: str, redacted_url: str, prefix: str = "bookrec", timeout: float = 30.0, lease_seconds: float = 15.0,
+        lock_wait: float | None = None, compress: bool = True,
+    ) -> None:
+        _RedisHandle.__init__(self, redacted_url, prefix, timeout)
+        self.compress = compress
         self.lease_seconds = lease_seconds
         # by default wait a little longer than one lease: a killed publisher's lease has expired by then
         self.lock_wait = lease_seconds + 5 if lock_wait is None else lock_wait
-        self._random = random.Random()
         with redis_errors("connecting"):
             self.client = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0), retry=_retry(),
@@ -683,23 +673,13 @@ class RedisStore(Store):
         self.client.close()
 
 
-class AsyncRedisReader(AsyncStoreReader):
+class AsyncRedisReader(_RedisHandle, AsyncStoreReader):
     """redis.asyncio over a blocking connection pool (waits up to ``timeout`` for a free connection)."""
 
-    backend = "redis"
-
     def __init__(
-        self,
-        url: str,
-        redacted_url: str,
-        prefix: str = "bookrec",
-        timeout: float = 2.0,
-        pool_size: int = 64,
+        self, url: str, redacted_url: str, prefix: str = "bookrec", timeout: float = 2.0, pool_size: int = 64
     ) -> None:
-        self.url = redacted_url
-        self.keys = Keys(prefix)
-        self.timeout = timeout
-        self._random = random.Random()
+        _RedisHandle.__init__(self, redacted_url, prefix, timeout)
         with redis_errors("connecting"):
             self._pool = aioredis.BlockingConnectionPool.from_url(
                 url, max_connections=pool_size, timeout=timeout, socket_timeout=timeout,

@@ -25,18 +25,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from bookrec.store.base import (
-    AsyncStoreReader,
-    Publisher,
-    RecommendationRead,
-    Store,
-    check_blob_name,
-    check_bytes,
-    check_isbn,
-    check_limit,
-    check_json_payload,
-    check_user_id,
-    expand_payload,
-    new_version_id,
+    AsyncStoreReader, Publisher, RecommendationRead, Store, check_blob_name, check_bytes, check_isbn, check_json_payload,
+    check_limit, check_user_id, expand_payload, new_version_id,
 )
 from bookrec.store.errors import NothingToRollBack, StoreCorrupt, StoreError, StoreUnavailable, VersionGone
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from bookrec.contracts.urls import redact_url
 from bookrec.store.errors import StoreError
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -21,18 +22,6 @@ class StoreURL:
     @property
     def redacted(self) -> str:
         return redact_url(self.url)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe for logs, status and error messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def parse_store_url(url: str) -> StoreURL:
