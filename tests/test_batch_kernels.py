@@ -17,6 +17,7 @@ from bookrec.config import Settings
 from bookrec.data.synth import generate
 from bookrec.model import kernels
 from bookrec.model.foldin import fold_in_from_arrays, predict_fold_in
+from bookrec.model.foryou import FoldedReaders, KnownReaders
 from bookrec.model.similar import similar_items, unit_factors
 
 N = 10
@@ -42,8 +43,7 @@ def _core_index(ctx, works):
 def test_personal_ratings_equal_bpmf_predict_interval(ctx):
     users = ctx.tiers["personal"][:300]
     m = ctx.model
-    draws = np.transpose(np.concatenate([m.user_factors_[:, :300, :], m.user_bias_[:, :300, None]], axis=2), (1, 0, 2))
-    block = P.ranker(ctx).rank(users, "personal", draws=draws)
+    block = P.ranker(ctx).rank(users, KnownReaders.of(m, slice(0, 300)))
     core = _core_index(ctx, block.works)
     ok = (block.works >= 0) & (core >= 0)
     assert ok.mean() > 0.5  # most candidates are model works, so the comparison has power
@@ -57,7 +57,7 @@ def test_personal_ratings_equal_bpmf_predict_interval(ctx):
 def test_folded_in_ratings_equal_the_api_fold_in(ctx):
     users = ctx.tiers["folded_in"][:40]
     rated, _ = P._core_matrices(ctx, users)
-    block = P.ranker(ctx).rank(users, "folded_in", rated=rated)
+    block = P.ranker(ctx).rank(users, FoldedReaders(rated))
     core = _core_index(ctx, block.works)
     checked = 0
     for r in range(len(users)):
@@ -74,7 +74,7 @@ def test_folded_in_ratings_equal_the_api_fold_in(ctx):
 def test_for_you_lists_are_the_relevance_candidates_sorted_by_score(ctx):
     s = ctx.settings
     users = ctx.tiers["similar_reading"][:200]
-    block = P.ranker(ctx).rank(users, "similar_reading")
+    block = P.ranker(ctx).rank(users)
     seen = ctx.interactions.seen[users]
     cand, rel, _, _ = ctx.relevance.recommend(seen, s.n_candidates, seen)
     for r in range(len(users)):
@@ -87,7 +87,7 @@ def test_for_you_lists_are_the_relevance_candidates_sorted_by_score(ctx):
         np.testing.assert_allclose(sc, np.maximum(block.relevance[r], 0)[: len(items)]
                                    * block.p_liked[r][: len(items)] ** s.like_weight, rtol=1e-12)
     for mode, key in (("mean", "predicted"), ("lower", "lower")):
-        other = P.ranker(ctx).rank(users, "similar_reading", mode=mode)
+        other = P.ranker(ctx).rank(users, mode=mode)
         assert np.all(np.diff(getattr(other, key), axis=1) <= 1e-12)
         assert np.isin(other.works, cand).all()
 

@@ -84,7 +84,7 @@ def test_similar_reading_beats_popularity_on_held_out_interactions(tmp_path):
     assert tier3.mean() > 0.95  # they are what tier 3 is for (the rest read only rare books)
     users, works = users[tier3], works[tier3]
 
-    block = P.ranker(ctx).rank(users, "similar_reading")
+    block = P.ranker(ctx).rank(users)
     hybrid_hit = (block.works == works[:, None]).any(axis=1)
 
     segments = user_segments(reduced.users, ctx.interactions.users.values)

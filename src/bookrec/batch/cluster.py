@@ -61,10 +61,11 @@ class ShardResult:
         return sum(len(p) for _, p in self.payloads) if self.payloads else 0
 
 
-def rank_shard(shared: ShardShared, tier: str, rows: np.ndarray, inputs: dict, version: str | None) -> ShardResult:
-    """Rank and encode one shard of a ranked tier; with ``version``, write it into that pending version."""
+def rank_shard(shared: ShardShared, tier: str, rows: np.ndarray, posterior: Any, version: str | None) -> ShardResult:
+    """Rank and encode one shard of a ranked tier (``posterior``: a ``bookrec.model.foryou.ReaderPosterior``);
+    with ``version``, write it into that pending version."""
     started = time.perf_counter()
-    block = shared.ranker.rank(rows, tier, **inputs)
+    block = shared.ranker.rank(rows, posterior)
     user_ids = shared.ranker.interactions.users.values[block.users]
     payloads = list(shared.encoder.ranked_block(user_ids, tier, block))
     if version is None:
@@ -179,9 +180,9 @@ class DaskEngine:
         self.client.cancel([plan_future])
         return runs
 
-    def run_shards(self, shared: ShardShared, shards: Iterator[tuple[str, np.ndarray, dict]], version: str | None,
+    def run_shards(self, shared: ShardShared, shards: Iterator[tuple[str, np.ndarray, Any]], version: str | None,
                    on_done: Callable[[ShardResult], None]) -> None:
-        """Run every shard (tier, rows, inputs), at most a few per worker thread at a time, calling
+        """Run every shard (tier, rows, posterior), at most a few per worker thread at a time, calling
         ``on_done`` on the driver as each finishes (in completion order). Raises on the first
         shard that fails for good; the shards still running are cancelled."""
         from distributed import as_completed
@@ -199,9 +200,9 @@ class DaskEngine:
             item = next(shards, None)
             if item is None:
                 return False
-            tier, rows, inputs = item
-            sent += sizeof(rows) + sizeof(inputs)  # arrays: serialising them here as well would cost twice
-            pending.add(self.client.submit(shard_task, shared_future, tier, rows, inputs, version,
+            tier, rows, posterior = item
+            sent += sizeof(rows) + sizeof(posterior)  # their arrays' sizes: serialising them here as well would cost twice
+            pending.add(self.client.submit(shard_task, shared_future, tier, rows, posterior, version,
                                            key=f"bookrec-shard-{submitted}-{shared_future.key}", pure=False,
                                            retries=TASK_RETRIES))
             submitted += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from bookrec.model.foryou import KnownReaders
 from bookrec.model.interactions import Interactions
 
 KS = (10, 20)
@@ -77,13 +78,11 @@ def evaluate_ranking(ctx) -> dict:
     rank = ranker(ctx, relevance, train)
     rank.n = max(KS)
     core_pos = np.searchsorted(ctx.core_users, eval_users)
-    m = ctx.model
     parts: dict[str, list] = {mode: [] for mode, _ in MODES}
     mode_rngs = {mode: np.random.default_rng(s.seed) for mode, _ in MODES}
     for a in range(0, len(eval_users), s.batch_chunk_users):
         pos = core_pos[a:a + s.batch_chunk_users]
-        draws = np.transpose(np.concatenate([m.user_factors_[:, pos, :], m.user_bias_[:, pos, None]], axis=2), (1, 0, 2))
-        candidates = rank.candidates(eval_users[a:a + len(pos)], "personal", draws=draws)
+        candidates = rank.candidates(eval_users[a:a + len(pos)], KnownReaders.of(ctx.model, pos))
         for mode, _ in MODES:  # every mode orders the same candidates
             parts[mode].append(rank.order(candidates, mode, rng=mode_rngs[mode]).works)
     lists: dict[str, np.ndarray] = {mode: np.concatenate(p) for mode, p in parts.items()}
@@ -145,12 +144,10 @@ def _rating_lists(ctx, core_pos: np.ndarray, exclude: sp.csr_matrix, n: int) -> 
     ok = work_to_core[coo.col] >= 0
     excl = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (coo.row[ok], work_to_core[coo.col[ok]])),
                          shape=(exclude.shape[0], len(ctx.core_works)))
-    m = ctx.model
     out = np.full((exclude.shape[0], n), -1, dtype=np.int64)
     chunk = ctx.settings.batch_chunk_users
     for a in range(0, len(core_pos), chunk):
         pos = core_pos[a:a + chunk]
-        x = np.transpose(np.concatenate([m.user_factors_[:, pos, :], m.user_bias_[:, pos, None]], axis=2), (1, 0, 2))
-        items = folder.recommend_known(x, excl[a:a + len(pos)], n)[0]
+        items = folder.recommend_known(KnownReaders.of(ctx.model, pos).draws, excl[a:a + len(pos)], n)[0]
         out[a:a + len(pos)] = np.where(items >= 0, ctx.core_works[np.maximum(items, 0)], -1)
     return out

@@ -54,7 +54,7 @@ from bookrec.config import Settings
 from bookrec.contracts.serving import ServingModel
 from bookrec.model.bpmf import TRACED
 from bookrec.model.foldin import FoldInMany
-from bookrec.model.foryou import ForYouBlock, ForYouRanker
+from bookrec.model.foryou import FoldedReaders, ForYouBlock, ForYouRanker, KnownReaders, ReaderPosterior
 from bookrec.model.interactions import Interactions
 from bookrec.model.popularity import PopularityResult, popularity_lists, user_segments
 from bookrec.model.shrinkage import RatingModel, fallback_predictive
@@ -362,29 +362,26 @@ def _serves_everyone(ctx: BatchContext) -> np.ndarray:
     return np.ones(ctx.interactions.n_users, dtype=bool)
 
 
-def _personal_draws(ctx: BatchContext, rows: np.ndarray, start: int) -> dict:
+def _personal_draws(ctx: BatchContext, rows: np.ndarray, start: int) -> KnownReaders:
     """BPMF's draws of the chunk's readers. Both index maps are sorted by user id, so the
     personal readers (ascending user index) are exactly the model's users in order."""
     assert np.array_equal(rows, ctx.core_users[start:start + len(rows)])
-    m = ctx.model
-    stop = start + len(rows)
-    x = np.concatenate([m.user_factors_[:, start:stop, :], m.user_bias_[:, start:stop, None]], axis=2)
-    return {"draws": np.transpose(x, (1, 0, 2))}
+    return KnownReaders.of(ctx.model, slice(start, start + len(rows)))
 
 
-def _explicit_ratings(ctx: BatchContext, rows: np.ndarray, start: int) -> dict:
+def _explicit_ratings(ctx: BatchContext, rows: np.ndarray, start: int) -> FoldedReaders:
     """The chunk's explicit ratings on model works, to fold the readers in from."""
     rated, _ = _core_matrices(ctx, rows)
-    return {"rated": rated}
+    return FoldedReaders(rated)
 
 
-def _relevance_only(ctx: BatchContext, rows: np.ndarray, start: int) -> dict:
-    return {}
+def _relevance_only(ctx: BatchContext, rows: np.ndarray, start: int) -> None:
+    return None
 
 
-def _chunks(ctx: BatchContext, name: str, readers: np.ndarray) -> Iterator[tuple[np.ndarray, dict]]:
-    """A ranked tier's readers in chunks of ``batch_chunk_users`` (they bound memory), with the
-    inputs each chunk needs; a cluster's shards are these same chunks."""
+def _chunks(ctx: BatchContext, name: str, readers: np.ndarray) -> Iterator[tuple[np.ndarray, ReaderPosterior]]:
+    """A ranked tier's readers in chunks of ``batch_chunk_users`` (they bound memory), with where
+    each chunk's BPMF predictives come from; a cluster's shards are these same chunks."""
     size = ctx.settings.batch_chunk_users
     for start in range(0, len(readers), size):
         rows = readers[start:start + size]
@@ -395,8 +392,8 @@ def _rank_in_chunks(name: str, ctx: BatchContext, rank: ForYouRanker, readers: n
                     advance: Callable[[int], None]) -> ForYouBlock:
     """The for-you ranking of ``readers``, chunk by chunk."""
     parts = []
-    for rows, inputs in _chunks(ctx, name, readers):
-        parts.append(rank.rank(rows, name, **inputs))
+    for rows, posterior in _chunks(ctx, name, readers):
+        parts.append(rank.rank(rows, posterior))
         advance(len(rows))
     return ForYouBlock.concat(readers, parts, ctx.params.top_n)
 
@@ -435,7 +432,7 @@ def _encode_popular(ctx: BatchContext, encoder: PayloadEncoder, readers: np.ndar
 
 
 # What a chunk of each ranked tier's readers needs besides the ranker.
-CHUNK_INPUTS: dict[str, Callable[[BatchContext, np.ndarray, int], dict]] = {
+CHUNK_INPUTS: dict[str, Callable[[BatchContext, np.ndarray, int], ReaderPosterior]] = {
     "personal": _personal_draws, "folded_in": _explicit_ratings, "similar_reading": _relevance_only,
 }
 
@@ -845,12 +842,12 @@ def _note_memory(ctx: BatchContext, engine: DaskEngine | None, stage: str) -> No
         ctx.engine.setdefault("peak_rss_bytes", {})[stage] = {"driver": peak_rss_bytes()}
 
 
-def ranked_shards(ctx: BatchContext) -> Iterator[tuple[str, np.ndarray, dict]]:
-    """(tier, readers, inputs) of every chunk of every ranked tier, in single-process order."""
+def ranked_shards(ctx: BatchContext) -> Iterator[tuple[str, np.ndarray, ReaderPosterior]]:
+    """(tier, readers, posterior) of every chunk of every ranked tier, in single-process order."""
     for tier in TIER_REGISTRY:
         if tier.ranked:
-            for rows, inputs in _chunks(ctx, tier.name, ctx.tiers[tier.name]):
-                yield tier.name, rows, inputs
+            for rows, posterior in _chunks(ctx, tier.name, ctx.tiers[tier.name]):
+                yield tier.name, rows, posterior
 
 
 def _publish_on_cluster(ctx: BatchContext, evaluation: dict, coverage: dict, timer: Timer, store_url: str | None,

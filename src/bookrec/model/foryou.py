@@ -58,6 +58,44 @@ class ForYouBlock:
         return cls(users, *(np.concatenate([getattr(b, f) for b in blocks]) for f in cls.FIELDS))
 
 
+@dataclass(frozen=True)
+class KnownReaders:
+    """A chunk of the model's own readers, scored from their kept BPMF draws (U, S, k+1)."""
+
+    draws: np.ndarray
+
+    @classmethod
+    def of(cls, model, positions: np.ndarray | slice) -> KnownReaders:
+        """The readers at ``positions`` among a fitted BPMF ``model``'s users."""
+        x = np.concatenate([model.user_factors_[:, positions, :], model.user_bias_[:, positions, None]], axis=2)
+        return cls(np.transpose(x, (1, 0, 2)))
+
+    def components(self, folder: FoldInMany, top: np.ndarray):
+        return folder.known_components(self.draws, top)
+
+    def __sizeof__(self) -> int:  # what a cluster ships per shard
+        return object.__sizeof__(self) + self.draws.nbytes
+
+
+@dataclass(frozen=True)
+class FoldedReaders:
+    """A chunk of readers folded in from their explicit ratings on model works (U, core works)."""
+
+    rated: sp.csr_matrix
+
+    def components(self, folder: FoldInMany, top: np.ndarray):
+        part = rated_arrays(self.rated)
+        return folder.top_components(part, folder.fold_means(part), top)
+
+    def __sizeof__(self) -> int:
+        r = self.rated
+        return object.__sizeof__(self) + r.data.nbytes + r.indices.nbytes + r.indptr.nbytes
+
+
+# Where a chunk's BPMF predictives come from; None: the book-level rating model alone.
+ReaderPosterior = KnownReaders | FoldedReaders | None
+
+
 @dataclass
 class Candidates:
     """One chunk's relevance candidates (n_candidates per reader) and their rating predictives.
@@ -111,24 +149,21 @@ class ForYouRanker:
         self.work_to_core = np.full(n_works, -1, dtype=np.int64)
         self.work_to_core[core_works] = np.arange(len(core_works))
 
-    def rank(self, users: np.ndarray, tier: str, draws: np.ndarray | None = None,
-             rated: sp.csr_matrix | None = None, mode: str = "for_you",
+    def rank(self, users: np.ndarray, posterior: ReaderPosterior = None, mode: str = "for_you",
              rng: np.random.Generator | None = None) -> ForYouBlock:
-        """One chunk of readers of ``tier``. ``draws`` (U, S, k+1): the BPMF draws of personal
-        readers; ``rated`` (U, core works): explicit ratings of folded-in readers. ``mode``
-        orders the same candidates: for_you, mean, lower or sample (a draw from each item's
-        predictive normal, seeded by ``rng``)."""
-        return self.order(self.candidates(users, tier, draws, rated), mode, rng)
+        """One chunk of readers. ``posterior``: where BPMF's predictives of these readers come
+        from (None: the book-level model alone). ``mode`` orders the same candidates: for_you,
+        mean, lower or sample (a draw from each item's predictive normal, seeded by ``rng``)."""
+        return self.order(self.candidates(users, posterior), mode, rng)
 
-    def candidates(self, users: np.ndarray, tier: str, draws: np.ndarray | None = None,
-                   rated: sp.csr_matrix | None = None) -> Candidates:
+    def candidates(self, users: np.ndarray, posterior: ReaderPosterior = None) -> Candidates:
         """The chunk's relevance candidates with their rating predictives (intervals still open)."""
         seen = self.interactions.seen[users]
         works, rel, rel_sd, because = self.relevance.recommend(seen, self.n_candidates, seen)
         cold = ~(because >= 0).any(axis=1)  # a reason exists wherever the reader has a candidate in history
         if cold.any():  # no history among the candidates: the most read unread candidates instead
             works[cold], rel[cold], rel_sd[cold], because[cold] = self._popular(seen[np.flatnonzero(cold)])
-        pred, lower, upper, p_liked, mixture = self._rating(users, works, tier, draws, rated)
+        pred, lower, upper, p_liked, mixture = self._rating(users, works, posterior)
         return Candidates(users, works, rel, rel_sd, because, pred, lower, upper, p_liked, mixture)
 
     def order(self, c: Candidates, mode: str = "for_you", rng: np.random.Generator | None = None) -> ForYouBlock:
@@ -167,7 +202,7 @@ class ForYouRanker:
         share = np.where(works >= 0, r.popularity_[np.maximum(works, 0)] / max(r.n_users_, 1), np.nan)
         return works, share, np.full(works.shape, np.nan), np.full(works.shape, -1, dtype=np.int64)
 
-    def _rating(self, users, works, tier, draws, rated):
+    def _rating(self, users, works, posterior: ReaderPosterior):
         """(predicted, lower, upper, p_liked, mixture) per (reader, candidate). Where BPMF knows both
         the reader and the work, ``mixture`` holds its predictive components and the mask of those
         entries; their lower and upper are filled by :meth:`_mixture_intervals`."""
@@ -185,14 +220,8 @@ class ForYouRanker:
         core = self.work_to_core[safe]
         in_core = (works >= 0) & (core >= 0)
         mixture = None
-        if self.folder is not None and tier in ("personal", "folded_in") and in_core.any():
-            f = self.folder
-            top = np.where(in_core, core, 0)
-            if tier == "personal":
-                comp_m, comp_s = f.known_components(draws, top)
-            else:
-                part = rated_arrays(rated)
-                comp_m, comp_s = f.top_components(part, f.fold_means(part), top)
+        if self.folder is not None and posterior is not None and in_core.any():
+            comp_m, comp_s = posterior.components(self.folder, np.where(in_core, core, 0))
             model_mean = comp_m.mean(axis=1).reshape(shape)
             model_p = ndtr((comp_m - self.liked_threshold) / comp_s).mean(axis=1).reshape(shape)
             pred = np.where(in_core, np.clip(model_mean, lo_r, hi_r), pred)
