@@ -99,6 +99,16 @@ def _posterior_precision(prec, lin, rated, u, model, s, f):
             prec[i, j] = prec[j, i]
 
 
+@njit(inline="always", cache=True)
+def _component_mean(mu_s, item_bias, item_row, reader_row):
+    """One sample's predictive mean mu + c_j + b + v_j . u of a reader row (u, b) for an item row v_j."""
+    k = item_row.shape[0]
+    m = mu_s + item_bias + reader_row[k]
+    for i in range(k):
+        m += item_row[i] * reader_row[i]
+    return m
+
+
 @njit(parallel=True, cache=True)
 def fold_readers(rated, model, with_inverse):
     """Posterior means (U, S, k+1) of every reader's (factors, bias) per sample and, when
@@ -144,9 +154,7 @@ def pair_components(means, inv_chols, local_user, items, model):
             for i in range(k):
                 f[i] = item_factors[s, j, i]
             f[k] = 1.0
-            m = mu[s] + item_bias[s, j]
-            for i in range(d):
-                m += f[i] * means[u, s, i]
+            m = _component_mean(mu[s], item_bias[s, j], item_factors[s, j], means[u, s])
             # f^T Cov f = || W f ||^2 with W = L^-1 lower triangular
             var = 1.0 / alpha[s]
             for r in range(d):
@@ -189,9 +197,7 @@ def fold_top_components(rated, means, top, model):
                 for i in range(k):
                     f[i] = factors_by_item[j, s, i]
                 f[k] = 1.0
-                m = mu[s] + bias_by_item[j, s]
-                for i in range(d):
-                    m += f[i] * means[u, s, i]
+                m = _component_mean(mu[s], bias_by_item[j, s], factors_by_item[j, s], means[u, s])
                 var = 1.0 / alpha[s]
                 for i in range(d):
                     acc = f[i]
@@ -213,7 +219,6 @@ def known_top_components(x, top, model):
     alpha = model.alpha
     n_users, n = top.shape
     n_s = mu.shape[0]
-    k = factors_by_item.shape[2]
     out_m = np.empty((n_users * n, n_s))
     out_s = np.empty((n_users * n, n_s))
     for u in prange(n_users):
@@ -221,9 +226,6 @@ def known_top_components(x, top, model):
             j = top[u, t]
             row = u * n + t
             for s in range(n_s):
-                m = mu[s] + bias_by_item[j, s] + x[u, s, k]
-                for i in range(k):
-                    m += factors_by_item[j, s, i] * x[u, s, i]
-                out_m[row, s] = m
+                out_m[row, s] = _component_mean(mu[s], bias_by_item[j, s], factors_by_item[j, s], x[u, s])
                 out_s[row, s] = 1.0 / math.sqrt(alpha[s])
     return out_m, out_s
