@@ -24,7 +24,7 @@ from scipy.special import ndtr
 from bookrec.model.foldin import fold_in_components, fold_in_from_arrays, rank_items_for_fold_in
 from bookrec.store import open_store
 from tests.support.asgi import serving
-from tests.support.publish import _catalog_parquet, publish_fixture
+from tests.support.publish import _catalog_parquet, fresh_store_url, publish_fixture
 
 # How far a served figure may be from the exact one: the payload contract's rounding.
 RATING_ABS = 0.5 * 10.0**-RATING_DECIMALS + 1e-9
@@ -35,11 +35,7 @@ N_USERS, N_BOOKS, TOP_N = 120, 60, 20
 
 @pytest.fixture(scope="module", params=["redis", "sqlite"])
 def world(request, redis_server, tmp_path_factory):
-    if request.param == "redis":
-        redis_server.flush()
-        url = redis_server.url
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('store')}/bookrec.sqlite3"
+    url = fresh_store_url(request.param, redis_server, tmp_path_factory, "store")
     # The serving model covers the works flagged in_model only, as the batch's does, so books
     # outside the rating model exist; the relevance blob covers 80% of the works (w % 5 != 1).
     fx = publish_fixture(url, n_users=N_USERS, n_books=N_BOOKS, top_n=TOP_N, seed=3, serving_works="in_model")
@@ -50,10 +46,6 @@ def world(request, redis_server, tmp_path_factory):
 async def client(world):
     async with serving(world["url"]) as c:
         yield c
-
-
-def _in_model(fx):
-    return [w for w in fx.works if w["work_key"] in set(fx.serving_model["item_keys"].tolist())]
 
 
 def _not_relevance_candidates(works, fx):
@@ -289,7 +281,7 @@ async def test_unknown_book_is_404(client, isbn):
 
 async def test_similar_books_of_a_work_without_relevance_match_the_factor_cosine(client, world):
     fx = world["fx"]
-    work = _not_relevance_candidates(_in_model(fx), fx)[2]
+    work = _not_relevance_candidates(fx.in_model_works(), fx)[2]
     r = await client.get(f"/books/{work['isbn']}/similar", params={"n": 5})
     assert r.status_code == 200
     body = r.json()
@@ -311,7 +303,7 @@ async def test_similar_books_of_a_work_without_relevance_match_the_factor_cosine
 
 async def test_similar_of_a_book_outside_both_models_is_404(client, world):
     fx = world["fx"]
-    outside = next(w for w in _not_relevance_candidates(fx.works, fx) if w not in _in_model(fx))
+    outside = next(w for w in _not_relevance_candidates(fx.works, fx) if w not in fx.in_model_works())
     r = await client.get(f"/books/{outside['isbn']}/similar")
     assert r.status_code == 404 and "too few ratings" in r.json()["detail"]
 
@@ -360,9 +352,9 @@ async def test_cold_start_from_books_without_relevance_folds_in_with_the_serving
     """Rated books the relevance model does not cover: every book of the rating model is ranked by
     the fold-in alone (for_you falls back to the predicted rating, and says so)."""
     fx = world["fx"]
-    works = _not_relevance_candidates(_in_model(fx), fx)
+    works = _not_relevance_candidates(fx.in_model_works(), fx)
     by_isbn, by_title = works[0], works[3]
-    outside = next(w for w in _not_relevance_candidates(fx.works, fx) if w not in _in_model(fx))
+    outside = next(w for w in _not_relevance_candidates(fx.works, fx) if w not in fx.in_model_works())
     request = {
         "ratings": [
             {"isbn": "-".join([by_isbn["isbn"][:3], by_isbn["isbn"][3:]]), "rating": 9},
@@ -401,7 +393,7 @@ async def test_cold_start_from_books_without_relevance_folds_in_with_the_serving
 
 async def test_cold_start_rank_by_lower_matches_the_model(client, world):
     fx = world["fx"]
-    works = _not_relevance_candidates(_in_model(fx), fx)[:3]
+    works = _not_relevance_candidates(fx.in_model_works(), fx)[:3]
     request = {"ratings": [{"isbn": w["isbn"], "rating": r} for w, r in zip(works, (8, 9, 2))], "top_k": 8,
                "rank_by": "lower"}
     body = (await client.post("/recommend/cold-start", json=request)).json()

@@ -21,18 +21,14 @@ from bookrec.api.middleware import RateLimiter
 from bookrec.api.search import TitleBudget
 from bookrec.config import Settings
 from tests.support.asgi import serving
-from tests.support.publish import publish_fixture
+from tests.support.publish import fresh_store_url, publish_fixture
 
 N_USERS, N_BOOKS = 60, 40
 
 
 @pytest.fixture(scope="module", params=["redis", "sqlite"])
 def world(request, redis_server, tmp_path_factory):
-    if request.param == "redis":
-        redis_server.flush()
-        url = redis_server.url
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('hardening')}/bookrec.sqlite3"
+    url = fresh_store_url(request.param, redis_server, tmp_path_factory, "hardening")
     fx = publish_fixture(url, n_users=N_USERS, n_books=N_BOOKS, seed=5, serving_works="in_model")
     return {"url": url, "fx": fx, "backend": request.param}
 
@@ -41,11 +37,6 @@ def world(request, redis_server, tmp_path_factory):
 async def client(world):
     async with serving(world["url"]) as c:
         yield c
-
-
-def _in_model(fx):
-    keys = set(fx.serving_model["item_keys"].tolist())
-    return [w for w in fx.works if w["work_key"] in keys]
 
 
 def _isbn13(isbn10: str) -> str:
@@ -92,7 +83,7 @@ async def test_head_answers_every_get_route_like_get_without_a_body(client, worl
     fx = world["fx"]
     paths = [
         "/", "/health", "/users?limit=3", "/books?limit=2", "/stats", "/model/info", "/metrics",
-        f"/recommend/{fx.user_ids[0]}", f"/books/{fx.works[0]['isbn']}", f"/books/{_in_model(fx)[0]['isbn']}/similar",
+        f"/recommend/{fx.user_ids[0]}", f"/books/{fx.works[0]['isbn']}", f"/books/{fx.in_model_works()[0]['isbn']}/similar",
         "/books/search?q=garden", "/openapi.json", "/docs", "/redoc", "/app/", "/app/app.js",
         "/recommend/1", "/books/0000000000",  # 404s too
     ]
@@ -171,7 +162,7 @@ async def test_search_and_cold_start_answer_429_with_retry_after_beyond_the_limi
         rate_limit_cold_start_per_minute=2, rate_limit_cold_start_burst=2,
     )
     app = create_app(settings)
-    body = {"ratings": [{"isbn": _in_model(fx)[0]["isbn"], "rating": 8}]}
+    body = {"ratings": [{"isbn": fx.in_model_works()[0]["isbn"], "rating": 8}]}
     async with app.router.lifespan_context(app):
         async with await _client_from(app, "192.0.2.1") as one, await _client_from(app, "192.0.2.2") as two:
             # GET and POST search share one bucket.
@@ -198,7 +189,7 @@ SMALL_BOUNDS = {"max_top_k": 3, "max_page_size": 4, "max_random_users": 2, "max_
 
 async def test_bounds_set_in_the_settings_are_checked_and_documented(world):
     """The routes are shared by every app: each app checks and documents the bounds of its own settings."""
-    isbn = _in_model(world["fx"])[0]["isbn"]
+    isbn = world["fx"].in_model_works()[0]["isbn"]
     user = world["fx"].user_ids[0]
     over = [
         ("GET", f"/recommend/{user}?top_k=4", None, "top_k: Input should be less than or equal to 3"),
@@ -260,7 +251,7 @@ def _gibberish_titles(n: int, length: int, seed: int = 0) -> list[str]:
 
 async def test_cold_start_with_200_long_titles_answers_quickly_and_correctly(client, world):
     fx = world["fx"]
-    known = _in_model(fx)[1]
+    known = fx.in_model_works()[1]
     titles = _gibberish_titles(199, 300)
     body = {"ratings": [{"title": t, "rating": 5} for t in titles] + [{"isbn": known["isbn"], "rating": 9}]}
     await client.post("/recommend/cold-start", json={"ratings": [{"isbn": known["isbn"], "rating": 9}]})  # warm
@@ -278,7 +269,7 @@ async def test_cold_start_with_200_long_titles_answers_quickly_and_correctly(cli
 
 async def test_typed_titles_with_a_typo_are_still_matched(client, world):
     fx = world["fx"]
-    works = _in_model(fx)[:4]
+    works = fx.in_model_works()[:4]
     typed = [w["title"].lower() + "s" for w in works]  # one letter too many
     r = await client.post("/recommend/cold-start", json={"ratings": [{"title": t, "rating": 7} for t in typed]})
     assert r.status_code == 200
@@ -290,7 +281,7 @@ async def test_title_matching_stops_at_its_budget_but_exact_titles_still_match(w
     from bookrec.api.services import resolve_book
     from bookrec.api.schemas import RatingIn
 
-    work = _in_model(world["fx"])[0]
+    work = world["fx"].in_model_works()[0]
     app = create_app(Settings(store_url=world["url"]))
     async with app.router.lifespan_context(app):
         bundle = await app.state.api.versions.bundle()
@@ -306,7 +297,7 @@ async def test_title_matching_stops_at_its_budget_but_exact_titles_still_match(w
 
 async def test_isbn13_finds_the_same_book_as_its_isbn10_everywhere(client, world):
     fx = world["fx"]
-    work = _in_model(fx)[2]
+    work = fx.in_model_works()[2]
     isbn10 = work["isbn"]
     isbn13 = _isbn13(isbn10)
     dashed = stdnum_isbn.format(isbn13)

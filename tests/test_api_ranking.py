@@ -23,7 +23,7 @@ from bookrec.model import kernels
 from bookrec.model.foldin import fold_in_components, fold_in_from_arrays
 from bookrec.store import open_store
 from tests.support.asgi import serving
-from tests.support.publish import _catalog_parquet, publish_fixture
+from tests.support.publish import _catalog_parquet, fresh_store_url, publish_fixture
 
 # How far a served figure may be from the exact one: the payload contract's rounding.
 RATING_ABS = 0.5 * 10.0**-RATING_DECIMALS + 1e-9
@@ -37,11 +37,7 @@ MODES = ("for_you", "mean", "lower", "sample")
 
 @pytest.fixture(scope="module", params=["redis", "sqlite"])
 def world(request, redis_server, tmp_path_factory):
-    if request.param == "redis":
-        redis_server.flush()
-        url = redis_server.url
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('ranking')}/bookrec.sqlite3"
+    url = fresh_store_url(request.param, redis_server, tmp_path_factory, "ranking")
     fx = publish_fixture(url, n_users=N_USERS, n_books=N_BOOKS, top_n=TOP_N, seed=5, serving_works="in_model")
     return {"url": url, "fx": fx}
 

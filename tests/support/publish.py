@@ -79,6 +79,19 @@ class PublishedFixture:
     top_n: int = 20
     relevance: dict[str, np.ndarray] | None = field(default=None, repr=False)  # None: not published
 
+    def in_model_works(self) -> list[dict[str, Any]]:
+        """The works the serving model covers, in catalogue order."""
+        keys = set(self.serving_model["item_keys"].tolist())
+        return [w for w in self.works if w["work_key"] in keys]
+
+
+def fresh_store_url(backend: str, redis_server, tmp_path_factory, name: str) -> str:
+    """An empty store of ``backend`` (redis: the suite's server, flushed; sqlite: a new file)."""
+    if backend == "redis":
+        redis_server.flush()
+        return redis_server.url
+    return f"sqlite:///{tmp_path_factory.mktemp(name)}/bookrec.sqlite3"
+
 
 def _works(rng: np.random.Generator, n_works: int) -> list[dict[str, Any]]:
     works, seen = [], set()
