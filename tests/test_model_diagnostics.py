@@ -45,3 +45,17 @@ def test_the_verdict_names_the_slowest_quantity_and_its_shortfall():
     assert d["slowest"]["ess"] == ess and 20 < ess < 150
     assert d["slowest"]["ess_shortfall"] == 400 / ess
     assert d["summary"].startswith("slowest slow: ESS")
+
+
+def test_the_verdict_says_whether_every_traced_prediction_passes():
+    rng = np.random.default_rng(3)
+    fast = {f"pred_{i}": rng.standard_normal((2, 1_000)) for i in range(3)}
+    slow = np.zeros((2, 1_000))
+    for t in range(1, 1_000):  # AR(1), phi = 0.95: ESS far below 400
+        slow[:, t] = 0.95 * slow[:, t - 1] + rng.standard_normal(2) * np.sqrt(1 - 0.95**2)
+    held_back = convergence({"alpha": slow, **fast}, rhat_threshold=1.01, min_ess=400)
+    assert not held_back["converged"] and held_back["failing"] == ["alpha"]
+    assert held_back["predictions_pass"] is True
+    one_slow_prediction = convergence({"alpha": fast["pred_0"], **fast, "pred_2": slow}, rhat_threshold=1.01, min_ess=400)
+    assert one_slow_prediction["predictions_pass"] is False
+    assert convergence({"alpha": slow})["predictions_pass"] is None

@@ -86,7 +86,7 @@ def world():
         # The real batch also checks sampled predictions (pred_0, ...) and lists what failed; make
         # this version one whose chains did not converge, so the page has to say so.
         conv = fx.meta["convergence"]
-        for i, (rhat, ess) in enumerate([(1.002, 380.0), (1.09, 41.0), (1.01, 250.0)]):
+        for i, (rhat, ess) in enumerate([(1.002, 380.0), (1.09, 41.4), (1.01, 250.0)]):
             conv["rhat"][f"pred_{i}"], conv["ess_bulk"][f"pred_{i}"], conv["ess_tail"][f"pred_{i}"] = rhat, ess, ess + 20
         conv.update(converged=False, failing=["pred_1"], rhat_threshold=1.05, min_ess=100.0)
         # An older batch also put ranking figures of re-ordered held-out items into test_metrics:
@@ -529,13 +529,42 @@ def test_model_view_draws_its_plots(page, world):
     panel = p.locator(".view-model .panel", has=p.locator("h2", has_text="Convergence"))
     expect(panel.locator("tbody tr")).to_have_count(len([n for n in meta["convergence"]["rhat"] if not n.startswith("pred_")]) + 1)
     worst = panel.locator("tr", has_text="3 predictions (worst)")
-    expect(worst.locator("td")).to_have_text(["1.090", "41.000", "61.000"])
+    expect(worst.locator("td")).to_have_text(["1.090", "41", "61"])  # an ESS is a count: no decimals
     expect(worst.locator("td.warn")).to_have_count(3)
     expect(p.locator(".view-model")).to_contain_text(meta["version"])
     expect(p.locator(".view-model")).to_contain_text("1.5 s")  # training_time_seconds
     expect(p.locator(".view-model")).not_to_contain_text("undefined")
     expect(p.locator(".view-model")).not_to_contain_text("NaN")
     shot(p, "model")
+
+
+def test_model_verdict_says_the_intervals_stand_when_only_global_quantities_fail(page, world):
+    """The published meta says every sampled prediction passes and only alpha and the train RMSE
+    fall short: the verdict says the intervals can be used, instead of the blanket caution."""
+    p = page.page
+
+    def only_globals_fail(route):
+        response = route.fetch()
+        meta = response.json()
+        conv = meta["convergence"]
+        for name in conv["rhat"]:
+            slow = name in ("alpha", "train_rmse")
+            conv["rhat"][name], conv["ess_bulk"][name], conv["ess_tail"][name] = (
+                (1.08, 20.4, 219.0) if slow else (1.002, 900.0, 1200.0))
+        conv.update(converged=False, failing=["alpha", "train_rmse"], rhat_threshold=1.01, min_ess=400.0)
+        route.fulfill(response=response, json=meta)
+
+    p.route("**/model/info", only_globals_fail)
+    p.goto(f"{world['base']}/app/#/model")
+    verdict = p.locator(".view-model .verdict")
+    expect(verdict).to_contain_text("Chains have not converged (alpha, train_rmse)")
+    n_preds = sum(name.startswith("pred_") for name in world["fx"].meta["convergence"]["rhat"])
+    expect(verdict).to_contain_text(f"the {n_preds} sampled predictions pass, so the predictions and their intervals can be used")
+    expect(verdict).not_to_contain_text("with caution")
+    panel = p.locator(".view-model .panel", has=p.locator("h2", has_text="Convergence"))
+    expect(panel.locator("tr", has_text="alpha").locator("td")).to_have_text(["1.080", "20", "219"])
+    slow_present = [n for n in ("alpha", "train_rmse") if n in world["fx"].meta["convergence"]["rhat"]]
+    expect(panel.locator("td.warn")).to_have_count(3 * len(slow_present))  # their R-hat, bulk and tail ESS
 
 
 def test_model_view_shows_the_top_n_ranking_table_and_chart(page, world):

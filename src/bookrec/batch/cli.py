@@ -127,6 +127,7 @@ def batch_summary(report: Any) -> dict[str, Any]:
         "coverage_by_tier": report.coverage_by_tier,
         "converged": bool(convergence.get("converged")),
         "convergence": convergence.get("summary"),
+        "predictions_pass": convergence.get("predictions_pass"),
         "max_rhat": convergence.get("max_rhat"),
         "min_ess_bulk": convergence.get("min_ess_bulk"),
         "test_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
@@ -140,7 +141,8 @@ def log_summary(summary: dict[str, Any]) -> None:
     log.info("published version %s (preset %s): %s of %s readers have recommendations", summary["version"],
              summary["preset"], f"{summary['readers_with_recommendations']:,}", f"{summary['readers']:,}")
     verdict = "converged" if summary["converged"] else "NOT converged"
-    log.info("convergence: %s%s", verdict, f" ({summary['convergence']})" if summary["convergence"] else "")
+    passing = "; every traced prediction passes" if not summary["converged"] and summary.get("predictions_pass") else ""
+    log.info("convergence: %s%s%s", verdict, f" ({summary['convergence']})" if summary["convergence"] else "", passing)
     if summary["test_metrics"]:
         log.info("test metrics: %s", ", ".join(f"{k} {_number(v)}" for k, v in summary["test_metrics"].items()))
     log.info("stage times: %s", ", ".join(f"{k} {v:.1f} s" for k, v in summary["stage_seconds"].items()))

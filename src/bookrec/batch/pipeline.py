@@ -730,7 +730,8 @@ def _fit_models(dataset, settings: Settings, params: ResolvedParameters, timer: 
     console.print(
         f"trained in {ctx.model.fit_seconds_:.1f} s; max R-hat {diag.get('max_rhat', float('nan')):.3f}, "
         f"min bulk ESS {diag.get('min_ess_bulk', float('nan')):.0f}: "
-        + ("converged" if diag.get("converged") else f"NOT converged by the R-hat/ESS rule ({diag.get('summary', '')})")
+        + ("converged" if diag.get("converged") else f"NOT converged by the R-hat/ESS rule ({diag.get('summary', '')})"
+           + ("; every traced prediction passes, so the intervals can be used" if diag.get("predictions_pass") else ""))
     )
     with timer.stage("relevance"):
         fit_relevance(ctx)

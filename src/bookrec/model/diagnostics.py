@@ -63,7 +63,18 @@ def convergence(traces: dict[str, np.ndarray], rhat_threshold: float = RHAT_THRE
         "min_ess_bulk": min(out_bulk.values(), default=float("nan")),
         "min_ess_tail": min(out_tail.values(), default=float("nan")),
         "failing": sorted(set(failing)),
+        "predictions_pass": _predictions_pass(names, failing),
     }
+
+
+def _predictions_pass(names, failing) -> bool | None:
+    """Whether every traced prediction (``pred_*``) passes the rule, None when none is traced: the
+    predictive intervals rest on these, so a verdict held back by global quantities alone (alpha,
+    the train RMSE) still leaves the intervals usable."""
+    predictions = [n for n in names if n.startswith("pred_")]
+    if not predictions:
+        return None
+    return not any(n.startswith("pred_") for n in failing)
 
 
 def _nan_last(value: float, worst: float) -> float:

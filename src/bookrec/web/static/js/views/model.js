@@ -57,18 +57,21 @@ function convergencePanel(meta) {
     const parts = [...failingParams];
     if (failingPreds) parts.push(`${failingPreds} of ${preds.length} sampled predictions`);
     const slowest = typeof conv.summary === "string" && conv.summary ? ` ${conv.summary}.` : "";
-    detail = `${parts.length ? ` (${parts.join(", ")})` : ""}: treat the intervals with caution; more samples or a longer burn-in are needed.${slowest}`;
+    // Every sampled prediction passing is what the published intervals rest on.
+    const advice = failing && preds.length && !failingPreds
+      ? `the ${preds.length} sampled predictions pass, so the predictions and their intervals can be used; the quantities named need longer chains for their own estimates.`
+      : "treat the intervals with caution; more samples or a longer burn-in are needed.";
+    detail = `${parts.length ? ` (${parts.join(", ")})` : ""}: ${advice}${slowest}`;
   }
   const verdict = h("p", { class: `verdict ${converged ? "verdict-ok" : "verdict-warn"}`, role: "status" },
     h("strong", null, conv.converged === undefined ? "No convergence check recorded" : converged ? "Chains converged" : "Chains have not converged"),
     detail);
 
-  const cell = (v, good) => h("td", { class: isNum(v) ? (good(v) ? "ok" : "warn") : "" }, isNum(v) ? (v >= 100 ? fmtInt(v) : fmt(v, 3)) : "—");
-  const rows = params.map((n) => h("tr", null,
-    h("th", { scope: "row" }, n),
-    cell(rhat[n], (v) => v < rhatMax),
-    cell(bulk[n], (v) => v >= minEss),
-    cell(tail[n], (v) => v >= minEss)));
+  // R-hat to three decimals; an effective sample size is a count of draws.
+  const cell = (v, good, format) => h("td", { class: isNum(v) ? (good(v) ? "ok" : "warn") : "" }, isNum(v) ? format(v) : "—");
+  const rhatCell = (v) => cell(v, (x) => x < rhatMax, (x) => fmt(x, 3));
+  const essCell = (v) => cell(v, (x) => x >= minEss, fmtInt);
+  const rows = params.map((n) => h("tr", null, h("th", { scope: "row" }, n), rhatCell(rhat[n]), essCell(bulk[n]), essCell(tail[n])));
   if (preds.length) {
     const worst = (obj, pick) => {
       const values = preds.map((n) => obj[n]).filter(isNum);
@@ -76,9 +79,7 @@ function convergencePanel(meta) {
     };
     rows.push(h("tr", null,
       h("th", { scope: "row" }, `${preds.length} predictions (worst)`),
-      cell(worst(rhat, Math.max), (v) => v < rhatMax),
-      cell(worst(bulk, Math.min), (v) => v >= minEss),
-      cell(worst(tail, Math.min), (v) => v >= minEss)));
+      rhatCell(worst(rhat, Math.max)), essCell(worst(bulk, Math.min)), essCell(worst(tail, Math.min))));
   }
   const table = rows.length
     ? h("table", { class: "table" },
