@@ -551,7 +551,8 @@ def test_model_verdict_says_the_intervals_stand_when_only_global_quantities_fail
             slow = name in ("alpha", "train_rmse")
             conv["rhat"][name], conv["ess_bulk"][name], conv["ess_tail"][name] = (
                 (1.08, 20.4, 219.0) if slow else (1.002, 900.0, 1200.0))
-        conv.update(converged=False, failing=["alpha", "train_rmse"], rhat_threshold=1.01, min_ess=400.0)
+        conv.update(converged=False, failing=["alpha", "train_rmse"], rhat_threshold=1.01, min_ess=400.0,
+                    summary="slowest alpha: ESS 20 of 400 needed (19.6x longer chains)")
         route.fulfill(response=response, json=meta)
 
     p.route("**/model/info", only_globals_fail)
@@ -561,6 +562,7 @@ def test_model_verdict_says_the_intervals_stand_when_only_global_quantities_fail
     n_preds = sum(name.startswith("pred_") for name in world["fx"].meta["convergence"]["rhat"])
     expect(verdict).to_contain_text(f"the {n_preds} sampled predictions pass, so the predictions and their intervals can be used")
     expect(verdict).not_to_contain_text("with caution")
+    expect(verdict).to_contain_text("own estimates. Slowest alpha: ESS 20 of 400 needed (19.6x longer chains).")
     panel = p.locator(".view-model .panel", has=p.locator("h2", has_text="Convergence"))
     expect(panel.locator("tr", has_text="alpha").locator("td")).to_have_text(["1.080", "20", "219"])
     slow_present = [n for n in ("alpha", "train_rmse") if n in world["fx"].meta["convergence"]["rhat"]]

@@ -56,7 +56,7 @@ function convergencePanel(meta) {
   else {
     const parts = [...failingParams];
     if (failingPreds) parts.push(`${failingPreds} of ${preds.length} sampled predictions`);
-    const slowest = typeof conv.summary === "string" && conv.summary ? ` ${conv.summary}.` : "";
+    const slowest = typeof conv.summary === "string" && conv.summary ? ` ${conv.summary[0].toUpperCase()}${conv.summary.slice(1)}.` : "";
     // Every sampled prediction passing is what the published intervals rest on.
     const advice = failing && preds.length && !failingPreds
       ? `the ${preds.length} sampled predictions pass, so the predictions and their intervals can be used; the quantities named need longer chains for their own estimates.`
