@@ -232,11 +232,20 @@ class BooksPage(BaseModel):
     offset: int
 
 
-class Book(BookSummary):
+class Book(OpenPayload):
+    isbn: str
+    work_key: str | None = None
+    title: str
+    author: str | None = None
+    year: int | None = None
+    publisher: str | None = None
+    image_url: str | None = None
     editions: list[str] | None = None
+    n_ratings: int | None = None
     n_explicit: int | None = None
     mean_rating: float | None = None
     rating_counts: dict[str, int] | None = None
+    in_model: bool | None = None
 
 
 class SimilarBook(BaseModel):
