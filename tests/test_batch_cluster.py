@@ -164,6 +164,54 @@ def test_a_worker_killed_mid_precompute_costs_nothing_but_time(small_dir, tmp_pa
     assert len(engine["peak_rss_bytes"]["precompute"]) == 2
 
 
+@pytest.mark.parametrize("stage", ["chain", "shard"])
+def test_a_worker_that_dies_with_the_only_copy_of_the_shared_inputs_costs_nothing_but_time(stage, small_dir, tmp_path,
+                                                                                           redis_url):
+    """The chains' plan or the shards' shared inputs are scattered while one worker runs; a second
+    joins, and the first is killed while a task of that stage runs: the only copy is gone, so the
+    batch scatters it again to the survivor and reruns the cancelled tasks, and publishes what one
+    process publishes."""
+    from distributed import Client
+
+    chunk = 64
+    base = tmp_path / "one"
+    base.mkdir()
+    run_batch(settings(base, chunk), small_dir, f"sqlite:///{base}/store.sqlite3", "development", show_progress=False)
+    single = published(f"sqlite:///{base}/store.sqlite3", isbns_of(small_dir))
+
+    cluster = DaskCluster(n_workers=1).start()
+    outcome: dict = {}
+    try:
+        def batch() -> None:
+            try:
+                outcome["report"] = run_batch(settings(tmp_path, chunk), small_dir, redis_url, "development",
+                                              show_progress=False, scheduler=cluster.address)
+            except BaseException as exc:  # the assertion below shows it
+                outcome["error"] = exc
+
+        driver = threading.Thread(target=batch)
+        driver.start()
+        with Client(cluster.address, set_as_default=False) as observer:
+            deadline = time.monotonic() + 300
+            while driver.is_alive() and time.monotonic() < deadline and not any(
+                    str(key).startswith(f"bookrec-{stage}-") for keys in observer.processing().values() for key in keys):
+                time.sleep(0.02)
+            assert driver.is_alive(), f"the batch ended before a {stage} was seen running"
+            cluster.add_worker("worker-1")
+            cluster.kill_worker("worker-0")
+        driver.join(timeout=300)
+        assert not driver.is_alive()
+        assert "error" not in outcome, f"{outcome.get('error')!r}\n{cluster.logs()}"
+        logs = cluster.logs()
+    finally:
+        cluster.stop()
+    assert "lose scattered data" in logs  # the case under test happened
+    version = published(redis_url, isbns_of(small_dir))
+    assert_same_version(single, version)
+    engine = version["meta"]["engine"]
+    assert engine["tasks"]["shards"] == expected_shards(outcome["report"].coverage_by_tier, chunk)
+
+
 def test_a_scheduler_that_does_not_answer_fails_the_batch_clearly(small_dir, tmp_path):
     quick = settings(tmp_path).model_copy(update={"dask_connect_timeout": 2.0})
     address = f"tcp://127.0.0.1:{free_port()}"

@@ -40,15 +40,25 @@ class DaskCluster:
         self.scheduler = self._spawn(["scheduler", "--host", "127.0.0.1", "--port", str(self.port),
                                       "--no-dashboard", "--no-show"], "scheduler.log")
         for n in range(self.n_workers):
-            name = f"worker-{n}"
-            self.workers[name] = self._spawn(
-                ["worker", self.address, "--name", name, "--nthreads", str(self.threads), "--no-nanny",
-                 "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(self.workdir / name)],
-                f"{name}.log")
+            self._spawn_worker(f"worker-{n}")
         deadline = time.monotonic() + timeout
         with Client(self.address, timeout=timeout, set_as_default=False) as client:
             client.wait_for_workers(self.n_workers, timeout=max(1.0, deadline - time.monotonic()))
         return self
+
+    def _spawn_worker(self, name: str) -> None:
+        self.workers[name] = self._spawn(
+            ["worker", self.address, "--name", name, "--nthreads", str(self.threads), "--no-nanny",
+             "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(self.workdir / name)],
+            f"{name}.log")
+
+    def add_worker(self, name: str, timeout: float = 60.0) -> None:
+        """One more worker, once the scheduler counts it."""
+        from distributed import Client
+
+        self._spawn_worker(name)
+        with Client(self.address, timeout=timeout, set_as_default=False) as client:
+            client.wait_for_workers(len(self.workers), timeout=timeout)
 
     def kill_worker(self, name: str) -> None:
         """SIGKILL: the worker gets no chance to hand anything over."""

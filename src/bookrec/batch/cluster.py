@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TASK_RETRIES = 2  # a task that raised runs again this often; a killed worker's tasks always run again
 IN_FLIGHT_PER_THREAD = 2  # shards submitted ahead per worker thread: bounds the scheduler's memory
+RESCATTERS = 3  # times the shards' shared inputs are scattered again after a worker died with them
 
 
 @dataclass
@@ -163,22 +164,38 @@ class DaskEngine:
 
     def map_chains(self, run_chain: Callable, plan: Any, chains: list[int]) -> list:
         """``BPMF.fit(map_chains=...)``: each chain a task, chain c preferring worker c mod n."""
-        plan_future = self._scatter("chains", plan)
+        scattered = [self._scatter("chains", plan)]  # the last is current; earlier ones were lost with a worker
         info = self.client.scheduler_info()["workers"]
         workers = sorted(info)
         home = {c: workers[c % len(workers)] for c in chains}
         # Chains sharing a worker share its threads, so that no core runs two kernel threads.
         threads = {c: max(1, info[w].get("nthreads", 1) // sum(h == w for h in home.values())) for c, w in home.items()}
-        futures = [
-            self.client.submit(chain_task, run_chain, plan_future, c, threads[c], key=f"bookrec-chain-{c}-{plan_future.key}",
-                               pure=False, workers=[home[c]], allow_other_workers=True, retries=TASK_RETRIES)
-            for c in chains
-        ]
-        runs = self.client.gather(futures)
-        self.record.tasks["chains"] = len(futures)
-        self.record.bytes_from_workers["chains"] = int(sum(run.nbytes for run in runs))
-        self.client.cancel([plan_future])
-        return runs
+
+        def submit(c: int):
+            return self.client.submit(chain_task, run_chain, scattered[-1], c, threads[c], pure=False,
+                                      key=f"bookrec-chain-{c}-{scattered[-1].key}", workers=[home[c]],
+                                      allow_other_workers=True, retries=TASK_RETRIES)
+
+        futures = {c: submit(c) for c in chains}
+        runs: dict[int, Any] = {}
+        try:
+            while len(runs) < len(chains):
+                c = next(c for c in chains if c not in runs)
+                try:
+                    runs[c] = futures[c].result()
+                except Exception:
+                    # The plan's only copy died with a worker (see run_shards): scatter it again and
+                    # rerun the chains it cancelled; any other error is the chain's own.
+                    if scattered[-1].status == "finished" or len(scattered) > RESCATTERS:
+                        raise
+                    log.warning("a worker took the chains' plan with it: scattering it again")
+                    scattered.append(self._scatter("chains", plan))
+                    futures.update({c: submit(c) for c in chains if c not in runs})
+        finally:
+            self.client.cancel(scattered + list(futures.values()))
+        self.record.tasks["chains"] = len(chains)
+        self.record.bytes_from_workers["chains"] = int(sum(run.nbytes for run in runs.values()))
+        return [runs[c] for c in chains]
 
     def run_shards(self, shared: ShardShared, shards: Iterator[tuple[str, np.ndarray, Any]], version: str | None,
                    on_done: Callable[[ShardResult], None]) -> None:
@@ -189,31 +206,56 @@ class DaskEngine:
 
         from dask.sizeof import sizeof
 
-        shared_future = self._scatter("shards", shared)
+        scattered = [self._scatter("shards", shared)]  # the last is current; earlier ones were lost with a worker
         limit = max(1, IN_FLIGHT_PER_THREAD * self.record.threads)
         pending = as_completed(loop=self.client.loop)
         submitted = 0
         sent = 0
+        shard_of: dict[str, tuple[tuple[str, np.ndarray, Any], Any]] = {}  # key -> (shard, the shared inputs it read)
+
+        def submit(item: tuple[str, np.ndarray, Any], key: str) -> None:
+            tier, rows, posterior = item
+            future = self.client.submit(shard_task, scattered[-1], tier, rows, posterior, version, key=key, pure=False,
+                                        retries=TASK_RETRIES)
+            shard_of[future.key] = (item, scattered[-1])
+            pending.add(future)
 
         def submit_next() -> bool:
             nonlocal submitted, sent
             item = next(shards, None)
             if item is None:
                 return False
-            tier, rows, posterior = item
+            _, rows, posterior = item
             sent += sizeof(rows) + sizeof(posterior)  # their arrays' sizes: serialising them here as well would cost twice
-            pending.add(self.client.submit(shard_task, shared_future, tier, rows, posterior, version,
-                                           key=f"bookrec-shard-{submitted}-{shared_future.key}", pure=False,
-                                           retries=TASK_RETRIES))
+            submit(item, f"bookrec-shard-{submitted}-{scattered[0].key}")
             submitted += 1
             return True
+
+        def run_again(item: tuple[str, np.ndarray, Any], read: Any, key: str) -> None:
+            """A shard cancelled because a worker died holding the only copy of the shared inputs it
+            read (the scheduler's memory manager keeps one copy of scattered data): scatter the
+            inputs again, once per loss, and run the shard anew."""
+            if read is scattered[-1]:
+                if len(scattered) > RESCATTERS:
+                    raise RuntimeError("the workers lost the shards' shared inputs too often")
+                log.warning("a worker took the shards' shared inputs with it: scattering them again")
+                scattered.append(self._scatter("shards", shared))
+            submit(item, f"{key}-again-{len(scattered) - 1}")
 
         try:
             while submitted < limit and submit_next():
                 pass
             for future in pending:
-                result: ShardResult = future.result()
-                future.release()
+                item, read = shard_of.pop(future.key)
+                try:
+                    result: ShardResult = future.result()
+                except Exception:
+                    if read.status == "finished":  # its inputs are intact: the shard's own error
+                        raise
+                    run_again(item, read, future.key)
+                    continue
+                finally:
+                    future.release()
                 self._count_shard(result)
                 on_done(result)
                 submit_next()
@@ -221,7 +263,7 @@ class DaskEngine:
             self.client.cancel(list(pending.futures))
             raise
         finally:
-            self.client.cancel([shared_future])
+            self.client.cancel(scattered)
         self.record.tasks["shards"] = submitted
         self.record.bytes_to_workers["shard inputs"] = sent
 
