@@ -117,27 +117,38 @@ def test_the_cluster_publishes_what_one_process_publishes(backend, cluster, one_
     assert report.users_published == single_report.users_published == report.n_users
 
 
+def one_process_version(small_dir, tmp_path, chunk: int) -> dict:
+    """What the one-process batch publishes with these settings (the reference)."""
+    base = tmp_path / "one"
+    base.mkdir()
+    run_batch(settings(base, chunk), small_dir, f"sqlite:///{base}/store.sqlite3", "development", show_progress=False)
+    return published(f"sqlite:///{base}/store.sqlite3", isbns_of(small_dir))
+
+
+def batch_in_background(small_dir, tmp_path, chunk: int, store_url: str, scheduler: str, outcome: dict) -> threading.Thread:
+    """The batch on the cluster in a thread: its report, or the exception it raised, lands in ``outcome``."""
+    def batch() -> None:
+        try:
+            outcome["report"] = run_batch(settings(tmp_path, chunk), small_dir, store_url, "development",
+                                          show_progress=False, scheduler=scheduler)
+        except BaseException as exc:  # the test's assertion shows it
+            outcome["error"] = exc
+
+    driver = threading.Thread(target=batch)
+    driver.start()
+    return driver
+
+
 def test_a_worker_killed_mid_precompute_costs_nothing_but_time(small_dir, tmp_path, redis_url):
     from distributed import Client
 
     chunk = 64  # many small shards, so that the kill lands while some are still to run
-    base = tmp_path / "one"
-    base.mkdir()
-    run_batch(settings(base, chunk), small_dir, f"sqlite:///{base}/store.sqlite3", "development", show_progress=False)
-    single = published(f"sqlite:///{base}/store.sqlite3", isbns_of(small_dir))
+    single = one_process_version(small_dir, tmp_path, chunk)
 
     cluster = DaskCluster(n_workers=2).start()
     outcome: dict = {}
     try:
-        def batch() -> None:
-            try:
-                outcome["report"] = run_batch(settings(tmp_path, chunk), small_dir, redis_url, "development",
-                                              show_progress=False, scheduler=cluster.address)
-            except BaseException as exc:  # the assertion below shows it
-                outcome["error"] = exc
-
-        driver = threading.Thread(target=batch)
-        driver.start()
+        driver = batch_in_background(small_dir, tmp_path, chunk, redis_url, cluster.address, outcome)
         with Client(cluster.address, set_as_default=False) as observer:
             killed = None
             deadline = time.monotonic() + 300
@@ -174,23 +185,12 @@ def test_a_worker_that_dies_with_the_only_copy_of_the_shared_inputs_costs_nothin
     from distributed import Client
 
     chunk = 64
-    base = tmp_path / "one"
-    base.mkdir()
-    run_batch(settings(base, chunk), small_dir, f"sqlite:///{base}/store.sqlite3", "development", show_progress=False)
-    single = published(f"sqlite:///{base}/store.sqlite3", isbns_of(small_dir))
+    single = one_process_version(small_dir, tmp_path, chunk)
 
     cluster = DaskCluster(n_workers=1).start()
     outcome: dict = {}
     try:
-        def batch() -> None:
-            try:
-                outcome["report"] = run_batch(settings(tmp_path, chunk), small_dir, redis_url, "development",
-                                              show_progress=False, scheduler=cluster.address)
-            except BaseException as exc:  # the assertion below shows it
-                outcome["error"] = exc
-
-        driver = threading.Thread(target=batch)
-        driver.start()
+        driver = batch_in_background(small_dir, tmp_path, chunk, redis_url, cluster.address, outcome)
         with Client(cluster.address, set_as_default=False) as observer:
             deadline = time.monotonic() + 300
             while driver.is_alive() and time.monotonic() < deadline and not any(
