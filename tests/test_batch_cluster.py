@@ -139,6 +139,19 @@ def batch_in_background(small_dir, tmp_path, chunk: int, store_url: str, schedul
     return driver
 
 
+def worker_running(observer, driver: threading.Thread, prefix: str, timeout: float = 300) -> str | None:
+    """The name of a worker seen running a task whose key starts with ``prefix`` while the batch
+    runs, or None when the batch ended (or the time ran out) first."""
+    deadline = time.monotonic() + timeout
+    while driver.is_alive() and time.monotonic() < deadline:
+        names = {addr: info["name"] for addr, info in observer.scheduler_info()["workers"].items()}
+        for addr, keys in observer.processing().items():
+            if any(str(key).startswith(prefix) for key in keys) and addr in names:
+                return names[addr]
+        time.sleep(0.02)
+    return None
+
+
 def test_a_worker_killed_mid_precompute_costs_nothing_but_time(small_dir, tmp_path, redis_url):
     from distributed import Client
 
@@ -150,16 +163,7 @@ def test_a_worker_killed_mid_precompute_costs_nothing_but_time(small_dir, tmp_pa
     try:
         driver = batch_in_background(small_dir, tmp_path, chunk, redis_url, cluster.address, outcome)
         with Client(cluster.address, set_as_default=False) as observer:
-            killed = None
-            deadline = time.monotonic() + 300
-            while killed is None and driver.is_alive() and time.monotonic() < deadline:
-                names = {addr: info["name"] for addr, info in observer.scheduler_info()["workers"].items()}
-                for addr, keys in observer.processing().items():
-                    if any(str(key).startswith("bookrec-shard-") for key in keys) and addr in names:
-                        killed = names[addr]
-                        break
-                else:
-                    time.sleep(0.02)
+            killed = worker_running(observer, driver, "bookrec-shard-")
             assert killed is not None, "no shard was seen running"
             cluster.kill_worker(killed)
         driver.join(timeout=300)
@@ -192,11 +196,8 @@ def test_a_worker_that_dies_with_the_only_copy_of_the_shared_inputs_costs_nothin
     try:
         driver = batch_in_background(small_dir, tmp_path, chunk, redis_url, cluster.address, outcome)
         with Client(cluster.address, set_as_default=False) as observer:
-            deadline = time.monotonic() + 300
-            while driver.is_alive() and time.monotonic() < deadline and not any(
-                    str(key).startswith(f"bookrec-{stage}-") for keys in observer.processing().values() for key in keys):
-                time.sleep(0.02)
-            assert driver.is_alive(), f"the batch ended before a {stage} was seen running"
+            assert worker_running(observer, driver, f"bookrec-{stage}-") == "worker-0", \
+                f"the batch ended before a {stage} was seen running"
             cluster.add_worker("worker-1")
             cluster.kill_worker("worker-0")
         driver.join(timeout=300)

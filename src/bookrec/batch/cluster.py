@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 TASK_RETRIES = 2  # a task that raised runs again this often; a killed worker's tasks always run again
 IN_FLIGHT_PER_THREAD = 2  # shards submitted ahead per worker thread: bounds the scheduler's memory
-RESCATTERS = 3  # times the shards' shared inputs are scattered again after a worker died with them
+RESCATTERS = 3  # times the chains' plan or the shards' shared inputs are scattered again after a worker died with them
 
 
 @dataclass
@@ -162,6 +162,15 @@ class DaskEngine:
         self.record.bytes_to_workers[what] = self.record.bytes_to_workers.get(what, 0) + wire_bytes(value) * len(workers)
         return future
 
+    def _scatter_again(self, scattered: list, what: str, value: Any) -> None:
+        """A worker died holding the only copy of ``value`` (the scheduler's memory manager keeps one
+        copy of scattered data), cancelling every task that reads it: scatter it again, at most
+        RESCATTERS times, as the new last entry of ``scattered``."""
+        if len(scattered) > RESCATTERS:
+            raise RuntimeError(f"the workers lost the {what} inputs too often")
+        log.warning("a worker took the %s inputs with it: scattering them again", what)
+        scattered.append(self._scatter(what, value))
+
     def map_chains(self, run_chain: Callable, plan: Any, chains: list[int]) -> list:
         """``BPMF.fit(map_chains=...)``: each chain a task, chain c preferring worker c mod n."""
         scattered = [self._scatter("chains", plan)]  # the last is current; earlier ones were lost with a worker
@@ -184,12 +193,9 @@ class DaskEngine:
                 try:
                     runs[c] = futures[c].result()
                 except Exception:
-                    # The plan's only copy died with a worker (see run_shards): scatter it again and
-                    # rerun the chains it cancelled; any other error is the chain's own.
-                    if scattered[-1].status == "finished" or len(scattered) > RESCATTERS:
+                    if scattered[-1].status == "finished":  # the plan is intact: the chain's own error
                         raise
-                    log.warning("a worker took the chains' plan with it: scattering it again")
-                    scattered.append(self._scatter("chains", plan))
+                    self._scatter_again(scattered, "chains", plan)
                     futures.update({c: submit(c) for c in chains if c not in runs})
         finally:
             self.client.cancel(scattered + list(futures.values()))
@@ -231,17 +237,6 @@ class DaskEngine:
             submitted += 1
             return True
 
-        def run_again(item: tuple[str, np.ndarray, Any], read: Any, key: str) -> None:
-            """A shard cancelled because a worker died holding the only copy of the shared inputs it
-            read (the scheduler's memory manager keeps one copy of scattered data): scatter the
-            inputs again, once per loss, and run the shard anew."""
-            if read is scattered[-1]:
-                if len(scattered) > RESCATTERS:
-                    raise RuntimeError("the workers lost the shards' shared inputs too often")
-                log.warning("a worker took the shards' shared inputs with it: scattering them again")
-                scattered.append(self._scatter("shards", shared))
-            submit(item, f"{key}-again-{len(scattered) - 1}")
-
         try:
             while submitted < limit and submit_next():
                 pass
@@ -252,7 +247,9 @@ class DaskEngine:
                 except Exception:
                     if read.status == "finished":  # its inputs are intact: the shard's own error
                         raise
-                    run_again(item, read, future.key)
+                    if read is scattered[-1]:  # once per loss: later shards that read it need no other copy
+                        self._scatter_again(scattered, "shards", shared)
+                    submit(item, f"{future.key}-again-{len(scattered) - 1}")
                     continue
                 finally:
                     future.release()
