@@ -35,14 +35,16 @@ def test_bx_fixture_report_counts():
     assert books["rows_read"] == 23 and books["kept"] == 20
     assert books["repaired"] == {"shifted_columns": 2, "trailing_separator": 1, "backslash_before_quote": 1}
     assert books["rejected"] == {"duplicate_isbn": 1, "empty_isbn": 1, "too_many_fields": 1}
-    assert books["notes"] == {"year_junk": 3, "isbn_changed_by_normalisation": 2, "invalid_isbn_kept": 1}
+    # invalid: 0440234743X (11 characters) and 0771086176 (its check digit fails)
+    assert books["notes"] == {"year_junk": 3, "isbn_changed_by_normalisation": 2, "invalid_isbn_kept": 2}
     assert users["rows_read"] == 13 and users["kept"] == 11
     assert users["rejected"] == {"bad_id": 1, "duplicate": 1} and users["repaired"] == {}
     assert users["notes"] == {"age_missing": 3, "age_junk": 3}
     assert ratings["rows_read"] == 19 and ratings["kept"] == 13
     assert ratings["repaired"] == {"trailing_separator": 1}
     assert ratings["rejected"] == {"bad_rating": 2, "bad_user_id": 1, "duplicate": 1, "empty_isbn": 1, "too_few_fields": 1}
-    assert ratings["notes"] == {"explicit": 9, "implicit": 4, "isbn_not_in_books": 2, "isbn_matched_by_twin": 0, "user_not_in_users": 1}
+    assert ratings["notes"] == {"explicit": 9, "implicit": 4, "rating_not_integer": 0, "isbn_not_in_books": 2,
+                                "isbn_matched_by_twin": 0, "isbn_leading_zero_restored": 0, "user_not_in_users": 1}
     assert r["ratings_isbn_not_in_books"] == 2
     # every row read is either kept or rejected (repaired rows are kept)
     for t in (books, users, ratings):
@@ -56,13 +58,15 @@ def test_kaggle_fixture_report_counts():
     assert books["rows_read"] == 16 and books["kept"] == 13
     assert books["repaired"] == {"shifted_columns": 2, "trailing_separator": 1}
     assert books["rejected"] == {"duplicate_isbn": 1, "empty_isbn": 1, "too_many_fields": 1}
-    assert books["notes"] == {"year_junk": 2, "isbn_changed_by_normalisation": 2, "invalid_isbn_kept": 0}
+    # invalid: 0679425601 and 0771086176 (their check digits fail)
+    assert books["notes"] == {"year_junk": 2, "isbn_changed_by_normalisation": 2, "invalid_isbn_kept": 2}
     assert users["rows_read"] == 10 and users["kept"] == 8
     assert users["rejected"] == {"bad_id": 1, "duplicate": 1} and users["notes"] == {"age_missing": 2, "age_junk": 2}
     assert ratings["rows_read"] == 13 and ratings["kept"] == 9
     assert ratings["repaired"] == {"trailing_separator": 1}
     assert ratings["rejected"] == {"bad_rating": 1, "bad_user_id": 1, "duplicate": 1, "too_few_fields": 1}
-    assert ratings["notes"] == {"explicit": 7, "implicit": 2, "isbn_not_in_books": 2, "isbn_matched_by_twin": 0, "user_not_in_users": 0}
+    assert ratings["notes"] == {"explicit": 7, "implicit": 2, "rating_not_integer": 0, "isbn_not_in_books": 2,
+                                "isbn_matched_by_twin": 0, "isbn_leading_zero_restored": 0, "user_not_in_users": 0}
     for t in (books, users, ratings):
         assert t["rows_read"] == t["kept"] + sum(t["rejected"].values())
 

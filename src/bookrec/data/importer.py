@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bookrec.data.io import Dataset
@@ -150,25 +151,47 @@ def _parse(table: str, opened: OpenedText, layout: str, name: str) -> _Parsed:
     repaired: Counter = Counter()
     rejected: Counter = Counter()
     fixed_rows: list[list[str]] = []
+    short_rows: list[int] = []
     tail = opened.stream.tail
-    truncated_tail = not tail.endswith("\n")
+    truncated_tail = bool(tail) and not tail.endswith("\n")
+    last_line = tail.rsplit("\n", 1)[-1]
     for i, line in enumerate(bad_lines):
         fields, reason = _repair_row(table, line, layout)
         if fields is None:
             is_last = truncated_tail and i == len(bad_lines) - 1 and tail.rstrip("\n").endswith(line.rstrip("\n"))
             rejected["truncated_last_row" if is_last else reason] += 1
         else:
+            if reason == "short_row":
+                short_rows.append(len(fixed_rows))
             fixed_rows.append(fields)
             repaired[reason] += 1
+    last_parsed = truncated_tail and len(frame) and not (bad_lines and last_line.endswith(bad_lines[-1].rstrip("\n")))
+    if last_parsed and _open_quote(last_line, layout):
+        # the file ends inside a quoted value: its last field (a rating "1" of "10"?) is cut short
+        frame = frame.iloc[:-1]
+        rejected["truncated_last_row"] += 1
+    short = np.zeros(len(frame) + len(fixed_rows), dtype=bool)
     if fixed_rows:
+        short[len(frame) + np.asarray(short_rows, dtype=np.int64)] = True
         fixed = pd.DataFrame(fixed_rows, columns=cols, dtype="str")
         frame = pd.concat([frame, fixed.where(fixed != "")], ignore_index=True)
     if table == "books":
-        frame, n_shift = _unshift_books(frame)
-        repaired["shifted_columns"] += n_shift
-        if "short_row" in repaired:  # a 7-field shifted BX row is counted once, as shifted
-            repaired.pop("short_row")
+        frame, unshifted = _unshift_books(frame)
+        repaired["shifted_columns"] += int(unshifted.sum())
+        # a 7-field row is kept only once unshifted, and counted as shifted, not as short
+        repaired.pop("short_row", None)
+        unclear = short & ~unshifted
+        if unclear.any():
+            frame = frame.loc[~unclear].reset_index(drop=True)
+            rejected["too_few_fields"] += int(unclear.sum())
     return _Parsed(frame=frame, rows_read=rows_read, repaired=+repaired, rejected=+rejected)
+
+
+def _open_quote(line: str, layout: str) -> bool:
+    """Whether ``line`` ends inside a quoted field (an odd number of unescaped quotes)."""
+    if DIALECTS[layout]["escape"]:
+        line = re.sub(r"\\.", "", line)
+    return line.count('"') % 2 == 1
 
 
 def _repair_row(table: str, line: str, layout: str) -> tuple[list[str] | None, str]:
@@ -179,7 +202,8 @@ def _repair_row(table: str, line: str, layout: str) -> tuple[list[str] | None, s
         return None, _csv_error_reason(exc, line)
     if len(rows) != 1:
         return None, "broken_quoting"
-    fields = [f for f in rows[0]]
+    raw_fields = rows[0]
+    fields = list(raw_fields)
     n = len(COLUMNS[table])
     # trailing empty separators ("a";"b";"c";) carry no data
     while len(fields) > n and fields[-1].strip() == "":
@@ -197,23 +221,30 @@ def _repair_row(table: str, line: str, layout: str) -> tuple[list[str] | None, s
             plain = []
         if len(plain) == 1 and len(plain[0]) == n:
             return plain[0], "backslash_before_quote"
-    if table == "users" and len(fields) > n and fields[0].strip().isdigit():
-        # separators inside an unquoted location: the id is first, the age last
-        return [fields[0], layout_join(layout).join(fields[1:-1]), fields[-1]], "separator_in_location"
+    if table == "users" and len(raw_fields) > n and raw_fields[0].strip().isdigit() and _unquoted_second(line, layout):
+        # separators inside an unquoted location: the id is first, the age (maybe empty) last
+        return [raw_fields[0], layout_join(layout).join(raw_fields[1:-1]), raw_fields[-1]], "separator_in_location"
     if len(fields) < n:
         return None, "too_few_fields"
     return None, "too_many_fields"
+
+
+def _unquoted_second(line: str, layout: str) -> bool:
+    """Whether the second field of ``line`` is unquoted (a quoted one cannot hold a stray separator)."""
+    _, _, rest = line.partition(layout_join(layout))
+    return not rest.lstrip().startswith('"')
 
 
 def layout_join(layout: str) -> str:
     return DIALECTS[layout]["delimiter"]
 
 
-def _unshift_books(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def _unshift_books(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """Repair rows where the author was glued into the title and the rest moved one column left.
 
     Intent is clear when the title holds '";' (optionally backslash-escaped), the author
-    column holds a number (the year) and the year column does not.
+    column holds a number (the year) and the year column does not. Returns the frame and which
+    rows were repaired.
     """
     title = frame["title"].fillna("")
     author = frame["author"].fillna("")
@@ -224,7 +255,7 @@ def _unshift_books(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         & ~year.str.strip().str.fullmatch(r"\d{1,4}")
     )
     if not mask.any():
-        return frame, 0
+        return frame, mask.to_numpy(dtype=bool)
     frame = frame.copy()
     rows = frame.loc[mask]
     parts = rows["title"].str.split(_GLUE.pattern, n=1, regex=True)
@@ -235,26 +266,32 @@ def _unshift_books(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     frame.loc[mask, "year"] = rows["author"]
     frame.loc[mask, "title"] = parts.str[0].str.strip()
     frame.loc[mask, "author"] = parts.str[1].str.strip().str.strip('"').str.strip()
-    return frame, int(mask.sum())
+    return frame, mask.to_numpy(dtype=bool)
 
 
 def _no_ratings(name: str) -> DataImportError:
     return DataImportError(f"{name} has a header but no rows: there are no ratings to import")
 
 
+def _no_books(name: str) -> DataImportError:
+    return DataImportError(f"{name} has no book rows: no rating could be joined to a book (is the copy complete?)")
+
+
 def _check_headers(members: dict, layout: str, limits: Limits) -> None:
     """Encoding, binary content and header of all three files, from their first bytes, so a bad
     ratings file is reported before the books are read."""
     for table in TABLES:
-        opened = open_text(members[table], layout, Budget(limits.max_expanded_bytes))
+        opened = open_text(members[table], Budget(limits.max_expanded_bytes))
         with opened.stream:
             _check_header(opened, table, layout, PRETTY_NAMES[layout][table])
             if table == "ratings" and opened.no_rows:
                 raise _no_ratings(PRETTY_NAMES[layout][table])
+            if table == "books" and opened.no_rows:
+                raise _no_books(PRETTY_NAMES[layout][table])
 
 
 def _read(table: str, members: dict, layout: str, budget: Budget) -> _Parsed:
-    opened = open_text(members[table], layout, budget)
+    opened = open_text(members[table], budget)
     with opened.stream:
         return _parse(table, opened, layout, PRETTY_NAMES[layout][table])
 
@@ -285,6 +322,8 @@ def import_path(path: Path | str, progress=None, limits: Limits | None = None) -
         parsed["books"] = _read("books", members, layout, budget)
         books, norm["books"] = normalize_books(parsed["books"].frame)
         parsed["books"].frame = None
+        if len(books) == 0:
+            raise _no_books(files["books"])
         say(f"reading {files['ratings']} ({layout} layout)")
         parsed["ratings"] = _read("ratings", members, layout, budget)
     if parsed["ratings"].rows_read == 0:
@@ -319,6 +358,7 @@ def _manifest(path: Path | str, layout: str, parsed: dict[str, _Parsed], norm: d
             "notes": notes,
         }
     report["ratings_isbn_not_in_books"] = norm["ratings"]["isbn_not_in_books"]
+    report["warnings"] = [f"{files['users']} has no usable rows: readers have no age or location"] if not norm["users"]["kept"] else []
     return {
         "source": layout,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -337,5 +377,6 @@ def report_table(report: dict):
     for table, r in report["tables"].items():
         fmt = lambda d: ", ".join(f"{k}: {v:,}" for k, v in d.items()) or "-"  # noqa: E731
         t.add_row(r["file"], f"{r['rows_read']:,}", f"{r['kept']:,}", fmt(r["repaired"]), fmt(r["rejected"]))
-    t.caption = f"ratings whose ISBN is not in the books file: {report['ratings_isbn_not_in_books']:,}"
+    t.caption = "\n".join([f"ratings whose ISBN is not in the books file: {report['ratings_isbn_not_in_books']:,}",
+                           *(f"warning: {w}" for w in report.get("warnings", []))])
     return t

@@ -13,11 +13,13 @@ from stdnum.exceptions import ValidationError
 
 # Upper-case, keep only digits and letters: spaces, dashes, dots and quotes go; 'x' becomes 'X'.
 NOT_ISBN_CHAR = re.compile(r"[^0-9A-Z]")
+# "ISBN 0-316-66634-3" and "ISBN:0316666343" are the ISBN 0316666343
+ISBN_PREFIX = re.compile(r"^ISBN(?=[0-9])")
 
 
 def normalize_isbn_text(text: str) -> str:
-    """One ISBN by the importer's rule: `'0-316-66634 3'` -> `'0316666343'` (what the API looks up)."""
-    return NOT_ISBN_CHAR.sub("", text.upper())
+    """One ISBN by the importer's rule: `'ISBN 0-316-66634 3'` -> `'0316666343'` (what the API looks up)."""
+    return ISBN_PREFIX.sub("", NOT_ISBN_CHAR.sub("", text.upper()))
 
 
 def isbn_twin(key: str) -> str | None:

@@ -19,28 +19,48 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
-from bookrec.data.isbn import NOT_ISBN_CHAR, isbn_twin
+from bookrec.data.isbn import ISBN_PREFIX, NOT_ISBN_CHAR, isbn_twin
 
 # Years outside this window are junk (0 for unknown, 2030/2050, typos like 1376 are kept as
 # plausible old books; the crawl was in 2004 so anything after 2006 cannot be a real edition).
 YEAR_MIN, YEAR_MAX = 1000, 2006
 AGE_MIN, AGE_MAX = 1, 100
 ISBN_VALID = re.compile(r"^(?:[0-9]{9}[0-9X]|97[89][0-9]{10})$")
+# A user id is a plain non-negative integer ("12", or "12.0" from a float column); 15 digits stay
+# exact in float64 (2**53 has 16). "1e3", "inf" and longer ids are rejected, never converted.
+ID_TEXT = re.compile(r"\s*\d{1,15}(?:\.0*)?\s*")
 
 
 def normalize_isbn(values: pd.Series) -> pd.Series:
-    """Upper-case and strip everything but digits and X (spaces, dashes, dots, quotes).
+    """Upper-case, keep only digits and letters (spaces, dashes, dots and quotes go) and drop a
+    leading ``ISBN`` (:func:`bookrec.data.isbn.normalize_isbn_text`, for a whole column).
 
     Junk that survives (empty, wrong length) is kept as it is: a rating on a junk ISBN is
     still an interaction, and the ISBN will simply not join to a book.
     """
     s = values.astype("str").str.upper().str.replace(NOT_ISBN_CHAR.pattern, "", regex=True)
-    return s
+    return s.str.replace(ISBN_PREFIX.pattern, "", regex=True)
 
 
 def is_valid_isbn(isbns: pd.Series) -> pd.Series:
-    """True for 10-character ISBN-10 shapes (9 digits + digit/X) and 13-digit 978/979 forms."""
-    return isbns.str.fullmatch(ISBN_VALID.pattern).fillna(False).astype(bool)
+    """True for ISBN-10 (9 digits + digit/X) and 978/979 ISBN-13 keys whose check digit holds."""
+    shaped = isbns.str.fullmatch(ISBN_VALID.pattern).fillna(False).astype(bool).to_numpy()
+    valid = np.zeros(len(isbns), dtype=bool)
+    if shaped.any():
+        keys = isbns.to_numpy(dtype=object)[shaped]
+        valid[shaped] = _check_digits_hold(keys)
+    return pd.Series(valid, index=isbns.index)
+
+
+def _check_digits_hold(keys: np.ndarray) -> np.ndarray:
+    """ISBN check digits of well-shaped keys: weights 10..1 mod 11 (X = 10), or 1,3,1,... mod 10."""
+    codes = keys.astype("S13").view(np.uint8).reshape(len(keys), 13)  # ASCII, zero-padded
+    digits = np.where(codes == ord("X"), 10, codes.astype(np.int16) - ord("0"))
+    ten = codes[:, 10] == 0
+    holds = np.empty(len(keys), dtype=bool)
+    holds[ten] = digits[ten, :10] @ np.arange(10, 0, -1, dtype=np.int16) % 11 == 0
+    holds[~ten] = digits[~ten] @ np.tile(np.array([1, 3], dtype=np.int16), 7)[:13] % 10 == 0
+    return holds
 
 
 def decode_entities(values: pd.Series) -> pd.Series:
@@ -154,8 +174,8 @@ def _str_col(s: pd.Series) -> pd.Series:
 
 def normalize_users(raw_users: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Raw users -> normalised users sorted by id, and their report counts."""
-    uid = pd.to_numeric(raw_users["user_id"], errors="coerce")
-    bad_uid = uid.isna() | (uid != uid.round()) | (uid < 0)
+    uid = pd.Series(_id_numbers(raw_users["user_id"]), index=raw_users.index)
+    bad_uid = uid.isna()
     users = raw_users.loc[~bad_uid]
     uid = uid[~bad_uid].astype("int64")
     dup = uid.duplicated(keep="first")
@@ -231,6 +251,23 @@ def match_isbn_twins(keys: pd.Index, book_isbns: pd.Series) -> tuple[pd.Index, n
     return pd.Index(mapped, dtype="str"), changed
 
 
+def restore_leading_zeros(keys: pd.Index, book_isbns: pd.Series) -> tuple[pd.Index, np.ndarray]:
+    """9-character rating keys that are a books key with its leading 0 lost (a spreadsheet read the
+    ISBN as a number) take that key. Returns the keys, and which changed."""
+    changed = np.zeros(len(keys), dtype=bool)
+    short = np.flatnonzero(keys.str.len().to_numpy() == 9)
+    if not len(short):
+        return keys, changed
+    padded = pd.Series("0" + keys[short].to_numpy(dtype=object), dtype="str")
+    ok = isin(padded, book_isbns) & is_valid_isbn(padded).to_numpy() & ~isin(keys[short], book_isbns)
+    if not ok.any():
+        return keys, changed
+    mapped = keys.to_numpy(dtype=object)
+    mapped[short[ok]] = padded.to_numpy(dtype=object)[ok]
+    changed[short[ok]] = True
+    return pd.Index(mapped, dtype="str"), changed
+
+
 def _release_arrow_memory() -> None:
     """Hand the pages of dropped Arrow columns back: Arrow's allocator keeps them for itself,
     and the numpy arrays that follow would add to the peak instead of reusing them."""
@@ -239,7 +276,16 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _distinct_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _id_numbers(texts: pd.Series) -> np.ndarray:
+    """Each text as a user id (float64), NaN where it is not one (``ID_TEXT``)."""
+    s = pd.Series(texts, dtype="str")
+    ok = s.str.fullmatch(ID_TEXT.pattern).fillna(False).astype(bool).to_numpy()
+    numbers = np.full(len(s), np.nan)
+    numbers[ok] = pd.to_numeric(s[ok]).to_numpy(dtype=np.float64)
+    return numbers
+
+
+def _distinct_numbers(values: pd.Series, parse=None) -> tuple[np.ndarray, np.ndarray]:
     """``pd.to_numeric(errors="coerce")`` of each distinct text: ``(codes, numbers)`` with
     ``numbers[codes]`` the value of each row and code -1 (missing) taking the trailing NaN.
 
@@ -247,23 +293,27 @@ def _distinct_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     stays cheap: rows carry 4-byte codes, and each text is converted once.
     """
     codes, uniques = pd.factorize(values)
-    numbers = pd.to_numeric(pd.Series(uniques), errors="coerce").to_numpy(dtype=np.float64)
+    if parse is None:
+        numbers = pd.to_numeric(pd.Series(uniques), errors="coerce").to_numpy(dtype=np.float64)
+    else:
+        numbers = parse(pd.Series(uniques))
     return codes.astype(np.int32), np.append(numbers, np.nan)
 
 
-def _isbn_codes(values: pd.Series, book_isbns: pd.Series) -> tuple[np.ndarray, pd.Index, np.ndarray]:
-    """Each rating's ISBN as a code into sorted, normalised, twin-matched keys (-1: missing).
+def _isbn_codes(values: pd.Series, book_isbns: pd.Series) -> tuple[np.ndarray, pd.Index, np.ndarray, np.ndarray]:
+    """Each rating's ISBN as a code into sorted, normalised, matched keys (-1: missing).
 
     Only the distinct keys are normalised. Returns the codes, the keys, and per rating whether
-    its key was a twin match.
+    its key was a twin match and whether its leading zero was restored.
     """
     raw_codes, raw_keys = pd.factorize(values)
     raw_codes = raw_codes.astype(np.int32)
     keys = normalize_isbn(pd.Series(raw_keys, dtype="str"))
-    keys, changed = match_isbn_twins(pd.Index(keys, dtype="str"), book_isbns)
+    keys, zero_restored = restore_leading_zeros(pd.Index(keys, dtype="str"), book_isbns)
+    keys, changed = match_isbn_twins(keys, book_isbns)
     key_codes, sorted_keys = pd.factorize(keys, sort=True)
     codes = np.append(key_codes.astype(np.int32), np.int32(-1))[raw_codes]
-    return codes, sorted_keys, np.append(changed, False)[raw_codes]
+    return codes, sorted_keys, np.append(changed, False)[raw_codes], np.append(zero_restored, False)[raw_codes]
 
 
 def normalize_ratings(
@@ -274,31 +324,34 @@ def normalize_ratings(
     Consumes ``raw_ratings``: each raw column is dropped once converted, so a large table is
     not held twice (pass ``raw.copy(deep=False)`` to keep yours).
     """
-    uid_codes, uids = _distinct_numbers(raw_ratings.pop("user_id"))
+    uid_codes, uids = _distinct_numbers(raw_ratings.pop("user_id"), parse=_id_numbers)
     _release_arrow_memory()
     val_codes, vals = _distinct_numbers(raw_ratings.pop("rating"))
     _release_arrow_memory()
-    codes, keys, twinned = _isbn_codes(raw_ratings.pop("isbn"), books_out["isbn"])
+    codes, keys, twinned, zero_restored = _isbn_codes(raw_ratings.pop("isbn"), books_out["isbn"])
     _release_arrow_memory()
     with np.errstate(invalid="ignore"):
-        # float64 holds integers exactly only up to 2**53; larger ids would be silently changed
-        bad_uid = (np.isnan(uids) | (uids != np.round(uids)) | (uids < 0) | (uids >= 2**53))[uid_codes]
+        bad_uid = np.isnan(uids)[uid_codes]
         bad_rating = ~bad_uid & (np.isnan(vals) | (vals < 0) | (vals > 10))[val_codes]
     empty_key = np.append(np.asarray(keys == "", dtype=bool), True)
     bad_isbn = ~bad_uid & ~bad_rating & empty_key[codes]
     keep = ~(bad_uid | bad_rating | bad_isbn)
-    n_twins = int(twinned[keep].sum())
-    del twinned
+    n_twins, n_zero_restored = int(twinned[keep].sum()), int(zero_restored[keep].sum())
+    del twinned, zero_restored
     # ids as dense ranks (int32) so the sort key is small; rank order is numeric order
     valid_ids, uid_rank = np.unique(np.nan_to_num(uids, nan=-1.0), return_inverse=True)
     uid_codes, val_codes, codes = uid_rank.astype(np.int32)[uid_codes[keep]], val_codes[keep], codes[keep]
-    order = np.lexsort((codes, uid_codes))  # stable: of duplicates, the first read comes first
+    # of duplicates, an explicit rating before an implicit 0 (it says more), then the first read
+    implicit = vals[val_codes] == 0
+    order = np.lexsort((implicit, codes, uid_codes))
+    del implicit
     uid_codes, val_codes, codes = uid_codes[order], val_codes[order], codes[order]
     del order
     dup = np.zeros(len(codes), dtype=bool)
     dup[1:] = (uid_codes[1:] == uid_codes[:-1]) & (codes[1:] == codes[:-1])
     uid_codes, val_codes, codes = uid_codes[~dup], val_codes[~dup], codes[~dup]
     rating = vals.astype(np.float32)[val_codes]
+    fractional = int((rating != np.round(rating)).sum())
     ratings_out = _typed_ratings(
         pd.DataFrame({"user_id": valid_ids.astype(np.int64)[uid_codes], "isbn": keys.take(codes).array, "rating": rating})
     )
@@ -312,8 +365,10 @@ def normalize_ratings(
         "kept": len(ratings_out),
         "explicit": int((rating > 0).sum()),
         "implicit": int((rating == 0).sum()),
+        "rating_not_integer": fractional,
         "isbn_not_in_books": int((~in_books).sum()),
         "isbn_matched_by_twin": n_twins,
+        "isbn_leading_zero_restored": n_zero_restored,
         "user_not_in_users": int((~known_users).sum()),
     }
 

@@ -3,7 +3,9 @@
 A zip member or a file is streamed into pyarrow, never held whole in memory. Sizes are checked
 against the caps before anything is read, because a zip states the expanded size of each
 member and :mod:`zipfile` never returns more than that. The encoding is detected from the
-first bytes, so a UTF-16/32 copy reads as the same text as its latin-1 or UTF-8 twin.
+first bytes, so a UTF-16/32 copy reads as the same text as its latin-1 or UTF-8 twin. Byte
+text (either layout) is read as UTF-8 where it is valid UTF-8 and as Windows-1252 elsewhere,
+byte by byte: the dump is latin-1 with UTF-8 fragments, and copies are re-encoded as UTF-8.
 Whatever makes the input unusable raises :class:`DataImportError` with one line for the user.
 """
 
@@ -27,7 +29,9 @@ PRETTY_NAMES = {
     "bx": {"ratings": "BX-Book-Ratings.csv", "books": "BX-Books.csv", "users": "BX-Users.csv"},
     "kaggle": {"ratings": "Ratings.csv", "books": "Books.csv", "users": "Users.csv"},
 }
-DEFAULT_ENCODING = {"bx": ("latin-1", "strict"), "kaggle": ("utf-8", "replace")}
+# A byte that is not part of valid UTF-8 is read as Windows-1252 (the superset of latin-1 that
+# editors of that era wrote: curly quotes, dashes), and as latin-1 where 1252 leaves it undefined.
+MIXED_ERRORS = "bookrec-cp1252"
 
 MB = 1 << 20
 HEAD_BYTES = 64 * 1024
@@ -45,6 +49,19 @@ _BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
     (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"),
 )
+
+
+def _cp1252_fallback(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    byte = exc.object[exc.start:exc.start + 1]
+    try:
+        return byte.decode("cp1252"), exc.start + 1
+    except UnicodeDecodeError:
+        return byte.decode("latin-1"), exc.start + 1
+
+
+codecs.register_error(MIXED_ERRORS, _cp1252_fallback)
 
 
 class DataImportError(Exception):
@@ -200,12 +217,12 @@ def _nul_share(head: bytes, offset: int, step: int) -> float:
     return sample.count(0) / max(len(sample), 1)
 
 
-def detect_encoding(head: bytes, layout: str) -> Encoding:
+def detect_encoding(head: bytes) -> Encoding:
     """The encoding of a file from its first bytes: a byte-order mark, else the NUL pattern of
-    UTF-16/32 text, else the layout's own (latin-1 for bx, UTF-8 for kaggle)."""
+    UTF-16/32 text, else UTF-8 with Windows-1252 for the bytes that are not UTF-8 (either layout)."""
     for bom, codec, label in _BOMS:
         if head.startswith(bom):
-            errors = "replace" if label == "UTF-8" else "strict"
+            errors = MIXED_ERRORS if label == "UTF-8" else "strict"
             return Encoding(codec, errors, label)
     usable = head[: len(head) - len(head) % 4]
     if len(usable) >= 8:
@@ -219,8 +236,7 @@ def detect_encoding(head: bytes, layout: str) -> Encoding:
             return Encoding("utf-16-le", "strict", "UTF-16")
         if mostly(zero[0]) and mostly(zero[2]) and rarely(zero[1]) and rarely(zero[3]):
             return Encoding("utf-16-be", "strict", "UTF-16")
-    codec, errors = DEFAULT_ENCODING[layout]
-    return Encoding(codec, errors, codec)
+    return Encoding("utf-8", MIXED_ERRORS, "UTF-8 or Windows-1252")
 
 
 class Utf8Stream(io.RawIOBase):
@@ -322,11 +338,11 @@ def _read_head(member: Member) -> tuple[BinaryIO, bytes]:
         raise DataImportError(f"{member.name}: cannot be read, the data is damaged or truncated ({exc})") from exc
 
 
-def open_text(member: Member, layout: str, budget: Budget) -> OpenedText:
+def open_text(member: Member, budget: Budget) -> OpenedText:
     """Open ``member``, detect its encoding and read its header line (close ``.stream`` after use)."""
     raw, head = _read_head(member)
     try:
-        encoding = detect_encoding(head, layout)
+        encoding = detect_encoding(head)
         try:
             head_text = codecs.getincrementaldecoder(encoding.codec)(errors=encoding.errors).decode(head, False)
         except UnicodeDecodeError as exc:
