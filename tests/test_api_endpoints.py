@@ -109,9 +109,23 @@ async def test_stats_counts_what_was_published(client, world):
 
 
 async def test_model_info_is_the_published_meta(client, world):
-    r = await client.get("/model/info")
-    assert r.status_code == 200
+    r = await client.get("/model/info", headers={"Accept-Encoding": "identity"})
+    assert r.status_code == 200 and "content-encoding" not in r.headers
     assert r.json() == orjson.loads(orjson.dumps(world["fx"].meta))
+
+
+async def test_model_info_without_traces_gzipped_and_revalidated(client, world):
+    meta = orjson.loads(orjson.dumps(world["fx"].meta))
+    assert "traces" in meta
+    brief = await client.get("/model/info", params={"traces": "false"}, headers={"Accept-Encoding": "gzip"})
+    assert brief.status_code == 200 and brief.headers["content-encoding"] == "gzip"
+    assert brief.json() == {k: v for k, v in meta.items() if k != "traces"}  # httpx decompresses
+    full = await client.get("/model/info", headers={"Accept-Encoding": "gzip"})
+    assert full.json() == meta and full.headers["etag"] != brief.headers["etag"]
+    assert len(full.content) > len(brief.content)
+    again = await client.get("/model/info", params={"traces": "false"}, headers={"If-None-Match": brief.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert (await client.get("/model/info", params={"traces": "maybe"})).status_code == 422
 
 
 # --- recommendations of known readers --------------------------------------------------------
@@ -170,7 +184,41 @@ async def test_405_lists_every_method_of_the_path(client):
     r = await client.get("/recommend/cold-start")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     r = await client.put("/books/search")
-    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
+    # the fixed path wins over /recommend/{user_id}, whose GET would answer 405 here
+    for method in ("PUT", "DELETE"):
+        r = await client.request(method, "/recommend/cold-start")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+    for path in ("/app/", "/openapi.json"):
+        r = await client.put(path)
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD", path
+
+
+async def test_page_directory_urls_never_redirect_by_the_host_header(client):
+    r = await client.get("/app/%2e", headers={"Host": "evil.example"})
+    assert r.status_code == 404 and "evil" not in r.headers.get("location", "")
+    r = await client.get("/app", headers={"Host": "evil.example"})
+    assert r.status_code == 307 and r.headers["location"] == "app/"
+
+
+async def test_a_json_body_sent_as_another_type_is_a_415(client):
+    r = await client.post("/books/search", content=b'{"query": "storm"}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+
+
+async def test_a_body_field_named_query_keeps_its_name_in_the_message(client):
+    r = await client.post("/books/search", json={"query": ""})
+    assert r.status_code == 422 and r.json()["detail"].startswith("query: ")
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/books/search", {"query": "storm", "limit": True}),
+    ("/books/search", {"query": "storm", "limit": "3"}),
+    ("/recommend/cold-start", {"ratings": [{"title": "storm"}], "top_k": True}),
+])
+async def test_body_counts_must_be_json_integers(client, path, body):
+    r = await client.post(path, json=body)
+    assert r.status_code == 422 and ("limit" in r.json()["detail"] or "top_k" in r.json()["detail"])
 
 
 async def test_recommend_rank_by_lower_reorders_the_stored_list(client, world):
@@ -444,14 +492,14 @@ async def test_cold_start_bad_bodies_are_422(client, payload):
     assert isinstance(r.json()["detail"], str) and r.json()["detail"]
 
 
-async def test_cold_start_invalid_json_is_422(client):
-    r = await client.post("/recommend/cold-start", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+async def test_cold_start_invalid_json_is_400_saying_where(client):
+    r = await client.post("/recommend/cold-start", content=b'{"ratings": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json() == {"detail": "the request body is not valid JSON (near character 13)"}
 
 
 async def test_unreadable_body_is_400(client):
     r = await client.post("/books/search", content=b"\xff\xfe{", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and r.json() == {"detail": "There was an error parsing the body"}
+    assert r.status_code == 400 and r.json() == {"detail": "the request body is not valid JSON (UTF-8)"}
 
 
 async def test_request_body_over_the_limit_is_413(client):

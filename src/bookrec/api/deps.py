@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import logging
 import time
 from typing import Annotated, Any
@@ -98,6 +99,7 @@ class VersionTracker:
         self._bundle: ServingBundle | None = None
         self._loading: dict[str, asyncio.Task[ServingBundle]] = {}
         self._meta: tuple[str, bytes, dict[str, Any]] | None = None
+        self._meta_bodies: dict[tuple[str, bool, bool], bytes] = {}  # (version, traces, gzip) -> body
         self._failed: dict[str, float] = {}  # version -> when its load failed (retried after Retry-After)
 
     # --- the pointer -------------------------------------------------------------------------
@@ -198,7 +200,21 @@ class VersionTracker:
             raise ServiceUnavailable(f"model version {version} has no metadata")
         parsed = _parse_json(blob) or {}
         self._meta = (version, blob, parsed)
+        self._meta_bodies = {}
         return self._meta
+
+    async def meta_body(self, traces: bool, gzipped: bool) -> tuple[str, bytes]:
+        """The meta blob as `/model/info` sends it: with or without the per-sweep traces (most of
+        its size), gzip-compressed or not; each variant built once per version."""
+        version, blob, parsed = await self.meta()
+        key = (version, traces, gzipped)
+        body = self._meta_bodies.get(key)
+        if body is None:
+            body = blob if traces else orjson.dumps({k: v for k, v in parsed.items() if k != "traces"})
+            if gzipped:  # about 20 ms for a long run's traces: off the event loop
+                body = await asyncio.to_thread(gzip.compress, body, 6, mtime=0)
+            self._meta_bodies[key] = body
+        return version, body
 
     async def aclose(self) -> None:
         for task in list(self._loading.values()):

@@ -2,7 +2,8 @@
 
 - store unreachable, hung, missing, corrupt, or an entry that does not decode; nothing published;
   a part of the version missing -> 503 + Retry-After (a store fault is never a 500)
-- invalid parameters or body -> 422 with one sentence naming each bad field (and a list)
+- invalid parameters or body -> 422 with one sentence naming each bad field (and a list); a body
+  that is not JSON -> 400, or 415 when its Content-Type says it is something else
 - HTTPException (404, 400, 413, 405...) -> its status and message
 - anything else -> 500 "internal error", with the traceback in the server log only
 """
@@ -86,13 +87,34 @@ async def service_unavailable(request: Request, exc: Exception) -> Response:
 
 
 def _location(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("query", "path", "body", "header")]
+    # Only the leading source is dropped: a body field may be named "query" itself.
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("query", "path", "body", "header") else loc)]
     return ".".join(parts) if parts else (str(loc[0]) if loc else "request")
 
 
+BODY_NOT_JSON = "the request body is not valid JSON"
+NOT_JSON_TYPE = "send the request body as JSON, with Content-Type: application/json"
+PARSE_FAILED = "There was an error parsing the body"  # FastAPI's 400 for a body that does not decode
+
+
+def _json_content_type(request: Request) -> bool:
+    """Whether the request's Content-Type is one FastAPI parses as JSON (or absent, which it also parses)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return not media or media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def validation_failed(request: Request, exc: RequestValidationError) -> Response:
+    raw = exc.errors()
+    body_errors = [e for e in raw if tuple(e.get("loc", ()))[:1] == ("body",)]
+    if body_errors and not _json_content_type(request):
+        return json_response(415, {"detail": NOT_JSON_TYPE})
+    for err in raw:
+        if err.get("type") == "json_invalid":
+            position = tuple(err.get("loc", ()))[1:2]
+            where = f" (near character {position[0]})" if position and isinstance(position[0], int) else ""
+            return json_response(400, {"detail": BODY_NOT_JSON + where})
     errors = []
-    for err in exc.errors():
+    for err in raw:
         loc = tuple(err.get("loc", ()))
         msg = str(err.get("msg", "invalid value"))
         # Pydantic prefixes messages from our validators with "Value error, ".
@@ -103,10 +125,17 @@ async def validation_failed(request: Request, exc: RequestValidationError) -> Re
 
 
 def _allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    """Every method some route serves at this path (Starlette's 405 names only the first route's).
+    A route with a fixed path wins over a parametrised one that also matches (`/recommend/cold-start`
+    is not `/recommend/{user_id}`); a GET route also answers HEAD."""
     path = request.scope["path"]
-    methods = {m for regex, route_methods in request.app.state.route_methods if regex.match(path) for m in route_methods}
-    return ", ".join(sorted(methods))
+    matching = [(fixed, methods) for regex, methods, fixed in request.app.state.route_methods if regex.match(path)]
+    if any(fixed for fixed, _ in matching):
+        matching = [(fixed, methods) for fixed, methods in matching if fixed]
+    allowed = {m for _, methods in matching for m in methods}
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return ", ".join(sorted(allowed))
 
 
 NO_SUCH_PATH = "no such path; GET / lists the endpoints, GET /docs describes them"
@@ -114,6 +143,8 @@ NO_SUCH_PATH = "no such path; GET / lists the endpoints, GET /docs describes the
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 400 and detail == PARSE_FAILED:
+        detail = BODY_NOT_JSON + " (UTF-8)"
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
@@ -23,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
@@ -36,6 +38,7 @@ from bookrec.api.middleware import (
     SecurityHeaders,
 )
 from bookrec.api.routes import books, health, metrics, recommend, root, stats, users
+from bookrec.api.static import PageFiles
 from bookrec.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -117,11 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     errors.install(app)
-    route_methods = []  # (path regex, methods) of every API route, for the Allow header of a 405
-    for module in (recommend, root, health, users, books, stats, metrics):  # the hot route first
-        app.include_router(module.router)
-        route_methods += [(r.path_regex, r.methods or set()) for r in module.router.routes if hasattr(r, "path_regex")]
-    app.state.route_methods = route_methods
+    routers = [module.router for module in (recommend, root, health, users, books, stats, metrics)]
+    for router in routers:  # the hot route first
+        app.include_router(router)
     default_openapi = app.openapi
 
     def openapi() -> dict:
@@ -137,9 +138,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return RedirectResponse("app/", status_code=307)
 
         # The web page (bookrec/web/static); check_dir=False so the API still starts without it.
-        page = StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)
+        page = PageFiles(directory=STATIC_DIR, html=True, check_dir=False)
         app.mount("/app", SecurityHeaders(page, PAGE_HEADERS), name="app")
 
+    app.state.route_methods = _route_methods([route for router in routers for route in router.routes] + app.routes)
     origins = [o for o in settings.cors_origins if o]
     app.add_middleware(
         CORSMiddleware,
@@ -153,6 +155,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestSizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware)
     return app
+
+
+def _route_methods(routes: list) -> list[tuple[Any, set[str], bool]]:
+    """(path regex, methods, fixed path?) of every route and mount, for the Allow header of a 405."""
+    out = []
+    for route in routes:
+        if isinstance(route, Mount):
+            out.append((route.path_regex, {"GET", "HEAD"}, False))
+        elif hasattr(route, "path_regex"):
+            out.append((route.path_regex, set(getattr(route, "methods", None) or ()), "{" not in route.path))
+    return out
 
 
 def _add_docs(app: FastAPI) -> None:

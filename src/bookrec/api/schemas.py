@@ -139,7 +139,7 @@ class ColdStartRequest(BaseModel):
         description="The new reader's books, rated or not (at least one must be usable)",
         json_schema_extra={"minItems": 1},
     )
-    top_k: int = Field(10, ge=1, description="How many recommendations to return")
+    top_k: int = Field(10, ge=1, strict=True, description="How many recommendations to return")
     rank_by: RankBy = Field("for_you", description=RANK_BY_HELP)
 
     @field_validator("ratings")
@@ -217,7 +217,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=200)
-    limit: int = Field(10, ge=1)
+    limit: int = Field(10, ge=1, strict=True)
 
 
 class SearchResponse(BaseModel):

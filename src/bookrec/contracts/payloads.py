@@ -78,7 +78,9 @@ class RecommendationItem(OpenPayload):
     basis: str | None = Field(None, description=BASIS_HELP)
     score: float | None = Field(
         None, description="The ranking mode's sort key: for_you: relevance x P(liked)^like_weight; mean: the "
-        "predicted rating; lower: the interval's lower end; sample: the draw. Absent in older versions"
+        "predicted rating; lower: the interval's lower end; sample: the draw. Null under for_you for slots "
+        "filled by popularity (basis popular), which keep the popularity order after the scored ones; "
+        "absent in older versions"
     )
     relevance: float | None = Field(
         None, description="The relevance model's posterior mean (how likely the reader picks the book up); "

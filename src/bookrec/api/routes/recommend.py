@@ -98,7 +98,8 @@ async def recommend(request: Request, state: StateDep) -> Response:
         "Read books the relevance model knows choose the candidates (what readers of those books also "
         "read, each with the read book that points to it most: `reason`); rated books of the rating model "
         "are folded into it exactly to predict the ratings, and P(liked) follows from that prediction. "
-        "The candidates are then sorted by `rank_by`, as for a known reader."
+        "The candidates are then sorted by `rank_by`, as for a known reader. Several entries for one work "
+        "(editions, or the same book twice) count as one rating of the work, their mean."
     ),
     responses=error_responses(400, 413, 422, 429, 503),
     dependencies=[Depends(limit_cold_starts)],
