@@ -146,11 +146,8 @@ def _open(browser: Browser, base: str, width: int = 1280, height: int = 900) -> 
     return watched
 
 
-@pytest.fixture()
-def page(browser, world):
-    watched = _open(browser, world["base"])
-    yield watched
-    # Every test: no script error, no dialog, and nothing but cover images asked of other hosts.
+def _check_and_close(watched: Watched) -> None:
+    """No script error, no dialog, and nothing but cover images asked of other hosts."""
     assert watched.page_errors == []
     assert watched.dialogs == []
     # Console errors only for failed loads (aborted covers, the API's deliberate 4xx/503).
@@ -158,6 +155,33 @@ def page(browser, world):
     foreign = [(kind, url) for kind, url in watched.requests if not url.startswith(watched.origin + "/")]
     assert all(kind == "image" for kind, _ in foreign), foreign
     watched.page.context.close()
+
+
+@pytest.fixture()
+def page(browser, world):
+    watched = _open(browser, world["base"])
+    yield watched
+    _check_and_close(watched)
+
+
+@pytest.fixture()
+def sized_page(browser, world):
+    """Open a page at a given viewport size; checked and closed at the end like `page`."""
+    opened: list[Watched] = []
+
+    def open_page(width: int, height: int) -> Page:
+        opened.append(_open(browser, world["base"], width, height))
+        return opened[-1].page
+
+    yield open_page
+    for watched in opened:
+        _check_and_close(watched)
+
+
+# Viewports the layout is checked at: a laptop, a small laptop, a phone.
+DESKTOP = (1366, 900)
+LAPTOP = (1024, 768)
+PHONE = (375, 800)
 
 
 def shot(page: Page, name: str, full_page: bool = True) -> Path:
@@ -260,6 +284,36 @@ def test_known_reader_shows_n_cards_with_interval_bars(page, world):
     stored_all = fx.recommendations[user]["recommendations"]
     best = sorted(stored_all, key=lambda r: -r["predicted_rating"])[:7]
     expect(p.locator(".view-known .card .card-title")).to_have_text([r["title"] for r in best])
+
+
+# The numbers of the 1-10 scale under a card's interval bar: whatever draws them (SVG or HTML),
+# each element whose whole text is one of them, with its rendered font size and box.
+SCALE_LABELS_JS = """(card) => [...card.querySelectorAll('.card-figures *')]
+    .filter((el) => el.children.length === 0 && /^(10|[1-9])$/.test(el.textContent.trim()))
+    .map((el) => {
+      const r = el.getBoundingClientRect();
+      // SVG text is scaled with its drawing: its font size on screen is the CSS size times that scale.
+      const scale = el.getScreenCTM ? el.getScreenCTM().a : 1;
+      return {text: el.textContent.trim(), size: parseFloat(getComputedStyle(el).fontSize) * scale,
+              left: r.left, right: r.right, height: r.height};
+    })"""
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, LAPTOP, PHONE], ids=["desktop", "laptop", "phone"])
+def test_interval_scale_numbers_are_legible(sized_page, world, viewport):
+    p = sized_page(*viewport)
+    user = _personal_users(world["fx"], exclude=world["evil_user"])[0]
+    p.goto(f"{world['base']}/app/#/readers/{user}")
+    card = p.locator(".view-known .card").first
+    expect(card).to_be_visible()
+    labels = card.evaluate(SCALE_LABELS_JS)
+    assert [label["text"] for label in labels] == [str(v) for v in range(1, 11)]
+    for label in labels:
+        assert label["height"] >= 10, f"scale number {label['text']} is {label['height']:.1f} px tall"
+        assert label["size"] >= 10, f"scale number {label['text']} is drawn at {label['size']:.1f} px"
+    for a, b in zip(labels, labels[1:]):
+        assert a["right"] <= b["left"], f"scale numbers {a['text']} and {b['text']} overlap"
+    shot(p, f"card-scale-{viewport[0]}", full_page=False)
 
 
 def test_cards_say_why_each_book_is_there(page, world):
@@ -446,8 +500,43 @@ def test_new_reader_with_only_unknown_books_gets_told_why(page, world):
     p.get_by_role("button", name="Get recommendations").click()
     alert = p.locator(".view-new .status-error")
     expect(alert).to_contain_text("None of these books are known to the model")
-    expect(p.locator(".view-new .missing")).to_contain_text(gone["title"])
+    # In the page's own words: which books, and what to do (the search box), not the API's hint.
+    expect(alert).to_contain_text("search box")
+    expect(alert).not_to_contain_text("GET /")
+    missing = p.locator(".view-new .missing")
+    expect(missing).to_contain_text(gone["title"])
+    expect(missing).to_contain_text(gone["isbn"])
+    expect(p.locator(".view-new .results")).not_to_contain_text("GET /")
     expect(p.locator(".view-new .card")).to_have_count(0)
+
+
+def test_new_reader_leaves_out_malformed_saved_books(page, world):
+    """A list saved in the browser is untrusted: entries the API would refuse (an ISBN longer than
+    40 characters, a rating off the 1-10 scale or not a number) are dropped, not sent, so the
+    well-formed rest still gets recommendations."""
+    fx, p = world["fx"], page.page
+    good, other = _distinct_works(fx, 2, avoid=world["evil_key"], relevance=True)
+    saved = [
+        {"isbn": "9" * 41, "title": "Too Long An ISBN", "rating": 8},
+        {"isbn": good["editions"][0], "title": good["title"], "author": good["author"], "rating": 9},
+        {"isbn": "0000000001", "title": "Rated Eleven", "rating": 11},
+        {"isbn": "0000000002", "title": "Rated In Words", "rating": "7"},
+        {"isbn": 123456789, "title": "A Numeric ISBN", "rating": 6},
+        # A sound book under a title longer than the API takes (300): kept, without that title.
+        {"isbn": other["editions"][0], "title": "x" * 301, "rating": None},
+    ]
+    p.goto(f"{world['base']}/app/#/new")
+    p.evaluate("(entries) => localStorage.setItem('bookrec.new-reader.ratings.v1', JSON.stringify(entries))", saved)
+    p.reload()
+    expect(p.locator(".rated-item")).to_have_count(2)
+    expect(p.locator(".rated-title")).to_have_text([good["title"], other["editions"][0]])
+    with p.expect_request(lambda r: r.url.endswith("/recommend/cold-start") and r.method == "POST") as sent:
+        p.get_by_role("button", name="Get recommendations").click()
+    sent_ratings = sent.value.post_data_json["ratings"]
+    assert [(r["isbn"], r["rating"]) for r in sent_ratings] == [(good["editions"][0], 9), (other["editions"][0], None)]
+    assert "title" not in sent_ratings[1]
+    expect(p.locator(".view-new .card").first).to_be_visible()
+    expect(p.locator(".view-new .status-error")).to_have_count(0)
 
 
 def test_search_is_keyboard_driven(page, world):
@@ -502,7 +591,113 @@ def test_book_view_shows_details_and_similar_books(page, world):
     shot(p, "book")
 
 
+def test_unknown_book_is_explained_in_the_pages_words(page, world):
+    p = page.page
+    p.goto(f"{world['base']}/app/#/book/BOGUS")
+    alert = p.locator(".view-book .status-error")
+    expect(alert).to_contain_text("Book not found")
+    expect(alert).to_contain_text("No book with ISBN BOGUS in the catalogue")
+    expect(alert).to_contain_text("search")
+    expect(alert).not_to_contain_text("GET /")
+
+
 # ---- model view ---------------------------------------------------------------------------------------
+
+
+# What the real batch publishes where the fixture abbreviates: the baselines' full labels
+# (bookrec.batch.evaluation) and every quantity BPMF traces (bookrec.model.bpmf.TRACED), with
+# effective sample sizes in the thousands. The layout has to hold these.
+BATCH_LABELS = {
+    "popularity": "Popularity (interaction count)",
+    "ease": "Relevance alone (Bayesian EASE)",
+    "als": "Predicted rating over every work (BPMF)",
+}
+TRACED = ("alpha", "mu", "train_rmse", "log_norm_U", "log_norm_V", "log_det_Lambda_U", "log_det_Lambda_V")
+
+
+def _serve_batch_like_meta(p: Page) -> None:
+    def rewrite(route):
+        response = route.fetch()
+        meta = response.json()
+        for row in meta["ranking"]["rows"]:
+            row["label"] = BATCH_LABELS.get(row["model"], row["label"])
+        conv = meta["convergence"]
+        for name in TRACED:
+            conv["rhat"][name], conv["ess_bulk"][name], conv["ess_tail"][name] = 1.004, 12345.6, 11234.5
+        route.fulfill(response=response, json=meta)
+
+    p.route("**/model/info", rewrite)
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_model_bar_labels_are_not_cut_off(sized_page, world, viewport):
+    p = sized_page(*viewport)
+    _serve_batch_like_meta(p)
+    p.goto(f"{world['base']}/app/#/model")
+    labels = p.locator(".view-model svg.model-bars .bar-label")
+    expect(labels).to_have_count(len(world["fx"].meta["ranking"]["rows"]))
+    expect(labels.filter(has_text=BATCH_LABELS["als"])).to_have_count(1)
+    svg = p.locator(".view-model svg.model-bars").bounding_box()
+    for label in labels.all():
+        box = label.bounding_box()
+        assert box["x"] >= svg["x"] - 0.5 and box["x"] + box["width"] <= svg["x"] + svg["width"] + 0.5, \
+            f"{label.text_content()!r} sticks out of its chart"
+        assert box["y"] >= svg["y"] - 0.5 and box["y"] + box["height"] <= svg["y"] + svg["height"] + 0.5
+    p.locator(".view-model svg.model-bars").scroll_into_view_if_needed()
+    shot(p, f"model-ranking-{viewport[0]}", full_page=False)
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, LAPTOP], ids=["desktop", "laptop"])
+def test_ranking_table_fits_at_desktop_width(sized_page, world, viewport):
+    p = sized_page(*viewport)
+    _serve_batch_like_meta(p)
+    p.goto(f"{world['base']}/app/#/model")
+    table = p.locator(".view-model .table-ranking")
+    expect(table.locator("tbody th", has_text=BATCH_LABELS["als"])).to_have_count(1)
+    # Every column, Coverage and Novelty included, inside the panel: nothing hides past its edge.
+    panel = p.locator(".view-model .panel", has=p.locator(".table-ranking")).bounding_box()
+    for cell in table.locator("thead th").all():
+        box = cell.bounding_box()
+        assert box["x"] + box["width"] <= panel["x"] + panel["width"], f"column {cell.text_content()!r} is off the panel"
+    overflow = table.evaluate("(t) => t.parentElement.scrollWidth - t.parentElement.clientWidth")
+    assert overflow <= 0, f"the table scrolls sideways by {overflow} px at {viewport[0]} px"
+
+
+def test_model_view_fits_a_phone_and_hints_at_wide_tables(sized_page, world):
+    p = sized_page(*PHONE)
+    _serve_batch_like_meta(p)
+    p.goto(f"{world['base']}/app/#/model")
+    convergence = p.locator(".view-model .panel", has=p.locator("h2", has_text="Convergence"))
+    expect(convergence.locator("tr", has_text="log_det_Lambda_U")).to_have_count(1)
+    expect(p.locator(".trace-chart path").first).to_be_visible()
+    assert p.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth"), "the Model view scrolls sideways"
+    # Tables wider than a phone scroll inside their own box, which shows that more columns follow.
+    ranking = p.locator(".view-model .table-scroll", has=p.locator(".table-ranking"))
+    assert ranking.evaluate("(s) => s.scrollWidth > s.clientWidth"), "the ranking table should be wider than a phone"
+    hint = "(s) => getComputedStyle(s.parentElement, '::after').opacity"
+    expect(ranking.locator("xpath=..")).to_have_class(re.compile(r"\bmore-right\b"))
+    assert float(ranking.evaluate(hint)) > 0
+    shot(p, "model-phone", full_page=False)
+    ranking.evaluate("(s) => { s.scrollLeft = s.scrollWidth; }")
+    expect(ranking.locator("xpath=..")).not_to_have_class(re.compile(r"\bmore-right\b"))
+    expect(ranking.locator("xpath=..")).to_have_class(re.compile(r"\bmore-left\b"))
+
+
+def test_page_loads_the_model_report_without_traces_until_the_model_view_needs_them(page, world):
+    """Every page load reads the interval level from /model/info: without the MCMC traces (most of
+    its size). Only the Model view, which draws them, asks for the whole document."""
+    p = page.page
+    asked: list[str] = []
+    p.on("request", lambda r: asked.append(r.url) if urlsplit(r.url).path.endswith("/model/info") else None)
+    with p.expect_request(lambda r: urlsplit(r.url).path.endswith("/model/info")):
+        p.goto(f"{world['base']}/app/#/readers")
+    p.wait_for_load_state("networkidle")
+    assert [urlsplit(u).query for u in asked] == ["traces=false"]
+    p.get_by_role("tab", name="Model").click()
+    expect(p.locator(".trace-chart path").first).to_be_visible()
+    assert [urlsplit(u).query for u in asked] == ["traces=false", ""]
+
+
 
 
 def test_model_view_draws_its_plots(page, world):
@@ -663,6 +858,30 @@ def test_tabs_work_from_the_keyboard(page, world):
     expect(p.locator("#panel-readers")).to_be_hidden()
     p.keyboard.press("End")
     expect(p.get_by_role("tab", name="System")).to_have_attribute("aria-selected", "true")
+
+
+def test_unknown_route_says_page_not_found(page, world):
+    p = page.page
+    # A reader id too long to be one leaves a message in the Readers view...
+    p.goto(f"{world['base']}/app/#/readers/1234567890123")
+    expect(p.locator("#user-id-error")).to_contain_text("too long")
+    # ...which an unknown address must not show: it says the page does not exist, and links home.
+    p.evaluate("() => { location.hash = '#/nonexistent'; }")
+    not_found = p.locator("#main").get_by_role("heading", name="Page not found")
+    expect(not_found).to_be_visible()
+    expect(p.get_by_text("too long")).to_be_hidden()
+    expect(p.locator("[role=tab][aria-selected=true]")).to_have_count(0)
+    expect(p).to_have_title(re.compile("not found", re.I))
+    p.get_by_role("link", name=re.compile("home", re.I)).click()
+    expect(p.get_by_role("tab", name="Readers")).to_have_attribute("aria-selected", "true")
+    expect(not_found).to_be_hidden()
+    # "#main", the skip link's target, is no route: following it keeps the view and focuses it.
+    p.get_by_role("tab", name="Model").click()
+    p.locator(".skip-link").focus()
+    p.keyboard.press("Enter")
+    expect(p.locator("#main")).to_be_focused()
+    expect(p.get_by_role("tab", name="Model")).to_have_attribute("aria-selected", "true")
+    expect(not_found).to_be_hidden()
 
 
 def test_usable_at_phone_width(browser, world):

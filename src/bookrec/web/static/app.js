@@ -57,12 +57,21 @@ tablist.addEventListener("keydown", (ev) => {
   buttons.get(keys[next]).focus();
 });
 
+// An address no view answers to gets its own panel, so nothing a view showed earlier is taken
+// for an answer to it.
+const notFound = h("section", { id: "panel-not-found", class: "panel-host", hidden: true, tabindex: "-1" },
+  h("div", { class: "status status-error not-found", role: "alert" },
+    h("h2", { class: "status-title" }, "Page not found"),
+    h("p", { class: "status-message" }, "There is no page at this address. ",
+      h("a", { href: "#/readers" }, "Go to the home page"), " or pick a tab above.")));
+main.append(notFound);
+
 let currentKey = null;
 
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/");
-  let key = parts[0] || "readers";
-  if (!views.has(key)) key = "readers";
+  const key = parts[0] || "readers";
+  const known = views.has(key);
   let param = null;
   if (parts.length > 1) {
     try {
@@ -76,16 +85,28 @@ function route() {
     panel.hidden = !active;
     const button = buttons.get(k);
     button.setAttribute("aria-selected", active ? "true" : "false");
-    button.tabIndex = active ? 0 : -1;
+    // On an unknown address the first tab stays reachable with the Tab key.
+    button.tabIndex = active || (!known && k === TABS[0][0]) ? 0 : -1;
   }
+  notFound.hidden = known;
   if (currentKey !== null && currentKey !== key) window.scrollTo(0, 0);
   currentKey = key;
+  if (!known) {
+    document.title = "Page not found · bookrec";
+    return;
+  }
   const { view } = views.get(key);
   view.show(param);
   document.title = `${buttons.get(key).textContent} · bookrec`;
 }
 
 window.addEventListener("hashchange", route);
+
+// The skip link moves focus without touching the hash: "#main" is no route.
+document.querySelector(".skip-link").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  main.focus();
+});
 
 // ---- health: a banner while the service is not ready, rechecked until it is ----------------
 
@@ -139,7 +160,7 @@ onAvailability((available) => {
 route();
 checkHealth();
 // The interval level of stored recommendations lives in the model's meta; fetch it quietly.
-api.modelInfo().then((meta) => {
+api.modelInfo({ traces: false }).then((meta) => {
   if (typeof meta.interval_level === "number") state.intervalLevel = meta.interval_level;
   const ranking = meta.ranking && typeof meta.ranking === "object" ? meta.ranking : {};
   if (typeof ranking.liked_threshold === "number") state.likedThreshold = ranking.liked_threshold;

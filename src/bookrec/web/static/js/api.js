@@ -48,8 +48,13 @@ function detailText(body) {
   return null;
 }
 
+// The API's messages are written for developers and may point at endpoints ("search with GET
+// /books/search?q="): the page never shows those to readers, it says it in its own words.
+const API_HINT = /\b(GET|POST|PUT|PATCH|DELETE) \//;
+
 function friendlyMessage(status, body, retryAfter) {
-  const detail = detailText(body);
+  const text = detailText(body);
+  const detail = text && !API_HINT.test(text) ? text : null;
   if (status === 503) {
     const wait = retryAfter ? ` Please try again in ${retryAfter} s.` : " Please try again shortly.";
     return `The service is temporarily unavailable${detail ? ` (${detail.replace(/[.\s]+$/, "")})` : ""}.${wait}`;
@@ -119,6 +124,8 @@ export const api = {
   search: (q, limit, signal) => request("books/search", { params: { q, limit }, signal }),
   book: (isbn, signal) => request(`books/${encodeURIComponent(isbn)}`, { signal }),
   similar: (isbn, n, signal) => request(`books/${encodeURIComponent(isbn)}/similar`, { params: { n }, signal }),
-  modelInfo: (signal) => request("model/info", { signal }),
+  // Without `traces` (most of the document's size) unless a view draws them.
+  modelInfo: ({ traces = true, signal } = {}) =>
+    request("model/info", { params: { traces: traces ? undefined : "false" }, signal }),
   stats: (signal) => request("stats", { signal }),
 };

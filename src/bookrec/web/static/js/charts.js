@@ -35,12 +35,23 @@ function tickLabel(v) {
 }
 
 /**
+ * The numbers of a bar's scale, as HTML under it: the bar's SVG shrinks with its card, and text
+ * drawn inside it would shrink with it to an unreadable size. `x` maps a value to the SVG's x and
+ * `W` is the SVG's width (its viewBox), so each number sits under its tick at any rendered size.
+ */
+function scaleNumbers(values, x, W) {
+  return h("div", { class: "scale-numbers", "aria-hidden": "true" },
+    values.map((v) => h("span", { vars: { "--at": `${((x(v) / W) * 100).toFixed(3)}%` } }, tickLabel(v))));
+}
+
+/**
  * The credible interval of one prediction on the 1-10 rating axis: a bar from lower to upper
- * with a dot at the predicted rating. Numbers are repeated in the aria-label for screen readers.
+ * with a dot at the predicted rating, over the numbers 1 to 10. Numbers are repeated in the
+ * aria-label for screen readers.
  */
 export function intervalBar(mean, interval, { level = 0.9 } = {}) {
   const W = 240;
-  const H = 34;
+  const H = 22;
   const x = linear(RATING_MIN, RATING_MAX, 10, W - 10);
   const [lo, hi] = Array.isArray(interval) ? interval : [null, null];
   const pct = Math.round(level * 100);
@@ -50,10 +61,8 @@ export function intervalBar(mean, interval, { level = 0.9 } = {}) {
   const svg = s("svg", { class: "interval-bar", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
   svg.append(s("title", { text: label }));
   svg.append(s("line", { class: "axis", x1: x(RATING_MIN), x2: x(RATING_MAX), y1: 12, y2: 12 }));
-  for (let v = RATING_MIN; v <= RATING_MAX; v += 1) {
-    svg.append(s("line", { class: "tick", x1: x(v), x2: x(v), y1: 9, y2: 15 }));
-    svg.append(s("text", { class: "tick-label", x: x(v), y: 30, "text-anchor": "middle", text: v }));
-  }
+  const values = Array.from({ length: RATING_MAX - RATING_MIN + 1 }, (_, i) => RATING_MIN + i);
+  for (const v of values) svg.append(s("line", { class: "tick", x1: x(v), x2: x(v), y1: 9, y2: 15 }));
   if (isNum(lo) && isNum(hi)) {
     const a = x(clamp(lo, RATING_MIN, RATING_MAX));
     const b = x(clamp(hi, RATING_MIN, RATING_MAX));
@@ -62,7 +71,7 @@ export function intervalBar(mean, interval, { level = 0.9 } = {}) {
   if (isNum(mean)) {
     svg.append(s("circle", { class: "point", cx: x(clamp(mean, RATING_MIN, RATING_MAX)), cy: 12, r: 5 }));
   }
-  return svg;
+  return h("div", { class: "interval-figure" }, svg, scaleNumbers(values, x, W));
 }
 
 /** Similarity (cosine of posterior book factors) with +/- 2 sd whiskers on a -1..1 axis. */
@@ -263,11 +272,13 @@ export function weightBar(weight, sd, { max = null } = {}) {
 /**
  * Horizontal bars, one per model (e.g. recall@10), with +/- `se` whiskers where given;
  * `highlight(row)` draws a bar in the accent colour (our models), the others in grey.
+ * Each model's name sits above its bar, across the chart's full width, so that a long name
+ * ("Predicted rating over every work (BPMF)") needs no margin sized for it and is never cut off.
  */
 export function modelBars(rows, { label, highlight = () => false, digits = 3 } = {}) {
   const data = rows.filter((r) => r && isNum(r.value));
-  const m = { l: 130, r: 46, t: 6, b: 22 };
-  const band = 22;
+  const m = { l: 8, r: 46, t: 4, b: 22 };
+  const band = 32; // a row: the name (10 units tall), then the bar
   const W = 420;
   const H = m.t + m.b + band * Math.max(data.length, 1);
   const words = data.map((r) => `${r.name}: ${fmt(r.value, digits)}`).join(", ");
@@ -281,15 +292,17 @@ export function modelBars(rows, { label, highlight = () => false, digits = 3 } =
   }
   data.forEach((r, i) => {
     const y0 = m.t + i * band;
+    const barY = y0 + 15;
+    const barH = 12;
     const ours = highlight(r);
-    svg.append(s("text", { class: `bar-label${ours ? " bar-label-ours" : ""}`, x: m.l - 6, y: y0 + band / 2 + 3, "text-anchor": "end", text: r.name }));
+    svg.append(s("text", { class: `bar-label${ours ? " bar-label-ours" : ""}`, x: m.l, y: y0 + 11, text: r.name }));
     svg.append(s("rect", {
-      class: ours ? "bar" : "bar bar-alt", x: x(0), y: y0 + 4, width: Math.max(0, x(r.value) - x(0)), height: band - 8, rx: 2,
+      class: ours ? "bar" : "bar bar-alt", x: x(0), y: barY, width: Math.max(0, x(r.value) - x(0)), height: barH, rx: 2,
     }, s("title", { text: `${r.name}: ${fmt(r.value, digits)}${isNum(r.se) ? ` ± ${fmt(r.se, digits)}` : ""}` })));
     if (isNum(r.se) && r.se > 0) {
-      svg.append(s("line", { class: "whisker", x1: x(Math.max(0, r.value - r.se)), x2: x(r.value + r.se), y1: y0 + band / 2, y2: y0 + band / 2 }));
+      svg.append(s("line", { class: "whisker", x1: x(Math.max(0, r.value - r.se)), x2: x(r.value + r.se), y1: barY + barH / 2, y2: barY + barH / 2 }));
     }
-    svg.append(s("text", { class: "tick-label bar-value", x: x(r.value + (isNum(r.se) ? r.se : 0)) + 4, y: y0 + band / 2 + 3, text: fmt(r.value, digits) }));
+    svg.append(s("text", { class: "tick-label bar-value", x: x(r.value + (isNum(r.se) ? r.se : 0)) + 4, y: barY + barH / 2 + 3, text: fmt(r.value, digits) }));
   });
   return svg;
 }

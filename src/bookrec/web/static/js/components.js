@@ -17,13 +17,36 @@ export function empty(text) {
   return h("div", { class: "status status-empty", role: "status" }, text);
 }
 
-export function errorBox(err, { title = "Something went wrong", retry } = {}) {
-  const message = err && err.name === "ApiError" ? err.message : "Something unexpected happened. Please try again.";
+/** An error as a message box; `message` replaces the API's wording where the page knows better. */
+export function errorBox(err, { title = "Something went wrong", message: own = null, retry } = {}) {
+  const message = own || (err && err.name === "ApiError" ? err.message : "Something unexpected happened. Please try again.");
   if (!(err && err.name === "ApiError")) console.warn(err); // keep the details for developers only
   return h("div", { class: "status status-error", role: "alert" },
     h("strong", { class: "status-title" }, title),
     h("p", { class: "status-message" }, message),
     retry ? h("button", { type: "button", class: "button button-quiet", onclick: retry }, "Try again") : null);
+}
+
+// ---- wide tables ---------------------------------------------------------------------------
+
+/**
+ * A table in a box that scrolls sideways when the screen is narrower than the table, with a fade
+ * on each edge that has columns past it: a scrollbar alone is easy to miss, and phones hide it.
+ */
+export function scrollTable(table) {
+  const box = h("div", { class: "table-scroll" }, table);
+  const frame = h("div", { class: "table-scroll-frame" }, box);
+  const update = () => {
+    const hidden = box.scrollWidth - box.clientWidth;
+    frame.classList.toggle("more-left", box.scrollLeft > 1);
+    frame.classList.toggle("more-right", box.scrollLeft < hidden - 1);
+  };
+  box.addEventListener("scroll", update, { passive: true });
+  // Sizes change when the view is first shown and when the window is resized or turned.
+  const observer = new ResizeObserver(update);
+  observer.observe(box);
+  observer.observe(table);
+  return frame;
 }
 
 // ---- covers -----------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 // kept in localStorage so they survive a reload.
 
 const STORAGE_KEY = "bookrec.new-reader.ratings.v1";
+// The cold start's limits (bookrec.api.schemas.RatingIn): an entry past them fails the whole request.
+const MAX_ISBN_LENGTH = 40;
+const MAX_TITLE_LENGTH = 300;
 
 export const state = {
   intervalLevel: 0.9,
@@ -19,12 +22,14 @@ export function loadRatings() {
   try {
     const parsed = JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]");
     if (!Array.isArray(parsed)) return [];
-    // Stored data is untrusted too: keep only well-formed entries.
+    // Stored data is untrusted too (older versions, other tabs, hand edits): keep only entries
+    // the API accepts, so one bad entry cannot sink the request for the rest.
     return parsed
-      .filter((r) => r && typeof r.isbn === "string" && r.isbn && validRating(r.rating === undefined ? null : r.rating))
+      .filter((r) => r && typeof r.isbn === "string" && r.isbn.trim() && r.isbn.length <= MAX_ISBN_LENGTH
+        && validRating(r.rating === undefined ? null : r.rating))
       .map((r) => ({
         isbn: r.isbn,
-        title: typeof r.title === "string" ? r.title : "",
+        title: typeof r.title === "string" && r.title.length <= MAX_TITLE_LENGTH ? r.title : "",
         author: typeof r.author === "string" ? r.author : "",
         year: Number.isInteger(r.year) ? r.year : null,
         image_url: typeof r.image_url === "string" ? r.image_url : null,

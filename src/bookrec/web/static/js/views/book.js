@@ -29,7 +29,9 @@ export function createBookView() {
       renderBook(book);
     } catch (err) {
       if (err.name === "AbortError") return;
-      clear(detail).append(errorBox(err, { title: err.status === 404 ? "Book not found" : "Couldn't load the book", retry: err.status === 404 ? null : () => load(isbn) }));
+      clear(detail).append(err.status === 404
+        ? errorBox(err, { title: "Book not found", message: `No book with ISBN ${isbn} in the catalogue. Try searching by title above.` })
+        : errorBox(err, { title: "Couldn't load the book", retry: () => load(isbn) }));
       return;
     }
     clear(similar).append(h("h2", { class: "section-title" }, "Readers who like this may also like"), loading("Finding similar books…"));

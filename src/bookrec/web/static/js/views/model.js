@@ -4,7 +4,7 @@
 
 import { h, clear, fmt, fmtInt, fmtSeconds, fmtDate, fmtPercent, humanise, isNum } from "../dom.js";
 import { api } from "../api.js";
-import { loading, empty, errorBox } from "../components.js";
+import { loading, empty, errorBox, scrollTable } from "../components.js";
 import { traceChart, calibrationChart, barChart, stackedShare, modelBars, CHAIN_COLOURS } from "../charts.js";
 import { state } from "../state.js";
 
@@ -87,7 +87,7 @@ function convergencePanel(meta) {
       h("thead", null, h("tr", null, h("th", { scope: "col" }, "Quantity"), h("th", { scope: "col" }, "R-hat"), h("th", { scope: "col" }, "ESS bulk"), h("th", { scope: "col" }, "ESS tail"))),
       h("tbody", null, rows))
     : null;
-  return card("Convergence", verdict, table);
+  return card("Convergence", verdict, table ? scrollTable(table) : null);
 }
 
 function tracesPanel(meta) {
@@ -142,14 +142,14 @@ function metricsPanel(meta) {
   const baseNames = Object.keys(baselines).filter((b) => baselines[b] && typeof baselines[b] === "object");
   if (!scalar.length) return card("Rating accuracy on the test split", empty("No test metrics recorded."));
   return card("Rating accuracy on the test split",
-    h("table", { class: "table table-metrics" },
+    scrollTable(h("table", { class: "table table-metrics" },
       h("caption", { class: "muted" }, `${isNum(metrics.n) ? `On ${fmtInt(metrics.n)} held-out ratings. ` : ""}Lower is better for RMSE, MAE, NLL and CRPS. Ranking quality is in “Top-N ranking” above.`),
       h("thead", null, h("tr", null, h("th", { scope: "col" }, "Metric"), h("th", { scope: "col" }, "BPMF"),
         baseNames.map((b) => h("th", { scope: "col" }, humanise(b))))),
       h("tbody", null, scalar.map(([k, v]) => h("tr", null,
         h("th", { scope: "row" }, metricName(k)),
         h("td", null, fmt(v, 3)),
-        baseNames.map((b) => h("td", null, fmt(baselines[b][k], 3))))))));
+        baseNames.map((b) => h("td", null, fmt(baselines[b][k], 3)))))))));
 }
 
 // ---- top-N ranking: our modes against baselines (meta.ranking) ---------------------------------
@@ -211,7 +211,7 @@ function rankingPanel(ranking) {
     counts ? h("p", null, `Evaluated on ${counts}.`) : null,
     typeof ranking.protocol === "string" && ranking.protocol ? h("p", { class: "protocol" }, `Protocol: ${ranking.protocol}`) : null);
   return wide(card("Top-N ranking",
-    h("div", { class: "table-scroll" }, table),
+    scrollTable(table),
     h("div", { class: "split" }, figure(chart, `Recall@${k} per model (higher is better; whiskers: ± paired SE)`), caption)));
 }
 
@@ -267,7 +267,7 @@ export function createModelView() {
     controller = new AbortController();
     clear(body).append(loading("Loading the model report…"));
     try {
-      const meta = await api.modelInfo(controller.signal);
+      const meta = await api.modelInfo({ signal: controller.signal });
       if (isNum(meta.interval_level)) state.intervalLevel = meta.interval_level;
       loaded = true;
       const ranking = meta.ranking && typeof meta.ranking === "object" ? meta.ranking : null;

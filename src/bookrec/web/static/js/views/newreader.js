@@ -109,9 +109,16 @@ export function createNewReaderView() {
       render(data);
     } catch (err) {
       if (err.name === "AbortError") return;
-      const title = err.status === 400 ? "None of these books are known to the model" : "Couldn't get recommendations";
-      clear(results).append(errorBox(err, { title, retry: err.status === 400 ? null : recommend }));
+      if (err.status !== 400) {
+        clear(results).append(errorBox(err, { title: "Couldn't get recommendations", retry: recommend }));
+        return;
+      }
+      // 400: the model could use none of the books. Say which, and what to do about it.
       const missing = err.detail && Array.isArray(err.detail.unrecognized) ? err.detail.unrecognized : [];
+      clear(results).append(errorBox(err, {
+        title: "None of these books are known to the model",
+        message: `${missing.length ? "The books below were not recognised. " : ""}Find books you have read with the search box above and add them from its results.`,
+      }));
       if (missing.length) {
         results.append(h("ul", { class: "recognised-list recognised" }, missing.map((r) => h("li", { class: "missing" },
           h("span", { class: "mark", "aria-hidden": "true" }, "✗"), `${describeInput(r)} `,
@@ -149,12 +156,15 @@ export function createNewReaderView() {
     results.append(cardList(items, { level: state.intervalLevel }));
   }
 
+  /** A book the API could not use, by title (the reader's, when the API only echoes the ISBN) and ISBN. */
   function describeInput(r) {
     if (!r) return "?";
     if (typeof r === "string") return r;
-    // Show the title the reader picked when the API only echoes the ISBN it was sent.
     const mine = ratings.find((x) => x.isbn === r.input || x.isbn === r.isbn);
-    return r.title || (mine && mine.title) || (r.input !== undefined ? String(r.input) : r.isbn || "?");
+    const isbn = r.isbn || (mine && mine.isbn) || "";
+    const title = r.title || (mine && mine.title) || "";
+    if (title && isbn) return `${title} (ISBN ${isbn})`;
+    return title || isbn || (r.input !== undefined ? String(r.input) : "?");
   }
 
   submit.addEventListener("click", recommend);
