@@ -97,3 +97,33 @@ def test_an_unconverged_model_is_refused_when_required_and_forced_through(data_d
         assert store.current_version() == forced.version
         gate = orjson.loads(store.get_blob("meta"))["publish_gate"]
     assert gate["forced"] and not gate["passed"] and not gate["checks"]["converged"]["passed"]
+
+
+def _per_reader(recall: list[float]) -> dict:
+    return {"fingerprint": "a", "readers": list(range(len(recall))), "recall@10": recall}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_version_published_while_the_batch_ran_is_compared_under_the_publish_lock(backend, tmp_path_factory, redis_server):
+    """Two batches at once: the gate of the second compared against what served when it started
+    (nothing), but a better version was published meanwhile. Under the lock it is compared again."""
+    from functools import partial
+
+    from bookrec.batch.pipeline import gate_again, publish
+    from tests.support.publish import fresh_store_url
+
+    url = fresh_store_url(backend, redis_server, tmp_path_factory, "race")
+    good = [0.3] * 200
+    with open_store(url) as store:
+        first, _ = publish(store, [], [], {"meta": lambda v: orjson.dumps({"version": v, "ranking": {"per_reader": _per_reader(good)}})})
+        worse = {"ranking": {"per_reader": _per_reader([0.1] * 200)}, "publish_gate": {"passed": True, "forced": False, "checks": {}}}
+        with pytest.raises(PublishRefused, match="published while this batch ran"):
+            publish(store, [], [], {"meta": b"{}"}, partial(gate_again, evaluation=worse, previous_meta=None, force=False))
+        assert store.current_version() == first
+        assert worse["publish_gate"]["checks"]["recall"]["against_version"] == first
+        forced, _ = publish(store, [], [], {"meta": b"{}"}, partial(gate_again, evaluation=worse, previous_meta=None, force=True))
+        assert store.current_version() == forced and not worse["publish_gate"]["passed"]
+        # unchanged serving version: nothing to compare again
+        same = {"ranking": {"per_reader": _per_reader([0.0] * 200)}}
+        publish(store, [], [], {"meta": b"{}"}, partial(gate_again, evaluation=same, previous_meta={"version": forced}, force=False))
+        assert "publish_gate" not in same

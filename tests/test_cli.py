@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,32 @@ def test_run_checks_the_port_given_by_port_before_preparing_data(tmp_path, monke
     assert result.exit_code == 2, result.output
     assert f"port {port} on 127.0.0.1 is in use" in flat(result.stderr)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_version(tiny_dir, tmp_path, signum, code):
+    store = f"sqlite:///{tmp_path}/store.sqlite3"
+    textfile = tmp_path / "bookrec_batch.prom"
+    env = dict(BOOKREC_N_FACTORS="2", BOOKREC_BURN_IN="2", BOOKREC_MIN_USER_RATINGS="3", BOOKREC_MIN_BOOK_RATINGS="3",
+               BOOKREC_METRICS_TEXTFILE=str(textfile), BOOKREC_TUNED_CONFIG_PATH=str(tmp_path / "none.json"))
+    args = ["batch", "--data", str(tiny_dir), "--store", store, "--preset", "development", "--quiet", "--force"]
+    first = run_bookrec(args, tmp_path, BOOKREC_N_SAMPLES="6", **env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open_store(store) as st:
+        serving = st.current_version()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")} | env | {"BOOKREC_N_SAMPLES": "1000000"}
+    full.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    long_run = subprocess.Popen([sys.executable, "-m", "bookrec", *args], cwd=tmp_path, env=full,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in long_run.stderr:  # JSON log lines; the chains start right after this one
+        if "batch preset development" in line:
+            break
+    time.sleep(3)
+    long_run.send_signal(signum)
+    _, err = long_run.communicate(timeout=120)
+    assert long_run.returncode == code, err[-3000:]
+    assert "batch interrupted: nothing was published, the serving version is unchanged" in err
+    assert "Traceback" not in err
+    assert re.search(rf"^bookrec_batch_last_run_exit_code {code}\.0$", textfile.read_text(), re.M)
+    with open_store(store) as st:
+        assert st.current_version() == serving

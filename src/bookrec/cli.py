@@ -39,8 +39,10 @@ def main(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    from bookrec.exitcodes import USAGE, fail
+    from bookrec.exitcodes import USAGE, fail, handle_sigterm
     from bookrec.logging import setup_logging
+
+    handle_sigterm()
 
     # click has consumed the arguments by now; a subcommand's --help must work whatever the
     # environment holds, so it is looked for in the process's own arguments.

@@ -8,6 +8,42 @@ OK = 0
 FAILURE = 1  # the command could not do its work (store down, training failed, ...)
 USAGE = 2  # bad input or usage: an unknown option or choice, a missing data folder, a malformed URL
 REFUSED = 3  # the batch refused to publish its model (the previous version keeps serving)
+INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, the shell's convention)
+TERMINATED = 143  # SIGTERM: `docker compose stop`, a scheduler's timeout (128 + SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is, so that the same clean-up runs (a publish discards its partial
+    version and releases its lease; the batch writes its metrics textfile)."""
+
+
+def _raise_terminated(*_: object) -> None:
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` (a server replaces this with its own graceful handler)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def interruption(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind ``exc``, if any. One that arrives while numba's compiled code
+    runs surfaces as a SystemError ("returned a result with an exception set") caused by it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def interrupted_code(interrupt: KeyboardInterrupt) -> int:
+    return TERMINATED if isinstance(interrupt, Terminated) else INTERRUPTED
 
 
 def fail(message: str, code: int = FAILURE, prefix: str = "error:") -> NoReturn:

@@ -56,12 +56,9 @@ def batch(
     A failed run leaves the previously published version serving. With BOOKREC_METRICS_TEXTFILE
     set, the outcome and duration are written there for node_exporter's textfile collector.
     """
-    from bookrec.batch.gate import PublishRefused
-    from bookrec.batch.pipeline import BatchError, run_batch
-    from bookrec.batch.presets import PresetError
+    from bookrec.batch.pipeline import run_batch
     from bookrec.config import get_settings
-    from bookrec.data.io import DatasetError
-    from bookrec.exitcodes import FAILURE, OK, REFUSED, USAGE, fail
+    from bookrec.exitcodes import FAILURE, OK, USAGE, fail
     from bookrec.logging import console
     from bookrec.store import StoreError, parse_store_url
 
@@ -77,16 +74,9 @@ def batch(
         try:
             report = run_batch(settings, data_dir=data, store_url=store, preset=preset.value if preset else None,
                                show_progress=not (quiet or as_json), force=force, scheduler=scheduler)
-        except StoreError as exc:
-            fail(str(exc), code=code, prefix="batch failed:")
-        except (PresetError, DatasetError) as exc:
-            code = USAGE
-            fail(str(exc), code=code, prefix="batch failed:")
-        except PublishRefused as exc:
-            code = REFUSED
-            fail(str(exc), code=code, prefix="batch")  # "batch refused to publish: <reasons>"
-        except BatchError as exc:
-            fail(str(exc), code=code, prefix="batch failed:")
+        except BaseException as exc:
+            code, message, prefix = _failure(exc)
+            fail(message, code=code, prefix=prefix)
         code = OK
     finally:
         _write_textfile(settings.metrics_textfile, code, started)
@@ -98,6 +88,31 @@ def batch(
     console().print(
         f"published version {report.version}: {report.users_published:,} of {report.n_users:,} readers have recommendations"
     )
+
+
+def _failure(exc: BaseException) -> tuple[int, str, str]:
+    """(exit code, message, prefix) of a run that failed with ``exc``; anything else is raised again."""
+    import typer
+
+    from bookrec.batch.gate import PublishRefused
+    from bookrec.batch.pipeline import BatchError
+    from bookrec.batch.presets import PresetError
+    from bookrec.data.io import DatasetError
+    from bookrec.exitcodes import FAILURE, REFUSED, USAGE, interrupted_code, interruption
+    from bookrec.store import StoreError
+
+    if isinstance(exc, PublishRefused):
+        return REFUSED, str(exc), "batch"  # "batch refused to publish: <reasons>"
+    if isinstance(exc, (PresetError, DatasetError)):
+        return USAGE, str(exc), "batch failed:"
+    if isinstance(exc, (StoreError, BatchError)):
+        return FAILURE, str(exc), "batch failed:"
+    interrupt = None if isinstance(exc, (SystemExit, typer.Exit)) else interruption(exc)
+    if interrupt is None:
+        raise exc
+    code = interrupted_code(interrupt)
+    log.warning("batch interrupted (exit code %d): nothing was published, the serving version is unchanged", code)
+    return code, "interrupted: nothing was published, the serving version is unchanged", "batch"
 
 
 def _settings(settings, require_converged: bool, tuned_from: str | None, study: str | None):
@@ -167,7 +182,7 @@ def _write_textfile(path: Path | None, code: int, started: float) -> None:
     gauge("bookrec_batch_last_run_timestamp_seconds", "When the last batch run ended", finished)
     gauge("bookrec_batch_last_run_duration_seconds", "How long the last batch run took", finished - started)
     gauge("bookrec_batch_last_run_success", "1 when the last batch run published a version, else 0", float(code == 0))
-    gauge("bookrec_batch_last_run_exit_code", "Exit code of the last batch run (0 ok, 1 failed, 2 bad input, 3 refused)",
+    gauge("bookrec_batch_last_run_exit_code", "Exit code of the last batch run (0 ok, 1 failed, 2 bad input, 3 refused, 130 Ctrl-C, 143 SIGTERM)",
           code)
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -587,10 +587,14 @@ def _jsonable(value):
     return value
 
 
-def publish(store, recommendations: Iterable[tuple[int, bytes]], books: Iterable[tuple[str, bytes]], blobs: dict[str, Any]) -> tuple[str, dict]:
+def publish(store, recommendations: Iterable[tuple[int, bytes]], books: Iterable[tuple[str, bytes]], blobs: dict[str, Any],
+            locked: Callable[[Any], None] | None = None) -> tuple[str, dict]:
     """One atomic publish. ``blobs`` values are bytes or callables taking the version id and
-    returning bytes (``meta`` needs the version). Any exception discards the partial version."""
+    returning bytes (``meta`` needs the version). ``locked(store)`` runs first, once the publish
+    holds the store's write lock or lease. Any exception discards the partial version."""
     with store.begin_publish() as pub:
+        if locked is not None:
+            locked(store)
         n_recs = pub.put_recommendations(recommendations)
         pub.put_books(books)
         for name, data in blobs.items():
@@ -644,6 +648,30 @@ def gate(ctx: BatchContext, evaluation: dict, previous_meta: dict | None, force:
     return verdict
 
 
+def gate_again(store, evaluation: dict, previous_meta: dict | None, force: bool) -> None:
+    """The recall check once more, under the publish lock, when the serving version is no longer
+    the one the gate compared against: another batch published, or an operator rolled back,
+    while this one trained. Raises PublishRefused unless ``force``; the meta records the check."""
+    current = store.current_version()
+    if current == (previous_meta or {}).get("version"):
+        return
+    blob = store.get_blob("meta") if current else None
+    try:
+        meta = orjson.loads(blob) if blob else None
+    except orjson.JSONDecodeError:
+        meta = None
+    check = recall_check((evaluation.get("ranking") or {}).get("per_reader"),
+                         (((meta or {}).get("ranking") or {}).get("per_reader")))
+    check["against_version"] = current
+    verdict = evaluation.setdefault("publish_gate", {"passed": True, "forced": force, "checks": {}})
+    verdict["checks"]["recall"] = check
+    verdict["passed"] = all(c["passed"] for c in verdict["checks"].values())
+    if not check["passed"] and not force:
+        raise PublishRefused([check["reason"] + f" (version {current}, published while this batch ran)"])
+    if not check["passed"]:
+        log.warning("publishing although the gate refused (--force): %s", check["reason"])
+
+
 def _progress(enabled: bool):
     """A progress bar on a terminal; outside one, a log line per stage every 10 s (even when quiet)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -684,6 +712,7 @@ def run_batch(
     with _engine(scheduler or settings.dask_scheduler, settings.dask_connect_timeout) as engine:
         ctx = _fit_models(dataset, settings, params, timer, console, show_progress, engine)
         evaluation = _evaluate_and_gate(ctx, previous_meta, force, timer)
+        locked = partial(gate_again, evaluation=evaluation, previous_meta=previous_meta, force=force)
         coverage = {name: int(len(readers)) for name, readers in assign_tiers(ctx).items()}
         progress = _progress(show_progress)
         with progress:
@@ -691,11 +720,11 @@ def run_batch(
                 with timer.stage("precompute"):
                     pre = precompute(ctx, progress)
                 _note_memory(ctx, None, "precompute")
-                published = _publish_version(ctx, pre, evaluation, coverage, timer, store_url, progress)
+                published = _publish_version(ctx, pre, evaluation, coverage, timer, store_url, progress, locked)
                 timer.seconds["encode (within publish)"] = published.payloads.seconds
                 timer.cpu_seconds["encode (within publish)"] = published.payloads.seconds  # single-threaded
             else:
-                pre, published = _publish_on_cluster(ctx, evaluation, coverage, timer, store_url, progress, engine)
+                pre, published = _publish_on_cluster(ctx, evaluation, coverage, timer, store_url, progress, engine, locked)
     report = BatchReport(
         version=published.version, preset=params.preset, parameters=params.as_dict(), coverage_by_tier=coverage,
         n_users=ctx.interactions.n_users, users_published=int(published.stats.get("users", 0)),
@@ -800,7 +829,7 @@ class Published:
 
 
 def _publish_version(ctx: BatchContext, pre: Precomputed, evaluation: dict, coverage: dict, timer: Timer,
-                     store_url: str | None, progress) -> Published:
+                     store_url: str | None, progress, locked: Callable[[Any], None]) -> Published:
     """Publish every payload and blob as one new version. Meta is built once, inside the publish
     (it needs the version id), so its stage times are the stages finished before the publish."""
     from bookrec.store import open_store_from_settings
@@ -817,7 +846,7 @@ def _publish_version(ctx: BatchContext, pre: Precomputed, evaluation: dict, cove
     blobs = {**_static_blobs(ctx, encoder), "meta": meta_blob}
     with open_store_from_settings(ctx.settings, store_url) as store:
         with timer.stage("publish"):
-            version, stats = publish(store, iter(payloads), book_payloads(ctx.catalog, in_model), blobs)
+            version, stats = publish(store, iter(payloads), book_payloads(ctx.catalog, in_model), blobs, locked)
     return Published(version, stats, meta, payloads)
 
 
@@ -852,7 +881,7 @@ def ranked_shards(ctx: BatchContext) -> Iterator[tuple[str, np.ndarray, ReaderPo
 
 
 def _publish_on_cluster(ctx: BatchContext, evaluation: dict, coverage: dict, timer: Timer, store_url: str | None,
-                        progress, engine: DaskEngine) -> tuple[Precomputed, Published]:
+                        progress, engine: DaskEngine, locked: Callable[[Any], None]) -> tuple[Precomputed, Published]:
     """The precompute and publish with the ranked tiers' chunks as shard tasks. A store that takes
     shards (Redis) gets them from the workers under the pending version; otherwise (SQLite) they
     come back here into the one transaction. The pointer flips once, after every shard succeeded."""
@@ -865,6 +894,7 @@ def _publish_on_cluster(ctx: BatchContext, evaluation: dict, coverage: dict, tim
     advance = _progress_task(progress, "precompute: shards", n_ranked)
     written = {"users": 0}
     with open_store_from_settings(ctx.settings, store_url) as store, store.begin_publish() as pub:
+        locked(store)
 
         def on_done(result: ShardResult) -> None:
             if result.payloads is not None:
