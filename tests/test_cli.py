@@ -227,3 +227,23 @@ def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_ve
     assert re.search(rf"^bookrec_batch_last_run_exit_code {code}\.0$", textfile.read_text(), re.M)
     with open_store(store) as st:
         assert st.current_version() == serving
+
+
+@pytest.mark.parametrize(("env", "toml", "message"), [
+    ({"BOOKREC_CORS_ORIGINS": "notjson"}, None, 'invalid settings (BOOKREC_* variables): error parsing value for field "cors_origins"'),
+    ({"BOOKREC_RATING_MIN": "10", "BOOKREC_RATING_MAX": "1"}, None, "rating_min (10) must be below rating_max (1)"),
+    ({"BOOKREC_OPTIMIZER_TIMEOUT": "-5"}, None, "optimizer_timeout: Input should be greater than 0"),
+    ({}, 'store_url = "x\n', "bookrec.toml is not valid TOML"),
+], ids=["unparsable", "scale", "timeout", "toml"])
+def test_settings_that_cannot_work_stop_every_command_with_one_line(env, toml, message, tmp_path):
+    if toml is not None:
+        (tmp_path / "bookrec.toml").write_text(toml)
+    result = run_bookrec(["store", "status", "--store", f"sqlite:///{tmp_path}/s.sqlite3"], tmp_path, **env)
+    assert result.returncode == 2, result.stderr
+    assert message in flat(result.stderr) and "Traceback" not in result.stderr
+
+
+def test_an_unknown_log_level_is_named_in_a_warning(tmp_path):
+    result = run_bookrec(["store", "status", "--store", f"sqlite:///{tmp_path}/s.sqlite3"], tmp_path, BOOKREC_LOG_LEVEL="LOUD")
+    assert result.returncode == 0, result.stderr
+    assert "log level 'LOUD' is not one of CRITICAL, ERROR, WARNING, INFO, DEBUG: logging at INFO" in result.stderr

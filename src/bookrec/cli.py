@@ -48,15 +48,23 @@ def main(
     # environment holds, so it is looked for in the process's own arguments.
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         return
+    import tomllib
+
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from bookrec.config import get_settings
 
     try:
         get_settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
         fail(f"invalid settings (BOOKREC_* variables or bookrec.toml): {problems}", code=USAGE)
+    except SettingsError as exc:  # a value that does not parse, e.g. a list variable that is not JSON
+        fail(f"invalid settings (BOOKREC_* variables): {exc}", code=USAGE)
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"bookrec.toml is not valid TOML: {exc}", code=USAGE)
     setup_logging()
 
 

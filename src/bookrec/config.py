@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, create_model
+from pydantic import AliasChoices, Field, create_model, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -132,7 +132,7 @@ class Settings(ModelOverrides):
     optimizer_n_calls: int = Field(
         20, ge=1, validation_alias=AliasChoices("BOOKREC_OPTIMIZER_N_CALLS", "OPTIMIZER_N_CALLS", "optimizer_n_calls")
     )
-    optimizer_timeout: float | None = None
+    optimizer_timeout: float | None = Field(None, gt=0, description="Seconds `bookrec optimize` may run (None = no limit)")
     optuna_storage: str = "sqlite:///var/optuna.db"
     optuna_study: str = "bookrec"
     tuned_from: str | None = Field(
@@ -189,6 +189,12 @@ class Settings(ModelOverrides):
     rate_limit_max_clients: int = Field(
         10_000, ge=1, description="Client addresses the rate limiter remembers (least recently seen forgotten first)"
     )
+
+    @model_validator(mode="after")
+    def _rating_scale_is_a_range(self) -> "Settings":
+        if not self.rating_min < self.rating_max:
+            raise ValueError(f"rating_min ({self.rating_min:g}) must be below rating_max ({self.rating_max:g})")
+        return self
 
     @classmethod
     def settings_customise_sources(

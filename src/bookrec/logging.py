@@ -147,6 +147,9 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    asked = level or default_level
+    if isinstance(asked, str) and normalise_level(asked) == "INFO" and asked.strip().upper() not in ("INFO", ""):
+        logging.getLogger("bookrec").warning("log level %r is not one of %s: logging at INFO", asked, ", ".join(LEVELS))
 
 
 def uvicorn_log_config(level: str | None = None) -> dict[str, Any]:
