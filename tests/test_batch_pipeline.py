@@ -8,6 +8,8 @@ Training is kept short (20 + 20 sweeps): these tests check the pipeline, not the
 
 from __future__ import annotations
 
+import re
+
 import io
 
 import numpy as np
@@ -236,3 +238,18 @@ def test_the_batch_honours_the_store_compression_setting(small_dir, tmp_path):
         assert len(payloads) == 200
     assert marks[False] == 0
     assert marks[True] > 100
+
+
+def test_the_stages_without_steps_still_log_that_they_run(small_dir, tmp_path, monkeypatch, caplog):
+    """Off a terminal every stage logs while it runs (the interval shortened from 10 s for the test)."""
+    import logging
+
+    from bookrec.batch import pipeline
+    from bookrec.logging import LogProgress
+
+    monkeypatch.setattr(pipeline, "_progress", lambda enabled: LogProgress(logging.getLogger("bookrec.batch.progress"), 0.02))
+    with caplog.at_level(logging.INFO, logger="bookrec.batch.progress"):
+        run_batch(quick_settings(tmp_path), small_dir, f"sqlite:///{tmp_path}/s.sqlite3", "development", show_progress=False)
+    messages = [r.getMessage() for r in caplog.records]
+    for stage in ("relevance model", "evaluation"):
+        assert any(re.match(rf"{stage}: working, \d+s elapsed$", m) for m in messages), (stage, messages[:20])

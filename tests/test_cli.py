@@ -221,10 +221,11 @@ def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_ve
     time.sleep(3)
     long_run.send_signal(signum)
     _, err = long_run.communicate(timeout=120)
-    assert long_run.returncode == code, err[-3000:]
-    assert "batch interrupted: nothing was published, the serving version is unchanged" in err
-    assert "Traceback" not in err
-    assert re.search(rf"^bookrec_batch_last_run_exit_code {code}\.0$", textfile.read_text(), re.M)
+    said = f"exit {long_run.returncode}: {err[-3000:]}"
+    assert long_run.returncode == code, said
+    assert "batch interrupted: nothing was published, the serving version is unchanged" in err, said
+    assert "Traceback" not in err, said
+    assert re.search(rf"^bookrec_batch_last_run_exit_code {code}\.0$", textfile.read_text(), re.M), textfile.read_text()
     with open_store(store) as st:
         assert st.current_version() == serving
 

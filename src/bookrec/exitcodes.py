@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 OK = 0
@@ -44,6 +46,28 @@ def interruption(exc: BaseException | None) -> KeyboardInterrupt | None:
 
 def interrupted_code(interrupt: KeyboardInterrupt) -> int:
     return TERMINATED if isinstance(interrupt, Terminated) else INTERRUPTED
+
+
+def interrupt_exit_code(exc: BaseException) -> int | None:
+    """130 / 143 when ``exc`` comes from Ctrl-C / SIGTERM, else None (a command's own exit is not one)."""
+    import click
+
+    if isinstance(exc, (SystemExit, click.exceptions.Exit)):
+        return None
+    interrupt = interruption(exc)
+    return None if interrupt is None else interrupted_code(interrupt)
+
+
+@contextmanager
+def stops_cleanly(message: str, prefix: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside: ``prefix message`` as one line and exit 130 / 143, not a traceback."""
+    try:
+        yield
+    except BaseException as exc:
+        code = interrupt_exit_code(exc)
+        if code is None:
+            raise
+        fail(message, code=code, prefix=prefix)
 
 
 def fail(message: str, code: int = FAILURE, prefix: str = "error:") -> NoReturn:

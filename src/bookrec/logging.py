@@ -243,7 +243,7 @@ class LogProgress:
     def line(task: dict[str, Any]) -> str:
         done, total = task["completed"], task["total"]
         elapsed = time.monotonic() - task["started"]
-        text = f"{task['description']}: {done:,.0f}"
+        text = f"{task['description']}: {done:,.0f}" if total or done else f"{task['description']}: working"
         if total:
             text += f"/{total:,.0f} ({100 * done / total:.0f}%)"
         text += f", {_duration(elapsed)} elapsed"

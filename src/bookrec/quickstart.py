@@ -37,6 +37,7 @@ def run(
     from bookrec.batch.presets import PresetError
     from bookrec.config import get_settings
     from bookrec.data.cli import ensure_data_and_report
+    from bookrec.exitcodes import stops_cleanly
     from bookrec.store import StoreError
 
     settings = get_settings()
@@ -47,7 +48,8 @@ def run(
         _check_port_free(host, port)
     dataset = ensure_data_and_report(settings, data_preset.value if data_preset else settings.synth_preset)
     try:
-        report = run_batch(settings, preset=batch_preset.value if batch_preset else None, dataset=dataset, force=force)
+        with stops_cleanly("interrupted: nothing was published", prefix="batch"):
+            report = run_batch(settings, preset=batch_preset.value if batch_preset else None, dataset=dataset, force=force)
     except PublishRefused as exc:
         Console(stderr=True).print(f"[red]batch {exc}[/red]")
         raise typer.Exit(code=REFUSED) from None

@@ -92,13 +92,11 @@ def batch(
 
 def _failure(exc: BaseException) -> tuple[int, str, str]:
     """(exit code, message, prefix) of a run that failed with ``exc``; anything else is raised again."""
-    import typer
-
     from bookrec.batch.gate import PublishRefused
     from bookrec.batch.pipeline import BatchError
     from bookrec.batch.presets import PresetError
     from bookrec.data.io import DatasetError
-    from bookrec.exitcodes import FAILURE, REFUSED, USAGE, interrupted_code, interruption
+    from bookrec.exitcodes import FAILURE, REFUSED, USAGE, interrupt_exit_code
     from bookrec.store import StoreError
 
     if isinstance(exc, PublishRefused):
@@ -107,10 +105,9 @@ def _failure(exc: BaseException) -> tuple[int, str, str]:
         return USAGE, str(exc), "batch failed:"
     if isinstance(exc, (StoreError, BatchError)):
         return FAILURE, str(exc), "batch failed:"
-    interrupt = None if isinstance(exc, (SystemExit, typer.Exit)) else interruption(exc)
-    if interrupt is None:
+    code = interrupt_exit_code(exc)
+    if code is None:
         raise exc
-    code = interrupted_code(interrupt)
     log.warning("batch interrupted (exit code %d): nothing was published, the serving version is unchanged", code)
     return code, "interrupted: nothing was published, the serving version is unchanged", "batch"
 

@@ -682,6 +682,14 @@ def _progress(enabled: bool):
                     enabled=enabled, logger="bookrec.batch.progress")
 
 
+@contextmanager
+def _working(show_progress: bool, what: str) -> Iterator[None]:
+    """A stage without countable steps: a spinner on a terminal, else a log line every 10 s."""
+    with _progress(show_progress) as progress:
+        progress.add_task(what, total=None)
+        yield
+
+
 def run_batch(
     settings: Settings,
     data_dir: Path | str | None = None,
@@ -711,7 +719,7 @@ def run_batch(
             dataset = load_dataset(Path(data_dir or settings.data_dir), with_truth=False)  # synthetic truth: tests only
     with _engine(scheduler or settings.dask_scheduler, settings.dask_connect_timeout) as engine:
         ctx = _fit_models(dataset, settings, params, timer, console, show_progress, engine)
-        evaluation = _evaluate_and_gate(ctx, previous_meta, force, timer)
+        evaluation = _evaluate_and_gate(ctx, previous_meta, force, timer, show_progress)
         locked = partial(gate_again, evaluation=evaluation, previous_meta=previous_meta, force=force)
         coverage = {name: int(len(readers)) for name, readers in assign_tiers(ctx).items()}
         progress = _progress(show_progress)
@@ -762,7 +770,7 @@ def _fit_models(dataset, settings: Settings, params: ResolvedParameters, timer: 
         + ("converged" if diag.get("converged") else f"NOT converged by the R-hat/ESS rule ({diag.get('summary', '')})"
            + ("; every traced prediction passes, so the intervals can be used" if diag.get("predictions_pass") else ""))
     )
-    with timer.stage("relevance"):
+    with timer.stage("relevance"), _working(show_progress, "relevance model"):
         fit_relevance(ctx)
     console.print(
         f"relevance: {len(ctx.relevance.items_):,} candidate works, l2 {ctx.relevance.l2_:.3g}, "
@@ -771,9 +779,10 @@ def _fit_models(dataset, settings: Settings, params: ResolvedParameters, timer: 
     return ctx
 
 
-def _evaluate_and_gate(ctx: BatchContext, previous_meta: dict | None, force: bool, timer: Timer) -> dict:
+def _evaluate_and_gate(ctx: BatchContext, previous_meta: dict | None, force: bool, timer: Timer,
+                       show_progress: bool = False) -> dict:
     """Test-split and ranking metrics, and the publish gate's verdict on them."""
-    with timer.stage("evaluate"):
+    with timer.stage("evaluate"), _working(show_progress, "evaluation"):
         evaluation = evaluate(ctx)
         evaluation["ranking"] = evaluate_ranking(ctx)
     verdict = gate(ctx, evaluation, previous_meta, force)

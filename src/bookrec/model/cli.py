@@ -58,6 +58,7 @@ def train(
     """Train the Bayesian matrix factorisation (Gibbs sampling) on the training split and save it."""
     from bookrec.contracts.params import default
     from bookrec.logging import console as make_console
+    from bookrec.exitcodes import stops_cleanly
     from bookrec.model.bpmf import BPMF
 
     console = make_console(quiet=as_json)
@@ -80,8 +81,9 @@ def train(
     model = BPMF(**params)
     u, i, r = training.train
     # The validation split is only reported (running metrics); nothing during training reads the test split.
-    model.fit(u, i, r, training.n_users, training.n_items,
-              eval_set=training.validation if len(training.validation[2]) else None, eval_every=25)
+    with stops_cleanly(f"interrupted: nothing was written to {out}", prefix="training"):
+        model.fit(u, i, r, training.n_users, training.n_items,
+                  eval_set=training.validation if len(training.validation[2]) else None, eval_every=25)
     try:
         npz, manifest = model.save(out, metadata={"split": _split_fingerprint(settings, training), "data": str(data)})
     except OSError as exc:
