@@ -94,13 +94,15 @@ def _failure(exc: BaseException) -> tuple[int, str, str]:
     """(exit code, message, prefix) of a run that failed with ``exc``; anything else is raised again."""
     from bookrec.batch.gate import PublishRefused
     from bookrec.batch.pipeline import BatchError
-    from bookrec.batch.presets import PresetError
+    from bookrec.batch.presets import PresetError, TunedStorageUnavailable
     from bookrec.data.io import DatasetError
     from bookrec.exitcodes import FAILURE, REFUSED, USAGE, interrupt_exit_code
     from bookrec.store import StoreError
 
     if isinstance(exc, PublishRefused):
         return REFUSED, str(exc), "batch"  # "batch refused to publish: <reasons>"
+    if isinstance(exc, TunedStorageUnavailable):
+        return FAILURE, str(exc), "batch failed:"
     if isinstance(exc, (PresetError, DatasetError)):
         return USAGE, str(exc), "batch failed:"
     if isinstance(exc, (StoreError, BatchError)):

@@ -72,6 +72,10 @@ class PresetError(ValueError):
     """Unknown preset or unreadable tuned-parameter file (shown without a traceback)."""
 
 
+class TunedStorageUnavailable(PresetError):
+    """The Optuna storage holding the tuned parameters does not answer (exit code 1, not 2)."""
+
+
 @dataclass(frozen=True)
 class ResolvedParameters:
     """Parameters of one batch run plus where each came from ("preset:<name>", "tuned", "env")."""
@@ -133,6 +137,7 @@ def read_tuned_study(storage_url: str, study_name: str) -> dict[str, Any]:
     A storage that does not answer, a missing study or a study without a record is an error: a
     batch asked for shared parameters must not quietly train with others.
     """
+    from bookrec.contracts.tuning import storage_error_message
     from bookrec.store import redact_url
 
     where = f"study {study_name!r} in {redact_url(storage_url)}"
@@ -147,7 +152,8 @@ def read_tuned_study(storage_url: str, study_name: str) -> dict[str, Any]:
     except Exception as exc:  # the storage's driver errors: connection refused, bad credentials, ...
         if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg", "optuna"}:
             raise
-        raise PresetError(f"cannot read tuned parameters from {where}: {type(exc).__name__}") from None
+        raise TunedStorageUnavailable(
+            f"cannot read tuned parameters from {where}: {storage_error_message(exc, storage_url)}") from None
     if not isinstance(document, dict) or not isinstance(document.get("params"), dict):
         raise PresetError(f"{where} has no recorded best parameters (run `bookrec optimize` on it)")
     return document

@@ -161,3 +161,29 @@ def _rdb_storage_with_retry(url: str, engine_kwargs: dict[str, Any], kwargs: dic
                 raise
             time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
     raise AssertionError("unreachable")
+
+
+def storage_error_message(exc: BaseException, storage_url: str) -> str:
+    """The driver's own message for a storage error, one line, with the URL's password masked."""
+    import re
+    from urllib.parse import unquote
+
+    # Optuna wraps SQLAlchemy's error, which wraps the driver's: the innermost says what happened.
+    inner: BaseException = exc
+    if type(inner).__module__.startswith("optuna") and inner.__cause__ is not None:
+        inner = inner.__cause__
+    orig = getattr(inner, "orig", None)
+    if isinstance(orig, BaseException):
+        inner = orig
+    text = str(inner) or type(inner).__name__
+    # SQLAlchemy appends the statement and a link to its error catalogue: noise on one line.
+    text = re.split(r"\[SQL: |\(Background on this error at: ", text)[0]
+    text = " ".join(text.split())
+    text = text.replace(storage_url, redact_url(storage_url))
+    try:
+        password = urlsplit(storage_url).password
+    except ValueError:  # an unparsable URL (a stray bracket): nothing to mask by name
+        password = None
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text or type(exc).__name__

@@ -39,6 +39,25 @@ def _fail(message: str) -> None:
     fail(message, code=USAGE)
 
 
+def _os_error(exc: OSError, target: Path) -> str:
+    """An OSError as one line naming the file (the strerror, never the traceback)."""
+    return f"cannot write {exc.filename or target}: {exc.strerror or exc}"
+
+
+def _check_writable_dir(out: Path) -> None:
+    """Fail before generating (minutes for the large presets) when ``out`` cannot be written."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        _fail(_os_error(exc, out))
+
+
 @app.command("synth")
 def synth(
     out: Path = typer.Option(..., "--out", help="Output directory"),
@@ -52,13 +71,23 @@ def synth(
     """Generate BookCrossing-shaped data with a known ground truth (truth.npz + truth.json)."""
     from bookrec.logging import console as make_console
 
-    from bookrec.data.synth import CHUNKED_READERS, generate, write_in_chunks, write_synthetic
+    from bookrec.data.synth import CHUNKED_READERS
 
     console = make_console()
+    if preset.value in CHUNKED_READERS and fmt is not OutputFormat.normalized:
+        _fail(f"--preset {preset.value} is written in chunks as a normalized directory only")
+        return
+    _check_writable_dir(out)
+    try:
+        _synth(console, out, preset, seed, fmt, continuous)
+    except OSError as exc:  # the disk filled up, or the directory changed while writing
+        _fail(_os_error(exc, out))
+
+
+def _synth(console, out: Path, preset: PresetName, seed: int, fmt: OutputFormat, continuous: bool) -> None:
+    from bookrec.data.synth import CHUNKED_READERS, generate, write_in_chunks, write_synthetic
+
     if preset.value in CHUNKED_READERS:
-        if fmt is not OutputFormat.normalized:
-            _fail(f"--preset {preset.value} is written in chunks as a normalized directory only")
-            return
         with console.status("generating") as status:
             c, seconds = write_in_chunks(preset.value, out, seed=seed, continuous=continuous,
                                          progress=lambda s: status.update(f"generating: {s}"))
@@ -144,19 +173,26 @@ def ensure_data_and_report(settings: "Settings", preset: str) -> "Dataset":
     ``preset`` there; print its statistics as rich tables and return it."""
     from bookrec.logging import console as make_console
 
-    from bookrec.data.io import is_dataset_dir, load_dataset, write_dataset
+    from bookrec.data.io import DatasetError, is_dataset_dir, load_dataset, write_dataset
     from bookrec.data.stats import compute_stats, stats_tables
     from bookrec.data.synth import generate
 
     console = make_console()
     data_dir = Path(settings.data_dir)
     if is_dataset_dir(data_dir):
-        dataset = load_dataset(data_dir)
+        try:
+            dataset = load_dataset(data_dir)
+        except DatasetError as exc:
+            _fail(f"{exc} (BOOKREC_DATA_DIR)")
         console.print(f"using {dataset.source} data in {data_dir}")
     else:
+        _check_writable_dir(data_dir)
         with console.status(f"generating synthetic data ({preset})") as status:
             result = generate(preset, seed=settings.seed, progress=lambda s: status.update(f"generating: {s}"))
-            write_dataset(result.dataset, data_dir)
+            try:
+                write_dataset(result.dataset, data_dir)
+            except OSError as exc:
+                _fail(_os_error(exc, data_dir))
         dataset = result.dataset
         console.print(f"generated synthetic {preset} data in {data_dir} ({result.seconds:.1f} s)")
     for table in stats_tables(compute_stats(dataset, settings.min_user_ratings, settings.min_book_ratings)):

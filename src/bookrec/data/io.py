@@ -218,10 +218,50 @@ def load_truth(path: Path | str) -> dict | None:
     return truth
 
 
+# The columns every reader of a table relies on (docs/ARCHITECTURE.md, section 1), and what kind
+# each must be. The users table's location and age are optional: their readers check for them.
+REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
+    RATINGS_FILE: {"user_id": "integer", "isbn": "text", "rating": "number"},
+    BOOKS_FILE: {"isbn": "text", "title": "text", "author": "text", "year": "any", "publisher": "text",
+                 "image_url": "text", "work_key": "text"},
+    USERS_FILE: {"user_id": "integer"},
+}
+
+
+def _is_kind(series: pd.Series, kind: str) -> bool:
+    from pandas.api import types
+
+    if kind == "any":  # a year column may be numbers, or nulls of no particular type
+        return True
+    if kind == "integer":
+        return types.is_integer_dtype(series.dtype)
+    if kind == "number":
+        return types.is_numeric_dtype(series.dtype) and not types.is_bool_dtype(series.dtype)
+    # Text: pandas' string dtype, or object columns (all nulls read back as object).
+    return types.is_string_dtype(series.dtype) or types.is_object_dtype(series.dtype)
+
+
+def check_columns(file: Path, table: pd.DataFrame) -> None:
+    """Raise :class:`DatasetError` naming ``file`` when it lacks a required column or one has the
+    wrong kind, so that a misplaced file (books.parquet copied over ratings.parquet) stops the
+    load rather than a later step with a KeyError."""
+    required = REQUIRED_COLUMNS[file.name]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"{file}: missing column(s) {', '.join(missing)} (has {', '.join(map(str, table.columns)) or 'none'}); "
+            f"a {file.name} needs {', '.join(required)}: is it the right file?"
+        )
+    wrong = [f"{c} is {table[c].dtype}, not {kind}" for c, kind in required.items() if not _is_kind(table[c], kind)]
+    if wrong:
+        raise DatasetError(f"{file}: wrong column type(s): {'; '.join(wrong)}")
+
+
 def load_dataset(path: Path | str, *, with_truth: bool = True) -> Dataset:
     """Read a normalised data directory into a :class:`Dataset`.
 
-    Raises :class:`DatasetError` with a readable message when the directory is incomplete.
+    Raises :class:`DatasetError` with a readable message when the directory is incomplete, or a
+    table lacks a required column (:data:`REQUIRED_COLUMNS`).
     """
     p = Path(path)
     if not p.is_dir():
@@ -236,5 +276,7 @@ def load_dataset(path: Path | str, *, with_truth: bool = True) -> Dataset:
         manifest = json.loads((p / MANIFEST_FILE).read_text())
     except Exception as exc:  # pyarrow raises several types for truncated files
         raise DatasetError(f"{p}: cannot read data directory ({type(exc).__name__}: {exc})") from exc
+    for name, table in ((RATINGS_FILE, ratings), (BOOKS_FILE, books), (USERS_FILE, users)):
+        check_columns(p / name, table)
     truth = load_truth(p) if with_truth else None
     return Dataset(ratings=ratings, books=books, users=users, manifest=manifest, truth=truth)

@@ -64,10 +64,8 @@ def optimize(
     import optuna
 
     from bookrec.config import get_settings
-    from bookrec.data.io import DatasetError
-    from bookrec.exitcodes import USAGE, fail
     from bookrec.logging import console as make_console
-    from bookrec.optimize.objective import load_tuning_data, objective_options_from_settings
+    from bookrec.optimize.objective import objective_options_from_settings
     from bookrec.optimize.space import default_bpmf_kwargs, from_bpmf_kwargs
     from bookrec.optimize.study import redact_url, run_optimization
 
@@ -79,34 +77,97 @@ def optimize(
     objective_name, n_trials = objective.value, trials if trials is not None else settings.optimizer_n_calls
     storage_url = storage or settings.optuna_storage
     study_name = study or settings.optuna_study
+    config_path = None if no_write else (output or settings.tuned_config_path)
     if export:
         _export(console, storage_url, study_name, output or settings.tuned_config_path, as_json)
         return
-    try:
-        tuning_data = load_tuning_data(data or settings.data_dir, settings)
-    except (DatasetError, ValueError) as exc:
-        fail(str(exc), code=USAGE)
+    tuning_data = _tuning_data(config_path, data or settings.data_dir, settings)
     options = objective_options_from_settings(settings, objective=objective_name, multi_objective=multi_objective)
     console.print(
         f"study [bold]{study_name}[/bold] on {redact_url(storage_url)}: {n_trials} trial(s), validation "
         f"{objective_name}{' + training seconds' if multi_objective else ''}, "
         f"{len(tuning_data.train[2]):,} train / {len(tuning_data.validation[2]):,} validation ratings"
     )
-    with _storage_errors(storage_url):
+    with _stopped_early(storage_url, study_name), _storage_errors(storage_url):
         result = run_optimization(
             tuning_data, n_trials=n_trials, timeout=timeout if timeout is not None else settings.optimizer_timeout,
             storage_url=storage_url, study_name=study_name, options=options,
             pruner=pruner.value,  # type: ignore[arg-type]
-            sampler_seed=seed, config_path=None if no_write else (output or settings.tuned_config_path),
+            sampler_seed=seed, config_path=config_path,
             start_points=[from_bpmf_kwargs(default_bpmf_kwargs(options.space.n_chains))] if start_from_default else (),
             show_progress=console.is_terminal and not as_json,
+            storage=_open_storage(storage_url),
         )
     _report(console, result, as_json, study_name, redact_url(storage_url))
+
+
+def _tuning_data(config_path: Optional[Path], data_dir, settings):
+    """The train and validation splits; first, that the tuned file can be written, so that a
+    read-only path is found before the trials rather than after them."""
+    from bookrec.data.io import DatasetError
+    from bookrec.exitcodes import USAGE, fail
+    from bookrec.optimize.objective import load_tuning_data
+    from bookrec.optimize.study import TunedConfigError, check_writable
+
+    try:
+        if config_path is not None:
+            check_writable(config_path)
+        return load_tuning_data(data_dir, settings)
+    except (DatasetError, ValueError, TunedConfigError) as exc:
+        fail(str(exc), code=USAGE)
+
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+
+@contextmanager
+def _stopped_early(storage_url: str, study_name: str):
+    """Ctrl-C, and a tuned file that could not be written after the trials, as one line each."""
+    from bookrec.exitcodes import FAILURE, fail
+    from bookrec.optimize.study import OptimizationInterrupted, TunedConfigError, redact_url
+
+    try:
+        yield
+    except OptimizationInterrupted as exc:
+        fail(_interrupted_line(exc.result, study_name, redact_url(storage_url)), code=INTERRUPTED, prefix="interrupted:")
+    except KeyboardInterrupt:  # a second Ctrl-C while the best trial was being recorded
+        fail(f"the finished trials are in study {study_name!r}; `bookrec optimize --export --storage "
+             f"{redact_url(storage_url)} --study {study_name}` writes the best one once it is recorded",
+             code=INTERRUPTED, prefix="interrupted:")
+    except TunedConfigError as exc:
+        fail(str(exc), code=FAILURE)
+
+
+def _interrupted_line(result, study_name: str, storage: str) -> str:
+    """What Ctrl-C left: how many trials finished and where their best one went."""
+    from bookrec.optimize.study import finished_trials
+
+    done = f"{result.trials_run_here} trial(s) finished here, {len(finished_trials(result.study))} completed in study {study_name!r}"
+    if result.chosen is None:
+        return f"{done}; no completed trial, nothing written"
+    if result.config_path is not None:
+        return f"{done}; the best (trial {result.chosen.number}) is written to {result.config_path}"
+    return (f"{done}; the best (trial {result.chosen.number}) is recorded in the study: "
+            f"`bookrec optimize --export --storage {storage} --study {study_name}` writes it")
+
+
+def _open_storage(storage_url: str):
+    """The storage, opened here so that an OSError can only mean a sqlite or journal path that
+    cannot be created (bad input), not a failure during the trials."""
+    from bookrec.exitcodes import USAGE, fail
+    from bookrec.optimize.study import make_storage, redact_url
+
+    try:
+        return make_storage(storage_url)
+    except OSError as exc:
+        fail(f"cannot use Optuna storage {redact_url(storage_url)}: {exc.strerror or exc}"
+             + (f" ({exc.filename})" if exc.filename else ""), code=USAGE)
 
 
 @contextmanager
 def _storage_errors(storage_url: str):
     """Storage and study problems as one line and an exit code, never a traceback."""
+    from bookrec.contracts.tuning import storage_error_message
     from bookrec.exitcodes import FAILURE, USAGE, fail
     from bookrec.optimize.study import redact_url
 
@@ -115,18 +176,25 @@ def _storage_errors(storage_url: str):
     except ValueError as exc:  # an unsupported URL, no such study, a study made for another objective
         fail(str(exc), code=USAGE)
     except Exception as exc:  # storage unreachable, bad credentials: say which storage, not the password
-        if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg"}:
+        if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg", "optuna"}:
             raise
-        fail(f"cannot use Optuna storage {redact_url(storage_url)}: {type(exc).__name__}", code=FAILURE)
+        # Exit 1 like every storage or store that does not answer (README, exit codes); the driver's
+        # message tells a refused connection from a wrong password or an unknown host.
+        fail(f"cannot use Optuna storage {redact_url(storage_url)}: {storage_error_message(exc, storage_url)}",
+             code=FAILURE)
 
 
 def _export(console, storage_url: str, study_name: str, output: Path, as_json: bool) -> None:
     """Write the best parameters recorded in the study, running no trial."""
+    from bookrec.exitcodes import USAGE, fail
     from bookrec.optimize.study import recorded_best, redact_url, write_tuned_config
 
     with _storage_errors(storage_url):
         payload = recorded_best(storage_url, study_name)
-    written = write_tuned_config(output, payload)
+    try:
+        written = write_tuned_config(output, payload)
+    except OSError as exc:
+        fail(f"cannot write the tuned parameters to {output}: {exc.strerror or exc}", code=USAGE)
     if as_json:
         typer.echo(json.dumps({"study": study_name, "storage": redact_url(storage_url), "tuned_parameters": payload,
                                "written_to": str(written)}, indent=1, default=str))

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
-from urllib.parse import urlsplit
 
 import numpy as np
 import optuna
@@ -32,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bookrec.contracts.tuning import BEST_PARAMS_ATTR, open_optuna_storage
 from bookrec.contracts.urls import redact_url
+from bookrec.exitcodes import interruption
 from bookrec.optimize.objective import (
     OBJECTIVES,
     ObjectiveOptions,
@@ -194,6 +196,33 @@ def tuned_config_payload(
     return payload
 
 
+class TunedConfigError(Exception):
+    """The tuned-parameters file cannot be written (shown to the user as one line)."""
+
+
+def check_writable(path: Path) -> None:
+    """Raise :class:`TunedConfigError` unless :func:`write_tuned_config` could write ``path``.
+
+    Called before the first trial: finding out after an hour of trials loses the file (the study
+    keeps the trials, but few know `--export`). The write is a rename in the parent folder, so the
+    folder, not the file, must be writable; the folder is created as the write would create it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise TunedConfigError(f"{path} is a directory: give a file path for the tuned parameters")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TunedConfigError(f"cannot write the tuned parameters to {path}: {parent} is not a directory")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise TunedConfigError(f"cannot write the tuned parameters to {path}: {exc.strerror or exc}") from None
+
+
 def write_tuned_config(path: Path, payload: dict[str, Any]) -> Path:
     """Write atomically (temporary file + rename) so the batch never reads half a file."""
     path = Path(path)
@@ -228,11 +257,8 @@ def recorded_best(storage_url: str, study_name: str) -> dict[str, Any]:
     """The document recorded by :func:`record_best_in_study`.
 
     ValueError when the storage file, the study or the record is absent."""
-    if urlsplit(storage_url).scheme.lower().startswith("sqlite"):
-        path = storage_url[len("sqlite:///") :]
-        if not Path(path).expanduser().is_file():  # opening it would create an empty database
-            raise ValueError(f"no Optuna storage at {redact_url(storage_url)}: {path} does not exist")
-    storage = make_storage(storage_url, heartbeat_seconds=None)
+    # Read-only: a missing SQLite file or journal is a ValueError, not a new empty storage.
+    storage = open_optuna_storage(storage_url, read_only=True)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -265,6 +291,35 @@ class OptimizationResult:
     pareto_front: list[FrozenTrial] = field(default_factory=list)
 
 
+class OptimizationInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the trials. ``result`` holds what the trials finished before it gave: the best
+    is recorded in the study and written to the file, as at the end of a full run."""
+
+    def __init__(self, result: OptimizationResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+class _QuietInterruptedTrial(logging.Filter):
+    """Drops Optuna's two warnings for the trial Ctrl-C stopped (a traceback, then "failed with
+    value None"): the user stopped it, and the command says so in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dropped: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None and _is_interrupt(record.exc_info[1]):
+            self._dropped = message.split(" failed", 1)[0]  # "Trial 12"
+            return False
+        return not (self._dropped is not None and message.startswith(f"{self._dropped} failed with value"))
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    return interruption(exc) is not None
+
+
 def run_optimization(
     data: TuningData,
     *,
@@ -287,10 +342,14 @@ def run_optimization(
     ``data`` holds only the train and validation splits: the test split cannot be reached from here.
     ``start_points`` (trial parameters, e.g. the current default configuration) are enqueued as the
     first trials when this call creates the study; ``enqueue`` is enqueued unless already present.
+    ``config_path`` is checked before the first trial (:class:`TunedConfigError`). Ctrl-C records and
+    writes the best finished trial, then raises :class:`OptimizationInterrupted`.
     """
     options = options or ObjectiveOptions()
     if options.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}")
+    if config_path is not None:
+        check_writable(config_path)
     study, created = open_study(
         storage_url,
         study_name,
@@ -309,19 +368,39 @@ def run_optimization(
             study.enqueue_trial(params)
     started = time.perf_counter()
     finished_here: list[int] = []
-    study.optimize(
-        make_objective(data, options),
-        n_trials=n_trials,
-        timeout=timeout,
-        gc_after_trial=False,
-        show_progress_bar=show_progress,
-        # An extreme prior can make a Cholesky factorisation fail: that trial is recorded as
-        # failed and the search goes on; any other exception is a bug and stops the worker.
-        catch=(np.linalg.LinAlgError, FloatingPointError),
-        callbacks=[lambda _study, trial: finished_here.append(trial.number)],
-    )
+    quiet = _QuietInterruptedTrial()
+    optimize_logger = logging.getLogger("optuna.study._optimize")
+    optimize_logger.addFilter(quiet)
+    try:
+        study.optimize(
+            make_objective(data, options),
+            n_trials=n_trials,
+            timeout=timeout,
+            gc_after_trial=False,
+            show_progress_bar=show_progress,
+            # An extreme prior can make a Cholesky factorisation fail: that trial is recorded as
+            # failed and the search goes on; any other exception is a bug and stops the worker.
+            catch=(np.linalg.LinAlgError, FloatingPointError),
+            callbacks=[lambda _study, trial: finished_here.append(trial.number)],
+        )
+    except (KeyboardInterrupt, SystemError) as exc:
+        if not _is_interrupt(exc):
+            raise
+        # The finished trials are in the study: keep their best as a full run would, so stopping
+        # a long search early loses nothing (the interrupted trial is already marked failed).
+        result = _finish(study, storage_url, options, data, config_path, started, finished_here)
+        raise OptimizationInterrupted(result) from None
+    finally:
+        optimize_logger.removeFilter(quiet)
+    return _finish(study, storage_url, options, data, config_path, started, finished_here)
+
+
+def _finish(
+    study: optuna.Study, storage_url: str, options: ObjectiveOptions, data: TuningData, config_path: Path | None,
+    started: float, finished_here: list[int],
+) -> OptimizationResult:
+    """Record the study's best trial in the study and write it to ``config_path`` (when given)."""
     wall = time.perf_counter() - started
-    run_here = len(finished_here)
     chosen = None
     payload = None
     written = None
@@ -329,9 +408,15 @@ def run_optimization(
     if recorded is not None:
         chosen, payload = recorded
         if config_path is not None:
-            written = write_tuned_config(config_path, payload)
+            try:
+                written = write_tuned_config(config_path, payload)
+            except OSError as exc:  # the check before the trials passed: the disk filled, the folder went
+                raise TunedConfigError(
+                    f"cannot write the tuned parameters to {config_path}: {exc.strerror or exc}; they are recorded "
+                    f"in study {study.study_name!r} (`bookrec optimize --export --out FILE` writes them)"
+                ) from None
     front = list(study.best_trials) if options.multi_objective and finished_trials(study) else []
-    return OptimizationResult(study, chosen, written, payload, wall, run_here, front)
+    return OptimizationResult(study, chosen, written, payload, wall, len(finished_here), front)
 
 
 # --- reporting ---------------------------------------------------------------------------------

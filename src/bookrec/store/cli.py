@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -38,6 +39,15 @@ def _fail(message: str, code: int | None = None) -> None:
     fail(message, code=FAILURE if code is None else code)
 
 
+def _sqlite_file(url: str | None) -> Path | None:
+    """The absolute path of the SQLite file the store URL names, None for another backend."""
+    from bookrec.config import get_settings
+    from bookrec.store import parse_store_url
+
+    parsed = parse_store_url(url or get_settings().store_url)
+    return None if parsed.path is None else parsed.path.expanduser().resolve()
+
+
 def _when(ts: Any) -> str:
     if not isinstance(ts, (int, float)):
         return "-"
@@ -59,6 +69,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
 ) -> None:
     """Show the published versions (users, books, bytes), the current and previous pointers and memory use."""
+    from rich.markup import escape
     from rich.table import Table
 
     from bookrec.logging import console as make_console
@@ -76,7 +87,14 @@ def status(
         typer.echo(json.dumps(info, indent=2))
         return
     console = make_console()
-    console.print(f"store: [bold]{info['url']}[/] ({info['backend']})")
+    console.print(f"store: [bold]{escape(info['url'])}[/] ({info['backend']})")
+    path = _sqlite_file(store)
+    if path is not None:
+        # sqlite:///var/x is relative to the working directory: show which file that is from here.
+        console.print(f"file:     {escape(str(path))}", highlight=False)
+    if info.get("note"):
+        # An empty table alone reads like an empty store; a mistyped path is the likelier cause.
+        console.print(f"[yellow]note:[/] {escape(str(info['note']))}", highlight=False)
     console.print(f"current:  {info['current'] or '(nothing published)'}")
     console.print(f"previous: {info['previous'] or '(none)'}")
     table = Table(title="versions")
@@ -90,7 +108,10 @@ def status(
             v["version"], _when(v["published_at"]), f"{v['users']:,}", f"{v['books']:,}", str(v["blobs"]),
             _bytes(v["bytes"]), mark,
         )
-    console.print(table)
+    if info["versions"]:
+        console.print(table)
+    else:
+        console.print("versions: (none)")
     if info["pending"]:
         console.print(f"pending (being written, or left by a killed publisher): {', '.join(info['pending'])}")
     memory = info["memory"]
