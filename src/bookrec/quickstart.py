@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from bookrec.batch.cli import BatchPreset
-from bookrec.exitcodes import REFUSED, USAGE
+from bookrec.exitcodes import REFUSED
 from bookrec.data.cli import PresetName
 
 
@@ -71,16 +71,6 @@ def run(
 
 def _check_port_free(host: str, port: int) -> None:
     """Stop before minutes of training when the API could not bind its port afterwards."""
-    import socket
+    from bookrec.api.cli import check_port_free
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            from rich.console import Console
-
-            Console(stderr=True).print(
-                f"[red]port {port} on {host} is in use:[/red] stop what holds it, or choose another port "
-                "(bookrec run --port 8001); nothing was trained")
-            raise typer.Exit(code=USAGE) from None
+    check_port_free(host, port, hint="bookrec run --port 8001; nothing was trained")
