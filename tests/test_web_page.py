@@ -629,11 +629,16 @@ def _serve_batch_like_meta(p: Page) -> None:
     p.route("**/model/info", rewrite)
 
 
-@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
-def test_model_bar_labels_are_not_cut_off(sized_page, world, viewport):
+def _model_view_with_batch_meta(sized_page, world, viewport):
     p = sized_page(*viewport)
     _serve_batch_like_meta(p)
     p.goto(f"{world['base']}/app/#/model")
+    return p
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_model_bar_labels_are_not_cut_off(sized_page, world, viewport):
+    p = _model_view_with_batch_meta(sized_page, world, viewport)
     labels = p.locator(".view-model svg.model-bars .bar-label")
     expect(labels).to_have_count(len(world["fx"].meta["ranking"]["rows"]))
     expect(labels.filter(has_text=BATCH_LABELS["als"])).to_have_count(1)
@@ -649,9 +654,7 @@ def test_model_bar_labels_are_not_cut_off(sized_page, world, viewport):
 
 @pytest.mark.parametrize("viewport", [DESKTOP, LAPTOP], ids=["desktop", "laptop"])
 def test_ranking_table_fits_at_desktop_width(sized_page, world, viewport):
-    p = sized_page(*viewport)
-    _serve_batch_like_meta(p)
-    p.goto(f"{world['base']}/app/#/model")
+    p = _model_view_with_batch_meta(sized_page, world, viewport)
     table = p.locator(".view-model .table-ranking")
     expect(table.locator("tbody th", has_text=BATCH_LABELS["als"])).to_have_count(1)
     # Every column, Coverage and Novelty included, inside the panel: nothing hides past its edge.
@@ -664,9 +667,7 @@ def test_ranking_table_fits_at_desktop_width(sized_page, world, viewport):
 
 
 def test_model_view_fits_a_phone_and_hints_at_wide_tables(sized_page, world):
-    p = sized_page(*PHONE)
-    _serve_batch_like_meta(p)
-    p.goto(f"{world['base']}/app/#/model")
+    p = _model_view_with_batch_meta(sized_page, world, PHONE)
     convergence = p.locator(".view-model .panel", has=p.locator("h2", has_text="Convergence"))
     expect(convergence.locator("tr", has_text="log_det_Lambda_U")).to_have_count(1)
     expect(p.locator(".trace-chart path").first).to_be_visible()
