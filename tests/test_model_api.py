@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bookrec.model import BPMF
+from bookrec.model import BPMF, NotFittedError
 from bookrec.model.artifact import ArtifactError, artifact_paths
 from bookrec.contracts.serving import ServingModel
 from bookrec.model.foldin import fold_in_from_arrays, predict_fold_in, rank_items_for_fold_in
@@ -191,5 +191,5 @@ def test_bad_input_is_rejected():
         BPMF().fit([0, -1], [0, 1], [5.0, 6.0])
     with pytest.raises(ValueError):
         BPMF().fit([0, 1], [0, 1], [5.0, np.nan])
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         BPMF().predict([0], [0])

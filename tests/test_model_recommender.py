@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bookrec.model import NotFittedError
 from bookrec.model.recommender import RANK_BY, Recommender
 
 
@@ -131,5 +132,5 @@ def test_bad_input_is_refused_with_a_message():
         Recommender().fit([0, -1], [0, 1], [3, 7])
     with pytest.raises(ValueError, match="same length"):
         Recommender().fit([0, 1], [0], [3, 7])
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         Recommender().recommend_all([0])

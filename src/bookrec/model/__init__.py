@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BPMF", "Recommender", "ArtifactError"]
+__all__ = ["BPMF", "Recommender", "ArtifactError", "NotFittedError"]
 
 
 def __getattr__(name: str):
@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from bookrec.model.recommender import Recommender
 
         return Recommender
+    if name == "NotFittedError":
+        from bookrec.model.params import NotFittedError
+
+        return NotFittedError
     if name == "ArtifactError":
         from bookrec.model.artifact import ArtifactError
 

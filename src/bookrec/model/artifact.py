@@ -31,18 +31,25 @@ class ArtifactError(Exception):
 
 
 def artifact_paths(path) -> tuple[Path, Path]:
+    """``model``, ``model.npz`` and ``model.json`` all name the pair model.npz + model.json."""
     path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".npz")
     npz = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
     return npz, npz.with_suffix(".json")
 
 
 def _jsonable(value):
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (np.floating, np.integer)):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
         return value.item()
+    if isinstance(value, Path):
+        return str(value)
     return value
 
 
@@ -84,8 +91,12 @@ def save_model(model, path, metadata: dict | None = None) -> tuple[Path, Path]:
         "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
         "metadata": _jsonable(metadata or {}),
     }
+    try:  # before anything is written: a manifest that cannot be written must not break the saved model
+        text = json.dumps(manifest, indent=1, allow_nan=True).encode()
+    except TypeError as exc:
+        raise ArtifactError(f"cannot save the model: its metadata or parameters are not JSON ({exc})") from None
     _atomic_write(npz_path, data)
-    _atomic_write(manifest_path, json.dumps(manifest, indent=1, allow_nan=True).encode())
+    _atomic_write(manifest_path, text)
     return npz_path, manifest_path
 
 
@@ -124,14 +135,27 @@ def load_model(path):
             arrays = {name: npz[name] for name in npz.files}
     except Exception as exc:  # noqa: BLE001 - any parse failure means a bad artifact
         raise ArtifactError(f"{npz_path} cannot be read as npz: {type(exc).__name__}") from None
-    expected = manifest.get("arrays", {})
-    for name, spec in expected.items():
-        if name not in arrays or list(arrays[name].shape) != spec["shape"] or str(arrays[name].dtype) != spec["dtype"]:
-            raise ArtifactError(f"array {name!r} missing or of the wrong shape/dtype in {npz_path}")
+    missing = [name.rstrip("_") for name in ARRAYS if name.rstrip("_") not in arrays]
+    if missing:
+        raise ArtifactError(f"{npz_path} lacks the arrays {', '.join(missing)}")
+    try:
+        model = _model_from(manifest, arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{manifest_path} does not describe a usable model ({type(exc).__name__}: {exc})") from None
+    return model
+
+
+def _model_from(manifest: dict, arrays: dict[str, np.ndarray]):
+    """The model the manifest and arrays describe; every size the manifest states must match the
+    arrays, since the compiled kernels index them without bounds checks."""
+    from bookrec.contracts.params import check_params
+    from bookrec.model.bpmf import BPMF
+
     params = dict(manifest["params"])
     for key in (p.name for p in MODEL_PARAMS.values() if p.kind == PAIR):
         if key in params:
             params[key] = tuple(params[key])
+    check_params(params)
     model = BPMF(**params)
     for name in ARRAYS:
         setattr(model, name, arrays[name.rstrip("_")])
@@ -145,4 +169,10 @@ def load_model(path):
     model.diagnostics_ = manifest["diagnostics"]
     model.eval_history_ = manifest["eval_history"]
     model.metadata_ = manifest.get("metadata", {})
+    kept, users, items, k = model.n_kept_, model.n_users_, model.n_items_, model.n_factors
+    expected = {"user_factors_": (kept, users, k), "item_factors_": (kept, items, k), "mu_": (kept,),
+                "alpha_": (kept,), "user_bias_": (kept, users), "item_bias_": (kept, items)}
+    for name, shape in expected.items():
+        if getattr(model, name).shape != shape:
+            raise ValueError(f"{name} has shape {getattr(model, name).shape}, but the manifest states {shape}")
     return model

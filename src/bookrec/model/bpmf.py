@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 
@@ -12,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from bookrec.contracts.params import MODEL_PARAMS, check_params, default
 from bookrec.model import kernels, metrics
-from bookrec.model.params import ParamsMixin
+from bookrec.model.params import NotFittedError, ParamsMixin
 from bookrec.model.chains import ChainPlan, ChainRun, chain_count_check, chain_summary, kept_draw, run_chain
 from bookrec.model.sampler import Chain, Priors, RatingMatrix
 from bookrec.model.similar import similar_items, unit_factors
@@ -30,8 +31,10 @@ def _as_index(name: str, values) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
+        if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)) or not np.all(np.equal(np.mod(arr, 1), 0)):
             raise ValueError(f"{name} must hold integer indices")
+        if np.abs(arr).max() >= 2**62:
+            raise ValueError(f"{name} holds an index too large for any model")
     arr = arr.astype(np.int64)
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name} must be non-negative")
@@ -87,8 +90,8 @@ class BPMF(ParamsMixin):
         self.warm_start = warm_start
         self.beta0 = beta0
         self.w0_scale = w0_scale
-        self.bias_prior = tuple(bias_prior)
-        self.alpha_prior = tuple(alpha_prior)
+        self.bias_prior = bias_prior  # as given (clone's identity check); read as a pair in _priors
+        self.alpha_prior = alpha_prior
         self.mu_prior_precision = mu_prior_precision
         self.n_tracked = n_tracked
         self.min_ess = min_ess
@@ -128,6 +131,18 @@ class BPMF(ParamsMixin):
         (a cluster's tasks, say) and returns their :class:`~bookrec.model.chains.ChainRun`; the
         fitted model is the same as the lock-step fit's. The callback then runs after the chains."""
         self._check_params()
+        self._forget_fit()
+        try:
+            return self._fit(user_idx, item_idx, ratings, n_users, n_items, eval_set, callback, eval_every, map_chains)
+        except BaseException:
+            self._forget_fit()  # an aborted fit (a callback pruning it, Ctrl-C) leaves no half-filled model
+            raise
+
+    def _forget_fit(self) -> None:
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            delattr(self, name)
+
+    def _fit(self, user_idx, item_idx, ratings, n_users, n_items, eval_set, callback, eval_every, map_chains) -> BPMF:
         started = time.perf_counter()
         u, i, r, n_users, n_items = self._fit_inputs(user_idx, item_idx, ratings, n_users, n_items, eval_every)
         # The order of the random streams below is part of the fixed-seed result.
@@ -199,6 +214,16 @@ class BPMF(ParamsMixin):
             raise ValueError("no ratings to fit")
         if not np.all(np.isfinite(r)):
             raise ValueError("ratings must be finite")
+        lo, hi = self.rating_range
+        if r.min() < lo or r.max() > hi:
+            # Allowed (a continuous latent scale may overshoot it), but every prediction is clipped to it.
+            warnings.warn(f"ratings run from {r.min():g} to {r.max():g}, outside rating_range [{lo:g}, {hi:g}], to "
+                          "which predictions and intervals are clipped", UserWarning, stacklevel=4)
+        if self.n_samples // self.thin < 1:
+            raise ValueError(f"n_samples ({self.n_samples}) must be at least thin ({self.thin}): no draw would be kept")
+        if self.max_kept_samples < self.n_chains:
+            raise ValueError(f"max_kept_samples ({self.max_kept_samples}) must be at least n_chains ({self.n_chains}): "
+                             "every chain keeps at least one draw")
         n_users = int(u.max()) + 1 if n_users is None else int(n_users)
         n_items = int(i.max()) + 1 if n_items is None else int(n_items)
         if u.max() >= n_users or i.max() >= n_items:
@@ -326,7 +351,7 @@ class BPMF(ParamsMixin):
     # ------------------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
         if not hasattr(self, "mu_"):
-            raise RuntimeError("this BPMF is not fitted yet")
+            raise NotFittedError("this BPMF is not fitted yet: call fit first")
 
     def _pairs(self, user_idx, item_idx):
         u = _as_index("user_idx", np.atleast_1d(user_idx))
@@ -356,6 +381,7 @@ class BPMF(ParamsMixin):
         (parameter uncertainty across samples plus the noise 1/alpha), clipped to ``rating_range``."""
         if not 0 < level < 1:
             raise ValueError("level must be in (0, 1)")
+        self._check_fitted()
         u, i = self._pairs(user_idx, item_idx)
         out = [np.empty(u.size) for _ in range(3)]
         for start in range(0, u.size, chunk):
@@ -369,7 +395,11 @@ class BPMF(ParamsMixin):
     def recommend(self, user: int, n: int = 10, exclude=None, rank_by: str = "mean", level: float = 0.9,
                   seed: int | None = None):
         """Top-n items for one user: (items, mean, lower, upper). ``exclude``: item indices to skip."""
-        excl = np.asarray([] if exclude is None else exclude, dtype=np.int64)
+        self._check_fitted()
+        excl = _as_index("exclude", np.asarray([] if exclude is None else exclude).ravel())
+        user = int(_as_index("user", [user])[0])
+        if user >= self.n_users_:
+            raise IndexError("user index out of range")
         indptr = np.zeros(self.n_users_ + 1, dtype=np.int64)
         indptr[int(user) + 1:] = excl.size
         items, mean, lower, upper = self.recommend_all(np.array([user]), n, (indptr, excl), rank_by, level, seed)
@@ -394,20 +424,16 @@ class BPMF(ParamsMixin):
         users = _as_index("users", np.atleast_1d(users))
         if users.size and users.max() >= self.n_users_:
             raise IndexError("user index out of range")
-        if exclude_csr is None:
-            indptr, indices = np.zeros(self.n_users_ + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        elif hasattr(exclude_csr, "indptr"):
-            indptr, indices = exclude_csr.indptr, exclude_csr.indices
-        else:
-            indptr, indices = exclude_csr
-        indptr = np.asarray(indptr, dtype=np.int64)
-        indices = np.asarray(indices, dtype=np.int64)
-        if indptr.shape[0] < self.n_users_ + 1:
-            indptr = np.concatenate([indptr, np.full(self.n_users_ + 1 - indptr.shape[0], indptr[-1])])
+        if int(n) < 1:
+            raise ValueError("n must be at least 1")
+        if n_candidates is not None and int(n_candidates) < 1:
+            raise ValueError("n_candidates must be at least 1")
+        indptr, indices = _exclusions(exclude_csr, self.n_users_, self.n_items_)
         z = metrics.central_z(level)
         rng = np.random.default_rng(seed)
         choice = rng.integers(0, self.mu_.shape[0], size=users.size)
-        n_cand = int(n_candidates or 4 * n + 50)
+        # Never fewer candidates than the list holds: the screen would leave slots empty.
+        n_cand = 4 * int(n) + 50 if n_candidates is None else max(int(n), int(n_candidates))
         samples = kernels.StoredSamples(self.user_factors_, self.user_bias_, self.item_factors_, self.item_bias_,
                                         self.mu_.astype(np.float64), 1.0 / np.sqrt(self.alpha_.astype(np.float64)))
         items, mean, lower, upper = kernels.recommend_block(
@@ -458,6 +484,33 @@ class BPMF(ParamsMixin):
         return load_model(path)
 
 
+def _exclusions(exclude_csr, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, indices) of the items to exclude per user, checked: the compiled ranking reads them
+    without bounds checks, so a bad index would read or write outside its arrays."""
+    if exclude_csr is None:
+        return np.zeros(n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if hasattr(exclude_csr, "tocsr"):
+        csr = exclude_csr.tocsr()
+        if csr.shape[0] > n_users or csr.shape[1] > n_items:
+            raise ValueError(f"exclude_csr has shape {csr.shape}; the model has {n_users} users x {n_items} items")
+        indptr, indices = csr.indptr, csr.indices
+    else:
+        indptr, indices = exclude_csr
+    indptr = np.asarray(indptr)
+    indices = _as_index("exclude_csr indices", np.asarray(indices).ravel())
+    if indptr.ndim != 1 or indptr.size < 1 or not np.issubdtype(indptr.dtype, np.integer):
+        raise ValueError("exclude_csr's indptr must be a one-dimensional integer array with at least one entry")
+    indptr = indptr.astype(np.int64)
+    if indptr.size > n_users + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
+        raise ValueError("exclude_csr's indptr must start at 0, never decrease, end at len(indices) and have "
+                         f"at most n_users + 1 = {n_users + 1} entries")
+    if indices.size and indices.max() >= n_items:
+        raise ValueError(f"exclude_csr holds item index {indices.max()}; the model has {n_items} items")
+    if indptr.size < n_users + 1:  # fewer rows than users: the rest exclude nothing
+        indptr = np.concatenate([indptr, np.full(n_users + 1 - indptr.size, indptr[-1])])
+    return indptr, indices
+
+
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -501,7 +554,11 @@ def _fit_eval_set(eval_set, n_users: int, n_items: int, n_kept: int) -> tuple | 
         return None
     eu, ei, er = (np.asarray(a) for a in eval_set)
     eu, ei = _as_index("eval users", eu), _as_index("eval items", ei)
-    er = np.asarray(er, dtype=np.float64)
+    er = np.asarray(er, dtype=np.float64).ravel()
+    if not (eu.shape == ei.shape == er.shape):
+        raise ValueError("eval_set's users, items and ratings must have the same length")
+    if not np.all(np.isfinite(er)):
+        raise ValueError("eval_set's ratings must be finite")
     if eu.size and (eu.max() >= n_users or ei.max() >= n_items):
         raise ValueError("eval_set index out of range")
     return (eu, ei, er, np.empty((n_kept, eu.size), dtype=np.float32))

@@ -23,3 +23,8 @@ class ParamsMixin:
                 raise ValueError(f"unknown parameter {name!r}")
             setattr(self, name, value)
         return self
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted model was called before ``fit`` (scikit-learn's exception has
+    the same bases, so ``except`` clauses written for it catch this one)."""

@@ -25,7 +25,8 @@ from scipy.special import ndtr
 
 from bookrec.contracts.params import default
 from bookrec.model import metrics
-from bookrec.model.params import ParamsMixin
+from bookrec.model.bpmf import BPMF, _as_index
+from bookrec.model.params import NotFittedError, ParamsMixin
 from bookrec.model.relevance import ItemRelevance, binary_matrix, most_read_unexcluded
 
 RANK_BY = ("for_you", "mean", "lower", "sample")
@@ -38,6 +39,13 @@ def _as_exclusion(exclude_csr, n_rows: int, n_items: int) -> sp.csr_matrix:
     indptr = np.asarray(indptr, dtype=np.int64)
     indices = np.asarray(indices, dtype=np.int64)
     return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(indptr) - 1, n_items))
+
+
+def _differs(a, b) -> bool:
+    """``a != b`` for parameter values, arrays included (whose ``!=`` has no single truth value)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return not np.array_equal(a, b)
+    return a != b
 
 
 class Recommender(ParamsMixin):
@@ -91,33 +99,45 @@ class Recommender(ParamsMixin):
 
     def __repr__(self) -> str:
         defaults = Recommender().get_params()
-        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
+        changed = {k: v for k, v in self.get_params().items() if _differs(v, defaults[k])}
         return f"Recommender({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     @property
     def liked_threshold(self) -> float:
-        lo, hi = (float(x) for x in self.rating_range)
+        lo, hi = self._rating_bounds()
         return lo + self.liked_quantile * (hi - lo)
+
+    def _rating_bounds(self) -> tuple[float, float]:
+        """``rating_range`` as two floats: the parameter is kept as given (a tuple, a list or an
+        array), so that ``clone`` finds the very object it passed in."""
+        bounds = np.asarray(self.rating_range, dtype=np.float64).ravel()
+        if bounds.shape != (2,) or not np.all(np.isfinite(bounds)) or not bounds[0] < bounds[1]:
+            raise ValueError("rating_range must be a finite (lowest, highest) pair with lowest < highest, "
+                             f"not {self.rating_range!r}")
+        return float(bounds[0]), float(bounds[1])
+
+    def _checked_ratings(self, ratings) -> np.ndarray:
+        """Ratings as floats, 0 meaning read but not rated; any other value must lie in rating_range."""
+        r = np.asarray(ratings, dtype=np.float64).ravel()
+        if r.size and (not np.all(np.isfinite(r)) or r.min() < 0):
+            raise ValueError("ratings must be finite, 0 (no rating) or positive")
+        lo, hi = self._rating_bounds()
+        explicit = r[r > 0]
+        if explicit.size and (explicit.min() < lo or explicit.max() > hi):
+            raise ValueError(f"explicit ratings must lie in rating_range ({lo:g}, {hi:g})")
+        return r
 
     # ------------------------------------------------------------------------------ fit
     def fit(self, user_idx, item_idx, ratings, n_users=None, n_items=None) -> Recommender:
-        from bookrec.model.bpmf import BPMF
-
-        u = np.asarray(user_idx, dtype=np.int64).ravel()
-        i = np.asarray(item_idx, dtype=np.int64).ravel()
-        r = np.asarray(ratings, dtype=np.float64).ravel()
+        u = _as_index("user_idx", np.ravel(user_idx))
+        i = _as_index("item_idx", np.ravel(item_idx))
+        r = self._checked_ratings(ratings)
         if not (u.shape == i.shape == r.shape):
             raise ValueError("user_idx, item_idx and ratings must have the same length")
         if u.size == 0:
             raise ValueError("no interactions to fit")
-        if u.min() < 0 or i.min() < 0:
-            raise ValueError("indices must be non-negative")
-        if not np.all(np.isfinite(r)) or r.min() < 0:
-            raise ValueError("ratings must be finite, 0 (no rating) or positive")
-        lo, hi = (float(x) for x in self.rating_range)
+        lo, hi = self._rating_bounds()
         explicit = r > 0
-        if explicit.any() and (r[explicit].min() < lo or r[explicit].max() > hi):
-            raise ValueError(f"explicit ratings must lie in rating_range {self.rating_range}")
         if self.like_weight < 0 or not 0 < self.liked_quantile < 1 or not 0 < self.level < 1:
             raise ValueError("need like_weight >= 0, 0 < liked_quantile < 1 and 0 < level < 1")
         self.n_users_ = int(n_users if n_users is not None else u.max() + 1)
@@ -141,7 +161,7 @@ class Recommender(ParamsMixin):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "relevance_"):
-            raise RuntimeError("this Recommender is not fitted yet")
+            raise NotFittedError("this Recommender is not fitted yet: call fit first")
 
     # ------------------------------------------------------------------------------ candidates
     def _candidates(self, history: sp.csr_matrix, exclude: sp.csr_matrix, m: int):
@@ -167,7 +187,7 @@ class Recommender(ParamsMixin):
             return [o.reshape(shape) for o in out]
         means, sds = self.rating_model_.predictive_components(flat_u[ok], flat_i[ok])
         sds2 = np.broadcast_to(sds, means.shape)
-        mean, lower, upper = metrics.mixture_interval(means, sds, self.level, self.rating_range)
+        mean, lower, upper = metrics.mixture_interval(means, sds, self.level, self._rating_bounds())
         p_liked = ndtr((means - self.liked_threshold) / sds2).mean(axis=1)
         # Thompson sampling: one kept posterior sample per reader, its expected rating per item
         pick = np.repeat(rng.integers(0, means.shape[1], size=len(users)), shape[1])[ok]
@@ -189,8 +209,8 @@ class Recommender(ParamsMixin):
         self._check_fitted()
         if rank_by not in RANK_BY:
             raise ValueError(f"rank_by must be one of {', '.join(RANK_BY)}")
-        users = np.asarray(np.atleast_1d(users), dtype=np.int64)
-        if users.size and (users.min() < 0 or users.max() >= self.n_users_):
+        users = _as_index("users", np.atleast_1d(users))
+        if users.size and users.max() >= self.n_users_:
             raise IndexError("user index out of range")
         n = int(n)
         if n < 1:
@@ -237,7 +257,7 @@ class Recommender(ParamsMixin):
         ``exclude``: item indices to skip (default: the user's fitted interactions)."""
         exclude_csr = None
         if exclude is not None:
-            excl = np.asarray(exclude, dtype=np.int64)
+            excl = _as_index("exclude", np.ravel(exclude))
             indptr = np.zeros(self.n_users_ + 1, dtype=np.int64)
             indptr[int(user) + 1:] = excl.size
             exclude_csr = (indptr, excl)
@@ -246,7 +266,8 @@ class Recommender(ParamsMixin):
         return tuple(x[0][keep] for x in out)
 
     def similar_items(self, item: int, n: int = 10):
-        """Items read together with ``item`` (the relevance model's weights): (items, weight, sd)."""
+        """Items read together with ``item`` (the relevance model's weights): (items, weight, sd),
+        empty when too few readers read ``item`` for it to be a relevance candidate."""
         self._check_fitted()
         return self.relevance_.similar_items(item, n)
 
@@ -259,11 +280,14 @@ class Recommender(ParamsMixin):
         self._check_fitted()
         if rank_by not in RANK_BY:
             raise ValueError(f"rank_by must be one of {', '.join(RANK_BY)}")
-        items = np.asarray(item_idx, dtype=np.int64).ravel()
-        r = np.zeros(len(items)) if ratings is None else np.asarray(ratings, dtype=np.float64).ravel()
+        n = int(n)
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        items = _as_index("item_idx", np.ravel(item_idx))
+        r = np.zeros(len(items)) if ratings is None else self._checked_ratings(ratings)
         if r.shape != items.shape:
             raise ValueError("item_idx and ratings must have the same length")
-        if items.size and (items.min() < 0 or items.max() >= self.n_items_):
+        if items.size and items.max() >= self.n_items_:
             raise IndexError("item index out of range")
         history = binary_matrix(np.zeros(len(items), dtype=np.int64), items, 1, self.n_items_)
         cand, rel, _sd, because, cold = self._candidates(history, history, max(int(self.n_candidates), n))
@@ -274,7 +298,7 @@ class Recommender(ParamsMixin):
             rated = r > 0
             fold = fold_in_from_arrays(arrays, items[rated], r[rated], seed=seed)
             means, sds = fold_in_components(arrays, fold, cand[0][ok])
-            m_, lo_, hi_ = metrics.mixture_interval(means, sds, self.level, self.rating_range)
+            m_, lo_, hi_ = metrics.mixture_interval(means, sds, self.level, self._rating_bounds())
             pl = ndtr((means - self.liked_threshold) / sds).mean(axis=1)
             rng = np.random.default_rng(self.seed if seed is None else seed)
             dr = means[:, int(rng.integers(means.shape[1]))]

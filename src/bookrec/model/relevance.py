@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from bookrec.model.kernels.relevance import add_cooccurrences, strongest_history_item
 from bookrec.model.kernels.topn import top_n_rows
-from bookrec.model.params import ParamsMixin
+from bookrec.model.params import NotFittedError, ParamsMixin
 
 L2_GRID = (1.0, 3.0, 10.0)  # multiples of the mean interaction count of the candidates
 POPULARITY_L2_GRID = (0.0, 1.0, 3.0)
@@ -177,7 +177,11 @@ class ItemRelevance(ParamsMixin):
         self.local_[self.items_] = np.arange(len(self.items_))
         xc = x[:, self.items_]
         scale = float(self.popularity_[self.items_].mean()) if len(self.items_) else 1.0
-        if self.l2 == "auto":
+        if self.l2 == "auto" and not len(self.items_):
+            # Nothing to validate (every reader takes the popularity fallback); a valid ridge keeps
+            # l2_ usable for a refit with the same settings.
+            self.l2_, self.popularity_l2_, self.l2_validation_ = L2_GRID[0] * scale, POPULARITY_L2_GRID[0], {}
+        elif self.l2 == "auto":
             (self.l2_, self.popularity_l2_), self.l2_validation_ = self._select_l2(xc, scale)
         else:
             self.l2_, self.popularity_l2_, self.l2_validation_ = float(self.l2), float(self.popularity_l2), {}
@@ -214,7 +218,7 @@ class ItemRelevance(ParamsMixin):
     # ------------------------------------------------------------------------------ scoring
     def _check_fitted(self) -> None:
         if not hasattr(self, "precision_"):
-            raise RuntimeError("this ItemRelevance is not fitted yet")
+            raise NotFittedError("this ItemRelevance is not fitted yet: call fit first")
 
     def local_history(self, x_rows: sp.csr_matrix) -> sp.csr_matrix:
         """Rows over all items -> rows over the candidate items (other items dropped)."""
@@ -250,13 +254,15 @@ class ItemRelevance(ParamsMixin):
         ``block`` at a time: a block holds a few dense (block, candidates) arrays.
         """
         self._check_fitted()
+        if not x_rows.shape[0] or not len(self.items_):
+            # No candidate to score (the dense arrays have no columns): every slot is empty.
+            shape = (x_rows.shape[0], n)
+            none = np.full(shape, -1, np.int64)
+            return none, np.full(shape, np.nan), np.full(shape, np.nan), none.copy()
         history = self.local_history(x_rows)
         excluded = history if exclude_rows is None else self.local_history(exclude_rows)
         parts = [self._recommend_block(history[a:a + block], n, excluded[a:a + block])
                  for a in range(0, x_rows.shape[0], block)]
-        if not parts:
-            shape = (0, n)
-            return np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape), np.zeros(shape, np.int64)
         return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
     def _recommend_block(self, history: sp.csr_matrix, n: int, excluded: sp.csr_matrix):
@@ -301,7 +307,16 @@ class ItemRelevance(ParamsMixin):
         return np.arange(len(self.items_)), mean, np.sqrt(var)
 
     def similar_items(self, item: int, n: int = 10):
-        """Items readers of ``item`` also read: (items, weight, sd), strongest first."""
+        """Items readers of ``item`` also read: (items, weight, sd), strongest first; empty when
+        ``item`` is not a candidate."""
+        self._check_fitted()
+        n = int(n)
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        if not float(item).is_integer():  # also nan and inf, which int() would not turn into a ValueError
+            raise ValueError("item must be an integer index")
+        if not 0 <= int(item) < self.n_items_:
+            raise IndexError("item index out of range")
         local, mean, sd = self.weights_from(item)
         if not len(local):
             return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)

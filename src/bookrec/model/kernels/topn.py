@@ -19,6 +19,8 @@ def _better(v, i, bv, bi):
 @njit(inline="always", cache=True)
 def _insert(best_v, best_i, size, n, v, i):
     """Insert (v, i) into the descending buffer of `size` entries (capacity n); returns new size."""
+    if n <= 0:  # an empty buffer has no n-th entry: best_v[n - 1] would read and write outside it
+        return size
     if size == n and not _better(v, i, best_v[n - 1], best_i[n - 1]):
         return size
     pos = size if size < n else n - 1
