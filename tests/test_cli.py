@@ -213,8 +213,11 @@ def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_ve
         serving = st.current_version()
     full = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")} | env | {"BOOKREC_N_SAMPLES": "1000000"}
     full.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # A shell starts background jobs with SIGINT ignored and exec keeps that (a CI runner launched
+    # with `&`): the child gets Ctrl-C's default back, as it has in a terminal.
     long_run = subprocess.Popen([sys.executable, "-m", "bookrec", *args], cwd=tmp_path, env=full,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in long_run.stderr:  # JSON log lines; the chains start right after this one
         if "batch preset development" in line:
             break
