@@ -218,12 +218,15 @@ def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_ve
     long_run = subprocess.Popen([sys.executable, "-m", "bookrec", *args], cwd=tmp_path, env=full,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in long_run.stderr:  # JSON log lines; the chains start right after this one
-        if "batch preset development" in line:
-            break
-    time.sleep(3)
-    long_run.send_signal(signum)
-    _, err = long_run.communicate(timeout=120)
+    try:
+        for line in long_run.stderr:  # JSON log lines; the chains start right after this one
+            if "batch preset development" in line:
+                break
+        time.sleep(3)
+        long_run.send_signal(signum)
+        _, err = long_run.communicate(timeout=120)
+    finally:
+        long_run.kill()  # a million sweeps must not outlive a failed test
     said = f"exit {long_run.returncode}: {err[-3000:]}"
     assert long_run.returncode == code, said
     assert "batch interrupted: nothing was published, the serving version is unchanged" in err, said
