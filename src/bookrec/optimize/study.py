@@ -310,14 +310,10 @@ class _QuietInterruptedTrial(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None and _is_interrupt(record.exc_info[1]):
+        if record.exc_info and record.exc_info[1] is not None and interruption(record.exc_info[1]) is not None:
             self._dropped = message.split(" failed", 1)[0]  # "Trial 12"
             return False
         return not (self._dropped is not None and message.startswith(f"{self._dropped} failed with value"))
-
-
-def _is_interrupt(exc: BaseException) -> bool:
-    return interruption(exc) is not None
 
 
 def run_optimization(
@@ -384,7 +380,7 @@ def run_optimization(
             callbacks=[lambda _study, trial: finished_here.append(trial.number)],
         )
     except (KeyboardInterrupt, SystemError) as exc:
-        if not _is_interrupt(exc):
+        if interruption(exc) is None:
             raise
         # The finished trials are in the study: keep their best as a full run would, so stopping
         # a long search early loses nothing (the interrupted trial is already marked failed).
