@@ -200,8 +200,15 @@ def test_run_checks_the_port_given_by_port_before_preparing_data(tmp_path, monke
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_version(tiny_dir, tmp_path, signum, code):
+# The console script (what operators and containers run) and `python -m bookrec` (what the other tests run).
+CONSOLE_SCRIPT = [str(Path(sys.executable).with_name("bookrec"))]
+MODULE = [sys.executable, "-m", "bookrec"]
+
+
+@pytest.mark.parametrize("signum,code,launcher", [(signal.SIGTERM, 143, CONSOLE_SCRIPT), (signal.SIGTERM, 143, MODULE),
+                                                  (signal.SIGINT, 130, MODULE)], ids=["term-script", "term-module", "int"])
+def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_version(tiny_dir, tmp_path, signum, code,
+                                                                                      launcher):
     store = f"sqlite:///{tmp_path}/store.sqlite3"
     textfile = tmp_path / "bookrec_batch.prom"
     env = dict(BOOKREC_N_FACTORS="2", BOOKREC_BURN_IN="2", BOOKREC_MIN_USER_RATINGS="3", BOOKREC_MIN_BOOK_RATINGS="3",
@@ -215,7 +222,7 @@ def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_ve
     full.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # A shell starts background jobs with SIGINT ignored and exec keeps that (a CI runner launched
     # with `&`): the child gets Ctrl-C's default back, as it has in a terminal.
-    long_run = subprocess.Popen([sys.executable, "-m", "bookrec", *args], cwd=tmp_path, env=full,
+    long_run = subprocess.Popen([*launcher, *args], cwd=tmp_path, env=full,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -234,6 +241,13 @@ def test_a_batch_stopped_by_a_signal_says_so_records_it_and_keeps_the_serving_ve
     assert re.search(rf"^bookrec_batch_last_run_exit_code {code}\.0$", textfile.read_text(), re.M), textfile.read_text()
     with open_store(store) as st:
         assert st.current_version() == serving
+
+
+def test_running_commands_in_process_leaves_the_hosts_sigterm_handler_alone(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    result = invoke("store", "status", "--store", f"sqlite:///{tmp_path}/s.sqlite3")
+    assert result.exit_code == 0, result.output
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.parametrize(("env", "toml", "message"), [

@@ -1,5 +1,5 @@
 """`python -m bookrec`: the `bookrec` command."""
 
-from bookrec.cli import app
+from bookrec.cli import entry_point
 
-app(prog_name="bookrec")
+entry_point()

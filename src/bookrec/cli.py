@@ -1,7 +1,8 @@
 """The `bookrec` command: wires together each part's own CLI module.
 
-Every command goes through `main` first: it answers `--version` and sets up logging once
-(`bookrec.logging`, BOOKREC_LOG_LEVEL and BOOKREC_LOG_FORMAT). Exit codes: `bookrec.exitcodes`.
+A command line enters at `entry_point`, which turns SIGTERM into a clean stop. Every command goes
+through `main` first: it answers `--version` and sets up logging once (`bookrec.logging`,
+BOOKREC_LOG_LEVEL and BOOKREC_LOG_FORMAT). Exit codes: `bookrec.exitcodes`.
 """
 
 from __future__ import annotations
@@ -39,10 +40,8 @@ def main(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    from bookrec.exitcodes import USAGE, fail, handle_sigterm
+    from bookrec.exitcodes import USAGE, fail
     from bookrec.logging import setup_logging
-
-    handle_sigterm()
 
     # click has consumed the arguments by now; a subcommand's --help must work whatever the
     # environment holds, so it is looked for in the process's own arguments.
@@ -80,5 +79,14 @@ app.command("run")(quickstart.run)
 app.command("warmup")(warmup.warmup)
 
 
+def entry_point() -> None:
+    """The console script and ``python -m bookrec``. SIGTERM becomes a clean stop here, in a real
+    command process only: a host that runs ``app`` in-process (a test runner) keeps its own handler."""
+    from bookrec.exitcodes import handle_sigterm
+
+    handle_sigterm()
+    app(prog_name="bookrec")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    entry_point()
