@@ -36,8 +36,8 @@ RUN pip install --no-deps --no-build-isolation . && pip check && rm -rf build
 RUN bookrec warmup && chmod -R a+rwX "$NUMBA_CACHE_DIR"
 USER bookrec
 WORKDIR /data
-ENV BOOKREC_HOME=/data \
-    BOOKREC_DATA_DIR=/data/normalized \
+# Paths the settings read; relative ones (the embedded store's default) resolve against WORKDIR.
+ENV BOOKREC_DATA_DIR=/data/normalized \
     BOOKREC_TUNED_CONFIG_PATH=/data/tuned-params.json \
     BOOKREC_OPTUNA_STORAGE=sqlite:////data/optuna.db
 

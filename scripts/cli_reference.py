@@ -26,7 +26,7 @@ HEADER = (
 )
 
 
-WIDTH = 100
+WIDTH = 120
 
 
 def _help(path: list[str]) -> str:

@@ -23,7 +23,7 @@ Synthetic BookCrossing-shaped data, the `Recommender` fitted from Python, a comp
 baselines, one reader's recommendations with their intervals and reasons, and the Gibbs sampler's
 convergence traces.
 
-`BOOKREC_NOTEBOOK_PRESET` picks the data size: `small` (the default, a few thousand readers,
+`NOTEBOOK_PRESET` picks the data size: `small` (the default, a few thousand readers,
 a minute or two) or `tiny` (a few hundred readers, seconds; the tests use it)."""),
     ("code", """\
 import os
@@ -38,7 +38,7 @@ from bookrec.model import Recommender
 from bookrec.model.topn import evaluate_topn, holdout_split, interactions_from_dataset
 from bookrec.model.topn_baselines import ALS, EASE, Popularity, interaction_matrix
 
-PRESET = os.environ.get("BOOKREC_NOTEBOOK_PRESET", "small")
+PRESET = os.environ.get("NOTEBOOK_PRESET", "small")
 SEED = 42
 N = 10
 # implicit (the ALS baseline) imports tqdm.auto, which warns when ipywidgets is absent.

@@ -139,3 +139,18 @@ def test_two_workers_serve_and_share_metrics(own_redis, live_server_factory):
     line = next(ln for ln in text.splitlines()
                 if ln.startswith('bookrec_http_requests_total{method="GET",route="/recommend/{user_id}",status="200"}'))
     assert float(line.split()[-1]) == 40.0  # every request counted, whichever worker answered
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["behind-trusted-proxy", "no-trusted-proxy"])
+def test_rate_limits_follow_the_client_a_trusted_proxy_names(redis_url, live_server_factory, trusted):
+    """Behind the page's proxy every reader would share the proxy's bucket; a trusted proxy's
+    X-Forwarded-For names the client. Without trust the header is the client's own word: ignored."""
+    publish_fixture(redis_url, n_users=20, n_books=30, seed=8)
+    limits = dict(rate_limit_search_burst=2, rate_limit_search_per_minute=1)
+    api = live_server_factory(redis_url, forwarded_allow_ips="127.0.0.1" if trusted else "", **limits)
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        def search(client: str) -> int:
+            return http.get("/books/search", params={"q": "a"}, headers={"X-Forwarded-For": client}).status_code
+
+        assert [search("203.0.113.7") for _ in range(3)] == [200, 200, 429]
+        assert search("198.51.100.9") == (200 if trusted else 429)

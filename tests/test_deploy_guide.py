@@ -133,7 +133,7 @@ def stores(tmp_path_factory):
     try:  # stop the server even when the batch fails
         published = server.url
         env = {
-            **CLI_ENV, "BOOKREC_HOME": str(workdir), "BOOKREC_TUNED_CONFIG_PATH": str(workdir / "no-tuned-params.json"),
+            **CLI_ENV, "BOOKREC_TUNED_CONFIG_PATH": str(workdir / "no-tuned-params.json"),
             "ENVIRONMENT": "development", "BOOKREC_BURN_IN": "10", "BOOKREC_N_SAMPLES": "10",
         }
         result = subprocess.run([sys.executable, "-m", "bookrec.cli", "batch", "--data", str(data), "--store",

@@ -31,7 +31,7 @@ def test_quickstart_notebook_runs_on_tiny(tmp_path, monkeypatch):
         "display_name": "bookrec tests", "language": "python",
     }))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    monkeypatch.setenv("BOOKREC_NOTEBOOK_PRESET", "tiny")
+    monkeypatch.setenv("NOTEBOOK_PRESET", "tiny")
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # Raises CellExecutionError, with the failing cell's traceback, on the first error.

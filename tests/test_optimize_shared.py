@@ -1,5 +1,5 @@
 """Tuned parameters travel through the study: two `bookrec optimize` workers share a study on the
-machine's PostgreSQL (127.0.0.1:5432, database `test`, trust auth), the study records the best
+PostgreSQL the tests start (tests/support/postgres_server.py), the study records the best
 trial over both workers, and a batch in another working directory, with no local tuned file,
 trains with those parameters read from the study (`--tuned-from`) and says so in its meta."""
 
@@ -22,25 +22,15 @@ from bookrec.contracts.tuning import BEST_PARAMS_ATTR
 from bookrec.optimize.study import choose_trial, make_storage
 from bookrec.store import open_store
 
-# The form the tuner's storage takes as given (make_storage maps postgresql:// to psycopg too).
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 TRIALS_PER_WORKER = 2
 # Short chains for the batch; n_factors, warm_start and the prior strengths stay the study's.
 SHORT_CHAINS = dict(BOOKREC_N_SAMPLES="6", BOOKREC_BURN_IN="2", BOOKREC_THIN="1", BOOKREC_MAX_KEPT_SAMPLES="12")
 
 
 @pytest.fixture(scope="module")
-def postgres():
-    """The PostgreSQL server this test needs: its absence is a failure, not a skip."""
-    import psycopg
-
-    try:
-        with psycopg.connect(POSTGRES_DSN, connect_timeout=5):
-            pass
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL does not answer at 127.0.0.1:5432 (database test, user postgres, trust auth): {exc}")
-    return POSTGRES_URL
+def postgres(postgres_server):
+    """The storage URL in the form the tuner takes as given (make_storage maps postgresql:// to psycopg too)."""
+    return postgres_server.url("psycopg")
 
 
 @pytest.fixture(scope="module")

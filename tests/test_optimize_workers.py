@@ -18,7 +18,6 @@ from bookrec.optimize.space import default_bpmf_kwargs, from_bpmf_kwargs
 from bookrec.optimize.study import make_storage
 
 TRIALS_PER_WORKER = 2
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
@@ -72,30 +71,15 @@ def test_two_workers_share_a_redis_journal(tmp_path, data_dir, redis_url):
     assert_complete_and_unique(make_storage(redis_url), "journal")
 
 
-POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
-
-
-def require_postgres() -> None:
-    """The machine's PostgreSQL is part of the test setup (scripts/test.sh checks it): absent is a failure."""
-    import psycopg
-
-    try:
-        with psycopg.connect(POSTGRES_DSN, connect_timeout=5):
-            pass
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL does not answer at 127.0.0.1:5432 (database test, user postgres, trust auth): {exc}")
-
-
-def test_two_workers_share_a_postgresql_database(tmp_path, data_dir):
+def test_two_workers_share_a_postgresql_database(tmp_path, data_dir, postgres_server):
     # A schema of its own: the workers start on an *empty* database (both race to create Optuna's
     # tables, as a fresh deployment does), and dropping the schema leaves the shared db clean.
     import psycopg
 
-    require_postgres()
     schema = f"bookrec_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    url = f"{postgres_server.url()}?options=-csearch_path%3D{schema}"
     storage = None
     try:
         run_two_workers(tmp_path, data_dir, url, "shared")
@@ -104,5 +88,5 @@ def test_two_workers_share_a_postgresql_database(tmp_path, data_dir):
     finally:
         if storage is not None:
             storage.engine.dispose()
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

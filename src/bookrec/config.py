@@ -43,9 +43,7 @@ class Settings(ModelOverrides):
     )
 
     # --- where things live -------------------------------------------------------------
-    home: Path = Field(Path("var"), description="Working directory for data, artifacts and the embedded store")
     data_dir: Path = Field(Path("var/data"), description="Normalised data directory (bookrec data import/synth --out)")
-    artifact_path: Path = Field(Path("var/model.npz"), description="Where `bookrec train` writes the model")
     store_url: str = Field(
         "sqlite:///var/bookrec.sqlite3",
         validation_alias=AliasChoices("BOOKREC_STORE_URL", "REDIS_URL", "store_url"),
@@ -97,9 +95,6 @@ class Settings(ModelOverrides):
     interval_level: float = Field(0.9, gt=0.0, lt=1.0, description="Credible level of stored intervals")
     tuned_config_path: Path = Field(
         Path("var/tuned-params.json"), description="Best parameters written by `bookrec optimize`, read by `bookrec batch`"
-    )
-    candidate_min_interactions: int = Field(
-        5, ge=1, description="Tier 3 (similar reading) recommends works with at least this many interactions"
     )
     popularity_min_segment_ratings: int = Field(
         200, ge=1, description="Tier 4: a country / age-band segment gets its own list from this many explicit ratings"
@@ -179,6 +174,10 @@ class Settings(ModelOverrides):
     )
     fault_log_interval_seconds: float = Field(
         10.0, gt=0, description="Repeated store faults of one kind are logged once per this interval, with a count"
+    )
+    forwarded_allow_ips: str = Field(
+        "", description="Proxies trusted to name the client in X-Forwarded-For (comma-separated addresses, or *); "
+                        "empty: a client is the connection's address"
     )
     # Per client address and API worker (a token bucket): the costly endpoints answer 429 with
     # Retry-After beyond these. 0 = no limit.

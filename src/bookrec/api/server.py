@@ -255,7 +255,9 @@ def run(settings: Any, host: str, port: int, workers: int, log_level: str, acces
         access_log=access_log,
         http=protocol_factory(limits) if bounded else "httptools",
         loop="uvloop",
-        proxy_headers=False,
+        # Behind a proxy every client would share the proxy's address (and its rate-limit bucket).
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         server_header=False,
         timeout_keep_alive=limits.keepalive_timeout if bounded else 5,  # type: ignore[arg-type]
     )

@@ -64,6 +64,7 @@ def evaluate_ranking(ctx) -> dict:
     """The ``meta.ranking`` block (docs/ARCHITECTURE.md)."""
     from bookrec.batch.pipeline import ranker
     from bookrec.model.relevance import ItemRelevance, most_read_unexcluded
+    from bookrec.model.shrinkage import RatingModel
     from bookrec.model.topn import evaluate_topn, paired_se
 
     s = ctx.settings
@@ -75,7 +76,9 @@ def evaluate_ranking(ctx) -> dict:
     rel = ctx.relevance
     relevance = ItemRelevance(l2=rel.l2_, popularity_l2=rel.popularity_l2_, max_items=rel.max_items, min_item_interactions=rel.min_item_interactions,
                               seed=rel.seed).fit(train.seen)
-    rank = ranker(ctx, relevance, train)
+    # The fallback rating model too is refitted without the held-out ratings, so that no tier sees them.
+    rating_model = RatingModel.fit(train, len(ctx.catalog), s.rating_min, s.rating_max)
+    rank = ranker(ctx, relevance, train, rating_model)
     rank.n = max(KS)
     core_pos = np.searchsorted(ctx.core_users, eval_users)
     parts: dict[str, list] = {mode: [] for mode, _ in MODES}

@@ -203,11 +203,13 @@ def fit_relevance(ctx: BatchContext) -> None:
     ).fit(ctx.interactions.seen)
 
 
-def ranker(ctx: BatchContext, relevance=None, interactions: Interactions | None = None) -> ForYouRanker:
+def ranker(ctx: BatchContext, relevance=None, interactions: Interactions | None = None,
+           rating_model: RatingModel | None = None) -> ForYouRanker:
     s = ctx.settings
     folder = FoldInMany(ctx.serving, s.interval_level) if ctx.serving is not None else None
     return ForYouRanker(
-        relevance if relevance is not None else ctx.relevance, interactions or ctx.interactions, ctx.rating_model,
+        relevance if relevance is not None else ctx.relevance, interactions or ctx.interactions,
+        rating_model if rating_model is not None else ctx.rating_model,
         ctx.core_works, folder, ctx.params.top_n, s.n_candidates, s.like_weight, liked_threshold(s), s.interval_level,
     )
 

@@ -147,7 +147,6 @@ def measure_batch(preset: str, data_dir: Path, store_url: str, workdir: Path, da
     log = workdir / f"batch-{preset}-{data_name}.log"
     env = _env(
         BOOKREC_TUNED_CONFIG_PATH=str(workdir / "no-tuned-params.json"),  # the preset as shipped, not a tuned file
-        BOOKREC_HOME=str(workdir),
     )
     cmd = [sys.executable, "-m", "bookrec.cli", "batch", "--preset", preset, "--data", str(data_dir),
            "--store", store_url, "--quiet"]

@@ -81,14 +81,14 @@ def optimize(
     if export:
         _export(console, storage_url, study_name, output or settings.tuned_config_path, as_json)
         return
-    tuning_data = _tuning_data(config_path, data or settings.data_dir, settings)
     options = objective_options_from_settings(settings, objective=objective_name, multi_objective=multi_objective)
-    console.print(
-        f"study [bold]{study_name}[/bold] on {redact_url(storage_url)}: {n_trials} trial(s), validation "
-        f"{objective_name}{' + training seconds' if multi_objective else ''}, "
-        f"{len(tuning_data.train[2]):,} train / {len(tuning_data.validation[2]):,} validation ratings"
-    )
+    tuning_data = _tuning_data(config_path, data or settings.data_dir, settings)
     with _stopped_early(storage_url, study_name), _storage_errors(storage_url):
+        console.print(
+            f"study [bold]{study_name}[/bold] on {redact_url(storage_url)}: {n_trials} trial(s), validation "
+            f"{objective_name}{' + training seconds' if multi_objective else ''}, "
+            f"{len(tuning_data.train[2]):,} train / {len(tuning_data.validation[2]):,} validation ratings"
+        )
         result = run_optimization(
             tuning_data, n_trials=n_trials, timeout=timeout if timeout is not None else settings.optimizer_timeout,
             storage_url=storage_url, study_name=study_name, options=options,
@@ -105,35 +105,35 @@ def _tuning_data(config_path: Optional[Path], data_dir, settings):
     """The train and validation splits; first, that the tuned file can be written, so that a
     read-only path is found before the trials rather than after them."""
     from bookrec.data.io import DatasetError
-    from bookrec.exitcodes import USAGE, fail
+    from bookrec.exitcodes import USAGE, fail, stops_cleanly
     from bookrec.optimize.objective import load_tuning_data
     from bookrec.optimize.study import TunedConfigError, check_writable
 
     try:
-        if config_path is not None:
-            check_writable(config_path)
-        return load_tuning_data(data_dir, settings)
+        # Loading a large data set takes a while: Ctrl-C or SIGTERM there is a stop, not a traceback.
+        with stops_cleanly("before the first trial: nothing was run or written", prefix="interrupted:"):
+            if config_path is not None:
+                check_writable(config_path)
+            return load_tuning_data(data_dir, settings)
     except (DatasetError, ValueError, TunedConfigError) as exc:
         fail(str(exc), code=USAGE)
-
-
-INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 @contextmanager
 def _stopped_early(storage_url: str, study_name: str):
     """Ctrl-C, and a tuned file that could not be written after the trials, as one line each."""
-    from bookrec.exitcodes import FAILURE, fail
+    from bookrec.exitcodes import FAILURE, fail, interrupted_code
     from bookrec.optimize.study import OptimizationInterrupted, TunedConfigError, redact_url
 
     try:
         yield
     except OptimizationInterrupted as exc:
-        fail(_interrupted_line(exc.result, study_name, redact_url(storage_url)), code=INTERRUPTED, prefix="interrupted:")
-    except KeyboardInterrupt:  # a second Ctrl-C while the best trial was being recorded
+        fail(_interrupted_line(exc.result, study_name, redact_url(storage_url)), code=interrupted_code(exc.interrupt),
+             prefix="interrupted:")
+    except KeyboardInterrupt as exc:  # before the trials, or a second Ctrl-C while the best was being recorded
         fail(f"the finished trials are in study {study_name!r}; `bookrec optimize --export --storage "
              f"{redact_url(storage_url)} --study {study_name}` writes the best one once it is recorded",
-             code=INTERRUPTED, prefix="interrupted:")
+             code=interrupted_code(exc), prefix="interrupted:")
     except TunedConfigError as exc:
         fail(str(exc), code=FAILURE)
 
@@ -178,10 +178,17 @@ def _storage_errors(storage_url: str):
     except Exception as exc:  # storage unreachable, bad credentials: say which storage, not the password
         if type(exc).__module__.split(".")[0] not in {"sqlalchemy", "redis", "psycopg", "optuna"}:
             raise
-        # Exit 1 like every storage or store that does not answer (README, exit codes); the driver's
-        # message tells a refused connection from a wrong password or an unknown host.
+        # Exit 1 like every storage or store that does not answer (README, exit codes), 2 for a URL
+        # that is malformed; the driver's message tells a refused connection from a wrong password.
         fail(f"cannot use Optuna storage {redact_url(storage_url)}: {storage_error_message(exc, storage_url)}",
-             code=FAILURE)
+             code=USAGE if _malformed_url(exc) else FAILURE)
+
+
+def _malformed_url(exc: Exception) -> bool:
+    """SQLAlchemy's verdict on the URL itself (``sqlite://file.db``, an unknown driver): bad input."""
+    import sqlalchemy.exc
+
+    return isinstance(exc, sqlalchemy.exc.ArgumentError)
 
 
 def _export(console, storage_url: str, study_name: str, output: Path, as_json: bool) -> None:

@@ -153,7 +153,19 @@ def make_objective(data: TuningData, options: ObjectiveOptions) -> Callable[[opt
     """The ``func(trial)`` Optuna's ``study.optimize`` expects."""
 
     def _objective(trial: optuna.Trial):
-        return objective(trial, data, options)
+        try:
+            value = objective(trial, data, options)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            # Optuna logs why a trial failed but stores only FAIL: keep the reason in the study, where
+            # the summary, another worker and optuna-dashboard can see it.
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        quality = value[0] if isinstance(value, tuple) else value
+        if not math.isfinite(quality):  # Optuna fails the trial for it
+            trial.set_user_attr("fail_reason", f"validation {options.objective} is {quality}")
+        return value
 
     return _objective
 

@@ -41,6 +41,8 @@ from bookrec.optimize.objective import (
     make_objective,
 )
 
+log = logging.getLogger(__name__)
+
 PrunerName = Literal["median", "hyperband", "none"]
 
 CONFIG_FORMAT_VERSION = 1
@@ -97,10 +99,12 @@ def open_study(
     eval_every: int = 5,
     seed: int | None = None,
     storage: optuna.storages.BaseStorage | None = None,
+    setup: dict[str, Any] | None = None,
 ) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when another worker created it first (same name, same storage).
 
-    Returns ``(study, created)``; ``created`` is True in the one worker that created it.
+    Returns ``(study, created)``; ``created`` is True in the one worker that created it. ``setup``
+    (see :func:`trial_setup`) must match the one the study was created with (ValueError).
     """
     directions = ["minimize", "minimize"] if multi_objective else ["minimize"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own summary replaces Optuna's per-trial lines
@@ -131,10 +135,38 @@ def open_study(
         raise ValueError(
             f"study {study_name!r} optimises validation {stored_objective}, not {objective}; use another --study name"
         )
+    if setup is not None:
+        _check_same_setup(study, setup)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([objective, "train_seconds"] if multi_objective else [objective])
     return study, created
+
+
+TRIAL_SETUP_ATTR = "trial_setup"
+
+
+def trial_setup(data: TuningData, options: ObjectiveOptions) -> dict[str, Any]:
+    """What a trial's score depends on besides its parameters: the data, the chain count and the
+    fixed model arguments (as JSON stores them)."""
+    return json.loads(json.dumps(
+        {"data_fingerprint": data.fingerprint(), "n_chains": options.space.n_chains, "fixed": options.fixed}
+    ))
+
+
+def _check_same_setup(study: optuna.Study, setup: dict[str, Any]) -> None:
+    """Scores from other data or another chain count are not comparable: a study resumed on
+    refreshed data would choose among both and record the winner under the new data's fingerprint."""
+    recorded = study.user_attrs.get(TRIAL_SETUP_ATTR)
+    if recorded is None:
+        study.set_user_attr(TRIAL_SETUP_ATTR, setup)
+        return
+    changed = [f"{key} was {recorded.get(key)!r}, now {value!r}" for key, value in setup.items() if recorded.get(key) != value]
+    if changed:
+        raise ValueError(
+            f"study {study.study_name!r} holds trials scored with another setup ({'; '.join(changed)}); "
+            "use another --study name"
+        )
 
 
 # --- choosing the result ---------------------------------------------------------------------
@@ -292,12 +324,13 @@ class OptimizationResult:
 
 
 class OptimizationInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the trials. ``result`` holds what the trials finished before it gave: the best
-    is recorded in the study and written to the file, as at the end of a full run."""
+    """Ctrl-C or SIGTERM (``interrupt``) stopped the trials. ``result`` holds what the trials finished
+    before it gave: the best is recorded in the study and written to the file, as at the end of a full run."""
 
-    def __init__(self, result: OptimizationResult) -> None:
+    def __init__(self, result: OptimizationResult, interrupt: KeyboardInterrupt) -> None:
         super().__init__()
         self.result = result
+        self.interrupt = interrupt
 
 
 class _QuietInterruptedTrial(logging.Filter):
@@ -314,6 +347,26 @@ class _QuietInterruptedTrial(logging.Filter):
             self._dropped = message.split(" failed", 1)[0]  # "Trial 12"
             return False
         return not (self._dropped is not None and message.startswith(f"{self._dropped} failed with value"))
+
+
+class TrialLog:
+    """One log line per finished trial, for a worker without a progress bar (not on a terminal,
+    --json): without it a log shows nothing of the search until its end."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+        self.done = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.done += 1
+        objective = study.user_attrs.get("objective", "nll")
+        if trial.state == TrialState.COMPLETE:
+            outcome = f"complete, validation {objective} {_fmt(trial.values[0])}"
+        elif trial.state == TrialState.PRUNED:
+            outcome = f"pruned at sweep {trial.user_attrs.get('pruned_at_sweep', '?')}"
+        else:
+            outcome = f"{trial.state.name.lower()}: {trial.user_attrs.get('fail_reason', 'see the warning above')}"
+        log.info("trial %d %s (%d/%d here)", trial.number, outcome, self.done, self.n_trials)
 
 
 def run_optimization(
@@ -356,6 +409,7 @@ def run_optimization(
         eval_every=options.eval_every,
         seed=sampler_seed,
         storage=storage,
+        setup=trial_setup(data, options),
     )
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
@@ -377,15 +431,17 @@ def run_optimization(
             # An extreme prior can make a Cholesky factorisation fail: that trial is recorded as
             # failed and the search goes on; any other exception is a bug and stops the worker.
             catch=(np.linalg.LinAlgError, FloatingPointError),
-            callbacks=[lambda _study, trial: finished_here.append(trial.number)],
+            callbacks=[lambda _study, trial: finished_here.append(trial.number)]
+            + ([] if show_progress else [TrialLog(n_trials)]),
         )
     except (KeyboardInterrupt, SystemError) as exc:
-        if interruption(exc) is None:
+        interrupt = interruption(exc)
+        if interrupt is None:
             raise
         # The finished trials are in the study: keep their best as a full run would, so stopping
         # a long search early loses nothing (the interrupted trial is already marked failed).
         result = _finish(study, storage_url, options, data, config_path, started, finished_here)
-        raise OptimizationInterrupted(result) from None
+        raise OptimizationInterrupted(result, interrupt) from None
     finally:
         optimize_logger.removeFilter(quiet)
     return _finish(study, storage_url, options, data, config_path, started, finished_here)
