@@ -193,3 +193,26 @@ def test_bad_input_is_rejected():
         BPMF().fit([0, 1], [0, 1], [5.0, np.nan])
     with pytest.raises(NotFittedError, match="not fitted yet"):
         BPMF().predict([0], [0])
+
+
+def test_the_chains_starting_points_are_progress_too(monkeypatch):
+    """The warm start (where the first fit in a process compiles the kernels) is a progress task of
+    its own, so that a log off a terminal is not silent while it runs."""
+    import logging
+
+    from bookrec.logging import LogProgress
+    from bookrec.model import bpmf
+
+    shown: list[LogProgress] = []
+
+    def recording_progress(enabled):
+        shown.append(LogProgress(logging.getLogger("bookrec.test"), 60.0))
+        return shown[-1]
+
+    monkeypatch.setattr(bpmf, "_progress", recording_progress)
+    sim = simulate_ratings(n_users=30, n_items=20, n_ratings=200, seed=3)
+    BPMF(n_factors=2, burn_in=2, n_samples=4, n_chains=3, max_kept_samples=6, seed=1, show_progress=True).fit(
+        sim.user_idx, sim.item_idx, sim.ratings, n_users=sim.n_users, n_items=sim.n_items)
+    tasks = [task for progress in shown for task in progress._tasks.values()]
+    assert [t["description"] for t in tasks] == ["Starting chains", "Gibbs sampling"]
+    assert tasks[0]["completed"] == tasks[0]["total"] == 3

@@ -154,10 +154,7 @@ class BPMF(ParamsMixin):
         rec.eval_set = _fit_eval_set(eval_set, n_users, n_items, rec.n_kept)
         self.eval_history_ = []
         if map_chains is None:
-            chains = [Chain(data, self.n_factors, priors, seq, balance_move=self.balance_move,
-                            shear_move=self.shear_move) for seq in seqs[:-1]]
-            for chain in chains:
-                chain.initialise(self.warm_start)
+            chains = self._start_chains(data, priors, seqs[:-1])
             mode = self._resolved_chain_mode()
             self._sample(chains, mode, rec, eval_every, callback)
         else:
@@ -231,6 +228,19 @@ class BPMF(ParamsMixin):
         if eval_every < 1:
             raise ValueError("eval_every must be >= 1")
         return u, i, r, n_users, n_items
+
+    def _start_chains(self, data: RatingMatrix, priors: Priors, seqs) -> list[Chain]:
+        """The chains at their starting points; shown as progress because the first fit in a process
+        also compiles the kernels here, which takes minutes on a busy machine."""
+        chains = []
+        with _progress(self.show_progress) as progress:
+            task = progress.add_task("Starting chains", total=len(seqs), stats="warm start" if self.warm_start else "")
+            for seq in seqs:
+                chain = Chain(data, self.n_factors, priors, seq, balance_move=self.balance_move, shear_move=self.shear_move)
+                chain.initialise(self.warm_start)
+                chains.append(chain)
+                progress.update(task, advance=1)
+        return chains
 
     def _sample(self, chains: list[Chain], mode: str, rec: _Recording, eval_every: int,
                 callback: Callable[[int, dict], None] | None) -> None:

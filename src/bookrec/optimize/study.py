@@ -353,13 +353,14 @@ class TrialLog:
     """One log line per finished trial, for a worker without a progress bar (not on a terminal,
     --json): without it a log shows nothing of the search until its end."""
 
-    def __init__(self, n_trials: int) -> None:
+    def __init__(self, n_trials: int, objective: str) -> None:
         self.n_trials = n_trials
+        self.objective = objective
         self.done = 0
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def __call__(self, _study: optuna.Study, trial: FrozenTrial) -> None:
         self.done += 1
-        objective = study.user_attrs.get("objective", "nll")
+        objective = self.objective
         if trial.state == TrialState.COMPLETE:
             outcome = f"complete, validation {objective} {_fmt(trial.values[0])}"
         elif trial.state == TrialState.PRUNED:
@@ -367,6 +368,15 @@ class TrialLog:
         else:
             outcome = f"{trial.state.name.lower()}: {trial.user_attrs.get('fail_reason', 'see the warning above')}"
         log.info("trial %d %s (%d/%d here)", trial.number, outcome, self.done, self.n_trials)
+
+
+def _close_connections(storage: optuna.storages.BaseStorage) -> None:
+    """An interrupt inside a database write can leave its connection holding SQLite's write lock
+    (the next write then waits for it in vain): closing an RDB storage's pooled connections rolls
+    that transaction back."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def run_optimization(
@@ -399,6 +409,7 @@ def run_optimization(
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}")
     if config_path is not None:
         check_writable(config_path)
+    storage = storage if storage is not None else make_storage(storage_url)
     study, created = open_study(
         storage_url,
         study_name,
@@ -432,7 +443,7 @@ def run_optimization(
             # failed and the search goes on; any other exception is a bug and stops the worker.
             catch=(np.linalg.LinAlgError, FloatingPointError),
             callbacks=[lambda _study, trial: finished_here.append(trial.number)]
-            + ([] if show_progress else [TrialLog(n_trials)]),
+            + ([] if show_progress else [TrialLog(n_trials, options.objective)]),
         )
     except (KeyboardInterrupt, SystemError) as exc:
         interrupt = interruption(exc)
@@ -440,6 +451,7 @@ def run_optimization(
             raise
         # The finished trials are in the study: keep their best as a full run would, so stopping
         # a long search early loses nothing (the interrupted trial is already marked failed).
+        _close_connections(storage)
         result = _finish(study, storage_url, options, data, config_path, started, finished_here)
         raise OptimizationInterrupted(result, interrupt) from None
     finally:
