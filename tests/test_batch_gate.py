@@ -26,6 +26,16 @@ def test_nll_check_refuses_a_clearly_worse_model_and_passes_an_equal_one():
     assert nll_check(baseline + 0.1, baseline)["passed"]  # better is never refused
 
 
+def test_a_passed_check_says_which_way_the_model_differs():
+    rng = np.random.default_rng(1)
+    baseline = rng.normal(-2.0, 0.5, 4000)
+    better = nll_check(baseline + 0.05 + rng.normal(0, 0.2, 4000), baseline)
+    assert better["passed"] and better["reason"] == f"validation NLL better than the bias baseline's by {-better['nll_gap']:.4f}"
+    slightly_worse = nll_check(baseline - 0.001 + rng.normal(0, 0.2, 4000), baseline)
+    assert slightly_worse["passed"] and "worse" in slightly_worse["reason"] and "allowed" in slightly_worse["reason"]
+    assert "-" not in better["reason"]  # no negative "worse by"
+
+
 def test_recall_check_pairs_readers_and_skips_other_data():
     readers = list(range(500))
     rng = np.random.default_rng(1)

@@ -58,7 +58,18 @@ def nll_check(model_logpdf: np.ndarray, baseline_logpdf: np.ndarray) -> dict:
     gap, se = paired_gap(baseline_logpdf - model_logpdf)
     passed = not (np.isfinite(gap) and gap > GATE_SE * se)
     return {"passed": passed, "nll_gap": gap, "se": se, "n": int(len(model_logpdf)),
-            "reason": f"validation NLL worse than the bias baseline's by {gap:.4f} (> {GATE_SE:g} x se {se:.4f})"}
+            "reason": _gap_reason(passed, "validation NLL", "the bias baseline's", "worse than", "better than", gap, se)}
+
+
+def _gap_reason(passed: bool, what: str, against: str, bad: str, good: str, gap: float, se: float) -> str:
+    """Why a check refused, or how it passed (``gap`` > 0 is the bad direction)."""
+    if not passed:
+        return f"{what} {bad} {against} by {gap:.4f} (> {GATE_SE:g} x se {se:.4f})"
+    if not np.isfinite(gap):
+        return f"{what}: no paired difference to judge"
+    if gap > 0:
+        return f"{what} {bad} {against} by {gap:.4f}, within the {GATE_SE:g} x se ({se:.4f}) allowed"
+    return f"{what} {good} {against} by {-gap:.4f}"
 
 
 def recall_check(current: dict, previous: dict | None) -> dict:
@@ -78,7 +89,7 @@ def recall_check(current: dict, previous: dict | None) -> dict:
     gap, se = paired_gap(before - now)
     passed = not (np.isfinite(gap) and gap > GATE_SE * se)
     return {"passed": passed, "skipped": False, "recall_drop": gap, "se": se, "n": len(pairs),
-            "reason": f"top-N recall@10 fell by {gap:.4f} against the serving version (> {GATE_SE:g} x se {se:.4f})"}
+            "reason": _gap_reason(passed, "top-N recall@10", "the serving version's", "fell below", "rose above", gap, se)}
 
 
 def converged_check(diagnostics: dict, required: bool) -> dict:
