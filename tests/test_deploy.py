@@ -602,11 +602,12 @@ def test_dragonfly_flags_and_no_password_on_its_command_line():
 # --- limits ----------------------------------------------------------------------------------------
 
 GUIDE = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
+BENCHMARKS = (ROOT / "docs" / "BENCHMARKS.md").read_text()
 
 
 def measured(table_heading: str, column: int, row_filter: str) -> float:
-    """The largest MB figure in a column of the guide's table that follows `table_heading`."""
-    section = GUIDE[GUIDE.index(table_heading):]
+    """The largest MB figure in a column of the benchmarks' table that follows `table_heading`."""
+    section = BENCHMARKS[BENCHMARKS.index(table_heading):]
     table = re.search(r"((?:^\|.*\|\n)+)", section, flags=re.M).group(1)
     values = []
     for row in table.splitlines()[2:]:
