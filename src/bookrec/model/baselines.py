@@ -76,10 +76,11 @@ class BiasBaseline:
             c = np.bincount(i, weights=r - self.mu_ - b[u], minlength=n_items) / (self.reg_item + count_i)
         self.user_bias_, self.item_bias_ = b, c
         resid = r - (self.mu_ + b[u] + c[i])
-        n_params = 1.0 + _shrunk_share(count_u, self.reg_user).sum() + _shrunk_share(count_i, self.reg_item).sum()
-        self.sd_ = float(np.sqrt(np.sum(resid**2) / max(r.size - n_params, 1.0))) or 1.0
         self.user_var_ = _posterior_share(count_u, self.reg_user)
         self.item_var_ = _posterior_share(count_i, self.reg_item)
+        # The ridge's hat-matrix trace: each bias counts n / (n + reg) of a parameter.
+        n_params = 1.0 + (count_u * self.user_var_).sum() + (count_i * self.item_var_).sum()
+        self.sd_ = float(np.sqrt(np.sum(resid**2) / max(r.size - n_params, 1.0))) or 1.0
         return self
 
     def _raw(self, user_idx, item_idx) -> np.ndarray:
@@ -103,13 +104,6 @@ class BiasBaseline:
         share = (1.0 + self._bias_var(user_idx, self.user_var_, self.reg_user)
                  + self._bias_var(item_idx, self.item_var_, self.reg_item))
         return raw[:, None], (self.sd_ * np.sqrt(share))[:, None]
-
-
-def _shrunk_share(counts: np.ndarray, reg: float) -> np.ndarray:
-    """n / (n + reg): how much of a bias its own ratings determine (its hat-matrix trace share)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts + reg
-    return np.divide(counts, total, out=np.zeros_like(total), where=total > 0)
 
 
 def _posterior_share(counts: np.ndarray, reg: float) -> np.ndarray:
