@@ -56,6 +56,13 @@ def test_converged_check_only_refuses_when_required():
     assert converged_check({"converged": True}, required=True)["passed"]
 
 
+def test_converged_check_reason_says_which_way_it_went():
+    passed = converged_check({"converged": True, "summary": "slowest alpha: ESS 900"}, required=True)
+    failed = converged_check({"converged": False, "summary": "slowest alpha: ESS 90"}, required=False)
+    assert passed["reason"] == "the chains converged (slowest alpha: ESS 900)"
+    assert failed["reason"] == "the chains did not converge (slowest alpha: ESS 90)"
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("gate-data")

@@ -138,6 +138,12 @@ def test_published_blobs_and_books(two_runs, small_dir):
         for row in ranking["rows"]:
             assert 0 <= row["recall@10"] <= row["recall@20"] <= 1 and 0 < row["coverage"] <= 1
             assert row["model"] == "for_you" or row["recall@10_se"] > 0
+        # The evaluated relevance model chose its own ridge without the held-out pairs (the serving
+        # model's ridge was chosen with them): the best of its own grid.
+        grid = ranking["relevance_l2_validation"]
+        assert len(grid) > 1
+        best = max(grid, key=lambda cell: (cell["recall@10"], -cell["l2"], -cell["popularity_l2"]))  # ties: least shrinkage
+        assert (ranking["relevance_l2"], ranking["relevance_popularity_l2"]) == (best["l2"], best["popularity_l2"])
 
         with np.load(io.BytesIO(store.get_blob("relevance")), allow_pickle=False) as npz:
             rel = {k: npz[k] for k in npz.files}

@@ -9,6 +9,9 @@ import pytest
 
 from bookrec.batch.presets import PRESETS, PresetError, resolve_parameters
 from bookrec.config import Settings
+from bookrec.data.prep import prepare_training
+from bookrec.data.synth import generate
+from bookrec.model import BPMF
 
 
 def _settings(tmp_path, **kw) -> Settings:
@@ -40,7 +43,12 @@ def test_preset_defaults_to_the_environment_setting(tmp_path):
 
 def test_presets_grow_in_effort():
     dev, stg, prod = PRESETS["development"], PRESETS["staging"], PRESETS["production"]
-    assert dev.burn_in + dev.n_samples < stg.burn_in + stg.n_samples < prod.burn_in + prod.n_samples
+
+    def effort(preset):  # a sweep costs at least linearly in k, so fewer factors buy more sweeps
+        return (preset.burn_in + preset.n_samples) * preset.n_factors
+
+    assert effort(dev) < effort(stg) < effort(prod)
+    assert dev.n_factors < stg.n_factors < prod.n_factors
     assert prod.burn_in >= 500 and prod.n_samples >= 1000 and prod.max_kept_samples == 200
 
 
@@ -129,3 +137,18 @@ def test_a_study_without_tuned_parameters_is_an_error_not_a_fallback(tmp_path, c
                                            "no file": "does not exist", "bad scheme": "unsupported"}[case]):
         resolve_parameters(_settings(tmp_path, tuned_from=url, tuned_study=study), "development")
     assert not (tmp_path / "absent.db").exists()
+
+
+@pytest.mark.slow
+def test_development_preset_converges_on_the_quick_start_data(tmp_path, monkeypatch):
+    """The quick start (`small`, seed 42, which seeds the data and the chains) passes the default
+    rule (rank-normalised R-hat < 1.01, bulk and tail ESS >= 400 for every tracked quantity)."""
+    for name in ("RHAT_THRESHOLD", "MIN_ESS"):
+        monkeypatch.delenv(f"BOOKREC_{name}", raising=False)
+    settings = _settings(tmp_path)
+    resolved = resolve_parameters(settings, "development")
+    training = prepare_training(generate("small", seed=settings.seed).dataset, settings)
+    model = BPMF(**resolved.model_kwargs(), seed=settings.seed, show_progress=False)
+    model.fit(*training.train, training.n_users, training.n_items)
+    d = model.diagnostics_
+    assert d["converged"], d["summary"]

@@ -62,8 +62,8 @@ def _without(inter: Interactions, users, works) -> Interactions:
 
 def evaluate_ranking(ctx) -> dict:
     """The ``meta.ranking`` block (docs/ARCHITECTURE.md)."""
-    from bookrec.batch.pipeline import ranker
-    from bookrec.model.relevance import ItemRelevance, most_read_unexcluded
+    from bookrec.batch.pipeline import ranker, relevance_estimator
+    from bookrec.model.relevance import most_read_unexcluded
     from bookrec.model.shrinkage import RatingModel
     from bookrec.model.topn import evaluate_topn, paired_se
 
@@ -73,9 +73,8 @@ def evaluate_ranking(ctx) -> dict:
     if not len(eval_users):
         return {}
     train = _without(ctx.interactions, hu, hw)
-    rel = ctx.relevance
-    relevance = ItemRelevance(l2=rel.l2_, popularity_l2=rel.popularity_l2_, max_items=rel.max_items, min_item_interactions=rel.min_item_interactions,
-                              seed=rel.seed).fit(train.seen)
+    # Refitted as the serving model was, ridge choice included: the serving fit's ridge saw the held-out pairs.
+    relevance = relevance_estimator(s).fit(train.seen)
     # The fallback rating model too is refitted without the held-out ratings, so that no tier sees them.
     rating_model = RatingModel.fit(train, len(ctx.catalog), s.rating_min, s.rating_max)
     rank = ranker(ctx, relevance, train, rating_model)
@@ -123,7 +122,10 @@ def evaluate_ranking(ctx) -> dict:
                      f"{s.test_fraction:.0%} of each reader's unrated interactions; every untouched work ranked"),
         "k": 10, "n_readers": int(len(eval_users)), "n_held_out": int(len(hu)),
         "n_liked": int((hr >= rank.liked_threshold).sum()), "liked_threshold": float(rank.liked_threshold),
-        "relevance_l2": float(rel.l2_), "relevance_popularity_l2": float(rel.popularity_l2_), "relevance_candidates": int(len(rel.items_)),
+        "relevance_l2": float(relevance.l2_), "relevance_popularity_l2": float(relevance.popularity_l2_),
+        "relevance_candidates": int(len(relevance.items_)),
+        "relevance_l2_validation": [{"l2": key[0], "popularity_l2": key[1], "recall@10": value}
+                                    for key, value in relevance.l2_validation_.items()],
         "rows": rows,
     }
 

@@ -94,8 +94,9 @@ def recall_check(current: dict, previous: dict | None) -> dict:
 
 def converged_check(diagnostics: dict, required: bool) -> dict:
     ok = bool(diagnostics.get("converged"))
+    verdict = "the chains converged" if ok else "the chains did not converge"
     return {"passed": ok or not required, "required": required, "converged": ok,
-            "reason": f"the chains did not converge ({diagnostics.get('summary', 'see meta.convergence')})"}
+            "reason": f"{verdict} ({diagnostics.get('summary', 'see meta.convergence')})"}
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:

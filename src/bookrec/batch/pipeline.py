@@ -191,16 +191,20 @@ def liked_threshold(settings: Settings) -> float:
     return settings.rating_min + settings.liked_quantile * (settings.rating_max - settings.rating_min)
 
 
-def fit_relevance(ctx: BatchContext) -> None:
-    """The relevance model on every interaction of every reader (explicit and implicit)."""
+def relevance_estimator(s: Settings):
+    """The unfitted relevance model the settings describe (ridge chosen on held-out data unless set)."""
     from bookrec.model.relevance import ItemRelevance
 
-    s = ctx.settings
-    ctx.relevance = ItemRelevance(
+    return ItemRelevance(
         l2=s.relevance_l2 if s.relevance_l2 is not None else "auto", popularity_l2=s.relevance_popularity_l2,
         max_items=s.relevance_max_items,
         min_item_interactions=s.relevance_min_item_interactions, seed=s.seed,
-    ).fit(ctx.interactions.seen)
+    )
+
+
+def fit_relevance(ctx: BatchContext) -> None:
+    """The relevance model on every interaction of every reader (explicit and implicit)."""
+    ctx.relevance = relevance_estimator(ctx.settings).fit(ctx.interactions.seen)
 
 
 def ranker(ctx: BatchContext, relevance=None, interactions: Interactions | None = None,
