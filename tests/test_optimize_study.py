@@ -237,6 +237,21 @@ def test_the_objective_score_is_the_validation_score(tmp_path, tiny_training, ti
     assert on_test != pytest.approx(on_validation, rel=1e-6)
 
 
+def test_a_long_enqueued_trial_reports_a_bounded_number_of_times(tiny_data, tmp_path):
+    # 400 sweeps reported every 2 would be 200 storage writes, each followed by a pruner read of the
+    # whole history; the cadence stretches to a multiple of eval_every so that it stays near max_reports.
+    opts = options(max_reports=10)
+    long_trial = from_bpmf_kwargs(default_bpmf_kwargs(2, n_factors=3, burn_in=5, n_samples=400, thin=1))
+    result = run_optimization(
+        tiny_data, n_trials=1, storage_url=f"sqlite:///{tmp_path}/optuna.db", study_name="long",
+        options=opts, enqueue=[long_trial], config_path=None,
+    )
+    steps = sorted(result.study.trials[0].intermediate_values)
+    assert len(steps) == 10 and steps[-1] == 400
+    assert all(step % opts.eval_every == 0 for step in steps)
+    assert np.all(np.diff(steps) == 40)
+
+
 def test_enqueued_default_round_trips(tiny_data, tmp_path):
     # from_bpmf_kwargs is the inverse of the mapping a trial goes through.
 

@@ -72,6 +72,9 @@ class ObjectiveOptions:
     objective: ObjectiveName = "nll"
     multi_objective: bool = False
     eval_every: int = 5
+    # A report is a storage write and the pruner then reads the trial's whole history, so a long
+    # trial (an enqueued configuration outside the space's chain lengths) reports less often.
+    max_reports: int = 40
     seed: int = 42
     space: SearchSpace = field(default_factory=SearchSpace)
     fixed: dict[str, Any] = field(default_factory=dict)
@@ -136,7 +139,7 @@ def objective(trial: optuna.Trial, data: TuningData, options: ObjectiveOptions) 
     # Without pruning (multi-objective) the running evaluation would only slow the fit down and
     # inflate the training time that is being minimised, so it is switched off there.
     monitoring = {} if options.multi_objective else {
-        "eval_set": data.validation, "callback": report, "eval_every": options.eval_every,
+        "eval_set": data.validation, "callback": report, "eval_every": report_every(params["n_samples"], options),
     }
     model.fit(*data.train, n_users=data.n_users, n_items=data.n_items, **monitoring)
     train_seconds = time.perf_counter() - started
@@ -147,6 +150,13 @@ def objective(trial: optuna.Trial, data: TuningData, options: ObjectiveOptions) 
     if options.multi_objective:
         return scores[metric], train_seconds
     return scores[metric]
+
+
+def report_every(n_samples: int, options: ObjectiveOptions) -> int:
+    """Sweeps between running-metric reports: ``eval_every``, or a multiple of it that keeps a trial
+    to about ``max_reports`` reports (a multiple, so every trial reports at steps the pruner compares)."""
+    every = options.eval_every
+    return every * max(1, math.ceil(n_samples / (every * options.max_reports)))
 
 
 def make_objective(data: TuningData, options: ObjectiveOptions) -> Callable[[optuna.Trial], Any]:
