@@ -152,3 +152,11 @@ def test_development_preset_converges_on_the_quick_start_data(tmp_path, monkeypa
     model.fit(*training.train, training.n_users, training.n_items)
     d = model.diagnostics_
     assert d["converged"], d["summary"]
+
+
+def test_explicit_chain_length_below_the_presets_thinning_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("BOOKREC_THIN", raising=False)
+    thin = PRESETS["production"].thin
+    with pytest.raises(PresetError, match=rf"n_samples \({thin - 1}, env\) must be at least thin \({thin}, preset:production\)"):
+        resolve_parameters(_settings(tmp_path, n_samples=thin - 1), "production")
+    assert resolve_parameters(_settings(tmp_path, n_samples=thin - 1, thin=1), "production").thin == 1

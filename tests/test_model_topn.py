@@ -301,7 +301,7 @@ def test_tune_picks_the_best_validation_recall(tiny_split):
     assert len(table) == 2 and best in grid
     assert table[grid.index(best)]["recall@10"] == max(row["recall@10"] for row in table)
     grids = default_grids(X)
-    assert len(grids["ALS"]) == 8 and len(grids["BPR"]) == 4 and len(grids["ItemKNN"]) == 4
+    assert len(grids["ALS"]) == 8 and len(grids["BPR"]) == 4 and len(grids["ItemKNN"]) == 8
     l2 = [g["l2"] for g in grids["EASE"]]
     assert l2 == sorted(l2) and l2[-1] / l2[0] == pytest.approx(64, rel=0.01)
 

@@ -49,9 +49,9 @@ PRESETS: dict[str, Preset] = {
     # once compiled. k=3 validates at least as well as k=4 or 5 on `small` and mixes far faster
     # (docs/BENCHMARKS.md, "Mixing on the quick start").
     "development": Preset(
-        "development", n_factors=3, n_samples=6000, burn_in=300, thin=10, n_chains=2,
+        "development", n_factors=3, n_samples=6000, burn_in=300, thin=5, n_chains=2,
         max_kept_samples=50, warm_start=True, top_n=20,
-        description="300 burn-in + 6,000 samples thinned by 10, 2 chains, k=3",
+        description="300 burn-in + 6,000 samples, 2 chains, k=3",
     ),
     # More factors mix more slowly, so the longer presets buy their extra factors with
     # proportionally longer chains.
@@ -232,5 +232,10 @@ def resolve_parameters(settings: Settings, preset: str | None = None) -> Resolve
     overridden = [n for n in sources if sources[n] == "env"]
     if overridden:
         log.info("explicit settings override: %s", ", ".join(f"{n}={values.get(n, priors.get(n))}" for n in overridden))
+    if values["n_samples"] < values["thin"]:  # values from different sources can disagree
+        raise PresetError(
+            f"n_samples ({values['n_samples']}, {sources['n_samples']}) must be at least thin "
+            f"({values['thin']}, {sources['thin']}): no draw would be kept; set BOOKREC_THIN too"
+        )
 
     return ResolvedParameters(preset=chosen.name, sources=sources, tuned=tuned_info, priors=priors, **values)
