@@ -53,8 +53,8 @@ PRESETS: dict[str, Preset] = {
         max_kept_samples=50, warm_start=True, top_n=20,
         description="300 burn-in + 6,000 samples, 2 chains, k=3",
     ),
-    # More factors mix more slowly, so the longer presets buy their extra factors with
-    # proportionally longer chains.
+    # For real-sized data, where more factors validate better; each factor costs sweep time and
+    # mixing, so these chains are sized for the data rather than for a quick start.
     "staging": Preset(
         "staging", n_factors=8, n_samples=5000, burn_in=500, thin=10, n_chains=2,
         max_kept_samples=100, warm_start=True, top_n=20,

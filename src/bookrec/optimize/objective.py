@@ -72,8 +72,8 @@ class ObjectiveOptions:
     objective: ObjectiveName = "nll"
     multi_objective: bool = False
     eval_every: int = 5
-    # A report is a storage write and the pruner then reads the trial's whole history, so a long
-    # trial (an enqueued configuration outside the space's chain lengths) reports less often.
+    # Each report is a storage write and a pruning check, so a long trial (an enqueued
+    # configuration outside the space's chain lengths) reports less often.
     max_reports: int = 40
     seed: int = 42
     space: SearchSpace = field(default_factory=SearchSpace)
