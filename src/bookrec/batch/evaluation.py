@@ -62,7 +62,7 @@ def _without(inter: Interactions, users, works) -> Interactions:
 
 def evaluate_ranking(ctx) -> dict:
     """The ``meta.ranking`` block (docs/ARCHITECTURE.md)."""
-    from bookrec.batch.pipeline import ranker, relevance_estimator
+    from bookrec.batch.pipeline import ranker, relevance_estimator, relevance_grid
     from bookrec.model.relevance import most_read_unexcluded
     from bookrec.model.shrinkage import RatingModel
     from bookrec.model.topn import evaluate_topn, paired_se
@@ -124,8 +124,7 @@ def evaluate_ranking(ctx) -> dict:
         "n_liked": int((hr >= rank.liked_threshold).sum()), "liked_threshold": float(rank.liked_threshold),
         "relevance_l2": float(relevance.l2_), "relevance_popularity_l2": float(relevance.popularity_l2_),
         "relevance_candidates": int(len(relevance.items_)),
-        "relevance_l2_validation": [{"l2": key[0], "popularity_l2": key[1], "recall@10": value}
-                                    for key, value in relevance.l2_validation_.items()],
+        "relevance_l2_validation": relevance_grid(relevance),
         "rows": rows,
     }
 

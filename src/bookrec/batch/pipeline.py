@@ -202,6 +202,11 @@ def relevance_estimator(s: Settings):
     )
 
 
+def relevance_grid(rel) -> list[dict]:
+    """The fitted relevance model's ridge grid with each cell's held-out recall@10 (empty when set)."""
+    return [{"l2": key[0], "popularity_l2": key[1], "recall@10": value} for key, value in rel.l2_validation_.items()]
+
+
 def fit_relevance(ctx: BatchContext) -> None:
     """The relevance model on every interaction of every reader (explicit and implicit)."""
     ctx.relevance = relevance_estimator(ctx.settings).fit(ctx.interactions.seen)
@@ -573,7 +578,7 @@ def _relevance_meta(ctx: BatchContext) -> dict:
     s = ctx.settings
     return {"model": "Bayesian item-item regression (EASE / EDLAE posterior)", "l2": rel.l2_,
             "popularity_l2": rel.popularity_l2_,
-            "validation_recall@10": [{"l2": k[0], "popularity_l2": k[1], "recall@10": v} for k, v in rel.l2_validation_.items()],
+            "validation_recall@10": relevance_grid(rel),
             "candidates": int(len(rel.items_)), "n_candidates": s.n_candidates, "like_weight": s.like_weight,
             "liked_threshold": liked_threshold(s)}
 

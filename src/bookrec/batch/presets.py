@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bookrec.config import Settings
-from bookrec.contracts.params import MODEL_PARAMS, PRESET_PARAMS, PRIOR_PARAMS
+from bookrec.contracts.params import MODEL_PARAMS, PRESET_PARAMS, PRIOR_PARAMS, check_schedule
 from bookrec.contracts.tuning import BEST_PARAMS_ATTR, open_optuna_storage
 
 log = logging.getLogger(__name__)
@@ -232,10 +232,9 @@ def resolve_parameters(settings: Settings, preset: str | None = None) -> Resolve
     overridden = [n for n in sources if sources[n] == "env"]
     if overridden:
         log.info("explicit settings override: %s", ", ".join(f"{n}={values.get(n, priors.get(n))}" for n in overridden))
-    if values["n_samples"] < values["thin"]:  # values from different sources can disagree
-        raise PresetError(
-            f"n_samples ({values['n_samples']}, {sources['n_samples']}) must be at least thin "
-            f"({values['thin']}, {sources['thin']}): no draw would be kept; set BOOKREC_THIN too"
-        )
+    try:  # values from different sources can disagree
+        check_schedule(values, sources)
+    except ValueError as exc:
+        raise PresetError(str(exc)) from None
 
     return ResolvedParameters(preset=chosen.name, sources=sources, tuned=tuned_info, priors=priors, **values)

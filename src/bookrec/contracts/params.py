@@ -202,6 +202,19 @@ def check_params(values: dict[str, Any]) -> None:
         MODEL_PARAMS[name].check(value)
 
 
+def check_schedule(values: dict[str, Any], source: dict[str, str] | None = None) -> None:
+    """Check the chain parameters against each other (ValueError); ``source`` names where each value
+    came from, for a message that says which setting to change."""
+    def shown(name: str) -> str:
+        return f"{values[name]}, {source[name]}" if source and name in source else f"{values[name]}"
+
+    if values["n_samples"] // values["thin"] < 1:
+        raise ValueError(f"n_samples ({shown('n_samples')}) must be at least thin ({shown('thin')}): no draw would be kept")
+    if values["max_kept_samples"] < values["n_chains"]:
+        raise ValueError(f"max_kept_samples ({shown('max_kept_samples')}) must be at least n_chains "
+                         f"({shown('n_chains')}): every chain keeps at least one draw")
+
+
 def settings_fields() -> dict[str, tuple[Any, Any]]:
     """The ``BOOKREC_*`` override fields of the settings, one per overridable parameter."""
     return {name: MODEL_PARAMS[name].settings_field() for name in OVERRIDABLE_PARAMS}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bookrec.contracts.params import MODEL_PARAMS, check_params, default
+from bookrec.contracts.params import MODEL_PARAMS, check_params, check_schedule, default
 from bookrec.model import kernels, metrics
 from bookrec.model.params import NotFittedError, ParamsMixin
 from bookrec.model.chains import ChainPlan, ChainRun, chain_count_check, chain_summary, kept_draw, run_chain
@@ -216,11 +216,7 @@ class BPMF(ParamsMixin):
             # Allowed (a continuous latent scale may overshoot it), but every prediction is clipped to it.
             warnings.warn(f"ratings run from {r.min():g} to {r.max():g}, outside rating_range [{lo:g}, {hi:g}], to "
                           "which predictions and intervals are clipped", UserWarning, stacklevel=4)
-        if self.n_samples // self.thin < 1:
-            raise ValueError(f"n_samples ({self.n_samples}) must be at least thin ({self.thin}): no draw would be kept")
-        if self.max_kept_samples < self.n_chains:
-            raise ValueError(f"max_kept_samples ({self.max_kept_samples}) must be at least n_chains ({self.n_chains}): "
-                             "every chain keeps at least one draw")
+        check_schedule(self.get_params())
         n_users = int(u.max()) + 1 if n_users is None else int(n_users)
         n_items = int(i.max()) + 1 if n_items is None else int(n_items)
         if u.max() >= n_users or i.max() >= n_items:
