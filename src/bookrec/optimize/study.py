@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bookrec.contracts.tuning import BEST_PARAMS_ATTR, open_optuna_storage
 from bookrec.contracts.urls import redact_url
 from bookrec.exitcodes import interruption
+from bookrec.optimize.interrupts import InterruptGuard
 from bookrec.optimize.objective import (
     OBJECTIVES,
     ObjectiveOptions,
@@ -371,9 +372,9 @@ class TrialLog:
 
 
 def _close_connections(storage: optuna.storages.BaseStorage) -> None:
-    """An interrupt inside a database write can leave its connection holding SQLite's write lock
-    (the next write then waits for it in vain): closing an RDB storage's pooled connections rolls
-    that transaction back."""
+    """A second Ctrl-C inside a database write (see :mod:`bookrec.optimize.interrupts`) can leave its
+    connection holding SQLite's write lock: closing an RDB storage's pooled connections rolls that
+    transaction back."""
     engine = getattr(storage, "engine", None)
     if engine is not None:
         engine.dispose()
@@ -433,18 +434,7 @@ def run_optimization(
     optimize_logger = logging.getLogger("optuna.study._optimize")
     optimize_logger.addFilter(quiet)
     try:
-        study.optimize(
-            make_objective(data, options),
-            n_trials=n_trials,
-            timeout=timeout,
-            gc_after_trial=False,
-            show_progress_bar=show_progress,
-            # An extreme prior can make a Cholesky factorisation fail: that trial is recorded as
-            # failed and the search goes on; any other exception is a bug and stops the worker.
-            catch=(np.linalg.LinAlgError, FloatingPointError),
-            callbacks=[lambda _study, trial: finished_here.append(trial.number)]
-            + ([] if show_progress else [TrialLog(n_trials, options.objective)]),
-        )
+        _run_trials(study, storage, data, options, n_trials, timeout, show_progress, finished_here)
     except (KeyboardInterrupt, SystemError) as exc:
         interrupt = interruption(exc)
         if interrupt is None:
@@ -457,6 +447,28 @@ def run_optimization(
     finally:
         optimize_logger.removeFilter(quiet)
     return _finish(study, storage_url, options, data, config_path, started, finished_here)
+
+
+def _run_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, data: TuningData, options: ObjectiveOptions,
+    n_trials: int, timeout: float | None, show_progress: bool, finished_here: list[int],
+) -> None:
+    """``study.optimize`` with Ctrl-C kept out of Optuna's bookkeeping (:mod:`bookrec.optimize.interrupts`)."""
+    guard = InterruptGuard()
+    # Optuna keeps the study's storage (its cache over ours) in `_storage`: every call goes through it.
+    with guard.installed(getattr(study, "_storage", storage)):
+        study.optimize(
+            guard.objective(make_objective(data, options)),
+            n_trials=n_trials,
+            timeout=timeout,
+            gc_after_trial=False,
+            show_progress_bar=show_progress,
+            # An extreme prior can make a Cholesky factorisation fail: that trial is recorded as
+            # failed and the search goes on; any other exception is a bug and stops the worker.
+            catch=(np.linalg.LinAlgError, FloatingPointError),
+            callbacks=[lambda _study, trial: finished_here.append(trial.number)]
+            + ([] if show_progress else [TrialLog(n_trials, options.objective)]) + [guard.raise_held],
+        )
 
 
 def _finish(
