@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.processes import stop_process
 from tests.support.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,14 +89,8 @@ class LiveServer:
         raise RuntimeError(f"API server did not answer on {self.url} within {self.startup_timeout} s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()  # uvicorn shuts down gracefully on SIGTERM (lifespan closes the store)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        stop_process(self.process)  # uvicorn shuts down gracefully on SIGTERM (lifespan closes the store)
+        self.process = None
 
     def log(self) -> str:
         self._log.flush()

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.processes import stop_process
 from tests.support.redis_server import free_port
 
 DATABASE = "test"
@@ -89,12 +90,6 @@ class PostgresServer:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGINT)  # "fast" shutdown: open connections do not hold it up
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        stop_process(self.process, signal.SIGINT, timeout=20)  # "fast" shutdown: open connections do not hold it up
+        self.process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
