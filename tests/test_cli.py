@@ -250,6 +250,25 @@ def test_running_commands_in_process_leaves_the_hosts_sigterm_handler_alone(tmp_
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+CRASHING_COMMAND = """
+import ctypes, sys
+import bookrec.cli as cli
+
+def crash_in_a_kernel():
+    ctypes.string_at(0)  # a read of address 0, as a compiled kernel gone wrong would do
+
+cli.app = lambda **_: crash_in_a_kernel()
+cli.entry_point()
+"""
+
+
+def test_a_command_that_crashes_natively_says_where_on_stderr(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", CRASHING_COMMAND], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGSEGV, proc.stderr
+    assert "Segmentation fault" in proc.stderr and "crash_in_a_kernel" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(("env", "toml", "message"), [
     ({"BOOKREC_CORS_ORIGINS": "notjson"}, None, 'invalid settings (BOOKREC_* variables): error parsing value for field "cors_origins"'),
     ({"BOOKREC_RATING_MIN": "10", "BOOKREC_RATING_MAX": "1"}, None, "rating_min (10) must be below rating_max (1)"),

@@ -81,9 +81,14 @@ app.command("warmup")(warmup.warmup)
 
 def entry_point() -> None:
     """The console script and ``python -m bookrec``. SIGTERM becomes a clean stop here, in a real
-    command process only: a host that runs ``app`` in-process (a test runner) keeps its own handler."""
+    command process only: a host that runs ``app`` in-process (a test runner) keeps its own handler.
+    A native crash (a compiled kernel, a driver) prints every thread's Python stack to stderr, so
+    that a log says where a process died rather than only that it did."""
+    import faulthandler
+
     from bookrec.exitcodes import handle_sigterm
 
+    faulthandler.enable()
     handle_sigterm()
     app(prog_name="bookrec")
 
